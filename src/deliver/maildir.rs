@@ -1,0 +1,1 @@
+//! Delivery into a Maildir tree on disk.

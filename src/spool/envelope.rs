@@ -1,0 +1,1 @@
+//! Deriving an envelope from message headers when the spool carries none.

@@ -1,0 +1,251 @@
+//! Spool readers: one per format, all yielding `SpoolItem`s one at a time.
+//!
+//! Readers never write to the spool and never hold more than one message in memory.
+//! What cannot be read becomes `SpoolItem::Quarantined` with a reason naming the file;
+//! only a spool that cannot be opened at all is an `Err`.
+
+pub mod eml;
+pub mod envelope;
+pub mod maildir;
+pub mod mbox;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use chrono::{DateTime, FixedOffset};
+use sha2::{Digest, Sha256};
+
+use crate::address::{Notify, ReturnContent, ReversePath};
+
+/// The spool formats spoolreplay reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SpoolFormat {
+    Maildir,
+    Mbox,
+    Eml,
+}
+
+impl SpoolFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpoolFormat::Maildir => "maildir",
+            SpoolFormat::Mbox => "mbox",
+            SpoolFormat::Eml => "eml",
+        }
+    }
+}
+
+impl fmt::Display for SpoolFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SpoolFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "maildir" => Ok(SpoolFormat::Maildir),
+            "mbox" => Ok(SpoolFormat::Mbox),
+            "eml" => Ok(SpoolFormat::Eml),
+            other => Err(format!(
+                "unknown spool format `{other}` (expected maildir, mbox or eml)"
+            )),
+        }
+    }
+}
+
+/// Where a message lives in the spool, precise enough to read its bytes again at delivery
+/// time. For one-file-per-message formats `offset` is 0 and `len` the file length; for mbox
+/// they delimit the message (after its `From ` line) inside the mbox file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRef {
+    pub format: SpoolFormat,
+    /// Absolute path of the file holding the message.
+    pub path: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl fmt::Display for SourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.format {
+            SpoolFormat::Mbox => write!(f, "{} (byte {})", self.path.display(), self.offset),
+            _ => write!(f, "{}", self.path.display()),
+        }
+    }
+}
+
+/// Which part of the input an envelope field was taken from (recorded in the ledger, so an
+/// operator can tell a real envelope from a guessed one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldSource {
+    /// The `.json` envelope sidecar of an `.eml` file.
+    Sidecar,
+    /// The `From ` separator line of an mbox message.
+    MboxFromLine,
+    ReturnPath,
+    XOriginalTo,
+    DeliveredTo,
+    EnvelopeTo,
+    /// The newest `Received:` header's date.
+    Received,
+    /// The `Date:` header.
+    DateHeader,
+    /// The file's modification time.
+    FileTime,
+}
+
+impl FieldSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FieldSource::Sidecar => "sidecar",
+            FieldSource::MboxFromLine => "mbox-from-line",
+            FieldSource::ReturnPath => "return-path",
+            FieldSource::XOriginalTo => "x-original-to",
+            FieldSource::DeliveredTo => "delivered-to",
+            FieldSource::EnvelopeTo => "envelope-to",
+            FieldSource::Received => "received",
+            FieldSource::DateHeader => "date",
+            FieldSource::FileTime => "file-time",
+        }
+    }
+}
+
+/// One envelope recipient with its RFC 3461 parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// Exactly as in the envelope (case preserved, no angle brackets).
+    pub address: String,
+    /// ORCPT as `addr-type;value`, already xtext-decoded.
+    pub orcpt: Option<String>,
+    pub notify: Option<Notify>,
+}
+
+impl Recipient {
+    pub fn plain(address: impl Into<String>) -> Recipient {
+        Recipient {
+            address: address.into(),
+            orcpt: None,
+            notify: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub sender: ReversePath,
+    pub sender_from: FieldSource,
+    /// Never empty: a message without recipients is quarantined.
+    pub recipients: Vec<Recipient>,
+    pub recipients_from: FieldSource,
+    pub arrival: DateTime<FixedOffset>,
+    pub arrival_from: FieldSource,
+    /// RFC 3461 ENVID, xtext-decoded.
+    pub envid: Option<String>,
+    pub ret: Option<ReturnContent>,
+}
+
+/// A message read from the spool, with its envelope.
+#[derive(Debug, Clone)]
+pub struct QueuedMessage {
+    pub source: SourceRef,
+    /// The spool's own name for the message (Maildir unique name, `.eml` stem, or
+    /// `mbox#N`), shown to operators.
+    pub queue_id: String,
+    pub envelope: Envelope,
+    /// The message bytes as they would go on the wire (mbox `>From ` unquoted).
+    pub content: Vec<u8>,
+}
+
+impl QueuedMessage {
+    pub fn content_hash(&self) -> ContentHash {
+        ContentHash::of(&self.content)
+    }
+}
+
+/// SHA-256 of a message's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ContentHash(pub [u8; 32]);
+
+impl ContentHash {
+    pub fn of(bytes: &[u8]) -> ContentHash {
+        ContentHash(Sha256::digest(bytes).into())
+    }
+
+    pub fn to_hex(&self) -> String {
+        use std::fmt::Write;
+        self.0.iter().fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    }
+}
+
+/// An item that could not be read as a message.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    pub source: SourceRef,
+    /// What was wrong, in words an operator understands (names no path: `source` does).
+    pub reason: String,
+}
+
+#[derive(Debug)]
+pub enum SpoolItem {
+    Message(QueuedMessage),
+    Quarantined(Quarantined),
+}
+
+/// A stream of spool items. Boxed so `cmd::ingest` does not care about the format.
+pub type SpoolReader = Box<dyn Iterator<Item = SpoolItem>>;
+
+/// Failures to open a spool at all (a single bad item is quarantined instead).
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool `{0}` does not exist")]
+    Missing(PathBuf),
+    #[error("`{path}` is not a spool spoolreplay can read: {why}")]
+    Unrecognized { path: PathBuf, why: String },
+    #[error("cannot read spool `{path}`")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Looks at `path` and says which format it is.
+pub fn detect(path: &Path) -> Result<SpoolFormat, SpoolError> {
+    todo_detect(path)
+}
+
+/// Opens `path` as a spool of `format` (or detects it when `None`).
+pub fn open(path: &Path, format: Option<SpoolFormat>) -> Result<(SpoolFormat, SpoolReader), SpoolError> {
+    let format = match format {
+        Some(f) => f,
+        None => detect(path)?,
+    };
+    let reader: SpoolReader = match format {
+        SpoolFormat::Maildir => Box::new(maildir::read(path)?),
+        SpoolFormat::Mbox => Box::new(mbox::read(path)?),
+        SpoolFormat::Eml => Box::new(eml::read(path)?),
+    };
+    Ok((format, reader))
+}
+
+/// Reads a message's bytes again from the spool (at delivery or bounce time), exactly as
+/// the reader produced them at ingest.
+pub fn read_content(source: &SourceRef) -> std::io::Result<Vec<u8>> {
+    match source.format {
+        SpoolFormat::Mbox => mbox::read_content(source),
+        SpoolFormat::Maildir | SpoolFormat::Eml => std::fs::read(&source.path),
+    }
+}
+
+fn todo_detect(path: &Path) -> Result<SpoolFormat, SpoolError> {
+    Err(SpoolError::Unrecognized {
+        path: path.to_path_buf(),
+        why: "format detection is not written yet".into(),
+    })
+}

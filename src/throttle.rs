@@ -1,0 +1,1 @@
+//! Pacing deliveries: a token bucket over a clock the caller passes in.
