@@ -1,0 +1,1 @@
+//! Integration tests: deliver_maildir.

@@ -1,0 +1,7 @@
+//! The one integration-test binary (see ARCHITECTURE.md): a module per feature.
+
+mod support;
+
+mod deliver_maildir;
+mod dsn;
+mod spool;
