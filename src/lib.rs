@@ -1,9 +1,85 @@
 //! spoolreplay: replay a mail spool accepted during a mail-store outage into the restored
 //! store, bounce what expired, and keep every decision in a resumable ledger.
+//!
+//! `run` is the whole program behind `main`: parse, validate, dispatch, render errors.
 
 pub mod address;
+pub mod classify;
+pub mod cli;
+pub mod cmd;
+pub mod config;
 pub mod deliver;
 pub mod dsn;
+pub mod exit;
+pub mod incident;
+pub mod ledger;
+pub mod outbox;
+pub mod plan;
+pub mod replay;
+pub mod report;
 pub mod sanitize;
 pub mod spool;
 pub mod throttle;
+
+use clap::Parser;
+
+use config::{CommandConfig, Config};
+use exit::Exit;
+
+/// Runs the program on `args` (including the program name); returns the exit code.
+pub fn run<I, T>(args: I) -> Exit
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match cli::Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => Exit::Done,
+                _ => Exit::Usage,
+            };
+        }
+    };
+    match Config::from_cli(cli).and_then(dispatch) {
+        Ok(code) => code,
+        Err(err) => render_error(&err),
+    }
+}
+
+fn dispatch(cfg: Config) -> anyhow::Result<Exit> {
+    let ledger = cfg.ledger.as_path();
+    match cfg.command {
+        CommandConfig::Ingest(c) => cmd::ingest::run(ledger, cfg.output, c),
+        CommandConfig::Report(c) => cmd::report::run(ledger, cfg.output, c),
+        CommandConfig::Run(c) => cmd::run::run(ledger, cfg.output, c),
+        CommandConfig::Status => cmd::status::run(ledger, cfg.output),
+        CommandConfig::Bounces(c) => cmd::bounces::run(ledger, cfg.output, c),
+    }
+}
+
+/// Renders an error in one place: `error: …`, `Caused by:` lines, an optional `hint:`.
+/// A broken pipe (output piped into `head`) is not an error.
+fn render_error(err: &anyhow::Error) -> Exit {
+    let broken_pipe = err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    if broken_pipe {
+        return Exit::Done;
+    }
+    let mut text = format!("error: {}", sanitize::for_terminal(&err.to_string()));
+    let causes: Vec<String> = err.chain().skip(1).map(|c| c.to_string()).collect();
+    if !causes.is_empty() {
+        text.push_str("\n\nCaused by:");
+        for cause in causes {
+            text.push_str(&format!("\n    {}", sanitize::for_terminal(&cause)));
+        }
+    }
+    if let Some(hint) = exit::hint_for(err) {
+        text.push_str(&format!("\nhint: {hint}"));
+    }
+    eprintln!("{text}");
+    exit::exit_for(err)
+}

@@ -1,0 +1,150 @@
+//! What the user typed: clap derive only. `config.rs` turns it into a validated `Config`;
+//! nothing below `cmd/` sees clap.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    done (held and quarantined items are reported, not pending)
+  75   deliverable work remains, or the ledger is busy: run again to resume
+  130  interrupted by Ctrl-C after a clean checkpoint
+  64 usage, 65 bad data, 66 input not found, 69 store unavailable,
+  73 cannot create output, 74 i/o error, 78 bad configuration";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "spoolreplay",
+    version,
+    about = "Replay mail spooled during a mail-store outage into the restored store",
+    long_about = "Replay mail spooled during a mail-store outage into the restored store.\n\n\
+        ingest reads a spool into the ledger; report shows what run would do; run delivers, \
+        bounces what expired and records every outcome; status and bounces show where things stand.",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    /// The SQLite ledger that records every message and decision
+    #[arg(long, global = true, value_name = "PATH", default_value = "spoolreplay.db")]
+    pub ledger: PathBuf,
+
+    /// Print JSON Lines on stdout (one object per line, with a "type" field)
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Print only errors
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Say more (repeat for more detail)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read a spool into the ledger (the spool is never modified)
+    #[command(after_help = "Example:\n  spoolreplay ingest fixtures/sample-spool\n  spoolreplay ingest --format mbox /backup/mx1/inbox.mbox")]
+    Ingest(IngestArgs),
+
+    /// Dry run: what `run` would do, per window and disposition; changes nothing
+    #[command(after_help = "Example:\n  spoolreplay report --incident fixtures/incident.toml --now 2023-01-27T09:00:00+01:00")]
+    Report(ReportArgs),
+
+    /// Deliver to the restored store in throttled batches, and write DSNs for what expired
+    #[command(after_help = "Example:\n  spoolreplay run --incident fixtures/incident.toml --store maildir:/tmp/restored \\\n      --outbox /tmp/bounces --rate 500/s --batch-size 100")]
+    Run(RunArgs),
+
+    /// Where every recipient stands: counts per state and window, and what remains
+    #[command(after_help = "Example:\n  spoolreplay status\n  spoolreplay --json status")]
+    Status,
+
+    /// List the DSNs made, or print one
+    #[command(after_help = "Example:\n  spoolreplay bounces\n  spoolreplay bounces --show 3")]
+    Bounces(BouncesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// The spool: a Maildir folder, an mbox file, or a folder of .eml files
+    #[arg(value_name = "SPOOL")]
+    pub spool: PathBuf,
+
+    /// The spool's format: auto, maildir, mbox or eml
+    #[arg(long, default_value = "auto", value_name = "FORMAT")]
+    pub format: String,
+}
+
+#[derive(Debug, Args)]
+pub struct Clock {
+    /// The time to classify against (RFC 3339), for what-ifs and tests; default: now
+    #[arg(long, value_name = "RFC3339")]
+    pub now: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct Pace {
+    /// At most this many messages per time unit (N/s, N/m, N/h); default: unlimited
+    #[arg(long, value_name = "N/s")]
+    pub rate: Option<String>,
+
+    /// Messages per batch (one ledger checkpoint each)
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub batch_size: usize,
+
+    /// Pause between batches (e.g. 2s, 500ms)
+    #[arg(long, value_name = "DURATION", default_value = "0s")]
+    pub pause: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The incident file (TOML)
+    #[arg(long, value_name = "FILE")]
+    pub incident: PathBuf,
+
+    #[command(flatten)]
+    pub clock: Clock,
+
+    #[command(flatten)]
+    pub pace: Pace,
+
+    /// How many rows of the domain and quarantine lists to show
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The incident file (TOML)
+    #[arg(long, value_name = "FILE")]
+    pub incident: PathBuf,
+
+    /// The restored store: maildir:DIR
+    #[arg(long, value_name = "TARGET")]
+    pub store: String,
+
+    /// Write DSNs here as .eml files with a .json envelope; without it DSNs stay in the ledger
+    #[arg(long, value_name = "DIR")]
+    pub outbox: Option<PathBuf>,
+
+    /// Return only the headers of originals larger than this many bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 50_000)]
+    pub return_limit: usize,
+
+    #[command(flatten)]
+    pub clock: Clock,
+
+    #[command(flatten)]
+    pub pace: Pace,
+}
+
+#[derive(Debug, Args)]
+pub struct BouncesArgs {
+    /// Print the DSN with this id
+    #[arg(long, value_name = "ID")]
+    pub show: Option<i64>,
+}

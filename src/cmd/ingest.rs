@@ -1,0 +1,119 @@
+//! `spoolreplay ingest SPOOL`: read a spool into the ledger.
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::config::{IngestConfig, Output};
+use crate::exit::{Exit, Failure};
+use crate::ledger::{self, Inserted, Ledger};
+use crate::report::progress::Progress;
+use crate::report::{Printer, json as events};
+use crate::sanitize::for_terminal;
+use crate::spool::{self, SpoolError, SpoolItem};
+
+/// Items per ledger transaction: big enough to be fast, small enough that a crash loses
+/// little work (ingest is idempotent, so lost work is only redone).
+const ITEMS_PER_COMMIT: usize = 1000;
+
+#[derive(Debug, Default)]
+struct Tally {
+    messages: u64,
+    new: u64,
+    known: u64,
+    recipients: u64,
+    quarantined: u64,
+    new_quarantined: u64,
+}
+
+pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> Result<Exit> {
+    let printer = Printer::new(output);
+    let root = std::fs::canonicalize(&cfg.spool).map_err(|e| {
+        let exit = if e.kind() == std::io::ErrorKind::NotFound { Exit::NoInput } else { Exit::IoErr };
+        anyhow::Error::new(e).context(Failure::new(exit, format!("cannot open spool `{}`", cfg.spool.display())))
+    })?;
+    let (format, reader) = spool::open(&root, cfg.format).map_err(spool_failure)?;
+    let mut ledger = Ledger::open_for_write(ledger_path, "ingest")?;
+    printer.note(&format!("reading {format} spool `{}`", for_terminal(&root.display().to_string())));
+
+    let mut tally = Tally::default();
+    let mut progress = Progress::new(&output, "items", 0);
+    let mut batch = Vec::with_capacity(ITEMS_PER_COMMIT);
+    let mut reader = reader.peekable();
+    while reader.peek().is_some() {
+        batch.clear();
+        batch.extend(reader.by_ref().take(ITEMS_PER_COMMIT));
+        let now = ledger::timestamp();
+        let new_quarantine = ledger.write(|tx| {
+            let mut fresh = Vec::new();
+            for item in &batch {
+                match item {
+                    SpoolItem::Message(m) => {
+                        tally.messages += 1;
+                        match tx.insert_message(m, &now)? {
+                            Inserted::New => {
+                                tally.new += 1;
+                                tally.recipients += m.envelope.recipients.len() as u64;
+                            }
+                            Inserted::Known => tally.known += 1,
+                        }
+                    }
+                    SpoolItem::Quarantined(q) => {
+                        tally.quarantined += 1;
+                        if tx.insert_quarantine(q, &now)? {
+                            tally.new_quarantined += 1;
+                            fresh.push(q.clone());
+                        }
+                    }
+                }
+            }
+            Ok(fresh)
+        })?;
+        for q in &new_quarantine {
+            printer.warn(&format!(
+                "quarantined {}: {}",
+                for_terminal(&q.source.to_string()),
+                for_terminal(&q.reason)
+            ));
+            printer.event(&events::quarantined_item(q))?;
+        }
+        progress.add(batch.len() as u64, "");
+    }
+    progress.finish();
+
+    printer.event(&json!({
+        "type": "ingest_summary",
+        "spool": root.to_string_lossy(),
+        "format": format.as_str(),
+        "ledger": ledger.path().to_string_lossy(),
+        "messages": tally.messages,
+        "new": tally.new,
+        "known": tally.known,
+        "recipients": tally.recipients,
+        "quarantined": tally.quarantined,
+        "new_quarantined": tally.new_quarantined,
+    }))?;
+    printer.data(&format!(
+        "ingested {} messages from `{}`: {} new ({} recipients), {} already in the ledger; {} quarantined ({} new)",
+        tally.messages,
+        for_terminal(&root.display().to_string()),
+        tally.new,
+        tally.recipients,
+        tally.known,
+        tally.quarantined,
+        tally.new_quarantined
+    ))?;
+    Ok(Exit::Done)
+}
+
+fn spool_failure(e: SpoolError) -> anyhow::Error {
+    let exit = match &e {
+        SpoolError::Missing(_) => Exit::NoInput,
+        SpoolError::Unrecognized { .. } => Exit::DataErr,
+        SpoolError::Io { .. } => Exit::IoErr,
+    };
+    let message = e.to_string();
+    anyhow::Error::new(e).context(
+        Failure::new(exit, message)
+            .with_hint("pass --format maildir|mbox|eml if detection guessed wrong"),
+    )
+}

@@ -1,0 +1,7 @@
+//! One module per subcommand: glue that builds options, calls domain code and renders.
+
+pub mod bounces;
+pub mod ingest;
+pub mod report;
+pub mod run;
+pub mod status;

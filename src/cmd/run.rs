@@ -1,0 +1,197 @@
+//! `spoolreplay run`: the recovery itself (see `replay`), with progress, a summary and the
+//! exit code that tells a script whether to run again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::config::{Output, RunConfig, StoreTarget};
+use crate::deliver::Deliverer;
+use crate::deliver::StoreError;
+use crate::deliver::maildir::MaildirStore;
+use crate::exit::{Exit, Failure};
+use crate::ledger::{Ledger, RcptState};
+use crate::replay::{Event, Replay, Settings, Stop};
+use crate::report::progress::Progress;
+use crate::report::table::Table;
+use crate::report::{Printer, json as events};
+use crate::sanitize::for_terminal;
+use crate::throttle::format_duration;
+
+pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Result<Exit> {
+    let printer = Printer::new(output);
+    let mut ledger = Ledger::open_for_write(ledger_path, "run")?;
+    let mut store = open_store(&cfg.store)?;
+    let interrupted = install_ctrl_c()?;
+    let started = Instant::now();
+    if cfg.fixed_clock {
+        printer.note(&format!("classifying as of {} (--now)", cfg.now.to_rfc3339()));
+    }
+    let open = ledger
+        .state_counts()?
+        .iter()
+        .filter(|(s, _)| matches!(s, RcptState::Pending | RcptState::Deferred | RcptState::InFlight))
+        .map(|(_, n)| *n)
+        .sum();
+    printer.note(&format!("delivering to {} ({open} recipients open)", for_terminal(&store.describe())));
+
+    let mut progress = Progress::new(&output, "messages", open);
+    let mut last_seen = 0u64;
+    let mut event_error: Option<std::io::Error> = None;
+    let mut on_event = |e: Event<'_>| {
+        let result = match e {
+            Event::Outcome { message, recipient, state, detail } => {
+                if matches!(state, RcptState::Deferred | RcptState::Failed | RcptState::Held) {
+                    printer.verbose(&format!(
+                        "{} <{}>: {state}: {}",
+                        for_terminal(&message.queue_id),
+                        for_terminal(recipient),
+                        for_terminal(detail)
+                    ));
+                }
+                printer.event(&events::outcome(&message.queue_id, recipient, state.as_str(), detail))
+            }
+            Event::Dsn { id, message, recipients } => printer.event(&json!({
+                "type": "dsn_made", "id": id, "queue_id": message.queue_id,
+                "to": message.sender.as_str(), "recipients": recipients,
+            })),
+            Event::Delivered { messages, pace } => {
+                progress.add(messages - last_seen, pace);
+                last_seen = messages;
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            event_error.get_or_insert(e);
+        }
+    };
+    let mut replay = Replay {
+        ledger: &mut ledger,
+        store: store.as_mut(),
+        settings: Settings {
+            incident: &cfg.incident,
+            now: cfg.now,
+            pace: cfg.pace,
+            return_limit: cfg.return_limit,
+        },
+        interrupted: &interrupted,
+        on_event: &mut on_event,
+        stats: Default::default(),
+    };
+    let outcome = replay.run();
+    let stats = std::mem::take(&mut replay.stats);
+    drop(replay);
+    progress.finish();
+    outcome?;
+    if let Some(e) = event_error {
+        return Err(e.into());
+    }
+
+    let written = match &cfg.outbox {
+        Some(dir) => crate::outbox::write_pending(&mut ledger, dir)?,
+        None => 0,
+    };
+    let unwritten = ledger.dsns(true)?.len();
+    let counts = ledger.state_counts()?;
+    let count = |s: RcptState| counts.iter().find(|(x, _)| *x == s).map_or(0, |(_, n)| *n);
+    let remaining: u64 = counts.iter().filter(|(s, _)| s.is_open_work()).map(|(_, n)| *n).sum();
+
+    let exit = match &stats.stop {
+        Some(Stop::Interrupted) => Exit::Interrupted,
+        Some(Stop::Store(_)) => Exit::Unavailable,
+        Some(Stop::StoreFull(_)) => Exit::TempFail,
+        None if remaining > 0 || unwritten > 0 => Exit::TempFail,
+        None => Exit::Done,
+    };
+    let elapsed = started.elapsed();
+    printer.event(&json!({
+        "type": "run_summary",
+        "delivered": stats.delivered,
+        "already_there": stats.already_there,
+        "recovered_in_flight": stats.recovered,
+        "deferred": stats.deferred,
+        "failed": stats.failed,
+        "held": stats.held,
+        "released": stats.released,
+        "dropped": stats.dropped,
+        "dsns_made": stats.dsns,
+        "dsns_written": written,
+        "dsns_unwritten": unwritten,
+        "remaining": remaining,
+        "seconds": elapsed.as_secs_f64(),
+        "stopped": stats.stop.as_ref().map(stop_text),
+        "exit": exit.code(),
+    }))?;
+    let mut t = Table::new(&["this run", "recipients#"]);
+    for (label, n) in [
+        ("delivered", stats.delivered),
+        ("already in the store", stats.already_there),
+        ("deferred", stats.deferred),
+        ("failed (DSN owed or dropped)", stats.failed),
+        ("held", stats.held),
+        ("dropped (null sender)", stats.dropped),
+    ] {
+        t.row(vec![label.to_string(), n.to_string()]);
+    }
+    let mut summary = t.render();
+    summary.push_str(&format!(
+        "DSNs made {}, written {}{}\nTime {}; ledger now: delivered {}, bounced {}, held {}, remaining {remaining}\n",
+        stats.dsns,
+        written,
+        if unwritten > 0 { format!(", {unwritten} not written (pass --outbox DIR)") } else { String::new() },
+        format_duration(elapsed),
+        count(RcptState::Delivered),
+        count(RcptState::Bounced),
+        count(RcptState::Held),
+    ));
+    if let Some(stop) = &stats.stop {
+        summary.push_str(&format!("Stopped early: {}\n", for_terminal(&stop_text(stop))));
+    }
+    summary.push_str(&format!("Exit {}: {}\n", exit.code(), exit.meaning()));
+    if !printer.json_mode() {
+        printer.data(&summary)?;
+    }
+    Ok(exit)
+}
+
+fn stop_text(stop: &Stop) -> String {
+    match stop {
+        Stop::Interrupted => "interrupted by Ctrl-C; the current batch was finished and recorded".into(),
+        Stop::Store(why) => why.clone(),
+        Stop::StoreFull(why) => format!("{why}; free space and run again"),
+    }
+}
+
+fn open_store(target: &StoreTarget) -> Result<Box<dyn Deliverer>> {
+    match target {
+        StoreTarget::Maildir(dir) => MaildirStore::new(dir)
+            .map(|s| Box::new(s) as Box<dyn Deliverer>)
+            .map_err(|e| {
+                let exit = match e {
+                    StoreError::Full(_) => Exit::TempFail,
+                    StoreError::Unavailable(_) => Exit::Unavailable,
+                };
+                anyhow::Error::new(e).context(Failure::new(
+                    exit,
+                    format!("cannot use store `maildir:{}`", dir.display()),
+                ))
+            }),
+    }
+}
+
+/// First Ctrl-C: finish the batch, checkpoint, exit 130. Second: stop now (what was in
+/// flight is completed by the next run).
+fn install_ctrl_c() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let handler_flag = flag.clone();
+    ctrlc::set_handler(move || {
+        if handler_flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(Exit::Interrupted.code() as i32);
+        }
+        eprintln!("interrupted: finishing the current batch (Ctrl-C again to stop at once)");
+    })?;
+    Ok(flag)
+}

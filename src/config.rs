@@ -1,0 +1,201 @@
+//! The validated configuration. `Config::from_cli` checks every option once and turns it
+//! into types; a bad option is a usage error (64) naming the option.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use chrono::{DateTime, FixedOffset};
+
+use crate::cli::{self, Cli};
+use crate::exit::{Exit, Failure};
+use crate::incident::{self, Incident};
+use crate::spool::SpoolFormat;
+use crate::throttle::RateSpec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose(u8),
+}
+
+/// How output is rendered.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    pub json: bool,
+    pub verbosity: Verbosity,
+}
+
+impl Output {
+    pub fn quiet(&self) -> bool {
+        self.verbosity == Verbosity::Quiet
+    }
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub ledger: PathBuf,
+    pub output: Output,
+    pub command: CommandConfig,
+}
+
+#[derive(Debug)]
+pub enum CommandConfig {
+    Ingest(IngestConfig),
+    Report(ReportConfig),
+    Run(RunConfig),
+    Status,
+    Bounces(BouncesConfig),
+}
+
+#[derive(Debug)]
+pub struct IngestConfig {
+    pub spool: PathBuf,
+    /// `None`: detect.
+    pub format: Option<SpoolFormat>,
+}
+
+/// Throttle settings shared by `run` and the projections of `report`.
+#[derive(Debug, Clone, Copy)]
+pub struct PaceConfig {
+    pub rate: Option<RateSpec>,
+    pub batch_size: usize,
+    pub pause: Duration,
+}
+
+#[derive(Debug)]
+pub struct ReportConfig {
+    pub incident: Incident,
+    pub now: DateTime<FixedOffset>,
+    pub pace: PaceConfig,
+    pub top: usize,
+}
+
+/// Where `run` delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreTarget {
+    Maildir(PathBuf),
+}
+
+impl StoreTarget {
+    pub fn parse(s: &str) -> Result<StoreTarget, String> {
+        if let Some(dir) = s.strip_prefix("maildir:") {
+            if dir.is_empty() {
+                return Err("`maildir:` needs a folder, e.g. maildir:/srv/restored".into());
+            }
+            return Ok(StoreTarget::Maildir(PathBuf::from(dir)));
+        }
+        let scheme = s.split(':').next().unwrap_or("");
+        match scheme {
+            "smtp" | "smtps" | "smtp+starttls" | "lmtp" => Err(format!(
+                "`{scheme}:` stores are not supported by this version yet; use maildir:DIR"
+            )),
+            _ => Err(format!("`{s}` is not a store target; expected maildir:DIR")),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RunConfig {
+    pub incident: Incident,
+    pub now: DateTime<FixedOffset>,
+    /// True when `--now` fixed the clock.
+    pub fixed_clock: bool,
+    pub store: StoreTarget,
+    pub outbox: Option<PathBuf>,
+    pub return_limit: usize,
+    pub pace: PaceConfig,
+}
+
+#[derive(Debug)]
+pub struct BouncesConfig {
+    pub show: Option<i64>,
+}
+
+fn usage(option: &str, why: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(Failure::new(Exit::Usage, format!("{option}: {why}")))
+}
+
+impl Config {
+    pub fn from_cli(cli: Cli) -> Result<Config> {
+        let output = Output {
+            json: cli.json,
+            verbosity: match (cli.quiet, cli.verbose) {
+                (true, _) => Verbosity::Quiet,
+                (false, 0) => Verbosity::Normal,
+                (false, n) => Verbosity::Verbose(n),
+            },
+        };
+        let command = match cli.command {
+            cli::Command::Ingest(a) => CommandConfig::Ingest(IngestConfig {
+                format: match a.format.as_str() {
+                    "auto" => None,
+                    other => Some(other.parse().map_err(|e| usage("--format", e))?),
+                },
+                spool: a.spool,
+            }),
+            cli::Command::Report(a) => CommandConfig::Report(ReportConfig {
+                incident: incident::load(&a.incident)?,
+                now: parse_now(a.clock.now.as_deref())?,
+                pace: pace(&a.pace)?,
+                top: a.top,
+            }),
+            cli::Command::Run(a) => CommandConfig::Run(RunConfig {
+                incident: incident::load(&a.incident)?,
+                now: parse_now(a.clock.now.as_deref())?,
+                fixed_clock: a.clock.now.is_some(),
+                store: StoreTarget::parse(&a.store).map_err(|e| usage("--store", e))?,
+                outbox: a.outbox,
+                return_limit: a.return_limit,
+                pace: pace(&a.pace)?,
+            }),
+            cli::Command::Status => CommandConfig::Status,
+            cli::Command::Bounces(a) => CommandConfig::Bounces(BouncesConfig { show: a.show }),
+        };
+        Ok(Config {
+            ledger: cli.ledger,
+            output,
+            command,
+        })
+    }
+}
+
+fn parse_now(now: Option<&str>) -> Result<DateTime<FixedOffset>> {
+    match now {
+        None => Ok(chrono::Local::now().fixed_offset()),
+        Some(s) => DateTime::parse_from_rfc3339(s)
+            .map_err(|e| usage("--now", format!("`{s}` is not an RFC 3339 time with an offset ({e})"))),
+    }
+}
+
+fn pace(p: &cli::Pace) -> Result<PaceConfig> {
+    if p.batch_size == 0 {
+        return Err(usage("--batch-size", "must be at least 1"));
+    }
+    Ok(PaceConfig {
+        rate: p
+            .rate
+            .as_deref()
+            .map(|r| r.parse::<RateSpec>().map_err(|e| usage("--rate", e)))
+            .transpose()?,
+        batch_size: p.batch_size,
+        pause: crate::throttle::parse_duration(&p.pause).map_err(|e| usage("--pause", e))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_targets() {
+        assert_eq!(
+            StoreTarget::parse("maildir:/srv/x"),
+            Ok(StoreTarget::Maildir("/srv/x".into()))
+        );
+        assert!(StoreTarget::parse("maildir:").is_err());
+        assert!(StoreTarget::parse("lmtp://x").unwrap_err().contains("not supported"));
+        assert!(StoreTarget::parse("/srv/x").is_err());
+    }
+}

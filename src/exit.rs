@@ -1,0 +1,103 @@
+//! Exit codes (sysexits values, documented in README) and errors that carry one.
+
+use std::fmt;
+
+/// What the process tells its caller. Values follow sysexits.h so scripts can branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// All done; held and quarantined items are reported but are not pending work.
+    Done = 0,
+    /// Command-line usage error.
+    Usage = 64,
+    /// Input data was bad (e.g. a spool item that makes the whole command impossible).
+    DataErr = 65,
+    /// An input file or spool does not exist.
+    NoInput = 66,
+    /// The restored store is unavailable.
+    Unavailable = 69,
+    /// An output (store, outbox, ledger) cannot be created.
+    CantCreate = 73,
+    /// An I/O error.
+    IoErr = 74,
+    /// Deliverable work remains (deferred, interrupted, ledger busy): run again to resume.
+    TempFail = 75,
+    /// The configuration (incident file, options) is invalid.
+    Config = 78,
+    /// Interrupted by Ctrl-C after a clean checkpoint.
+    Interrupted = 130,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Exit::Done => "done",
+            Exit::Usage => "usage error",
+            Exit::DataErr => "bad input data",
+            Exit::NoInput => "input not found",
+            Exit::Unavailable => "store unavailable",
+            Exit::CantCreate => "cannot create output",
+            Exit::IoErr => "i/o error",
+            Exit::TempFail => "work remains: run again to resume",
+            Exit::Config => "bad configuration",
+            Exit::Interrupted => "interrupted: run again to resume",
+        }
+    }
+}
+
+/// An error that knows which exit code it deserves. Wrap it in `anyhow::Error`; the
+/// renderer in `lib.rs` finds it anywhere in the chain.
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: Exit,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Failure {
+    pub fn new(exit: Exit, message: impl Into<String>) -> Failure {
+        Failure {
+            exit,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Failure {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Shorthand: `return Err(failure(Exit::Config, "…"))`.
+pub fn failure(exit: Exit, message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Failure::new(exit, message))
+}
+
+/// The exit code an error deserves: that of the first `Failure` in its chain, else
+/// `IoErr` (what is left after usage, config and data errors are typed is I/O trouble).
+pub fn exit_for(err: &anyhow::Error) -> Exit {
+    for cause in err.chain() {
+        if let Some(f) = cause.downcast_ref::<Failure>() {
+            return f.exit;
+        }
+    }
+    Exit::IoErr
+}
+
+pub fn hint_for(err: &anyhow::Error) -> Option<&str> {
+    err.chain()
+        .find_map(|c| c.downcast_ref::<Failure>())
+        .and_then(|f| f.hint.as_deref())
+}

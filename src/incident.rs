@@ -1,0 +1,367 @@
+//! The incident file (TOML): the timeline of the outage and what to do with mail that
+//! arrived in each window. Validated once here; errors name the key and the line.
+
+use std::path::Path;
+
+use chrono::{DateTime, FixedOffset, TimeDelta};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::exit::{Exit, Failure};
+
+/// What to do with mail that arrived in a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowAction {
+    Deliver,
+    Bounce,
+    Hold,
+}
+
+impl WindowAction {
+    fn parse(s: &str) -> Option<WindowAction> {
+        match s {
+            "deliver" => Some(WindowAction::Deliver),
+            "bounce" => Some(WindowAction::Bounce),
+            "hold" => Some(WindowAction::Hold),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WindowAction::Deliver => "deliver",
+            WindowAction::Bounce => "bounce",
+            WindowAction::Hold => "hold",
+        }
+    }
+}
+
+/// When the queue lifetime starts counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifetimeFrom {
+    Arrival,
+    Restored,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    pub name: String,
+    /// Half-open: `start <= arrival < end`.
+    pub start: DateTime<FixedOffset>,
+    pub end: DateTime<FixedOffset>,
+    pub action: WindowAction,
+    pub note: Option<String>,
+    /// RFC 3463 status for DSNs of `bounce` windows.
+    pub status: String,
+    /// Diagnostic text for DSNs of `bounce` windows.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incident {
+    pub name: String,
+    pub reporting_mta: String,
+    pub restored_at: DateTime<FixedOffset>,
+    pub queue_lifetime: TimeDelta,
+    pub lifetime_from: LifetimeFrom,
+    /// Action for mail outside every window.
+    pub outside: WindowAction,
+    /// Sorted by start, not overlapping.
+    pub windows: Vec<Window>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIncident {
+    name: Spanned<String>,
+    reporting_mta: Spanned<String>,
+    restored_at: Spanned<String>,
+    queue_lifetime: Spanned<String>,
+    #[serde(default)]
+    lifetime_from: Option<Spanned<String>>,
+    #[serde(default)]
+    outside: Option<Spanned<String>>,
+    #[serde(default, rename = "window")]
+    windows: Vec<RawWindow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    name: Spanned<String>,
+    start: Spanned<String>,
+    end: Spanned<String>,
+    action: Spanned<String>,
+    #[serde(default)]
+    note: Option<String>,
+    #[serde(default)]
+    status: Option<Spanned<String>>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Reads and validates an incident file. Errors are `Failure`s with exit code 78 (66 when
+/// the file is missing), naming the file, the key and the line.
+pub fn load(path: &Path) -> anyhow::Result<Incident> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let exit = if e.kind() == std::io::ErrorKind::NotFound {
+            Exit::NoInput
+        } else {
+            Exit::Config
+        };
+        anyhow::Error::new(e).context(Failure::new(
+            exit,
+            format!("cannot read incident file `{}`", path.display()),
+        ))
+    })?;
+    parse(&text).map_err(|msg| {
+        anyhow::Error::new(Failure::new(
+            Exit::Config,
+            format!("incident file `{}`: {msg}", path.display()),
+        ))
+    })
+}
+
+/// Parses incident TOML; the error is one line naming the key and line.
+pub fn parse(text: &str) -> Result<Incident, String> {
+    let raw: RawIncident = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+    let at = |span: std::ops::Range<usize>| line_of(text, span.start);
+    let time = |key: &str, v: &Spanned<String>| -> Result<DateTime<FixedOffset>, String> {
+        DateTime::parse_from_rfc3339(v.get_ref()).map_err(|e| {
+            format!(
+                "`{key}` on line {}: `{}` is not an RFC 3339 time with an offset ({e})",
+                at(v.span()),
+                v.get_ref()
+            )
+        })
+    };
+    let queue_lifetime = parse_lifetime(raw.queue_lifetime.get_ref()).map_err(|e| {
+        format!("`queue_lifetime` on line {}: {e}", at(raw.queue_lifetime.span()))
+    })?;
+    let lifetime_from = match raw.lifetime_from.as_ref() {
+        None => LifetimeFrom::Arrival,
+        Some(v) => match v.get_ref().as_str() {
+            "arrival" => LifetimeFrom::Arrival,
+            "restored" => LifetimeFrom::Restored,
+            other => {
+                return Err(format!(
+                    "`lifetime_from` on line {}: `{other}` is not `arrival` or `restored`",
+                    at(v.span())
+                ));
+            }
+        },
+    };
+    let action = |key: &str, v: &Spanned<String>| {
+        WindowAction::parse(v.get_ref()).ok_or_else(|| {
+            format!(
+                "`{key}` on line {}: `{}` is not one of deliver, bounce, hold",
+                at(v.span()),
+                v.get_ref()
+            )
+        })
+    };
+    let outside = match raw.outside.as_ref() {
+        None => WindowAction::Hold,
+        Some(v) => action("outside", v)?,
+    };
+    let reporting_mta = raw.reporting_mta.get_ref().trim().to_string();
+    if !is_hostname(&reporting_mta) {
+        return Err(format!(
+            "`reporting_mta` on line {}: `{}` is not a host name",
+            at(raw.reporting_mta.span()),
+            reporting_mta
+        ));
+    }
+    let mut windows = Vec::with_capacity(raw.windows.len());
+    for w in &raw.windows {
+        let start = time("start", &w.start)?;
+        let end = time("end", &w.end)?;
+        if end <= start {
+            return Err(format!(
+                "window `{}` on line {}: `end` is not after `start`",
+                w.name.get_ref(),
+                at(w.end.span())
+            ));
+        }
+        let status = match &w.status {
+            None => "5.0.0".to_string(),
+            Some(s) if is_failure_status(s.get_ref()) => s.get_ref().clone(),
+            Some(s) => {
+                return Err(format!(
+                    "`status` on line {}: `{}` is not an RFC 3463 failure code like 5.2.1",
+                    at(s.span()),
+                    s.get_ref()
+                ));
+            }
+        };
+        if windows.iter().any(|(_, x): &(usize, Window)| x.name == *w.name.get_ref()) {
+            return Err(format!(
+                "window name `{}` on line {} is used twice",
+                w.name.get_ref(),
+                at(w.name.span())
+            ));
+        }
+        windows.push((
+            at(w.start.span()),
+            Window {
+                name: w.name.get_ref().clone(),
+                start,
+                end,
+                action: action("action", &w.action)?,
+                note: w.note.clone(),
+                status,
+                reason: w.reason.clone(),
+            },
+        ));
+    }
+    for pair in windows.windows(2) {
+        let ((_, a), (line, b)) = (&pair[0], &pair[1]);
+        if b.start < a.start {
+            return Err(format!(
+                "window `{}` on line {line} starts before the window `{}` above it: list windows in time order",
+                b.name, a.name
+            ));
+        }
+        if b.start < a.end {
+            return Err(format!(
+                "window `{}` on line {line} overlaps window `{}` (which ends {})",
+                b.name, a.name, a.end
+            ));
+        }
+    }
+    Ok(Incident {
+        name: raw.name.get_ref().clone(),
+        reporting_mta,
+        restored_at: time("restored_at", &raw.restored_at)?,
+        queue_lifetime,
+        lifetime_from,
+        outside,
+        windows: windows.into_iter().map(|(_, w)| w).collect(),
+    })
+}
+
+fn parse_lifetime(s: &str) -> Result<TimeDelta, String> {
+    let d = crate::throttle::parse_duration(s)?;
+    if d.is_zero() {
+        return Err("a queue lifetime of zero would expire everything".into());
+    }
+    TimeDelta::from_std(d).map_err(|_| format!("`{s}` is too long"))
+}
+
+fn is_failure_status(s: &str) -> bool {
+    let mut parts = s.split('.');
+    let (Some(class), Some(subject), Some(detail), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let number = |p: &str| {
+        !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) && (p == "0" || !p.starts_with('0'))
+    };
+    matches!(class, "4" | "5") && number(subject) && number(detail)
+}
+
+fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// toml's own message spans several lines with a source excerpt; keep its first line and
+/// say the line number ourselves.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => format!("line {}: {message}", line_of(text, span.start)),
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "outage"
+reporting_mta = "mx1.example.net"
+restored_at = "2023-01-26T13:00:00+01:00"
+queue_lifetime = "5d"
+
+[[window]]
+name = "queued"
+start = "2023-01-22T20:00:00+01:00"
+end = "2023-01-23T16:00:00+01:00"
+action = "deliver"
+
+[[window]]
+name = "rejected"
+start = "2023-01-23T16:00:00+01:00"
+end = "2023-01-24T16:00:00+01:00"
+action = "bounce"
+status = "5.2.1"
+"#;
+
+    #[track_caller]
+    fn check_err(text: &str, expected: &str) {
+        match parse(text) {
+            Ok(_) => panic!("expected an error containing {expected:?}"),
+            Err(e) => assert!(e.contains(expected), "error {e:?} lacks {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_the_example() {
+        let inc = parse(GOOD).unwrap();
+        assert_eq!(inc.windows.len(), 2);
+        assert_eq!(inc.queue_lifetime, TimeDelta::days(5));
+        assert_eq!(inc.lifetime_from, LifetimeFrom::Arrival);
+        assert_eq!(inc.outside, WindowAction::Hold);
+        assert_eq!(inc.windows[1].status, "5.2.1");
+        assert_eq!(inc.windows[0].status, "5.0.0");
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        check_err(&GOOD.replace("action = \"deliver\"", "acton = \"deliver\""), "line 11");
+        check_err(&GOOD.replace("action = \"deliver\"", "acton = \"deliver\""), "acton");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_line() {
+        check_err(&GOOD.replace("\"5d\"", "\"5 days\""), "`queue_lifetime` on line 5");
+        check_err(
+            &GOOD.replace("2023-01-22T20:00:00+01:00", "2023-01-22 20:00"),
+            "`start` on line 9",
+        );
+        check_err(&GOOD.replace("\"bounce\"", "\"reject\""), "`action` on line 17");
+        check_err(&GOOD.replace("\"5.2.1\"", "\"2.0.0\""), "`status` on line 18");
+    }
+
+    #[test]
+    fn overlapping_and_unordered_windows_are_refused() {
+        let overlap = GOOD.replace(
+            "start = \"2023-01-23T16:00:00+01:00\"",
+            "start = \"2023-01-23T15:00:00+01:00\"",
+        );
+        check_err(&overlap, "overlaps window `queued`");
+        let unordered = GOOD.replace(
+            "start = \"2023-01-23T16:00:00+01:00\"\nend = \"2023-01-24T16:00:00+01:00\"",
+            "start = \"2023-01-20T16:00:00+01:00\"\nend = \"2023-01-21T16:00:00+01:00\"",
+        );
+        check_err(&unordered, "starts before the window `queued`");
+    }
+}

@@ -1,0 +1,651 @@
+//! The SQLite ledger: every message, every recipient's state, every state change, the
+//! quarantine and the DSNs. The only module that uses rusqlite.
+//!
+//! One writer at a time: `Ledger::open_for_write` takes an exclusive lock on
+//! `<ledger>.lock` (holding the owner's pid and command, so a second process can name it).
+//! Readers (`report`, `status`, `bounces`) open without the lock; WAL lets them read while
+//! a run writes.
+
+mod lock;
+mod schema;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::address::ReversePath;
+use crate::exit::{Exit, Failure, failure};
+use crate::spool::{QueuedMessage, Quarantined, SourceRef, SpoolFormat};
+pub use state::RcptState;
+
+pub struct Ledger {
+    conn: Connection,
+    path: PathBuf,
+    _lock: Option<lock::LedgerLock>,
+}
+
+/// A message as the ledger knows it.
+#[derive(Debug, Clone)]
+pub struct MessageRow {
+    pub id: i64,
+    pub content_hash: String,
+    pub source: SourceRef,
+    pub queue_id: String,
+    pub size: u64,
+    pub sender: ReversePath,
+    pub arrival: DateTime<FixedOffset>,
+    pub envid: Option<String>,
+    pub ret: Option<String>,
+    pub window: Option<String>,
+    pub disposition: Option<String>,
+}
+
+/// One recipient of one message.
+#[derive(Debug, Clone)]
+pub struct RecipientRow {
+    pub id: i64,
+    pub message_id: i64,
+    pub address: String,
+    pub domain: String,
+    pub orcpt: Option<String>,
+    pub notify: Option<String>,
+    pub state: RcptState,
+    pub status: Option<String>,
+    pub reply: Option<String>,
+    pub attempts: i64,
+    pub last_attempt: Option<String>,
+}
+
+/// A message with the recipients selected alongside it.
+#[derive(Debug, Clone)]
+pub struct MessageWork {
+    pub message: MessageRow,
+    pub recipients: Vec<RecipientRow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct QuarantineRow {
+    pub source_format: String,
+    pub source_path: String,
+    pub source_offset: i64,
+    pub reason: String,
+    pub first_seen: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DsnRow {
+    pub id: i64,
+    pub message_id: i64,
+    pub queue_id: String,
+    pub envelope_to: String,
+    pub rfc_message_id: String,
+    pub created_at: String,
+    pub recipients: i64,
+    pub written_path: Option<String>,
+}
+
+/// What `insert_message` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    /// The same content from the same source is already in the ledger.
+    Known,
+}
+
+/// The ledger's clock for the audit trail: real time, never the `--now` of a what-if.
+pub fn timestamp() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl Ledger {
+    /// Opens (creating if needed) for a command that writes; takes the writer lock.
+    pub fn open_for_write(path: &Path, command: &str) -> Result<Ledger> {
+        let lock = lock::LedgerLock::acquire(path, command)?;
+        let conn = Connection::open(path).map_err(|e| {
+            anyhow::Error::new(e).context(Failure::new(
+                Exit::CantCreate,
+                format!("cannot open ledger `{}`", path.display()),
+            ))
+        })?;
+        let mut ledger = Ledger {
+            conn,
+            path: path.to_path_buf(),
+            _lock: Some(lock),
+        };
+        ledger.configure()?;
+        ledger.migrate()?;
+        Ok(ledger)
+    }
+
+    /// Opens an existing ledger to read it; no lock, no migration.
+    pub fn open_read(path: &Path) -> Result<Ledger> {
+        if !path.exists() {
+            return Err(anyhow::Error::new(
+                Failure::new(Exit::NoInput, format!("no ledger at `{}`", path.display()))
+                    .with_hint("run `spoolreplay ingest SPOOL` first, or pass --ledger PATH"),
+            ));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("cannot open ledger `{}`", path.display()))?;
+        let ledger = Ledger {
+            conn,
+            path: path.to_path_buf(),
+            _lock: None,
+        };
+        ledger.set_busy_timeout()?;
+        let version = ledger.user_version()?;
+        if version != schema::latest_version() {
+            return Err(failure(
+                Exit::DataErr,
+                format!(
+                    "ledger `{}` has schema version {version}, this spoolreplay reads version {}",
+                    path.display(),
+                    schema::latest_version()
+                ),
+            ));
+        }
+        Ok(ledger)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn set_busy_timeout(&self) -> Result<()> {
+        self.conn
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .with_context(|| format!("cannot configure ledger `{}`", self.path.display()))
+    }
+
+    fn configure(&self) -> Result<()> {
+        self.set_busy_timeout()?;
+        // WAL: readers (report, status) work while a run writes; synchronous=FULL so a
+        // committed checkpoint survives a power cut, not just a process crash.
+        self.conn
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+            )
+            .map_err(|e| self.corrupt_or(e, "cannot configure ledger"))
+    }
+
+    /// SQLite says "file is not a database" for a corrupted or foreign file: say that.
+    fn corrupt_or(&self, e: rusqlite::Error, what: &str) -> anyhow::Error {
+        let corrupt = matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt)
+        );
+        let msg = format!("{what} `{}`", self.path.display());
+        if corrupt {
+            anyhow::Error::new(e).context(
+                Failure::new(Exit::DataErr, format!("{msg}: it is corrupted or not a ledger"))
+                    .with_hint("restore it from a backup, or pass --ledger NEW_PATH and ingest again"),
+            )
+        } else {
+            anyhow::Error::new(e).context(msg)
+        }
+    }
+
+    fn user_version(&self) -> Result<i64> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.corrupt_or(e, "cannot read ledger"))
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let version = self.user_version()?;
+        let latest = schema::latest_version();
+        if version > latest {
+            return Err(failure(
+                Exit::DataErr,
+                format!(
+                    "ledger `{}` has schema version {version}, newer than this spoolreplay knows ({latest})",
+                    self.path.display()
+                ),
+            ));
+        }
+        for (index, step) in schema::MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let next = index as i64 + 1;
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(step)
+                .with_context(|| format!("cannot migrate ledger to version {next}"))?;
+            tx.pragma_update(None, "user_version", next)?;
+            tx.commit()
+                .with_context(|| format!("cannot migrate ledger to version {next}"))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` in one transaction; committed only if `f` succeeds.
+    pub fn write<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .with_context(|| format!("cannot start a transaction on `{}`", self.path.display()))?;
+        let value = f(&Tx { tx: &tx })?;
+        tx.commit()
+            .with_context(|| format!("cannot commit to ledger `{}`", self.path.display()))?;
+        Ok(value)
+    }
+
+    /// Messages with at least one recipient in `states`, with those recipients, in id order
+    /// after `after_id`; at most `limit` messages. Callers page through with the last id,
+    /// so memory stays bounded however large the ledger.
+    pub fn messages_in_states(
+        &self,
+        states: &[RcptState],
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<MessageWork>> {
+        let placeholders = states.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(",");
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id > ?1 AND EXISTS \
+             (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.state IN ({placeholders})) \
+             ORDER BY m.id LIMIT ?2"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let messages = stmt
+            .query_map(params![after_id, limit as i64], message_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rsql = format!(
+            "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ?1 AND state IN ({placeholders}) ORDER BY id"
+        );
+        let mut rstmt = self.conn.prepare_cached(&rsql)?;
+        let mut out = Vec::with_capacity(messages.len());
+        for message in messages {
+            let message = message?;
+            let recipients = rstmt
+                .query_map(params![message.id], recipient_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+                .into_iter()
+                .collect::<Result<Vec<_>>>()?;
+            out.push(MessageWork { message, recipients });
+        }
+        Ok(out)
+    }
+
+    /// All recipients of one message (any state).
+    pub fn recipients_of(&self, message_id: i64) -> Result<Vec<RecipientRow>> {
+        let sql = format!("SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ?1 ORDER BY id");
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt
+            .query_map(params![message_id], recipient_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter().collect()
+    }
+
+    /// Calls `f` for every message (with all its recipients) in id order, streaming.
+    pub fn for_each_message(&self, mut f: impl FnMut(&MessageRow, &[RecipientRow]) -> Result<()>) -> Result<()> {
+        let mut after = 0;
+        loop {
+            let page = self.messages_in_states(&state::ALL_STATES, after, 500)?;
+            let Some(last) = page.last() else { return Ok(()) };
+            after = last.message.id;
+            for work in &page {
+                f(&work.message, &work.recipients)?;
+            }
+        }
+    }
+
+    /// Recipients per state.
+    pub fn state_counts(&self) -> Result<Vec<(RcptState, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT state, count(*) FROM recipients GROUP BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (state, n) = row?;
+            out.push((parse_state(&state)?, n as u64));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Recipients per (window of the last classification, state).
+    pub fn state_counts_by_window(&self) -> Result<Vec<(Option<String>, RcptState, u64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT m.window, r.state, count(*) FROM recipients r JOIN messages m ON m.id = r.message_id \
+             GROUP BY m.window, r.state ORDER BY m.window, r.state",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, Option<String>>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (window, state, n) = row?;
+            out.push((window, parse_state(&state)?, n as u64));
+        }
+        Ok(out)
+    }
+
+    pub fn message_count(&self) -> Result<u64> {
+        Ok(self.conn.query_row("SELECT count(*) FROM messages", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// Quarantined items not since ingested fine, oldest first, at most `limit`.
+    pub fn quarantined(&self, limit: usize) -> Result<(u64, Vec<QuarantineRow>)> {
+        let total: i64 = self.conn.query_row(
+            "SELECT count(*) FROM quarantine WHERE resolved_at IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT source_format, source_path, source_offset, reason, first_seen FROM quarantine \
+             WHERE resolved_at IS NULL ORDER BY id LIMIT ?1",
+        )?;
+        let rows = stmt
+            .query_map(params![limit as i64], |r| {
+                Ok(QuarantineRow {
+                    source_format: r.get(0)?,
+                    source_path: r.get(1)?,
+                    source_offset: r.get(2)?,
+                    reason: r.get(3)?,
+                    first_seen: r.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok((total as u64, rows))
+    }
+
+    /// DSNs made, in id order; only those not yet written when `unwritten_only`.
+    pub fn dsns(&self, unwritten_only: bool) -> Result<Vec<DsnRow>> {
+        let filter = if unwritten_only { "WHERE d.written_at IS NULL" } else { "" };
+        let sql = format!(
+            "SELECT d.id, d.message_id, m.queue_id, d.envelope_to, d.rfc_message_id, d.created_at, \
+             (SELECT count(*) FROM recipients r WHERE r.dsn_id = d.id), d.written_path \
+             FROM dsns d JOIN messages m ON m.id = d.message_id {filter} ORDER BY d.id"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(DsnRow {
+                    id: r.get(0)?,
+                    message_id: r.get(1)?,
+                    queue_id: r.get(2)?,
+                    envelope_to: r.get(3)?,
+                    rfc_message_id: r.get(4)?,
+                    created_at: r.get(5)?,
+                    recipients: r.get(6)?,
+                    written_path: r.get(7)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// The bytes of DSN `id`, if it exists.
+    pub fn dsn_content(&self, id: i64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row("SELECT content FROM dsns WHERE id = ?1", params![id], |r| r.get(0))
+            .optional()?)
+    }
+}
+
+/// A write transaction. Every state change goes through `set_state`, which checks the
+/// transition and appends to the audit trail.
+pub struct Tx<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+}
+
+/// What a state change also records.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Change<'a> {
+    /// Free text for the audit trail (and the recipient's `reply`).
+    pub detail: Option<&'a str>,
+    /// An RFC 3463 status (for failures).
+    pub status: Option<&'a str>,
+    /// The time of a real delivery attempt.
+    pub attempted_at: Option<&'a str>,
+}
+
+impl Tx<'_> {
+    /// Adds a message and its recipients (state pending), unless the same content from the
+    /// same source is already there. Clears a quarantine entry for that source.
+    pub fn insert_message(&self, msg: &QueuedMessage, now: &str) -> Result<Inserted> {
+        let hash = msg.content_hash().to_hex();
+        let env = &msg.envelope;
+        let changed = self.tx.execute(
+            "INSERT OR IGNORE INTO messages (content_hash, source_format, source_path, source_offset, \
+             source_len, queue_id, size, sender, sender_from, recipients_from, arrival, arrival_unix, \
+             arrival_from, envid, ret, ingested_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            params![
+                hash,
+                msg.source.format.as_str(),
+                msg.source.path.to_string_lossy(),
+                msg.source.offset as i64,
+                msg.source.len as i64,
+                msg.queue_id,
+                msg.content.len() as i64,
+                env.sender.as_str(),
+                env.sender_from.as_str(),
+                env.recipients_from.as_str(),
+                env.arrival.to_rfc3339(),
+                env.arrival.timestamp(),
+                env.arrival_from.as_str(),
+                env.envid,
+                env.ret.map(ret_name),
+                now,
+            ],
+        )?;
+        if changed == 0 {
+            return Ok(Inserted::Known);
+        }
+        let message_id = self.tx.last_insert_rowid();
+        let mut insert = self.tx.prepare_cached(
+            "INSERT OR IGNORE INTO recipients (message_id, address, domain, orcpt, notify, state, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
+        )?;
+        for rcpt in &env.recipients {
+            let domain = rcpt
+                .address
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_ascii_lowercase())
+                .unwrap_or_default();
+            let notify = rcpt.notify.map(notify_name);
+            if insert.execute(params![message_id, rcpt.address, domain, rcpt.orcpt, notify, now])? == 1 {
+                let rid = self.tx.last_insert_rowid();
+                self.event(rid, None, RcptState::Pending, Some("ingested"), now)?;
+            }
+        }
+        self.tx.execute(
+            "UPDATE quarantine SET resolved_at = ?1 WHERE source_path = ?2 AND source_offset = ?3 AND resolved_at IS NULL",
+            params![now, msg.source.path.to_string_lossy(), msg.source.offset as i64],
+        )?;
+        Ok(Inserted::New)
+    }
+
+    /// Records a quarantined item; returns false when it was already recorded.
+    pub fn insert_quarantine(&self, item: &Quarantined, now: &str) -> Result<bool> {
+        let changed = self.tx.execute(
+            "INSERT OR IGNORE INTO quarantine (source_format, source_path, source_offset, reason, first_seen) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                item.source.format.as_str(),
+                item.source.path.to_string_lossy(),
+                item.source.offset as i64,
+                item.reason,
+                now
+            ],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Moves one recipient from `from` to `to`, checking the transition and that the row
+    /// really is in `from` (so two paths can never both act on it).
+    pub fn set_state(&self, rcpt: &RecipientRow, to: RcptState, change: Change<'_>) -> Result<()> {
+        rcpt.state.check_transition(to)?;
+        let now = timestamp();
+        let attempted = change.attempted_at.is_some() as i64;
+        let updated = self.tx.execute(
+            "UPDATE recipients SET state = ?1, updated_at = ?2, \
+             reply = coalesce(?3, reply), status = coalesce(?4, status), \
+             attempts = attempts + ?5, last_attempt = coalesce(?6, last_attempt) \
+             WHERE id = ?7 AND state = ?8",
+            params![
+                to.as_str(),
+                now,
+                change.detail,
+                change.status,
+                attempted,
+                change.attempted_at,
+                rcpt.id,
+                rcpt.state.as_str()
+            ],
+        )?;
+        if updated != 1 {
+            anyhow::bail!(
+                "recipient {} of message {} is no longer {} in the ledger (changed by another process?)",
+                rcpt.id,
+                rcpt.message_id,
+                rcpt.state
+            );
+        }
+        self.event(rcpt.id, Some(rcpt.state), to, change.detail, &now)
+    }
+
+    fn event(&self, rid: i64, from: Option<RcptState>, to: RcptState, detail: Option<&str>, at: &str) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO events (recipient_id, at, from_state, to_state, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![rid, at, from.map(RcptState::as_str), to.as_str(), detail])?;
+        Ok(())
+    }
+
+    /// Stores the latest classification of a message (for `status` per window).
+    pub fn set_classification(&self, message_id: i64, window: &str, disposition: &str, deadline: &str) -> Result<()> {
+        self.tx
+            .prepare_cached("UPDATE messages SET window = ?1, disposition = ?2, deadline = ?3 WHERE id = ?4")?
+            .execute(params![window, disposition, deadline, message_id])?;
+        Ok(())
+    }
+
+    /// Records a DSN and moves the recipients it covers from failed to bounced, atomically:
+    /// a recipient is either bounced with its DSN recorded, or still owed one.
+    pub fn record_dsn(
+        &self,
+        message_id: i64,
+        envelope_to: &str,
+        rfc_message_id: &str,
+        content: &[u8],
+        covered: &[RecipientRow],
+    ) -> Result<i64> {
+        let now = timestamp();
+        self.tx.execute(
+            "INSERT INTO dsns (message_id, envelope_to, rfc_message_id, created_at, content) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![message_id, envelope_to, rfc_message_id, now, content],
+        )?;
+        let dsn_id = self.tx.last_insert_rowid();
+        for rcpt in covered {
+            let detail = format!("dsn {dsn_id}");
+            self.set_state(rcpt, RcptState::Bounced, Change { detail: Some(&detail), ..Change::default() })?;
+            self.tx.execute("UPDATE recipients SET dsn_id = ?1 WHERE id = ?2", params![dsn_id, rcpt.id])?;
+        }
+        Ok(dsn_id)
+    }
+
+    pub fn mark_dsn_written(&self, dsn_id: i64, path: &Path) -> Result<()> {
+        self.tx.execute(
+            "UPDATE dsns SET written_path = ?1, written_at = ?2 WHERE id = ?3",
+            params![path.to_string_lossy(), timestamp(), dsn_id],
+        )?;
+        Ok(())
+    }
+}
+
+const MESSAGE_COLUMNS: &str = "m.id, m.content_hash, m.source_format, m.source_path, m.source_offset, m.source_len, \
+     m.queue_id, m.size, m.sender, m.arrival, m.envid, m.ret, m.window, m.disposition";
+
+const RECIPIENT_COLUMNS: &str =
+    "id, message_id, address, domain, orcpt, notify, state, status, reply, attempts, last_attempt";
+
+/// Reads a message row; a row the tool cannot understand is an error naming the row, wrapped
+/// in the Result so rusqlite's own error type stays out of the callers.
+fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<MessageRow>> {
+    let id: i64 = r.get(0)?;
+    let format: String = r.get(2)?;
+    let arrival: String = r.get(9)?;
+    let sender: String = r.get(8)?;
+    let build = || -> Result<MessageRow> {
+        let format: SpoolFormat = format
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("message {id} in the ledger: {e}"))?;
+        let arrival = DateTime::parse_from_rfc3339(&arrival)
+            .with_context(|| format!("message {id} in the ledger has a bad arrival `{arrival}`"))?;
+        Ok(MessageRow {
+            id,
+            content_hash: r.get(1)?,
+            source: SourceRef {
+                format,
+                path: PathBuf::from(r.get::<_, String>(3)?),
+                offset: r.get::<_, i64>(4)? as u64,
+                len: r.get::<_, i64>(5)? as u64,
+            },
+            queue_id: r.get(6)?,
+            size: r.get::<_, i64>(7)? as u64,
+            sender: ReversePath::parse(&sender),
+            arrival,
+            envid: r.get(10)?,
+            ret: r.get(11)?,
+            window: r.get(12)?,
+            disposition: r.get(13)?,
+        })
+    };
+    Ok(build())
+}
+
+fn recipient_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RecipientRow>> {
+    let state: String = r.get(6)?;
+    let build = || -> Result<RecipientRow> {
+        Ok(RecipientRow {
+            id: r.get(0)?,
+            message_id: r.get(1)?,
+            address: r.get(2)?,
+            domain: r.get(3)?,
+            orcpt: r.get(4)?,
+            notify: r.get(5)?,
+            state: parse_state(&state)?,
+            status: r.get(7)?,
+            reply: r.get(8)?,
+            attempts: r.get(9)?,
+            last_attempt: r.get(10)?,
+        })
+    };
+    Ok(build())
+}
+
+fn parse_state(s: &str) -> Result<RcptState> {
+    s.parse::<RcptState>().map_err(anyhow::Error::msg)
+}
+
+fn ret_name(ret: crate::address::ReturnContent) -> &'static str {
+    match ret {
+        crate::address::ReturnContent::Full => "FULL",
+        crate::address::ReturnContent::Headers => "HDRS",
+    }
+}
+
+fn notify_name(n: crate::address::Notify) -> String {
+    if n.never {
+        return "NEVER".to_string();
+    }
+    let mut parts = Vec::new();
+    if n.success {
+        parts.push("SUCCESS");
+    }
+    if n.failure {
+        parts.push("FAILURE");
+    }
+    if n.delay {
+        parts.push("DELAY");
+    }
+    parts.join(",")
+}

@@ -1,0 +1,89 @@
+//! Append-only migrations, keyed on `PRAGMA user_version`. Never edit a released step:
+//! add a new one.
+
+/// Step N (1-based) brings the schema from version N-1 to N.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: messages, recipients, the audit trail, quarantine and DSNs.
+    r#"
+    CREATE TABLE messages (
+        id               INTEGER PRIMARY KEY,
+        content_hash     TEXT    NOT NULL,
+        source_format    TEXT    NOT NULL,
+        source_path      TEXT    NOT NULL,
+        source_offset    INTEGER NOT NULL,
+        source_len       INTEGER NOT NULL,
+        queue_id         TEXT    NOT NULL,
+        size             INTEGER NOT NULL,
+        sender           TEXT    NOT NULL,  -- '' is the null sender <>
+        sender_from      TEXT    NOT NULL,
+        recipients_from  TEXT    NOT NULL,
+        arrival          TEXT    NOT NULL,  -- RFC 3339, offset as spooled
+        arrival_unix     INTEGER NOT NULL,
+        arrival_from     TEXT    NOT NULL,
+        envid            TEXT,
+        ret              TEXT,
+        window           TEXT,              -- last classification (NULL: never classified)
+        disposition      TEXT,
+        deadline         TEXT,
+        ingested_at      TEXT    NOT NULL,
+        UNIQUE (content_hash, source_path, source_offset)
+    );
+    CREATE INDEX messages_hash ON messages (content_hash);
+    CREATE INDEX messages_queue_id ON messages (queue_id);
+
+    CREATE TABLE recipients (
+        id            INTEGER PRIMARY KEY,
+        message_id    INTEGER NOT NULL REFERENCES messages (id),
+        address       TEXT    NOT NULL,
+        domain        TEXT    NOT NULL,     -- lowercased, for reports
+        orcpt         TEXT,
+        notify        TEXT,
+        state         TEXT    NOT NULL,
+        status        TEXT,                 -- RFC 3463 code of a failure
+        reply         TEXT,                 -- last reply of the store, or our reason
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        last_attempt  TEXT,
+        dsn_id        INTEGER REFERENCES dsns (id),
+        updated_at    TEXT    NOT NULL,
+        UNIQUE (message_id, address)
+    );
+    CREATE INDEX recipients_state ON recipients (state, message_id);
+
+    CREATE TABLE events (
+        id            INTEGER PRIMARY KEY,
+        recipient_id  INTEGER NOT NULL REFERENCES recipients (id),
+        at            TEXT    NOT NULL,
+        from_state    TEXT,
+        to_state      TEXT    NOT NULL,
+        detail        TEXT
+    );
+    CREATE INDEX events_recipient ON events (recipient_id);
+
+    CREATE TABLE quarantine (
+        id             INTEGER PRIMARY KEY,
+        source_format  TEXT    NOT NULL,
+        source_path    TEXT    NOT NULL,
+        source_offset  INTEGER NOT NULL,
+        reason         TEXT    NOT NULL,
+        first_seen     TEXT    NOT NULL,
+        resolved_at    TEXT,               -- set when the item was later ingested fine
+        UNIQUE (source_path, source_offset, reason)
+    );
+
+    CREATE TABLE dsns (
+        id            INTEGER PRIMARY KEY,
+        message_id    INTEGER NOT NULL REFERENCES messages (id),
+        envelope_to   TEXT    NOT NULL,
+        rfc_message_id TEXT   NOT NULL,
+        created_at    TEXT    NOT NULL,
+        content       BLOB    NOT NULL,
+        written_path  TEXT,
+        written_at    TEXT
+    );
+    CREATE INDEX dsns_message ON dsns (message_id);
+    "#,
+];
+
+pub fn latest_version() -> i64 {
+    MIGRATIONS.len() as i64
+}

@@ -1,0 +1,143 @@
+//! The per-recipient state machine. Every change goes through `RcptState::check_transition`
+//! and is written to the `events` table (the audit trail).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Where one recipient of one message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RcptState {
+    /// Ingested; no decision yet, or released for delivery.
+    Pending,
+    /// Handed to the store; the outcome is not yet recorded. After a crash such rows are
+    /// completed first (see `cmd::run`).
+    InFlight,
+    Delivered,
+    /// The store refused for now; retried by the next run.
+    Deferred,
+    /// Will not be delivered (expired, bounced by the incident policy, refused by the store);
+    /// a DSN is owed.
+    Failed,
+    /// Failed, and the DSN was made.
+    Bounced,
+    /// Kept back by the incident policy or by the operator; not pending work.
+    Held,
+    /// Failed, but no DSN is sent (null sender); recorded only.
+    Dropped,
+}
+
+pub const ALL_STATES: [RcptState; 8] = [
+    RcptState::Pending,
+    RcptState::InFlight,
+    RcptState::Delivered,
+    RcptState::Deferred,
+    RcptState::Failed,
+    RcptState::Bounced,
+    RcptState::Held,
+    RcptState::Dropped,
+];
+
+/// Illegal state change: a bug, or a ledger edited by hand.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("recipient state cannot go from {from} to {to}")]
+pub struct BadTransition {
+    pub from: RcptState,
+    pub to: RcptState,
+}
+
+impl RcptState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RcptState::Pending => "pending",
+            RcptState::InFlight => "in_flight",
+            RcptState::Delivered => "delivered",
+            RcptState::Deferred => "deferred",
+            RcptState::Failed => "failed",
+            RcptState::Bounced => "bounced",
+            RcptState::Held => "held",
+            RcptState::Dropped => "dropped",
+        }
+    }
+
+    /// States a `run` still has to work on (the exit code is 75 while any remain).
+    pub fn is_open_work(self) -> bool {
+        matches!(
+            self,
+            RcptState::Pending | RcptState::InFlight | RcptState::Deferred | RcptState::Failed
+        )
+    }
+
+    /// States that classification may still change (a decision, not an outcome).
+    pub fn is_undecided(self) -> bool {
+        matches!(
+            self,
+            RcptState::Pending | RcptState::Deferred | RcptState::Held
+        )
+    }
+
+    /// The transitions the tool makes. Terminal states (delivered, bounced, dropped) have none.
+    pub fn check_transition(self, to: RcptState) -> Result<(), BadTransition> {
+        use RcptState::*;
+        let allowed = match self {
+            Pending => matches!(to, InFlight | Held | Failed | Dropped),
+            Deferred => matches!(to, InFlight | Held | Failed | Dropped),
+            Held => matches!(to, Pending | Failed | Dropped),
+            InFlight => matches!(to, Delivered | Deferred | Failed | Held),
+            Failed => matches!(to, Bounced | Dropped),
+            Delivered | Bounced | Dropped => false,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(BadTransition { from: self, to })
+        }
+    }
+}
+
+impl fmt::Display for RcptState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RcptState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ALL_STATES
+            .iter()
+            .copied()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown recipient state `{s}` in the ledger"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_states_never_move() {
+        for from in [RcptState::Delivered, RcptState::Bounced, RcptState::Dropped] {
+            for to in ALL_STATES {
+                assert!(from.check_transition(to).is_err(), "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn delivery_path_is_allowed() {
+        assert!(RcptState::Pending.check_transition(RcptState::InFlight).is_ok());
+        assert!(RcptState::InFlight.check_transition(RcptState::Delivered).is_ok());
+        assert!(RcptState::Failed.check_transition(RcptState::Bounced).is_ok());
+        assert!(RcptState::Pending.check_transition(RcptState::Delivered).is_err());
+        assert!(RcptState::Pending.check_transition(RcptState::Bounced).is_err());
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for st in ALL_STATES {
+            assert_eq!(st.as_str().parse::<RcptState>(), Ok(st));
+        }
+        assert!("gone".parse::<RcptState>().is_err());
+    }
+}

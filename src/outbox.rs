@@ -1,0 +1,76 @@
+//! Writing DSNs to the outbox folder, for another tool (or `spoolreplay ingest`) to send:
+//! `dsn-<id>.eml` plus a `dsn-<id>.json` envelope (`sender` "" = `<>`, `recipients`,
+//! `arrival`). Each file is written to a temporary name, synced and renamed, so the outbox
+//! never holds a partial DSN; names are fixed per DSN, so writing again after a crash
+//! replaces the same file instead of adding a second DSN.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::exit::{Exit, Failure};
+use crate::ledger::Ledger;
+
+/// Writes every DSN the ledger has not yet written; returns how many.
+pub fn write_pending(ledger: &mut Ledger, dir: &Path) -> Result<u64> {
+    fs::create_dir_all(dir).map_err(|e| {
+        anyhow::Error::new(e).context(Failure::new(
+            Exit::CantCreate,
+            format!("cannot create outbox `{}`", dir.display()),
+        ))
+    })?;
+    let mut written = 0;
+    for row in ledger.dsns(true)? {
+        let content = ledger
+            .dsn_content(row.id)?
+            .with_context(|| format!("DSN {} vanished from the ledger", row.id))?;
+        let eml = dir.join(format!("dsn-{}.eml", row.id));
+        let envelope = serde_json::json!({
+            "sender": "",
+            "recipients": [row.envelope_to],
+            "arrival": row.created_at,
+        });
+        let mut sidecar = serde_json::to_vec_pretty(&envelope)?;
+        sidecar.push(b'\n');
+        // The envelope first: a reader that sees the .eml always finds its envelope.
+        write_atomically(&dir.join(format!("dsn-{}.json", row.id)), &sidecar)?;
+        write_atomically(&eml, &content)?;
+        sync_dir(dir)?;
+        crate::replay::test_hook("after-outbox-write");
+        ledger.write(|tx| tx.mark_dsn_written(row.id, &eml))?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_name(path);
+    let result = (|| -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(anyhow::Error::new(e).context(Failure::new(
+            Exit::CantCreate,
+            format!("cannot write `{}`", path.display()),
+        )));
+    }
+    Ok(())
+}
+
+fn temp_name(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync outbox `{}`", dir.display()))
+}

@@ -1,0 +1,135 @@
+//! The dry-run plan behind `spoolreplay report`: what `run` would do with every open
+//! recipient, aggregated per window and disposition, per domain and per hour. Built from a
+//! stream of ledger rows; memory grows with the number of windows, domains and hours, never
+//! with the number of messages.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, Timelike};
+
+use crate::classify::{self, Disposition};
+use crate::config::PaceConfig;
+use crate::incident::Incident;
+use crate::ledger::{MessageRow, RcptState, RecipientRow};
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub messages: u64,
+    pub recipients: u64,
+    pub bytes: u64,
+}
+
+impl Counts {
+    fn add(&mut self, recipients: u64, bytes: u64) {
+        self.messages += 1;
+        self.recipients += recipients;
+        self.bytes += bytes;
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DomainCounts {
+    pub recipients: u64,
+    pub deliver: u64,
+    pub bounce: u64,
+    pub hold: u64,
+    pub drop: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Key: (window index, or `usize::MAX` for outside; disposition).
+    pub by_window: BTreeMap<(usize, Disposition), Counts>,
+    pub by_domain: HashMap<String, DomainCounts>,
+    /// Key: (hour start, window index or `usize::MAX`): all messages, settled or not.
+    pub arrivals: BTreeMap<(DateTime<FixedOffset>, usize), u64>,
+    pub oldest: Option<DateTime<FixedOffset>>,
+    pub newest: Option<DateTime<FixedOffset>>,
+    pub messages: u64,
+    /// Recipients per state right now, whatever the plan.
+    pub states: BTreeMap<RcptState, u64>,
+    /// DSNs `run` would make (one per message with bounced/expired recipients).
+    pub dsns: u64,
+    pub dsn_senders: HashSet<String>,
+    /// Messages `run` would hand to the store.
+    pub deliveries: u64,
+}
+
+pub const OUTSIDE_INDEX: usize = usize::MAX;
+
+impl Plan {
+    /// Adds one message with all its recipients.
+    pub fn add(&mut self, incident: &Incident, now: DateTime<FixedOffset>, m: &MessageRow, recipients: &[RecipientRow]) {
+        let window = classify::window_of(incident, m.arrival).unwrap_or(OUTSIDE_INDEX);
+        self.messages += 1;
+        let hour = hour_start(m.arrival.with_timezone(incident.restored_at.offset()));
+        *self.arrivals.entry((hour, window)).or_default() += 1;
+        self.oldest = Some(self.oldest.map_or(m.arrival, |o| o.min(m.arrival)));
+        self.newest = Some(self.newest.map_or(m.arrival, |n| n.max(m.arrival)));
+        for r in recipients {
+            *self.states.entry(r.state).or_default() += 1;
+        }
+        let open: Vec<&RecipientRow> = recipients
+            .iter()
+            .filter(|r| r.state.is_undecided() || r.state == RcptState::InFlight)
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        let c = classify::classify(incident, m.arrival, &m.sender, now);
+        self.by_window
+            .entry((window, c.disposition))
+            .or_default()
+            .add(open.len() as u64, m.size);
+        match c.disposition {
+            Disposition::Deliver => self.deliveries += 1,
+            Disposition::Expire | Disposition::Bounce => {
+                self.dsns += 1;
+                self.dsn_senders.insert(m.sender.as_str().to_ascii_lowercase());
+            }
+            Disposition::Hold | Disposition::Drop => {}
+        }
+        for r in open {
+            let d = self.by_domain.entry(r.domain.clone()).or_default();
+            d.recipients += 1;
+            match c.disposition {
+                Disposition::Deliver => d.deliver += 1,
+                Disposition::Expire | Disposition::Bounce => d.bounce += 1,
+                Disposition::Hold => d.hold += 1,
+                Disposition::Drop => d.drop += 1,
+            }
+        }
+    }
+
+    /// Domains by open recipients, most first (ties by name), at most `n`.
+    pub fn top_domains(&self, n: usize) -> Vec<(&str, DomainCounts)> {
+        let mut v: Vec<(&str, DomainCounts)> =
+            self.by_domain.iter().map(|(d, c)| (d.as_str(), *c)).collect();
+        v.sort_by(|a, b| b.1.recipients.cmp(&a.1.recipients).then(a.0.cmp(b.0)));
+        v.truncate(n);
+        v
+    }
+
+    /// How long `run` would take to hand over the deliveries at `pace` (the store's own
+    /// speed not counted: the throttle is the ceiling). `None` when unthrottled.
+    pub fn projected(&self, pace: &PaceConfig) -> Option<Duration> {
+        projected_duration(self.deliveries, pace)
+    }
+}
+
+/// Time to send `messages` at `pace`: the rate's spacing plus the pauses between batches.
+pub fn projected_duration(messages: u64, pace: &PaceConfig) -> Option<Duration> {
+    let rate = pace.rate?;
+    let sending = Duration::from_secs_f64(messages as f64 / rate.per_second());
+    let batches = messages.div_ceil(pace.batch_size as u64);
+    let pauses = pace.pause * batches.saturating_sub(1).min(u32::MAX as u64) as u32;
+    Some(sending + pauses)
+}
+
+fn hour_start(t: DateTime<FixedOffset>) -> DateTime<FixedOffset> {
+    t.with_minute(0)
+        .and_then(|t| t.with_second(0))
+        .and_then(|t| t.with_nanosecond(0))
+        .unwrap_or(t)
+}

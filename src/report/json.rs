@@ -1,0 +1,53 @@
+//! The JSON Lines events, all built here so the format is documented in one place (and in
+//! README). Every object has a `type`; times are RFC 3339; counts are numbers.
+
+use serde_json::{Value, json};
+
+use crate::ledger::{DsnRow, QuarantineRow};
+
+/// An item quarantined just now, by `ingest`.
+pub fn quarantined_item(q: &crate::spool::Quarantined) -> Value {
+    json!({
+        "type": "quarantined",
+        "format": q.source.format.as_str(),
+        "path": q.source.path.to_string_lossy(),
+        "offset": q.source.offset,
+        "reason": q.reason,
+    })
+}
+
+/// A quarantined item as the ledger holds it, by `report` and `status`.
+pub fn quarantined(q: &QuarantineRow) -> Value {
+    json!({
+        "type": "quarantined",
+        "format": q.source_format,
+        "path": q.source_path,
+        "offset": q.source_offset,
+        "reason": q.reason,
+        "first_seen": q.first_seen,
+    })
+}
+
+pub fn dsn(d: &DsnRow) -> Value {
+    json!({
+        "type": "dsn",
+        "id": d.id,
+        "queue_id": d.queue_id,
+        "to": d.envelope_to,
+        "message_id": d.rfc_message_id,
+        "recipients": d.recipients,
+        "created_at": d.created_at,
+        "written_path": d.written_path,
+    })
+}
+
+/// One recipient's outcome during `run`.
+pub fn outcome(queue_id: &str, recipient: &str, state: &str, detail: &str) -> Value {
+    json!({
+        "type": "outcome",
+        "queue_id": queue_id,
+        "recipient": recipient,
+        "state": state,
+        "detail": detail,
+    })
+}
