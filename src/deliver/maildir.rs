@@ -1,16 +1,173 @@
-//! Delivery into a Maildir tree on disk. (Placeholder until the real module lands.)
+//! Delivery into a Maildir tree on disk: `ROOT/<domain>/<local-part>/Maildir/new/`.
+//!
+//! Each copy follows the Maildir protocol: write `tmp/NAME`, fsync it, rename it to
+//! `new/NAME`, fsync `new/` (and the parent of every directory created on the way), so a
+//! crash leaves either no copy or a complete one.
+//!
+//! Decisions a reader should know:
+//! - Domain and local part are lowercased (ASCII only) for the path: mail stores such as
+//!   Dovecot (`%Lu`) and Postfix treat mailboxes case-insensitively, and ASCII folding does
+//!   not depend on the Unicode tables of the toolchain, so the same address always maps to
+//!   the same folder.
+//! - NAME is `{arrival secs}.M{hash}.spoolreplay,S={size}` where `hash` is the first 32 hex
+//!   digits of SHA-256 over the message key, a NUL and the lowercased mailbox. It is the same
+//!   in every run, which is how a resumed run recognises a copy it already made (in `new/`,
+//!   and when recovering also in `cur/`, where a mail client may have moved it as
+//!   `NAME:2,S`). `S=` is Dovecot's file size field.
+//! - The stored file starts with `Return-Path:` and `Delivered-To:` lines, as a delivery
+//!   agent writes them, followed by the message with CRLF turned into LF (the Maildir
+//!   convention Dovecot follows); nothing else changes.
+//! - Addresses are untrusted: a part that could name another directory, or hold control
+//!   characters, is refused with 5.1.3 before any path is built, and the final path is
+//!   checked to stay under the root as a second line of defence.
+//! - A missing root is never recreated by `deliver`: it most likely means the restored
+//!   store is not mounted, and writing would fill the mount point instead.
 
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, ErrorKind, Write};
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest, Sha256};
 
 use super::{Deliverer, Delivery, Outcome, StoreError};
+use crate::address::{Mailbox, ReversePath};
+use crate::sanitize;
 
+/// Longest local part RFC 5321 (4.5.3.1.1) allows.
+const MAX_LOCAL_OCTETS: usize = 64;
+/// Longest domain RFC 5321 (4.5.3.1.2) allows, which is also the usual file name limit.
+const MAX_DOMAIN_OCTETS: usize = 255;
+/// How much of a refused address the reply quotes.
+const MAX_QUOTED_CHARS: usize = 80;
+
+/// A Maildir tree on disk, one Maildir per mailbox.
+#[derive(Debug)]
 pub struct MaildirStore {
+    /// Absolute and canonical, so the lexical "stays under the root" check is meaningful.
     root: PathBuf,
 }
 
 impl MaildirStore {
+    /// Opens the store at `root`, creating the directory if it is missing.
     pub fn new(root: &Path) -> Result<MaildirStore, StoreError> {
-        Ok(MaildirStore { root: root.to_path_buf() })
+        fs::create_dir_all(root).map_err(|e| {
+            root_error(
+                &e,
+                &format!("cannot create store root `{}`", root.display()),
+            )
+        })?;
+        let root = fs::canonicalize(root).map_err(|e| {
+            root_error(
+                &e,
+                &format!("cannot resolve store root `{}`", root.display()),
+            )
+        })?;
+        Ok(MaildirStore { root })
+    }
+
+    /// The canonical root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The store must still be a directory: an unmounted or removed store stops the run.
+    fn check_root(&self) -> Result<(), StoreError> {
+        let meta = fs::metadata(&self.root).map_err(|e| {
+            root_error(
+                &e,
+                &format!("cannot reach store root `{}`", self.root.display()),
+            )
+        })?;
+        if meta.is_dir() {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(format!(
+                "store root `{}` is not a directory",
+                self.root.display()
+            )))
+        }
+    }
+
+    /// Delivers one copy for one checked recipient.
+    fn deliver_one(&self, delivery: &Delivery<'_>, target: &Target) -> Result<Outcome, StoreError> {
+        let maildir = self.maildir_path(target)?;
+        match self.store_copy(delivery, target, &maildir) {
+            Ok(outcome) => Ok(outcome),
+            Err(Problem::Store(e)) => Err(e),
+            Err(Problem::Mailbox(reply)) => Ok(Outcome::Deferred { reply }),
+        }
+    }
+
+    /// `ROOT/<domain>/<local>/Maildir`, refused if it would leave the root.
+    fn maildir_path(&self, target: &Target) -> Result<PathBuf, StoreError> {
+        let path = self
+            .root
+            .join(&target.domain)
+            .join(&target.local)
+            .join("Maildir");
+        if stays_under(&self.root, &path) {
+            Ok(path)
+        } else {
+            // Unreachable after `check_recipient`; refusing the store is the safe answer.
+            Err(StoreError::Unavailable(format!(
+                "internal error: path for `{}` leaves the store root",
+                sanitize::for_terminal(&target.given)
+            )))
+        }
+    }
+
+    fn store_copy(
+        &self,
+        delivery: &Delivery<'_>,
+        target: &Target,
+        maildir: &Path,
+    ) -> Result<Outcome, Problem> {
+        self.ensure_maildir(maildir)?;
+        let bytes = stored_bytes(delivery.sender, &target.given, delivery.content);
+        let name = file_name(delivery, target, bytes.len());
+        let new_path = maildir.join("new").join(&name);
+        if exists(&new_path)? {
+            return Ok(already_there(&new_path));
+        }
+        if delivery.recovering
+            && let Some(found) = find_in_cur(&maildir.join("cur"), &name)?
+        {
+            return Ok(already_there(&found));
+        }
+        let tmp_path = maildir.join("tmp").join(&name);
+        write_tmp(&tmp_path, &bytes)?;
+        if let Err(e) = fs::rename(&tmp_path, &new_path) {
+            let _ = fs::remove_file(&tmp_path);
+            return Err(io_problem(&e, "cannot move into", &new_path));
+        }
+        sync_dir(&maildir.join("new"))?;
+        Ok(Outcome::Delivered {
+            detail: new_path.display().to_string(),
+        })
+    }
+
+    /// Creates the domain, mailbox and Maildir folders as needed.
+    fn ensure_maildir(&self, maildir: &Path) -> Result<(), Problem> {
+        let Some(mailbox_dir) = maildir.parent() else {
+            return Err(Problem::Mailbox(format!(
+                "no parent for `{}`",
+                maildir.display()
+            )));
+        };
+        let Some(domain_dir) = mailbox_dir.parent() else {
+            return Err(Problem::Mailbox(format!(
+                "no parent for `{}`",
+                mailbox_dir.display()
+            )));
+        };
+        ensure_dir(domain_dir, true)?;
+        ensure_dir(mailbox_dir, false)?;
+        ensure_dir(maildir, false)?;
+        for sub in ["tmp", "new", "cur"] {
+            ensure_dir(&maildir.join(sub), false)?;
+        }
+        Ok(())
     }
 }
 
@@ -19,7 +176,473 @@ impl Deliverer for MaildirStore {
         format!("maildir:{}", self.root.display())
     }
 
-    fn deliver(&mut self, _d: &Delivery<'_>, recipients: &[&str]) -> Result<Vec<Outcome>, StoreError> {
-        Ok(recipients.iter().map(|_| Outcome::Deferred { reply: "not written".into() }).collect())
+    fn deliver(
+        &mut self,
+        delivery: &Delivery<'_>,
+        recipients: &[&str],
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.check_root()?;
+        if let Some(reply) = check_sender(delivery.sender) {
+            let refused = Outcome::Failed {
+                reply,
+                status: "5.1.7".to_string(),
+            };
+            return Ok(vec![refused; recipients.len()]);
+        }
+        // A recipient listed twice gets one copy; the repeat reports what the first got.
+        let mut seen: HashMap<String, Outcome> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(recipients.len());
+        for raw in recipients {
+            let target = match check_recipient(raw) {
+                Ok(target) => target,
+                Err(reason) => {
+                    outcomes.push(refused(raw, &reason));
+                    continue;
+                }
+            };
+            let key = target.key();
+            if let Some(first) = seen.get(&key) {
+                outcomes.push(repeat_of(first));
+                continue;
+            }
+            let outcome = self.deliver_one(delivery, &target)?;
+            seen.insert(key, outcome.clone());
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+}
+
+/// A recipient whose parts are safe to use as path components.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    /// The address as the envelope gave it (brackets and spaces dropped, case kept).
+    given: String,
+    /// Lowercased local part: the mailbox folder name.
+    local: String,
+    /// Lowercased domain: the domain folder name.
+    domain: String,
+}
+
+impl Target {
+    /// The lowercased mailbox: what the file name hash and duplicate check use.
+    fn key(&self) -> String {
+        format!("{}@{}", self.local, self.domain)
+    }
+}
+
+/// What went wrong with one copy: the whole store, or just this mailbox.
+#[derive(Debug)]
+enum Problem {
+    Store(StoreError),
+    Mailbox(String),
+}
+
+/// Checks an untrusted recipient for use as a path; the error is a reason for the reply.
+fn check_recipient(raw: &str) -> Result<Target, String> {
+    // Before parsing: `Mailbox::parse` trims, which would hide a trailing CRLF.
+    if let Some(c) = raw.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "address contains the control character {}",
+            sanitize::for_terminal(&c.to_string())
+        ));
+    }
+    let mailbox = Mailbox::parse(raw).map_err(|e| match e {
+        crate::address::AddressError::Empty => "address is empty".to_string(),
+        crate::address::AddressError::NoDomain(_) => "address has no `@domain`".to_string(),
+        crate::address::AddressError::EmptyLocal(_) => "local part is empty".to_string(),
+    })?;
+    check_path_part("local part", &mailbox.local)?;
+    if mailbox.local.len() > MAX_LOCAL_OCTETS {
+        return Err(format!(
+            "local part is {} octets, more than the {MAX_LOCAL_OCTETS} RFC 5321 allows",
+            mailbox.local.len()
+        ));
+    }
+    check_path_part("domain", &mailbox.domain)?;
+    check_domain(&mailbox.domain)?;
+    Ok(Target {
+        given: mailbox.to_string(),
+        local: mailbox.local.to_ascii_lowercase(),
+        domain: mailbox.domain.to_ascii_lowercase(),
+    })
+}
+
+/// Rules that keep one part a single, ordinary path component.
+fn check_path_part(what: &str, part: &str) -> Result<(), String> {
+    if part.is_empty() {
+        return Err(format!("{what} is empty"));
+    }
+    if part == "." || part == ".." {
+        return Err(format!(
+            "{what} `{part}` would name a directory outside the mailbox"
+        ));
+    }
+    if let Some(c) = part.chars().find(|c| matches!(c, '/' | '\\')) {
+        return Err(format!("{what} contains `{c}`, a path separator"));
+    }
+    if let Some(c) = part.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{what} contains the control character {}",
+            sanitize::for_terminal(&c.to_string())
+        ));
+    }
+    if part.len() > MAX_DOMAIN_OCTETS {
+        return Err(format!(
+            "{what} is {} octets, more than a file name may hold ({MAX_DOMAIN_OCTETS})",
+            part.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Letters, digits, `-` and `.` (non-ASCII allowed for IDN), with no empty label.
+fn check_domain(domain: &str) -> Result<(), String> {
+    if let Some(c) = domain
+        .chars()
+        .find(|c| c.is_ascii() && !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.')))
+    {
+        return Err(format!(
+            "domain contains `{c}`, which no domain name may hold"
+        ));
+    }
+    if domain.split('.').any(str::is_empty) {
+        return Err(format!(
+            "domain `{}` has an empty label",
+            sanitize::for_terminal(domain)
+        ));
+    }
+    Ok(())
+}
+
+/// The sender goes into a header: refuse anything that could break it.
+fn check_sender(sender: &ReversePath) -> Option<String> {
+    let address = sender.as_str();
+    address.chars().find(|c| c.is_control()).map(|c| {
+        format!(
+            "sender `{}` contains the control character {}",
+            quoted(address),
+            sanitize::for_terminal(&c.to_string())
+        )
+    })
+}
+
+fn refused(raw: &str, reason: &str) -> Outcome {
+    Outcome::Failed {
+        reply: format!("recipient `{}` refused: {reason}", quoted(raw)),
+        status: "5.1.3".to_string(),
+    }
+}
+
+/// An address safe to put in a reply: sanitized and cut short.
+fn quoted(raw: &str) -> String {
+    let clean = sanitize::for_terminal(raw);
+    if clean.chars().count() <= MAX_QUOTED_CHARS {
+        clean
+    } else {
+        let cut: String = clean.chars().take(MAX_QUOTED_CHARS).collect();
+        format!("{cut}…")
+    }
+}
+
+/// What a repeated recipient reports: the first copy's outcome, never a second copy.
+fn repeat_of(first: &Outcome) -> Outcome {
+    match first {
+        Outcome::Delivered { detail } | Outcome::AlreadyThere { detail } => Outcome::AlreadyThere {
+            detail: detail.clone(),
+        },
+        other => other.clone(),
+    }
+}
+
+fn already_there(path: &Path) -> Outcome {
+    Outcome::AlreadyThere {
+        detail: path.display().to_string(),
+    }
+}
+
+/// The bytes stored: delivery headers, then the message with CRLF turned into LF.
+fn stored_bytes(sender: &ReversePath, recipient: &str, content: &[u8]) -> Vec<u8> {
+    let header = format!("Return-Path: {sender}\nDelivered-To: {recipient}\n");
+    let mut out = Vec::with_capacity(header.len() + content.len());
+    out.extend_from_slice(header.as_bytes());
+    let mut bytes = content.iter().peekable();
+    while let Some(&b) = bytes.next() {
+        if b == b'\r' && bytes.peek() == Some(&&b'\n') {
+            continue;
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// `{arrival secs}.M{hash}.spoolreplay,S={size}`: the same for the same message and
+/// mailbox in every run.
+fn file_name(delivery: &Delivery<'_>, target: &Target, size: usize) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(delivery.message_key.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(target.key().as_bytes());
+    let digest = hasher.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    // Maildir readers take the leading number as a time; a pre-1970 arrival is bogus.
+    let secs = delivery.arrival.timestamp().max(0);
+    format!("{secs}.M{hex}.spoolreplay,S={size}")
+}
+
+/// Looks in `cur/` for `NAME` with flags (`NAME:2,S`) or more Dovecot fields (`NAME,W=…`).
+fn find_in_cur(cur: &Path, name: &str) -> Result<Option<PathBuf>, Problem> {
+    let entries = fs::read_dir(cur).map_err(|e| io_problem(&e, "cannot list", cur))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_problem(&e, "cannot list", cur))?;
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        if let Some(rest) = file_name.strip_prefix(name)
+            && (rest.is_empty() || rest.starts_with(':') || rest.starts_with(','))
+        {
+            return Ok(Some(entry.path()));
+        }
+    }
+    Ok(None)
+}
+
+/// Writes and fsyncs `tmp/NAME`, replacing a leftover from a crashed run; removes it again
+/// if anything fails.
+fn write_tmp(path: &Path, bytes: &[u8]) -> Result<(), Problem> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(io_problem(&e, "cannot remove leftover", path)),
+    }
+    // `create_new` (O_EXCL) also refuses a symlink planted at the name.
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .map_err(|e| io_problem(&e, "cannot create", path))?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    drop(file);
+    if let Err(e) = written {
+        let _ = fs::remove_file(path);
+        return Err(io_problem(&e, "cannot write", path));
+    }
+    Ok(())
+}
+
+/// Makes sure `path` is a directory, creating it (and fsyncing its parent) if missing.
+/// `at_root` marks the root's direct children, where failure means the store is broken.
+fn ensure_dir(path: &Path, at_root: bool) -> Result<(), Problem> {
+    match fs::create_dir(path) {
+        Ok(()) => {
+            if let Some(parent) = path.parent() {
+                sync_dir(parent)?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => match fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => Ok(()),
+            Ok(_) => Err(Problem::Mailbox(format!(
+                "`{}` exists but is not a directory",
+                path.display()
+            ))),
+            Err(e) => Err(io_problem(&e, "cannot inspect", path)),
+        },
+        Err(e) if at_root && !is_full(&e) => Err(Problem::Store(StoreError::Unavailable(format!(
+            "cannot create `{}`: {e}",
+            path.display()
+        )))),
+        Err(e) => Err(io_problem(&e, "cannot create", path)),
+    }
+}
+
+/// True when `path` exists (a dangling symlink counts: it still blocks the name).
+fn exists(path: &Path) -> Result<bool, Problem> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_problem(&e, "cannot inspect", path)),
+    }
+}
+
+/// Makes a directory's entries (a rename, a new subdirectory) durable.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> Result<(), Problem> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_problem(&e, "cannot sync directory", dir))
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> Result<(), Problem> {
+    Ok(())
+}
+
+/// Lexically: `path` is `root` followed only by plain names (no `..`, no root, no prefix).
+fn stays_under(root: &Path, path: &Path) -> bool {
+    path.strip_prefix(root)
+        .is_ok_and(|rest| rest.components().all(|c| matches!(c, Component::Normal(_))))
+}
+
+fn is_full(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
+}
+
+/// Sorts an IO error on a mailbox path: a full disk or read-only filesystem stops the run,
+/// anything else defers this mailbox only.
+fn io_problem(e: &io::Error, action: &str, path: &Path) -> Problem {
+    let message = format!("{action} `{}`: {e}", path.display());
+    if is_full(e) {
+        Problem::Store(StoreError::Full(message))
+    } else if e.kind() == ErrorKind::ReadOnlyFilesystem {
+        Problem::Store(StoreError::Unavailable(message))
+    } else {
+        Problem::Mailbox(message)
+    }
+}
+
+/// Sorts an IO error on the root itself: only a full disk is not "unavailable".
+fn root_error(e: &io::Error, context: &str) -> StoreError {
+    let message = format!("{context}: {e}");
+    if is_full(e) {
+        StoreError::Full(message)
+    } else {
+        StoreError::Unavailable(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn refused_because(raw: &str, reason: &str) {
+        match check_recipient(raw) {
+            Ok(t) => panic!("{raw:?} accepted as {t:?}"),
+            Err(e) => assert!(e.contains(reason), "{raw:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn ordinary_addresses_are_lowercased_for_the_path() {
+        let t = check_recipient("<Alice.Smith@Example.NET>").unwrap();
+        assert_eq!(t.given, "Alice.Smith@Example.NET");
+        assert_eq!(t.local, "alice.smith");
+        assert_eq!(t.domain, "example.net");
+        let idn = check_recipient("Jörg@Bücher.example").unwrap();
+        assert_eq!(idn.local, "jörg");
+        assert_eq!(idn.domain, "bücher.example");
+        assert!(check_recipient(&format!("{}@x.test", "a".repeat(64))).is_ok());
+    }
+
+    #[test]
+    fn unsafe_addresses_are_refused_with_a_reason() {
+        refused_because("../../etc/passwd@example.net", "path separator");
+        refused_because("a/b@x", "`/`, a path separator");
+        refused_because("a\\b@x", "`\\`, a path separator");
+        refused_because("..@x", "`..` would name a directory");
+        refused_because(".@x", "`.` would name a directory");
+        refused_because("x@..", "domain `..`");
+        refused_because("x@.", "domain `.`");
+        refused_because("x@a/b", "domain contains `/`");
+        refused_because("x\0y@x", "control character \\x00");
+        refused_because("x\x1b[2J@x", "control character \\x1b");
+        refused_because("x@x\r\n", "control character \\r");
+        refused_because("x\x7f@x", "control character \\x7f");
+        refused_because("x\u{85}@x", "control character \\u{85}");
+        refused_because("nobody", "no `@domain`");
+        refused_because("@x", "local part is empty");
+        refused_because("x@", "no `@domain`");
+        refused_because("", "empty");
+        refused_because(
+            &format!("{}@x", "a".repeat(65)),
+            "65 octets, more than the 64",
+        );
+        refused_because(
+            &format!("x@{}", "a".repeat(256)),
+            "256 octets, more than a file name",
+        );
+        refused_because("x@exa_mple.net", "domain contains `_`");
+        refused_because("x@[192.0.2.1]", "domain contains `[`");
+        refused_because("x@a..b", "empty label");
+        refused_because("x@.a", "empty label");
+        refused_because("x@a.", "empty label");
+    }
+
+    #[test]
+    fn refusal_reply_is_safe_to_print() {
+        let Outcome::Failed { reply, status } = refused("\x1b]0;pwned\x07@x", "because") else {
+            panic!("not a failure");
+        };
+        assert_eq!(status, "5.1.3");
+        assert!(!reply.chars().any(char::is_control), "{reply:?}");
+        let Outcome::Failed { reply, .. } = refused(&"a".repeat(300), "because") else {
+            panic!("not a failure");
+        };
+        assert!(reply.chars().count() < 150, "{reply}");
+        assert!(reply.contains('…'));
+    }
+
+    #[test]
+    fn crlf_becomes_lf_and_lone_cr_stays() {
+        let sender = ReversePath::Address("s@x.test".into());
+        let got = stored_bytes(&sender, "R@y.test", b"A: 1\r\n\r\nbody\rx\r\n\n");
+        assert_eq!(
+            got,
+            b"Return-Path: <s@x.test>\nDelivered-To: R@y.test\nA: 1\n\nbody\rx\n\n".to_vec()
+        );
+        let null = stored_bytes(&ReversePath::Null, "r@y", b"\r");
+        assert_eq!(null, b"Return-Path: <>\nDelivered-To: r@y\n\r".to_vec());
+    }
+
+    #[test]
+    fn full_disk_and_quota_stop_the_run() {
+        let path = Path::new("/srv/mail/x/new/n");
+        for kind in [ErrorKind::StorageFull, ErrorKind::QuotaExceeded] {
+            match io_problem(&io::Error::from(kind), "cannot write", path) {
+                Problem::Store(StoreError::Full(m)) => assert!(m.contains("/srv/mail/x/new/n")),
+                other => panic!("{kind:?} gave {other:?}"),
+            }
+        }
+        // ENOSPC and EDQUOT as the Linux kernel reports them.
+        #[cfg(target_os = "linux")]
+        for errno in [28, 122] {
+            assert!(matches!(
+                io_problem(&io::Error::from_raw_os_error(errno), "cannot write", path),
+                Problem::Store(StoreError::Full(_))
+            ));
+        }
+        assert!(matches!(
+            io_problem(
+                &io::Error::from(ErrorKind::ReadOnlyFilesystem),
+                "cannot write",
+                path
+            ),
+            Problem::Store(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(
+            io_problem(&io::Error::from(ErrorKind::PermissionDenied), "cannot write", path),
+            Problem::Mailbox(m) if m.contains("/srv/mail/x/new/n")
+        ));
+        assert!(matches!(
+            root_error(&io::Error::from(ErrorKind::StorageFull), "cannot create"),
+            StoreError::Full(_)
+        ));
+    }
+
+    #[test]
+    fn lexical_check_catches_escapes() {
+        let root = Path::new("/srv/mail");
+        assert!(stays_under(root, Path::new("/srv/mail/x/y/Maildir")));
+        assert!(!stays_under(root, Path::new("/srv/mail/x/../../etc")));
+        assert!(!stays_under(root, Path::new("/srv/mailx/y")));
+        assert!(!stays_under(root, Path::new("/etc/passwd")));
+        // What a careless `join` of an absolute part does: it replaces the whole path.
+        #[expect(clippy::join_absolute_paths, reason = "the hazard under test")]
+        let replaced = root.join("x").join("/etc");
+        assert!(!stays_under(root, &replaced));
     }
 }
