@@ -1,10 +1,447 @@
-//! Reader for eml spools.
+//! Reader for eml spools: a folder of `.eml` files, each optionally with a JSON envelope.
+//!
+//! The folder is walked **recursively** (names starting with `.` are skipped: editor
+//! backups, AppleDouble `._x.eml` files; symlinked folders are not followed) and files are
+//! read in path order. The queue id is the path below the folder without `.eml`
+//! (`msg1`, or `2023/msg1` in a subfolder), so ids stay unique. The extension is matched
+//! case-insensitively.
+//!
+//! `NAME.eml` may have a sidecar `NAME.json` with the envelope:
+//!
+//! ```json
+//! {"sender": "a@b.test", "recipients": ["x@y.test", {"address": "z@y.test",
+//!  "orcpt": "rfc822;z@y.test", "notify": "FAILURE,DELAY"}],
+//!  "arrival": "2023-01-23T10:00:00+01:00", "envid": "abc", "ret": "HDRS"}
+//! ```
+//!
+//! `recipients` is required and non-empty; `sender` (`""` = null sender) and `arrival`
+//! (RFC 3339) may be left out, and are then taken from the headers like for a message
+//! without a sidecar (see `envelope`). Any unknown key, wrong type, bad date or bad NOTIFY
+//! quarantines the message with a reason naming the key: a typo in an envelope must not
+//! silently drop data. A `.json` file with no matching `.eml` is quarantined for the same
+//! reason; other files are ignored.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 
-use super::{SpoolError, SpoolItem};
+use chrono::DateTime;
+use serde_json::{Map, Value};
 
-pub fn read(path: &Path) -> Result<std::vec::IntoIter<SpoolItem>, SpoolError> {
-    let _ = path;
-    Ok(Vec::new().into_iter())
+use super::envelope::{self, GivenEnvelope};
+use super::{Quarantined, Recipient, SourceRef, SpoolError, SpoolFormat, SpoolItem, file_item};
+use crate::address::{Mailbox, Notify, ReturnContent, ReversePath};
+
+/// True for a file name ending in `.eml` (any case) that is not hidden.
+pub fn is_eml_name(name: &OsStr) -> bool {
+    let name = name.to_string_lossy();
+    !name.starts_with('.') && has_extension(Path::new(name.as_ref()), "eml")
+}
+
+fn has_extension(path: &Path, ext: &str) -> bool {
+    path.extension()
+        .is_some_and(|e| e.to_string_lossy().eq_ignore_ascii_case(ext))
+}
+
+/// Lists the `.eml` files under `path`; reading happens as the iterator advances.
+pub fn read(path: &Path) -> Result<EmlReader, SpoolError> {
+    let root = std::path::absolute(path).map_err(|source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !root.is_dir() {
+        return Err(SpoolError::Unrecognized {
+            path: path.to_path_buf(),
+            why: "an eml spool must be a directory of `.eml` files".into(),
+        });
+    }
+    let mut files = Vec::new();
+    let mut unlistable = Vec::new();
+    let entries = std::fs::read_dir(&root).map_err(|source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    walk(entries, &mut files, &mut unlistable);
+    let jobs = plan(&root, files, unlistable);
+    Ok(EmlReader {
+        jobs: jobs.into_iter(),
+    })
+}
+
+/// Collects every non-hidden file below a folder; folders that cannot be listed are kept
+/// with their error so they can be quarantined, not silently skipped.
+fn walk(entries: std::fs::ReadDir, files: &mut Vec<PathBuf>, unlistable: &mut Vec<Job>) {
+    for entry in entries {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(_) => continue,
+        };
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        let is_real_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if !is_real_dir {
+            files.push(path);
+            continue;
+        }
+        match std::fs::read_dir(&path) {
+            Ok(sub) => walk(sub, files, unlistable),
+            Err(e) => unlistable.push(Job::Unlistable {
+                reason: format!("cannot list folder: {e}"),
+                path,
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Job {
+    Message { path: PathBuf, queue_id: String },
+    OrphanSidecar(PathBuf),
+    Unlistable { path: PathBuf, reason: String },
+}
+
+impl Job {
+    fn path(&self) -> &Path {
+        match self {
+            Job::Message { path, .. } | Job::OrphanSidecar(path) | Job::Unlistable { path, .. } => {
+                path
+            }
+        }
+    }
+}
+
+fn plan(root: &Path, files: Vec<PathBuf>, unlistable: Vec<Job>) -> Vec<Job> {
+    let eml_stems: HashSet<PathBuf> = files
+        .iter()
+        .filter(|p| has_extension(p, "eml"))
+        .map(|p| p.with_extension(""))
+        .collect();
+    let mut jobs = unlistable;
+    for path in files {
+        if has_extension(&path, "eml") {
+            let queue_id = queue_id(root, &path);
+            jobs.push(Job::Message { path, queue_id });
+        } else if path.extension() == Some(OsStr::new("json"))
+            && !eml_stems.contains(&path.with_extension(""))
+        {
+            jobs.push(Job::OrphanSidecar(path));
+        }
+    }
+    jobs.sort_by(|a, b| a.path().cmp(b.path()));
+    jobs
+}
+
+/// The path below the spool folder, without `.eml`, with `/` separators.
+fn queue_id(root: &Path, path: &Path) -> String {
+    let relative = path.strip_prefix(root).unwrap_or(path).with_extension("");
+    relative
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Streams the messages of one eml folder.
+pub struct EmlReader {
+    jobs: std::vec::IntoIter<Job>,
+}
+
+impl Iterator for EmlReader {
+    type Item = SpoolItem;
+
+    fn next(&mut self) -> Option<SpoolItem> {
+        Some(match self.jobs.next()? {
+            Job::Message { path, queue_id } => message(&path, queue_id),
+            Job::OrphanSidecar(path) => quarantine(
+                &path,
+                "sidecar has no matching `.eml` file (check its name)".into(),
+            ),
+            Job::Unlistable { path, reason } => quarantine(&path, reason),
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.jobs.size_hint()
+    }
+}
+
+fn quarantine(path: &Path, reason: String) -> SpoolItem {
+    let len = std::fs::metadata(path).map_or(0, |m| if m.is_file() { m.len() } else { 0 });
+    SpoolItem::Quarantined(Quarantined {
+        source: SourceRef {
+            format: SpoolFormat::Eml,
+            path: path.to_path_buf(),
+            offset: 0,
+            len,
+        },
+        reason,
+    })
+}
+
+fn message(path: &Path, queue_id: String) -> SpoolItem {
+    match read_sidecar(&path.with_extension("json")) {
+        Ok(given) => file_item(path, SpoolFormat::Eml, queue_id, given),
+        Err(reason) => quarantine(path, reason),
+    }
+}
+
+/// `Ok(None)` when there is no sidecar; `Err` is a quarantine reason.
+fn read_sidecar(path: &Path) -> Result<Option<GivenEnvelope>, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read sidecar: {e}")),
+    };
+    parse_sidecar(&bytes)
+        .map(Some)
+        .map_err(|e| format!("bad sidecar: {e}"))
+}
+
+const SIDECAR_KEYS: [&str; 5] = ["sender", "recipients", "arrival", "envid", "ret"];
+const RECIPIENT_KEYS: [&str; 3] = ["address", "orcpt", "notify"];
+
+/// Parses a sidecar's JSON into the envelope fields it gives.
+pub fn parse_sidecar(bytes: &[u8]) -> Result<GivenEnvelope, String> {
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    let Value::Object(map) = value else {
+        return Err("not a JSON object".into());
+    };
+    reject_unknown_keys(&map, &SIDECAR_KEYS, "")?;
+    let sender = optional_string(&map, "sender")?.map(ReversePath::parse);
+    let recipients = match map.get("recipients") {
+        None => return Err("missing `recipients`".into()),
+        Some(Value::Array(list)) if list.is_empty() => return Err("`recipients` is empty".into()),
+        Some(Value::Array(list)) => list
+            .iter()
+            .enumerate()
+            .map(|(i, v)| parse_recipient(i, v))
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => return Err("`recipients` must be an array".into()),
+    };
+    let arrival = optional_string(&map, "arrival")?
+        .map(|s| {
+            DateTime::parse_from_rfc3339(s)
+                .map_err(|e| format!("`arrival` is not an RFC 3339 date (`{s}`): {e}"))
+        })
+        .transpose()?;
+    let envid = optional_string(&map, "envid")?.map(str::to_string);
+    let ret = optional_string(&map, "ret")?.map(parse_ret).transpose()?;
+    Ok(GivenEnvelope {
+        sender,
+        recipients: Some(envelope::dedupe(recipients)),
+        arrival,
+        envid,
+        ret,
+    })
+}
+
+fn reject_unknown_keys(map: &Map<String, Value>, known: &[&str], prefix: &str) -> Result<(), String> {
+    match map.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(key) => Err(format!(
+            "unknown key `{prefix}{key}` (known: {})",
+            known.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+fn optional_string<'a>(map: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, String> {
+    match map.get(key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(format!("`{key}` must be a string")),
+    }
+}
+
+fn parse_recipient(index: usize, value: &Value) -> Result<Recipient, String> {
+    let recipient = match value {
+        Value::String(address) => Recipient::plain(address.trim()),
+        Value::Object(map) => {
+            reject_unknown_keys(map, &RECIPIENT_KEYS, &format!("recipients[{index}]."))?;
+            let at = |key: &str| format!("recipients[{index}].{key}");
+            let address = match map.get("address") {
+                Some(Value::String(a)) => a.trim().to_string(),
+                Some(_) => return Err(format!("`{}` must be a string", at("address"))),
+                None => return Err(format!("missing `{}`", at("address"))),
+            };
+            let string = |key: &str| match map.get(key) {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(format!("`{}` must be a string", at(key))),
+            };
+            let orcpt = string("orcpt")?
+                .map(|o| check_orcpt(&o).map(|()| o).map_err(|e| format!("`{}` {e}", at("orcpt"))))
+                .transpose()?;
+            let notify = string("notify")?
+                .map(|n| parse_notify(&n).map_err(|e| format!("`{}` {e}", at("notify"))))
+                .transpose()?;
+            Recipient {
+                address,
+                orcpt,
+                notify,
+            }
+        }
+        _ => return Err(format!("`recipients[{index}]` must be a string or an object")),
+    };
+    let address = recipient.address.trim_start_matches('<').trim_end_matches('>');
+    Mailbox::parse(address).map_err(|e| format!("`recipients[{index}]`: {e}"))?;
+    Ok(Recipient {
+        address: address.to_string(),
+        ..recipient
+    })
+}
+
+fn check_orcpt(orcpt: &str) -> Result<(), String> {
+    match orcpt.split_once(';') {
+        Some((kind, addr)) if !kind.trim().is_empty() && !addr.trim().is_empty() => Ok(()),
+        _ => Err(format!("must be `addr-type;address`, not `{orcpt}`")),
+    }
+}
+
+/// Parses an RFC 3461 NOTIFY value (`NEVER`, or a comma list of SUCCESS, FAILURE, DELAY).
+pub fn parse_notify(value: &str) -> Result<Notify, String> {
+    let mut notify = Notify::default();
+    for word in value.split(',').map(str::trim) {
+        match word.to_ascii_uppercase().as_str() {
+            "NEVER" => notify.never = true,
+            "SUCCESS" => notify.success = true,
+            "FAILURE" => notify.failure = true,
+            "DELAY" => notify.delay = true,
+            "" => return Err(format!("has an empty item in `{value}`")),
+            _ => return Err(format!("has unknown value `{word}` (expected NEVER, SUCCESS, FAILURE or DELAY)")),
+        }
+    }
+    if notify.never && (notify.success || notify.failure || notify.delay) {
+        return Err(format!("combines NEVER with other values in `{value}`"));
+    }
+    Ok(notify)
+}
+
+fn parse_ret(value: &str) -> Result<ReturnContent, String> {
+    if value.eq_ignore_ascii_case("FULL") {
+        Ok(ReturnContent::Full)
+    } else if value.eq_ignore_ascii_case("HDRS") {
+        Ok(ReturnContent::Headers)
+    } else {
+        Err(format!("`ret` must be FULL or HDRS, not `{value}`"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sidecar(json: &str) -> Result<GivenEnvelope, String> {
+        parse_sidecar(json.as_bytes())
+    }
+
+    #[test]
+    fn full_sidecar() {
+        let given = sidecar(
+            r#"{"sender": "a@b.test", "arrival": "2023-01-23T10:00:00+01:00", "envid": "e1",
+                "ret": "hdrs", "recipients": ["x@y.test", {"address": "z@y.test",
+                "orcpt": "rfc822;Z@y.test", "notify": "FAILURE, delay"}, "x@Y.TEST"]}"#,
+        )
+        .unwrap();
+        assert_eq!(given.sender, Some(ReversePath::Address("a@b.test".into())));
+        assert_eq!(
+            given.arrival,
+            Some(DateTime::parse_from_rfc3339("2023-01-23T10:00:00+01:00").unwrap())
+        );
+        assert_eq!(given.envid.as_deref(), Some("e1"));
+        assert_eq!(given.ret, Some(ReturnContent::Headers));
+        assert_eq!(
+            given.recipients,
+            Some(vec![
+                Recipient::plain("x@y.test"),
+                Recipient {
+                    address: "z@y.test".into(),
+                    orcpt: Some("rfc822;Z@y.test".into()),
+                    notify: Some(Notify {
+                        failure: true,
+                        delay: true,
+                        ..Notify::default()
+                    }),
+                },
+            ])
+        );
+    }
+
+    #[test]
+    fn minimal_sidecar_and_null_sender() {
+        let given = sidecar(r#"{"recipients": ["<x@y.test>"], "sender": ""}"#).unwrap();
+        assert_eq!(given.sender, Some(ReversePath::Null));
+        assert_eq!(given.recipients, Some(vec![Recipient::plain("x@y.test")]));
+        assert_eq!(given.arrival, None);
+        let given = sidecar(r#"{"recipients": ["x@y.test"]}"#).unwrap();
+        assert_eq!(given.sender, None, "absent sender is unknown, not null");
+    }
+
+    #[test]
+    fn sidecar_errors_name_the_key() {
+        let cases = [
+            ("{", "not valid JSON"),
+            ("[]", "not a JSON object"),
+            (r#"{"sender": "a@b"}"#, "missing `recipients`"),
+            (r#"{"recipients": []}"#, "`recipients` is empty"),
+            (r#"{"recipients": "x@y"}"#, "`recipients` must be an array"),
+            (r#"{"recipient": ["x@y"]}"#, "unknown key `recipient`"),
+            (r#"{"recipients": [{"adress": "x@y"}]}"#, "unknown key `recipients[0].adress`"),
+            (r#"{"recipients": [{"notify": "NEVER"}]}"#, "missing `recipients[0].address`"),
+            (r#"{"recipients": [7]}"#, "`recipients[0]` must be a string or an object"),
+            (r#"{"recipients": ["nobody"]}"#, "`recipients[0]`: address `nobody` has no `@domain`"),
+            (r#"{"recipients": ["x@y"], "arrival": "yesterday"}"#, "`arrival` is not an RFC 3339 date (`yesterday`)"),
+            (r#"{"recipients": ["x@y"], "sender": null}"#, "`sender` must be a string"),
+            (r#"{"recipients": ["x@y"], "ret": "BODY"}"#, "`ret` must be FULL or HDRS, not `BODY`"),
+            (r#"{"recipients": [{"address": "x@y", "orcpt": "x@y"}]}"#, "`recipients[0].orcpt` must be `addr-type;address`"),
+            (r#"{"recipients": [{"address": "x@y", "notify": "NEVER,FAILURE"}]}"#, "`recipients[0].notify` combines NEVER"),
+            (r#"{"recipients": [{"address": "x@y", "notify": "SOMETIMES"}]}"#, "`recipients[0].notify` has unknown value `SOMETIMES`"),
+        ];
+        for (json, expected) in cases {
+            let err = sidecar(json).unwrap_err();
+            assert!(err.starts_with(expected), "{json}: got `{err}`, want `{expected}…`");
+        }
+    }
+
+    #[test]
+    fn notify_parsing() {
+        assert_eq!(
+            parse_notify("NEVER").unwrap(),
+            Notify {
+                never: true,
+                ..Notify::default()
+            }
+        );
+        assert_eq!(
+            parse_notify("success,FAILURE,Delay").unwrap(),
+            Notify {
+                success: true,
+                failure: true,
+                delay: true,
+                never: false
+            }
+        );
+        assert!(parse_notify("").is_err());
+        assert!(parse_notify("FAILURE,").is_err());
+        assert!(parse_notify("DELAY,NEVER").is_err());
+    }
+
+    #[test]
+    fn queue_ids_are_relative_paths_without_extension() {
+        let root = Path::new("/spool");
+        assert_eq!(queue_id(root, Path::new("/spool/msg1.eml")), "msg1");
+        assert_eq!(queue_id(root, Path::new("/spool/2023/a.b.EML")), "2023/a.b");
+    }
+
+    #[test]
+    fn eml_names() {
+        assert!(is_eml_name(OsStr::new("a.eml")));
+        assert!(is_eml_name(OsStr::new("a.EML")));
+        assert!(!is_eml_name(OsStr::new("._a.eml")));
+        assert!(!is_eml_name(OsStr::new("a.json")));
+        assert!(!is_eml_name(OsStr::new("eml")));
+    }
 }

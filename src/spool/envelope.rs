@@ -1,1 +1,667 @@
 //! Deriving an envelope from message headers when the spool carries none.
+//!
+//! The content stays the raw bytes; mail-parser only reads the header block. Each field
+//! records where it came from (`FieldSource`), first source that gives it wins:
+//!
+//! * **sender**: sidecar `sender`, then the topmost `Return-Path:` (added by the final
+//!   delivery agent, so the newest), then the sender of the mbox `From ` line
+//!   (`MAILER-DAEMON` or `<>` there means the null sender). A `Return-Path:` with an empty
+//!   value is ignored, `Return-Path: <>` is the null sender. With none of these the message
+//!   is quarantined: a missing sender is *unknown*, not null, and `From:` is not the
+//!   envelope, so an operator must add a sidecar.
+//! * **recipients**: sidecar `recipients`, then all `X-Original-To:` headers, else all
+//!   `Delivered-To:`, else all `Envelope-To:` (only the first kind present counts). Values
+//!   may be comma-separated lists; angle brackets are stripped. Every recipient must have a
+//!   local part and a domain, otherwise the message is quarantined naming the header.
+//!   Duplicates (local part exact, domain case-insensitive) are dropped, keeping the first.
+//! * **arrival**: sidecar `arrival`, then the date of the topmost `Received:` header that
+//!   has a usable date (the topmost is the newest hop), then the mbox `From ` line date,
+//!   then `Date:`, then the file's modification time.
+//!
+//! A file that begins with a `From ` line outside an mbox (some Maildir converters leave
+//! one) is read the same way: the line is used for the envelope but kept in the content.
+
+use chrono::{DateTime, FixedOffset, NaiveDate, Offset, TimeZone, Utc};
+use mail_parser::{HeaderValue, MessageParser};
+
+use super::{Envelope, FieldSource, Recipient};
+use crate::address::{Mailbox, ReturnContent, ReversePath};
+
+/// What an mbox `From ` separator line says about the envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FromLine {
+    /// `None` when the line names no sender at all.
+    pub sender: Option<ReversePath>,
+    /// `None` when the date is missing or not in asctime form.
+    pub date: Option<DateTime<FixedOffset>>,
+}
+
+/// Envelope fields given explicitly (by an `.eml` sidecar); each one beats the headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GivenEnvelope {
+    pub sender: Option<ReversePath>,
+    pub recipients: Option<Vec<Recipient>>,
+    pub arrival: Option<DateTime<FixedOffset>>,
+    pub envid: Option<String>,
+    pub ret: Option<ReturnContent>,
+}
+
+/// Everything besides the headers that can contribute to an envelope.
+#[derive(Debug, Clone, Default)]
+pub struct Hints {
+    pub given: Option<GivenEnvelope>,
+    pub from_line: Option<FromLine>,
+    /// The message file's modification time, the last resort for the arrival.
+    pub file_time: Option<DateTime<FixedOffset>>,
+}
+
+/// Builds the envelope of `content`, or says why it cannot (the quarantine reason).
+pub fn derive(content: &[u8], hints: &Hints) -> Result<Envelope, String> {
+    check_header_block(content)?;
+    let from_line = hints
+        .from_line
+        .clone()
+        .or_else(|| leading_from_line(content));
+    let headers = header_block(content);
+    let message = MessageParser::new()
+        .parse_headers(headers)
+        .ok_or_else(|| "no header block: no `Name: value` header found".to_string())?;
+    let fields = HeaderFields::collect(&message);
+    let given = hints.given.clone().unwrap_or_default();
+
+    let (sender, sender_from) = match given.sender {
+        Some(s) => (s, FieldSource::Sidecar),
+        None => pick_sender(&fields, from_line.as_ref())?,
+    };
+    let (recipients, recipients_from) = match given.recipients {
+        Some(r) => (dedupe(r), FieldSource::Sidecar),
+        None => pick_recipients(&fields)?,
+    };
+    let (arrival, arrival_from) = match given.arrival {
+        Some(a) => (a, FieldSource::Sidecar),
+        None => pick_arrival(&fields, from_line.as_ref(), hints.file_time)?,
+    };
+    Ok(Envelope {
+        sender,
+        sender_from,
+        recipients,
+        recipients_from,
+        arrival,
+        arrival_from,
+        envid: given.envid,
+        ret: given.ret,
+    })
+}
+
+/// Refuses input that is not a message at all: the first line must be a header
+/// (`Name: value`, the name printable ASCII without `:`) or an mbox `From ` line.
+pub fn check_header_block(content: &[u8]) -> Result<(), String> {
+    if content.is_empty() {
+        return Err("message is empty".into());
+    }
+    let first = first_line(content);
+    if first.starts_with(b"From ") || looks_like_header(first) {
+        return Ok(());
+    }
+    if first.is_empty() {
+        Err("no header block: the message starts with an empty line".into())
+    } else {
+        Err("no header block: the first line does not look like `Name: value`".into())
+    }
+}
+
+fn first_line(content: &[u8]) -> &[u8] {
+    let line = content.split(|&b| b == b'\n').next().unwrap_or_default();
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+fn looks_like_header(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    colon > 0 && line[..colon].iter().all(|&b| (33..=126).contains(&b))
+}
+
+/// The content without a leading `From ` line, so mail-parser sees the headers first.
+fn header_block(content: &[u8]) -> &[u8] {
+    if content.starts_with(b"From ") {
+        match content.iter().position(|&b| b == b'\n') {
+            Some(nl) => &content[nl + 1..],
+            None => &[],
+        }
+    } else {
+        content
+    }
+}
+
+fn leading_from_line(content: &[u8]) -> Option<FromLine> {
+    content
+        .starts_with(b"From ")
+        .then(|| parse_from_line(first_line(content)))
+}
+
+/// Parses an mbox separator line (`From alice@example.org Mon Jan 23 10:00:00 2023`, line
+/// ending optional). The date is asctime, optionally with a numeric or UTC/GMT zone before
+/// or after the year; without a zone it is taken as UTC, since the line carries none.
+pub fn parse_from_line(line: &[u8]) -> FromLine {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches(['\r', '\n']);
+    let rest = text.strip_prefix("From ").unwrap_or(text);
+    let tokens = token_positions(rest);
+    let date_at = (0..tokens.len()).find(|&i| {
+        is_weekday(tokens[i].1) && tokens.get(i + 1).is_some_and(|t| month_number(t.1).is_some())
+    });
+    let raw_sender = match date_at {
+        Some(i) => rest[..tokens[i].0].trim(),
+        None => tokens.first().map_or("", |t| t.1),
+    };
+    let sender = if date_at.is_none() && raw_sender.is_empty() {
+        None
+    } else {
+        Some(from_line_sender(raw_sender))
+    };
+    let date = date_at.and_then(|i| {
+        let words: Vec<&str> = tokens[i + 1..].iter().map(|t| t.1).collect();
+        parse_asctime(&words)
+    });
+    FromLine { sender, date }
+}
+
+fn token_positions(s: &str) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, c) in s.char_indices() {
+        match (c.is_whitespace(), start) {
+            (true, Some(st)) => {
+                out.push((st, &s[st..i]));
+                start = None;
+            }
+            (false, None) => start = Some(i),
+            _ => {}
+        }
+    }
+    if let Some(st) = start {
+        out.push((st, &s[st..]));
+    }
+    out
+}
+
+fn from_line_sender(raw: &str) -> ReversePath {
+    if raw.eq_ignore_ascii_case("MAILER-DAEMON") {
+        ReversePath::Null
+    } else {
+        ReversePath::parse(raw)
+    }
+}
+
+fn is_weekday(word: &str) -> bool {
+    ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .iter()
+        .any(|d| word.eq_ignore_ascii_case(d))
+}
+
+fn month_number(word: &str) -> Option<u32> {
+    const MONTHS: [&str; 12] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
+    let i = MONTHS.iter().position(|m| word.eq_ignore_ascii_case(m))?;
+    u32::try_from(i + 1).ok()
+}
+
+/// `words` = month, day, time, then the year and an optional zone in either order.
+fn parse_asctime(words: &[&str]) -> Option<DateTime<FixedOffset>> {
+    let [month, day, time, tail @ ..] = words else {
+        return None;
+    };
+    let month = month_number(month)?;
+    let day: u32 = day.parse().ok()?;
+    let mut hms = time.split(':').map(|p| p.parse::<u32>().ok());
+    let (hour, minute) = (hms.next()??, hms.next()??);
+    let second = hms.next().unwrap_or(Some(0))?;
+    let mut year = None;
+    let mut zone = None;
+    for word in tail.iter().take(2) {
+        if word.len() == 4 && word.bytes().all(|b| b.is_ascii_digit()) {
+            year = word.parse::<i32>().ok();
+        } else {
+            zone = zone.or_else(|| parse_zone(word));
+        }
+    }
+    let naive = NaiveDate::from_ymd_opt(year?, month, day)?.and_hms_opt(hour, minute, second)?;
+    let offset = zone.unwrap_or_else(utc_offset);
+    offset.from_local_datetime(&naive).single()
+}
+
+fn parse_zone(word: &str) -> Option<FixedOffset> {
+    if ["UTC", "GMT", "UT"].iter().any(|z| word.eq_ignore_ascii_case(z)) {
+        return Some(utc_offset());
+    }
+    let (sign, digits) = match word.as_bytes().first()? {
+        b'+' => (1, &word[1..]),
+        b'-' => (-1, &word[1..]),
+        _ => return None,
+    };
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let hours: i32 = digits[..2].parse().ok()?;
+    let minutes: i32 = digits[2..].parse().ok()?;
+    FixedOffset::east_opt(sign * (hours * 3600 + minutes * 60))
+}
+
+fn utc_offset() -> FixedOffset {
+    Utc.fix()
+}
+
+/// The envelope-relevant headers, top to bottom, as raw unfolded text (and dates).
+#[derive(Debug, Default)]
+struct HeaderFields {
+    return_path: Vec<String>,
+    x_original_to: Vec<String>,
+    delivered_to: Vec<String>,
+    envelope_to: Vec<String>,
+    received_dates: Vec<Option<DateTime<FixedOffset>>>,
+    date: Option<DateTime<FixedOffset>>,
+}
+
+impl HeaderFields {
+    fn collect(message: &mail_parser::Message<'_>) -> HeaderFields {
+        let raw = message.raw_message();
+        let mut fields = HeaderFields::default();
+        for header in message.headers() {
+            let name = header.name();
+            let value = || raw_value(raw, header.offset_start(), header.offset_end());
+            if name.eq_ignore_ascii_case("Return-Path") {
+                fields.return_path.push(value());
+            } else if name.eq_ignore_ascii_case("X-Original-To") {
+                fields.x_original_to.push(value());
+            } else if name.eq_ignore_ascii_case("Delivered-To") {
+                fields.delivered_to.push(value());
+            } else if name.eq_ignore_ascii_case("Envelope-To") {
+                fields.envelope_to.push(value());
+            } else if name.eq_ignore_ascii_case("Received") {
+                let date = match header.value() {
+                    HeaderValue::Received(r) => r.date().as_ref().and_then(to_chrono),
+                    _ => None,
+                };
+                fields.received_dates.push(date);
+            } else if name.eq_ignore_ascii_case("Date") && fields.date.is_none() {
+                if let HeaderValue::DateTime(d) = header.value() {
+                    fields.date = to_chrono(d);
+                }
+            }
+        }
+        fields
+    }
+}
+
+fn raw_value(raw: &[u8], start: u32, end: u32) -> String {
+    let (start, end) = (start as usize, end as usize);
+    let bytes = raw.get(start..end).unwrap_or_default();
+    // Unfold: a folded value continues after CRLF + whitespace.
+    let text: String = String::from_utf8_lossy(bytes)
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
+    text.trim().to_string()
+}
+
+fn to_chrono(d: &mail_parser::DateTime) -> Option<DateTime<FixedOffset>> {
+    if !d.is_valid() {
+        return None;
+    }
+    let seconds = i32::from(d.tz_hour) * 3600 + i32::from(d.tz_minute) * 60;
+    let offset = FixedOffset::east_opt(if d.tz_before_gmt { -seconds } else { seconds })?;
+    let naive = NaiveDate::from_ymd_opt(i32::from(d.year), u32::from(d.month), u32::from(d.day))?
+        .and_hms_opt(
+            u32::from(d.hour),
+            u32::from(d.minute),
+            u32::from(d.second),
+        )?;
+    offset.from_local_datetime(&naive).single()
+}
+
+fn pick_sender(
+    fields: &HeaderFields,
+    from_line: Option<&FromLine>,
+) -> Result<(ReversePath, FieldSource), String> {
+    if let Some(value) = fields.return_path.first().filter(|v| !v.is_empty()) {
+        return Ok((ReversePath::parse(bracketed(value)), FieldSource::ReturnPath));
+    }
+    if let Some(sender) = from_line.and_then(|f| f.sender.clone()) {
+        return Ok((sender, FieldSource::MboxFromLine));
+    }
+    Err("no envelope sender: no sidecar, no Return-Path header and no mbox `From ` line \
+         sender (add a sidecar)"
+        .into())
+}
+
+/// The part inside the first `<…>`, or the whole value when it has none.
+fn bracketed(value: &str) -> &str {
+    let Some(open) = value.find('<') else {
+        return value.trim();
+    };
+    match value[open..].find('>') {
+        Some(close) => &value[open..=open + close],
+        None => value.trim(),
+    }
+}
+
+fn pick_recipients(fields: &HeaderFields) -> Result<(Vec<Recipient>, FieldSource), String> {
+    let kinds = [
+        (&fields.x_original_to, FieldSource::XOriginalTo, "X-Original-To"),
+        (&fields.delivered_to, FieldSource::DeliveredTo, "Delivered-To"),
+        (&fields.envelope_to, FieldSource::EnvelopeTo, "Envelope-To"),
+    ];
+    let Some((values, source, name)) = kinds.into_iter().find(|(v, _, _)| !v.is_empty()) else {
+        return Err("no envelope recipients: no sidecar and no \
+                    X-Original-To/Delivered-To/Envelope-To header"
+            .into());
+    };
+    let mut recipients = Vec::new();
+    for value in values {
+        for item in split_address_list(value) {
+            let address = bracketed(&item).trim_matches(['<', '>']).trim().to_string();
+            if address.is_empty() {
+                continue;
+            }
+            Mailbox::parse(&address).map_err(|e| format!("bad recipient in {name} header: {e}"))?;
+            recipients.push(Recipient::plain(address));
+        }
+    }
+    if recipients.is_empty() {
+        return Err(format!("no envelope recipients: the {name} header is empty"));
+    }
+    Ok((dedupe(recipients), source))
+}
+
+/// Splits at commas outside double quotes (a quoted local part may hold a comma).
+fn split_address_list(value: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in value.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                items.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    items.push(current);
+    items
+}
+
+/// Drops repeated recipients (local part exact, domain case-insensitive), keeping the
+/// first occurrence and its parameters.
+pub fn dedupe(recipients: Vec<Recipient>) -> Vec<Recipient> {
+    let mut seen: Vec<String> = Vec::with_capacity(recipients.len());
+    let mut out = Vec::with_capacity(recipients.len());
+    for recipient in recipients {
+        let key = dedupe_key(&recipient.address);
+        if !seen.contains(&key) {
+            seen.push(key);
+            out.push(recipient);
+        }
+    }
+    out
+}
+
+fn dedupe_key(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+        None => address.to_string(),
+    }
+}
+
+fn pick_arrival(
+    fields: &HeaderFields,
+    from_line: Option<&FromLine>,
+    file_time: Option<DateTime<FixedOffset>>,
+) -> Result<(DateTime<FixedOffset>, FieldSource), String> {
+    if let Some(date) = fields.received_dates.iter().flatten().next() {
+        return Ok((*date, FieldSource::Received));
+    }
+    if let Some(date) = from_line.and_then(|f| f.date) {
+        return Ok((date, FieldSource::MboxFromLine));
+    }
+    if let Some(date) = fields.date {
+        return Ok((date, FieldSource::DateHeader));
+    }
+    match file_time {
+        Some(t) => Ok((t, FieldSource::FileTime)),
+        None => Err("no arrival time: no Received or Date header and no file time".into()),
+    }
+}
+
+/// A file's modification time as an arrival time (UTC), if the platform gives one.
+pub fn file_time(metadata: &std::fs::Metadata) -> Option<DateTime<FixedOffset>> {
+    let modified = metadata.modified().ok()?;
+    Some(DateTime::<Utc>::from(modified).fixed_offset())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dt(s: &str) -> DateTime<FixedOffset> {
+        DateTime::parse_from_rfc3339(s).unwrap()
+    }
+
+    fn hints() -> Hints {
+        Hints {
+            file_time: Some(dt("2020-01-01T00:00:00Z")),
+            ..Hints::default()
+        }
+    }
+
+    #[test]
+    fn from_line_plain_asctime() {
+        let f = parse_from_line(b"From alice@example.org Mon Jan 23 10:00:00 2023\n");
+        assert_eq!(f.sender, Some(ReversePath::Address("alice@example.org".into())));
+        assert_eq!(f.date, Some(dt("2023-01-23T10:00:00Z")));
+    }
+
+    #[test]
+    fn from_line_null_sender_forms() {
+        for line in [
+            "From MAILER-DAEMON Mon Jan 23 10:00:00 2023\r\n",
+            "From <> Mon Jan 23 10:00:00 2023",
+            "From  Mon Jan 23 10:00:00 2023",
+        ] {
+            let f = parse_from_line(line.as_bytes());
+            assert_eq!(f.sender, Some(ReversePath::Null), "{line}");
+            assert_eq!(f.date, Some(dt("2023-01-23T10:00:00Z")), "{line}");
+        }
+    }
+
+    #[test]
+    fn from_line_zones_and_short_time() {
+        let f = parse_from_line(b"From a@b.test Tue Feb  7 09:05 +0130 2023");
+        assert_eq!(f.date, Some(dt("2023-02-07T09:05:00+01:30")));
+        let f = parse_from_line(b"From a@b.test Tue Feb  7 09:05:06 2023 -0500");
+        assert_eq!(f.date, Some(dt("2023-02-07T09:05:06-05:00")));
+        let f = parse_from_line(b"From a@b.test Tue Feb  7 09:05:06 GMT 2023");
+        assert_eq!(f.date, Some(dt("2023-02-07T09:05:06Z")));
+    }
+
+    #[test]
+    fn from_line_quoted_sender_with_space() {
+        let f = parse_from_line(b"From \"john doe\"@remote.test Mon Jan 23 10:00:00 2023");
+        assert_eq!(f.sender, Some(ReversePath::Address("\"john doe\"@remote.test".into())));
+    }
+
+    #[test]
+    fn from_line_without_date_keeps_sender() {
+        let f = parse_from_line(b"From bob@example.org");
+        assert_eq!(f.sender, Some(ReversePath::Address("bob@example.org".into())));
+        assert_eq!(f.date, None);
+        let f = parse_from_line(b"From a@b.test Mon Jan 32 10:00:00 2023");
+        assert_eq!(f.date, None, "day 32 is not a date");
+        assert_eq!(parse_from_line(b"From ").sender, None);
+    }
+
+    #[test]
+    fn topmost_received_date_wins() {
+        let msg = b"Received: from b by c; Tue, 24 Jan 2023 11:00:00 +0100\r\n\
+Received: from a by b; Mon, 23 Jan 2023 09:00:00 +0000\r\n\
+Return-Path: <s@x.test>\r\nDelivered-To: r@y.test\r\n\
+Date: Sun, 22 Jan 2023 08:00:00 +0000\r\n\r\nbody\r\n";
+        let env = derive(msg, &hints()).unwrap();
+        assert_eq!(env.arrival, dt("2023-01-24T11:00:00+01:00"));
+        assert_eq!(env.arrival_from, FieldSource::Received);
+    }
+
+    #[test]
+    fn received_without_date_falls_through_to_next_then_date() {
+        let msg = b"Received: from b by c\nReceived: from a by b; Mon, 23 Jan 2023 09:00:00 -0200\n\
+Return-Path: <s@x.test>\nDelivered-To: r@y.test\n\nbody\n";
+        let env = derive(msg, &hints()).unwrap();
+        assert_eq!(env.arrival, dt("2023-01-23T09:00:00-02:00"));
+        let msg = b"Received: from b by c\nReturn-Path: <s@x.test>\nDelivered-To: r@y.test\n\
+Date: Sun, 22 Jan 2023 08:00:00 +0000\n\nbody\n";
+        let env = derive(msg, &hints()).unwrap();
+        assert_eq!(env.arrival, dt("2023-01-22T08:00:00Z"));
+        assert_eq!(env.arrival_from, FieldSource::DateHeader);
+    }
+
+    #[test]
+    fn from_line_date_beats_date_header_but_not_received() {
+        let from_line = parse_from_line(b"From s@x.test Mon Jan 23 10:00:00 2023");
+        let h = Hints {
+            from_line: Some(from_line),
+            ..hints()
+        };
+        let msg = b"Delivered-To: r@y.test\nDate: Sun, 22 Jan 2023 08:00:00 +0000\n\nbody\n";
+        let env = derive(msg, &h).unwrap();
+        assert_eq!(
+            (env.arrival, env.arrival_from),
+            (dt("2023-01-23T10:00:00Z"), FieldSource::MboxFromLine)
+        );
+        assert_eq!(
+            (env.sender, env.sender_from),
+            (ReversePath::Address("s@x.test".into()), FieldSource::MboxFromLine)
+        );
+    }
+
+    #[test]
+    fn file_time_is_last_resort() {
+        let msg = b"Return-Path: <>\nX-Original-To: r@y.test\n\nbody\n";
+        let env = derive(msg, &hints()).unwrap();
+        assert_eq!(env.arrival_from, FieldSource::FileTime);
+        assert_eq!(env.arrival, dt("2020-01-01T00:00:00Z"));
+        assert_eq!(env.sender, ReversePath::Null);
+        assert_eq!(env.sender_from, FieldSource::ReturnPath);
+    }
+
+    #[test]
+    fn recipient_header_priority_and_lists() {
+        let msg = b"Return-Path: <s@x.test>\nEnvelope-To: e@y.test\nDelivered-To: <d1@y.test>\n\
+X-Original-To: o1@y.test, \"a,b\"@y.test\nDelivered-To: d2@y.test\nX-Original-To: <o2@y.test>\n\nb\n";
+        let env = derive(msg, &hints()).unwrap();
+        let addrs: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
+        assert_eq!(addrs, ["o1@y.test", "\"a,b\"@y.test", "o2@y.test"]);
+        assert_eq!(env.recipients_from, FieldSource::XOriginalTo);
+
+        let msg = b"Return-Path: <s@x.test>\nEnvelope-To: e@y.test\nDelivered-To: <d1@y.test>\n\
+Delivered-To: d2@y.test\n\nb\n";
+        let env = derive(msg, &hints()).unwrap();
+        let addrs: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
+        assert_eq!(addrs, ["d1@y.test", "d2@y.test"]);
+        assert_eq!(env.recipients_from, FieldSource::DeliveredTo);
+
+        let msg = b"Return-Path: <s@x.test>\nEnvelope-to: e1@y.test,\n e2@y.test\n\nb\n";
+        let env = derive(msg, &hints()).unwrap();
+        let addrs: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
+        assert_eq!(addrs, ["e1@y.test", "e2@y.test"]);
+        assert_eq!(env.recipients_from, FieldSource::EnvelopeTo);
+    }
+
+    #[test]
+    fn recipients_are_deduplicated_keeping_first() {
+        let list = vec![
+            Recipient::plain("Bob@Example.ORG"),
+            Recipient::plain("Bob@example.org"),
+            Recipient::plain("bob@example.org"),
+            Recipient {
+                address: "Bob@EXAMPLE.org".into(),
+                orcpt: Some("rfc822;x@y".into()),
+                notify: None,
+            },
+        ];
+        let out = dedupe(list);
+        let addrs: Vec<&str> = out.iter().map(|r| r.address.as_str()).collect();
+        assert_eq!(addrs, ["Bob@Example.ORG", "bob@example.org"]);
+    }
+
+    #[test]
+    fn missing_pieces_are_quarantine_reasons() {
+        let no_rcpt = derive(b"Return-Path: <s@x.test>\n\nb\n", &hints()).unwrap_err();
+        assert_eq!(
+            no_rcpt,
+            "no envelope recipients: no sidecar and no X-Original-To/Delivered-To/Envelope-To header"
+        );
+        let no_sender = derive(b"From: a@b.test\nDelivered-To: r@y.test\n\nb\n", &hints());
+        assert!(no_sender.unwrap_err().starts_with("no envelope sender"));
+        let bad = derive(b"Return-Path: <>\nDelivered-To: nobody\n\nb\n", &hints());
+        assert_eq!(
+            bad.unwrap_err(),
+            "bad recipient in Delivered-To header: address `nobody` has no `@domain`"
+        );
+        let empty = derive(b"Return-Path: <>\nDelivered-To: \n\nb\n", &hints());
+        assert_eq!(
+            empty.unwrap_err(),
+            "no envelope recipients: the Delivered-To header is empty"
+        );
+    }
+
+    #[test]
+    fn header_block_rule() {
+        assert!(check_header_block(b"Subject: x\n\nbody").is_ok());
+        assert!(check_header_block(b"From a@b Mon Jan 23 10:00:00 2023\nSubject: x\n").is_ok());
+        assert_eq!(check_header_block(b"").unwrap_err(), "message is empty");
+        assert!(check_header_block(b"\x89PNG\r\n\x1a\n\0\0").is_err());
+        assert!(check_header_block(b"hello world: not a header\n").is_err());
+        assert!(check_header_block(b"\nSubject: x\n").is_err());
+        assert!(check_header_block(b": x\n").is_err());
+    }
+
+    #[test]
+    fn leading_from_line_in_a_file_is_used() {
+        let msg = b"From s@x.test Mon Jan 23 10:00:00 2023\nDelivered-To: r@y.test\n\nb\n";
+        let env = derive(msg, &hints()).unwrap();
+        assert_eq!(env.sender_from, FieldSource::MboxFromLine);
+        assert_eq!(env.arrival, dt("2023-01-23T10:00:00Z"));
+        assert_eq!(env.recipients, vec![Recipient::plain("r@y.test")]);
+    }
+
+    #[test]
+    fn given_fields_win() {
+        let given = GivenEnvelope {
+            sender: Some(ReversePath::Null),
+            recipients: Some(vec![Recipient::plain("g@y.test"), Recipient::plain("g@Y.TEST")]),
+            arrival: None,
+            envid: Some("id1".into()),
+            ret: Some(ReturnContent::Headers),
+        };
+        let h = Hints {
+            given: Some(given),
+            ..hints()
+        };
+        let msg = b"Return-Path: <s@x.test>\nDelivered-To: nobody\nDate: Sun, 22 Jan 2023 08:00:00 +0000\n\nb\n";
+        let env = derive(msg, &h).unwrap();
+        assert_eq!(env.sender, ReversePath::Null);
+        assert_eq!(env.sender_from, FieldSource::Sidecar);
+        assert_eq!(env.recipients, vec![Recipient::plain("g@y.test")]);
+        assert_eq!(env.recipients_from, FieldSource::Sidecar);
+        assert_eq!(env.arrival_from, FieldSource::DateHeader);
+        assert_eq!(env.envid.as_deref(), Some("id1"));
+        assert_eq!(env.ret, Some(ReturnContent::Headers));
+    }
+}

@@ -1,15 +1,314 @@
 //! Reader for mbox spools.
+//!
+//! Separators follow the mboxo/mboxrd convention: **every** line that starts with exactly
+//! `From ` begins a new message (writers quote body lines as `>From `). This errs on the
+//! side of splitting: an unquoted `From ` body line written by a broken writer cuts the
+//! message, and the tail (which has no header block) is quarantined where an operator sees
+//! it, rather than being merged into the previous message and sent to its recipients.
+//!
+//! A message's content is the bytes after its `From ` line up to the next one, minus one
+//! trailing blank line (the separator writers add), with mboxrd unquoting: one `>` is
+//! removed from each line matching `^>+From `. `SourceRef` `offset`/`len` delimit the raw
+//! (still quoted) bytes in the file; `read_content` re-reads and unquotes them. LF and CRLF
+//! files are both read; line endings are kept as they are.
+//!
+//! The file is read line by line through a `BufReader`, so memory is bounded by the
+//! largest message. Messages are numbered `mbox#1`, `mbox#2`, … in file order, quarantined
+//! ones included, so ids are stable across runs.
 
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 
-use super::{SpoolError, SpoolItem};
+use chrono::{DateTime, FixedOffset};
 
-pub fn read(path: &Path) -> Result<std::vec::IntoIter<SpoolItem>, SpoolError> {
-    let _ = path;
-    Ok(Vec::new().into_iter())
+use super::envelope::{self, Hints};
+use super::{QueuedMessage, Quarantined, SourceRef, SpoolError, SpoolFormat, SpoolItem};
+
+/// Opens the mbox file at `path` for streaming.
+pub fn read(path: &Path) -> Result<MboxReader, SpoolError> {
+    let io_err = |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let abs = std::path::absolute(path).map_err(io_err)?;
+    let file = File::open(&abs).map_err(io_err)?;
+    let metadata = file.metadata().map_err(io_err)?;
+    if !metadata.is_file() {
+        return Err(SpoolError::Unrecognized {
+            path: path.to_path_buf(),
+            why: "an mbox spool must be a regular file".into(),
+        });
+    }
+    Ok(MboxReader {
+        path: abs,
+        reader: BufReader::new(file),
+        position: 0,
+        pending_from: None,
+        started: false,
+        done: false,
+        index: 0,
+        file_time: envelope::file_time(&metadata),
+    })
 }
 
-pub fn read_content(source: &super::SourceRef) -> std::io::Result<Vec<u8>> {
-    let _ = source;
-    Ok(Vec::new())
+/// Streams the messages of one mbox file, one `SpoolItem` per `From ` line.
+pub struct MboxReader {
+    path: PathBuf,
+    reader: BufReader<File>,
+    /// File offset of the next byte `reader` will return.
+    position: u64,
+    /// The `From ` line that starts the next message, already read.
+    pending_from: Option<Vec<u8>>,
+    started: bool,
+    done: bool,
+    index: usize,
+    file_time: Option<DateTime<FixedOffset>>,
+}
+
+/// One message's bytes as cut from the file.
+struct Chunk {
+    offset: u64,
+    raw_len: u64,
+    content: Vec<u8>,
+}
+
+impl MboxReader {
+    fn read_line(&mut self, line: &mut Vec<u8>) -> std::io::Result<usize> {
+        line.clear();
+        let n = self.reader.read_until(b'\n', line)?;
+        self.position += n as u64;
+        Ok(n)
+    }
+
+    /// Reads lines up to the next `From ` line (kept in `pending_from`) or the end.
+    fn read_chunk(&mut self) -> std::io::Result<Chunk> {
+        let mut chunk = Chunk {
+            offset: self.position,
+            raw_len: 0,
+            content: Vec::new(),
+        };
+        let mut last_blank_len = 0;
+        let mut line = Vec::new();
+        loop {
+            if self.read_line(&mut line)? == 0 {
+                break;
+            }
+            if line.starts_with(b"From ") {
+                self.pending_from = Some(std::mem::take(&mut line));
+                break;
+            }
+            last_blank_len = if is_blank(&line) { line.len() } else { 0 };
+            chunk.raw_len += line.len() as u64;
+            chunk.content.extend_from_slice(unquote_line(&line));
+        }
+        // The blank line before a separator (or at the end) belongs to the mbox framing.
+        chunk.raw_len -= last_blank_len as u64;
+        chunk.content.truncate(chunk.content.len() - last_blank_len);
+        Ok(chunk)
+    }
+
+    fn source(&self, offset: u64, len: u64) -> SourceRef {
+        SourceRef {
+            format: SpoolFormat::Mbox,
+            path: self.path.clone(),
+            offset,
+            len,
+        }
+    }
+
+    fn quarantine(&self, offset: u64, len: u64, reason: String) -> SpoolItem {
+        SpoolItem::Quarantined(Quarantined {
+            source: self.source(offset, len),
+            reason,
+        })
+    }
+
+    /// Text before the first `From ` line: harmless when blank, otherwise quarantined.
+    fn preamble(&mut self) -> std::io::Result<Option<SpoolItem>> {
+        let chunk = self.read_chunk()?;
+        if chunk.content.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        Ok(Some(self.quarantine(
+            chunk.offset,
+            chunk.raw_len,
+            "text before the first `From ` line is not a message".into(),
+        )))
+    }
+
+    fn next_item(&mut self) -> std::io::Result<Option<SpoolItem>> {
+        if !self.started {
+            self.started = true;
+            if let Some(item) = self.preamble()? {
+                return Ok(Some(item));
+            }
+        }
+        let Some(from_line) = self.pending_from.take() else {
+            return Ok(None);
+        };
+        self.index += 1;
+        let chunk = self.read_chunk()?;
+        Ok(Some(self.message(&from_line, chunk)))
+    }
+
+    fn message(&self, from_line: &[u8], chunk: Chunk) -> SpoolItem {
+        if chunk.content.is_empty() {
+            return self.quarantine(
+                chunk.offset,
+                chunk.raw_len,
+                "message is empty (nothing between two `From ` lines)".into(),
+            );
+        }
+        let hints = Hints {
+            given: None,
+            from_line: Some(envelope::parse_from_line(from_line)),
+            file_time: self.file_time,
+        };
+        match envelope::derive(&chunk.content, &hints) {
+            Ok(envelope) => SpoolItem::Message(QueuedMessage {
+                source: self.source(chunk.offset, chunk.raw_len),
+                queue_id: format!("mbox#{}", self.index),
+                envelope,
+                content: chunk.content,
+            }),
+            Err(reason) => self.quarantine(chunk.offset, chunk.raw_len, reason),
+        }
+    }
+}
+
+impl Iterator for MboxReader {
+    type Item = SpoolItem;
+
+    fn next(&mut self) -> Option<SpoolItem> {
+        if self.done {
+            return None;
+        }
+        match self.next_item() {
+            Ok(Some(item)) => Some(item),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                // The rest of the file cannot be trusted to be framed right: stop here.
+                self.done = true;
+                let offset = self.position;
+                Some(self.quarantine(offset, 0, format!("cannot read the mbox further: {e}")))
+            }
+        }
+    }
+}
+
+fn is_blank(line: &[u8]) -> bool {
+    line == b"\n" || line == b"\r\n"
+}
+
+/// mboxrd: `>From `, `>>From `, … lose one `>`; every other line is unchanged.
+fn unquote_line(line: &[u8]) -> &[u8] {
+    let quotes = line.iter().take_while(|&&b| b == b'>').count();
+    if quotes > 0 && line[quotes..].starts_with(b"From ") {
+        &line[1..]
+    } else {
+        line
+    }
+}
+
+/// Applies `unquote_line` to every line of `raw`.
+pub fn unquote(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    for line in raw.split_inclusive(|&b| b == b'\n') {
+        out.extend_from_slice(unquote_line(line));
+    }
+    out
+}
+
+/// Re-reads one message's content from the mbox, exactly as the reader produced it.
+pub fn read_content(source: &SourceRef) -> std::io::Result<Vec<u8>> {
+    let mut file = File::open(&source.path)?;
+    file.seek(SeekFrom::Start(source.offset))?;
+    let len = usize::try_from(source.len).map_err(std::io::Error::other)?;
+    let mut raw = vec![0; len];
+    file.read_exact(&mut raw)?;
+    Ok(unquote(&raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unquoting_strips_one_quote_from_from_lines_only() {
+        let raw = b">From a\n>>From b\r\n>>>From c\n> From d\n>Fromage\nFrom e\n>x\n";
+        assert_eq!(
+            unquote(raw),
+            b"From a\n>From b\r\n>>From c\n> From d\n>Fromage\nFrom e\n>x\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn blank_line_detection() {
+        assert!(is_blank(b"\n"));
+        assert!(is_blank(b"\r\n"));
+        assert!(!is_blank(b" \n"));
+        assert!(!is_blank(b""));
+    }
+
+    fn items_of(bytes: &[u8]) -> (tempfile::TempDir, Vec<SpoolItem>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("box");
+        std::fs::write(&path, bytes).unwrap();
+        let items = read(&path).unwrap().collect();
+        (dir, items)
+    }
+
+    #[test]
+    fn splits_strips_separator_blank_and_unquotes() {
+        let mbox = b"From a@x.test Mon Jan 23 10:00:00 2023\nDelivered-To: r@y.test\n\nhi\n>From here\n\n\
+From b@x.test Mon Jan 23 11:00:00 2023\nDelivered-To: r@y.test\n\nbye\n";
+        let (_dir, items) = items_of(mbox);
+        assert_eq!(items.len(), 2);
+        let SpoolItem::Message(first) = &items[0] else {
+            panic!("first item is not a message: {:?}", items[0]);
+        };
+        assert_eq!(first.queue_id, "mbox#1");
+        assert_eq!(first.content, b"Delivered-To: r@y.test\n\nhi\nFrom here\n".to_vec());
+        assert_eq!(first.source.offset, 39);
+        assert_eq!(first.source.len, 38);
+        assert_eq!(read_content(&first.source).unwrap(), first.content);
+        let SpoolItem::Message(second) = &items[1] else {
+            panic!("second item is not a message: {:?}", items[1]);
+        };
+        assert_eq!(second.queue_id, "mbox#2");
+        assert_eq!(second.content, b"Delivered-To: r@y.test\n\nbye\n".to_vec());
+        assert_eq!(read_content(&second.source).unwrap(), second.content);
+    }
+
+    #[test]
+    fn empty_message_and_preamble_are_quarantined() {
+        let mbox = b"junk\n\nFrom a@x.test Mon Jan 23 10:00:00 2023\n\
+From a@x.test Mon Jan 23 10:00:00 2023\nDelivered-To: r@y.test\n\nhi\n";
+        let (_dir, items) = items_of(mbox);
+        let reasons: Vec<String> = items
+            .iter()
+            .map(|i| match i {
+                SpoolItem::Quarantined(q) => q.reason.clone(),
+                SpoolItem::Message(m) => m.queue_id.clone(),
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "text before the first `From ` line is not a message",
+                "message is empty (nothing between two `From ` lines)",
+                "mbox#2",
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_file_has_no_items() {
+        let (_dir, items) = items_of(b"");
+        assert!(items.is_empty());
+    }
 }

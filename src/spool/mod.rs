@@ -215,9 +215,75 @@ pub enum SpoolError {
     },
 }
 
-/// Looks at `path` and says which format it is.
+/// Looks at `path` and says which format it is: a directory with `new/` or `cur/` is a
+/// Maildir, a directory with `.eml` files an eml folder, a regular file whose first line
+/// starts with `From ` an mbox.
 pub fn detect(path: &Path) -> Result<SpoolFormat, SpoolError> {
-    todo_detect(path)
+    let metadata = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SpoolError::Missing(path.to_path_buf()));
+        }
+        Err(source) => {
+            return Err(SpoolError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let found = if metadata.is_dir() {
+        detect_dir(path)?
+    } else if metadata.is_file() {
+        detect_file(path)?
+    } else {
+        None
+    };
+    found.ok_or_else(|| SpoolError::Unrecognized {
+        path: path.to_path_buf(),
+        why: "looked for a directory with `new/` or `cur/` (maildir), a directory with \
+              `.eml` files (eml) and a file whose first line starts with `From ` (mbox)"
+            .into(),
+    })
+}
+
+fn detect_dir(path: &Path) -> Result<Option<SpoolFormat>, SpoolError> {
+    if path.join("new").is_dir() || path.join("cur").is_dir() {
+        return Ok(Some(SpoolFormat::Maildir));
+    }
+    // Postfix (`active/`, `deferred/`, `hold/` …) and Exim (`input/`) queue directories
+    // get their checks here, before the looser `.eml` check.
+    let entries = std::fs::read_dir(path).map_err(|source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let has_eml = entries
+        .flatten()
+        .any(|entry| eml::is_eml_name(&entry.file_name()));
+    Ok(has_eml.then_some(SpoolFormat::Eml))
+}
+
+fn detect_file(path: &Path) -> Result<Option<SpoolFormat>, SpoolError> {
+    use std::io::Read;
+    let mut start = [0u8; 5];
+    let mut file = std::fs::File::open(path).map_err(|source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut filled = 0;
+    while filled < start.len() {
+        match file.read(&mut start[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(SpoolError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok((&start[..filled] == b"From ").then_some(SpoolFormat::Mbox))
 }
 
 /// Opens `path` as a spool of `format` (or detects it when `None`).
@@ -243,9 +309,52 @@ pub fn read_content(source: &SourceRef) -> std::io::Result<Vec<u8>> {
     }
 }
 
-fn todo_detect(path: &Path) -> Result<SpoolFormat, SpoolError> {
-    Err(SpoolError::Unrecognized {
+/// Reads one whole-file message (Maildir, `.eml`): anything wrong with it is quarantined.
+fn file_item(
+    path: &Path,
+    format: SpoolFormat,
+    queue_id: String,
+    given: Option<envelope::GivenEnvelope>,
+) -> SpoolItem {
+    let source = |len: u64| SourceRef {
+        format,
         path: path.to_path_buf(),
-        why: "format detection is not written yet".into(),
-    })
+        offset: 0,
+        len,
+    };
+    let quarantine = |len: u64, reason: String| {
+        SpoolItem::Quarantined(Quarantined {
+            source: source(len),
+            reason,
+        })
+    };
+    let metadata = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => return quarantine(0, format!("cannot read file: {e}")),
+    };
+    if !metadata.is_file() {
+        return quarantine(0, "not a regular file".into());
+    }
+    let content = match std::fs::read(path) {
+        Ok(c) => c,
+        Err(e) => return quarantine(0, format!("cannot read file: {e}")),
+    };
+    let len = content.len() as u64;
+    if content.is_empty() {
+        return quarantine(0, "file is empty".into());
+    }
+    let hints = envelope::Hints {
+        given,
+        from_line: None,
+        file_time: envelope::file_time(&metadata),
+    };
+    match envelope::derive(&content, &hints) {
+        Ok(envelope) => SpoolItem::Message(QueuedMessage {
+            source: source(len),
+            queue_id,
+            envelope,
+            content,
+        }),
+        Err(reason) => quarantine(len, reason),
+    }
 }
