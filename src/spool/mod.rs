@@ -287,7 +287,10 @@ fn detect_file(path: &Path) -> Result<Option<SpoolFormat>, SpoolError> {
 }
 
 /// Opens `path` as a spool of `format` (or detects it when `None`).
-pub fn open(path: &Path, format: Option<SpoolFormat>) -> Result<(SpoolFormat, SpoolReader), SpoolError> {
+pub fn open(
+    path: &Path,
+    format: Option<SpoolFormat>,
+) -> Result<(SpoolFormat, SpoolReader), SpoolError> {
     let format = match format {
         Some(f) => f,
         None => detect(path)?,
