@@ -399,6 +399,15 @@ fn detect_formats_and_errors() {
         Err(SpoolError::Missing(p)) => assert_eq!(p, missing),
         other => panic!("expected Missing, got {other:?}"),
     }
+    for format in [SpoolFormat::Maildir, SpoolFormat::Mbox, SpoolFormat::Eml] {
+        assert!(
+            matches!(
+                spool::open(&missing, Some(format)),
+                Err(SpoolError::Missing(_))
+            ),
+            "forced {format} on a missing path"
+        );
+    }
     for not_a_spool in ["eml/notes.txt", "maildir/new", "."] {
         match spool::detect(&fixture(not_a_spool)) {
             Err(SpoolError::Unrecognized { why, .. }) => assert!(
