@@ -19,7 +19,8 @@
 //! without a sidecar (see `envelope`). Any unknown key, wrong type, bad date or bad NOTIFY
 //! quarantines the message with a reason naming the key: a typo in an envelope must not
 //! silently drop data. A `.json` file with no matching `.eml` is quarantined for the same
-//! reason; other files are ignored.
+//! reason; other files are ignored. Values are taken literally: `envid` and `orcpt` are
+//! expected already xtext-decoded, as `Envelope` stores them.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -61,7 +62,7 @@ pub fn read(path: &Path) -> Result<EmlReader, SpoolError> {
         path: path.to_path_buf(),
         source,
     })?;
-    walk(entries, &mut files, &mut unlistable);
+    walk(&root, entries, &mut files, &mut unlistable);
     let jobs = plan(&root, files, unlistable);
     Ok(EmlReader {
         jobs: jobs.into_iter(),
@@ -70,11 +71,22 @@ pub fn read(path: &Path) -> Result<EmlReader, SpoolError> {
 
 /// Collects every non-hidden file below a folder; folders that cannot be listed are kept
 /// with their error so they can be quarantined, not silently skipped.
-fn walk(entries: std::fs::ReadDir, files: &mut Vec<PathBuf>, unlistable: &mut Vec<Job>) {
+fn walk(
+    dir: &Path,
+    entries: std::fs::ReadDir,
+    files: &mut Vec<PathBuf>,
+    unlistable: &mut Vec<Job>,
+) {
     for entry in entries {
         let entry = match entry {
             Ok(e) => e,
-            Err(_) => continue,
+            Err(e) => {
+                unlistable.push(Job::Unlistable {
+                    path: dir.to_path_buf(),
+                    reason: format!("cannot list folder: {e}"),
+                });
+                return;
+            }
         };
         if entry.file_name().to_string_lossy().starts_with('.') {
             continue;
@@ -86,7 +98,7 @@ fn walk(entries: std::fs::ReadDir, files: &mut Vec<PathBuf>, unlistable: &mut Ve
             continue;
         }
         match std::fs::read_dir(&path) {
-            Ok(sub) => walk(sub, files, unlistable),
+            Ok(sub) => walk(&path, sub, files, unlistable),
             Err(e) => unlistable.push(Job::Unlistable {
                 reason: format!("cannot list folder: {e}"),
                 path,
@@ -204,8 +216,7 @@ const RECIPIENT_KEYS: [&str; 3] = ["address", "orcpt", "notify"];
 
 /// Parses a sidecar's JSON into the envelope fields it gives.
 pub fn parse_sidecar(bytes: &[u8]) -> Result<GivenEnvelope, String> {
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
     let Value::Object(map) = value else {
         return Err("not a JSON object".into());
     };
@@ -238,7 +249,11 @@ pub fn parse_sidecar(bytes: &[u8]) -> Result<GivenEnvelope, String> {
     })
 }
 
-fn reject_unknown_keys(map: &Map<String, Value>, known: &[&str], prefix: &str) -> Result<(), String> {
+fn reject_unknown_keys(
+    map: &Map<String, Value>,
+    known: &[&str],
+    prefix: &str,
+) -> Result<(), String> {
     match map.keys().find(|k| !known.contains(&k.as_str())) {
         Some(key) => Err(format!(
             "unknown key `{prefix}{key}` (known: {})",
@@ -273,7 +288,11 @@ fn parse_recipient(index: usize, value: &Value) -> Result<Recipient, String> {
                 Some(_) => Err(format!("`{}` must be a string", at(key))),
             };
             let orcpt = string("orcpt")?
-                .map(|o| check_orcpt(&o).map(|()| o).map_err(|e| format!("`{}` {e}", at("orcpt"))))
+                .map(|o| {
+                    check_orcpt(&o)
+                        .map(|()| o)
+                        .map_err(|e| format!("`{}` {e}", at("orcpt")))
+                })
                 .transpose()?;
             let notify = string("notify")?
                 .map(|n| parse_notify(&n).map_err(|e| format!("`{}` {e}", at("notify"))))
@@ -284,9 +303,16 @@ fn parse_recipient(index: usize, value: &Value) -> Result<Recipient, String> {
                 notify,
             }
         }
-        _ => return Err(format!("`recipients[{index}]` must be a string or an object")),
+        _ => {
+            return Err(format!(
+                "`recipients[{index}]` must be a string or an object"
+            ));
+        }
     };
-    let address = recipient.address.trim_start_matches('<').trim_end_matches('>');
+    let address = recipient
+        .address
+        .trim_start_matches('<')
+        .trim_end_matches('>');
     Mailbox::parse(address).map_err(|e| format!("`recipients[{index}]`: {e}"))?;
     Ok(Recipient {
         address: address.to_string(),
@@ -311,7 +337,11 @@ pub fn parse_notify(value: &str) -> Result<Notify, String> {
             "FAILURE" => notify.failure = true,
             "DELAY" => notify.delay = true,
             "" => return Err(format!("has an empty item in `{value}`")),
-            _ => return Err(format!("has unknown value `{word}` (expected NEVER, SUCCESS, FAILURE or DELAY)")),
+            _ => {
+                return Err(format!(
+                    "has unknown value `{word}` (expected NEVER, SUCCESS, FAILURE or DELAY)"
+                ));
+            }
         }
     }
     if notify.never && (notify.success || notify.failure || notify.delay) {
@@ -389,20 +419,53 @@ mod tests {
             (r#"{"recipients": []}"#, "`recipients` is empty"),
             (r#"{"recipients": "x@y"}"#, "`recipients` must be an array"),
             (r#"{"recipient": ["x@y"]}"#, "unknown key `recipient`"),
-            (r#"{"recipients": [{"adress": "x@y"}]}"#, "unknown key `recipients[0].adress`"),
-            (r#"{"recipients": [{"notify": "NEVER"}]}"#, "missing `recipients[0].address`"),
-            (r#"{"recipients": [7]}"#, "`recipients[0]` must be a string or an object"),
-            (r#"{"recipients": ["nobody"]}"#, "`recipients[0]`: address `nobody` has no `@domain`"),
-            (r#"{"recipients": ["x@y"], "arrival": "yesterday"}"#, "`arrival` is not an RFC 3339 date (`yesterday`)"),
-            (r#"{"recipients": ["x@y"], "sender": null}"#, "`sender` must be a string"),
-            (r#"{"recipients": ["x@y"], "ret": "BODY"}"#, "`ret` must be FULL or HDRS, not `BODY`"),
-            (r#"{"recipients": [{"address": "x@y", "orcpt": "x@y"}]}"#, "`recipients[0].orcpt` must be `addr-type;address`"),
-            (r#"{"recipients": [{"address": "x@y", "notify": "NEVER,FAILURE"}]}"#, "`recipients[0].notify` combines NEVER"),
-            (r#"{"recipients": [{"address": "x@y", "notify": "SOMETIMES"}]}"#, "`recipients[0].notify` has unknown value `SOMETIMES`"),
+            (
+                r#"{"recipients": [{"adress": "x@y"}]}"#,
+                "unknown key `recipients[0].adress`",
+            ),
+            (
+                r#"{"recipients": [{"notify": "NEVER"}]}"#,
+                "missing `recipients[0].address`",
+            ),
+            (
+                r#"{"recipients": [7]}"#,
+                "`recipients[0]` must be a string or an object",
+            ),
+            (
+                r#"{"recipients": ["nobody"]}"#,
+                "`recipients[0]`: address `nobody` has no `@domain`",
+            ),
+            (
+                r#"{"recipients": ["x@y"], "arrival": "yesterday"}"#,
+                "`arrival` is not an RFC 3339 date (`yesterday`)",
+            ),
+            (
+                r#"{"recipients": ["x@y"], "sender": null}"#,
+                "`sender` must be a string",
+            ),
+            (
+                r#"{"recipients": ["x@y"], "ret": "BODY"}"#,
+                "`ret` must be FULL or HDRS, not `BODY`",
+            ),
+            (
+                r#"{"recipients": [{"address": "x@y", "orcpt": "x@y"}]}"#,
+                "`recipients[0].orcpt` must be `addr-type;address`",
+            ),
+            (
+                r#"{"recipients": [{"address": "x@y", "notify": "NEVER,FAILURE"}]}"#,
+                "`recipients[0].notify` combines NEVER",
+            ),
+            (
+                r#"{"recipients": [{"address": "x@y", "notify": "SOMETIMES"}]}"#,
+                "`recipients[0].notify` has unknown value `SOMETIMES`",
+            ),
         ];
         for (json, expected) in cases {
             let err = sidecar(json).unwrap_err();
-            assert!(err.starts_with(expected), "{json}: got `{err}`, want `{expected}…`");
+            assert!(
+                err.starts_with(expected),
+                "{json}: got `{err}`, want `{expected}…`"
+            );
         }
     }
 

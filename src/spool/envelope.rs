@@ -149,7 +149,10 @@ pub fn parse_from_line(line: &[u8]) -> FromLine {
     let rest = text.strip_prefix("From ").unwrap_or(text);
     let tokens = token_positions(rest);
     let date_at = (0..tokens.len()).find(|&i| {
-        is_weekday(tokens[i].1) && tokens.get(i + 1).is_some_and(|t| month_number(t.1).is_some())
+        is_weekday(tokens[i].1)
+            && tokens
+                .get(i + 1)
+                .is_some_and(|t| month_number(t.1).is_some())
     });
     let raw_sender = match date_at {
         Some(i) => rest[..tokens[i].0].trim(),
@@ -233,7 +236,10 @@ fn parse_asctime(words: &[&str]) -> Option<DateTime<FixedOffset>> {
 }
 
 fn parse_zone(word: &str) -> Option<FixedOffset> {
-    if ["UTC", "GMT", "UT"].iter().any(|z| word.eq_ignore_ascii_case(z)) {
+    if ["UTC", "GMT", "UT"]
+        .iter()
+        .any(|z| word.eq_ignore_ascii_case(z))
+    {
         return Some(utc_offset());
     }
     let (sign, digits) = match word.as_bytes().first()? {
@@ -285,10 +291,11 @@ impl HeaderFields {
                     _ => None,
                 };
                 fields.received_dates.push(date);
-            } else if name.eq_ignore_ascii_case("Date") && fields.date.is_none() {
-                if let HeaderValue::DateTime(d) = header.value() {
-                    fields.date = to_chrono(d);
-                }
+            } else if name.eq_ignore_ascii_case("Date")
+                && fields.date.is_none()
+                && let HeaderValue::DateTime(d) = header.value()
+            {
+                fields.date = to_chrono(d);
             }
         }
         fields
@@ -313,11 +320,7 @@ fn to_chrono(d: &mail_parser::DateTime) -> Option<DateTime<FixedOffset>> {
     let seconds = i32::from(d.tz_hour) * 3600 + i32::from(d.tz_minute) * 60;
     let offset = FixedOffset::east_opt(if d.tz_before_gmt { -seconds } else { seconds })?;
     let naive = NaiveDate::from_ymd_opt(i32::from(d.year), u32::from(d.month), u32::from(d.day))?
-        .and_hms_opt(
-            u32::from(d.hour),
-            u32::from(d.minute),
-            u32::from(d.second),
-        )?;
+        .and_hms_opt(u32::from(d.hour), u32::from(d.minute), u32::from(d.second))?;
     offset.from_local_datetime(&naive).single()
 }
 
@@ -326,14 +329,19 @@ fn pick_sender(
     from_line: Option<&FromLine>,
 ) -> Result<(ReversePath, FieldSource), String> {
     if let Some(value) = fields.return_path.first().filter(|v| !v.is_empty()) {
-        return Ok((ReversePath::parse(bracketed(value)), FieldSource::ReturnPath));
+        return Ok((
+            ReversePath::parse(bracketed(value)),
+            FieldSource::ReturnPath,
+        ));
     }
     if let Some(sender) = from_line.and_then(|f| f.sender.clone()) {
         return Ok((sender, FieldSource::MboxFromLine));
     }
-    Err("no envelope sender: no sidecar, no Return-Path header and no mbox `From ` line \
+    Err(
+        "no envelope sender: no sidecar, no Return-Path header and no mbox `From ` line \
          sender (add a sidecar)"
-        .into())
+            .into(),
+    )
 }
 
 /// The part inside the first `<…>`, or the whole value when it has none.
@@ -349,8 +357,16 @@ fn bracketed(value: &str) -> &str {
 
 fn pick_recipients(fields: &HeaderFields) -> Result<(Vec<Recipient>, FieldSource), String> {
     let kinds = [
-        (&fields.x_original_to, FieldSource::XOriginalTo, "X-Original-To"),
-        (&fields.delivered_to, FieldSource::DeliveredTo, "Delivered-To"),
+        (
+            &fields.x_original_to,
+            FieldSource::XOriginalTo,
+            "X-Original-To",
+        ),
+        (
+            &fields.delivered_to,
+            FieldSource::DeliveredTo,
+            "Delivered-To",
+        ),
         (&fields.envelope_to, FieldSource::EnvelopeTo, "Envelope-To"),
     ];
     let Some((values, source, name)) = kinds.into_iter().find(|(v, _, _)| !v.is_empty()) else {
@@ -370,7 +386,9 @@ fn pick_recipients(fields: &HeaderFields) -> Result<(Vec<Recipient>, FieldSource
         }
     }
     if recipients.is_empty() {
-        return Err(format!("no envelope recipients: the {name} header is empty"));
+        return Err(format!(
+            "no envelope recipients: the {name} header is empty"
+        ));
     }
     Ok((dedupe(recipients), source))
 }
@@ -464,7 +482,10 @@ mod tests {
     #[test]
     fn from_line_plain_asctime() {
         let f = parse_from_line(b"From alice@example.org Mon Jan 23 10:00:00 2023\n");
-        assert_eq!(f.sender, Some(ReversePath::Address("alice@example.org".into())));
+        assert_eq!(
+            f.sender,
+            Some(ReversePath::Address("alice@example.org".into()))
+        );
         assert_eq!(f.date, Some(dt("2023-01-23T10:00:00Z")));
     }
 
@@ -494,13 +515,19 @@ mod tests {
     #[test]
     fn from_line_quoted_sender_with_space() {
         let f = parse_from_line(b"From \"john doe\"@remote.test Mon Jan 23 10:00:00 2023");
-        assert_eq!(f.sender, Some(ReversePath::Address("\"john doe\"@remote.test".into())));
+        assert_eq!(
+            f.sender,
+            Some(ReversePath::Address("\"john doe\"@remote.test".into()))
+        );
     }
 
     #[test]
     fn from_line_without_date_keeps_sender() {
         let f = parse_from_line(b"From bob@example.org");
-        assert_eq!(f.sender, Some(ReversePath::Address("bob@example.org".into())));
+        assert_eq!(
+            f.sender,
+            Some(ReversePath::Address("bob@example.org".into()))
+        );
         assert_eq!(f.date, None);
         let f = parse_from_line(b"From a@b.test Mon Jan 32 10:00:00 2023");
         assert_eq!(f.date, None, "day 32 is not a date");
@@ -520,7 +547,8 @@ Date: Sun, 22 Jan 2023 08:00:00 +0000\r\n\r\nbody\r\n";
 
     #[test]
     fn received_without_date_falls_through_to_next_then_date() {
-        let msg = b"Received: from b by c\nReceived: from a by b; Mon, 23 Jan 2023 09:00:00 -0200\n\
+        let msg =
+            b"Received: from b by c\nReceived: from a by b; Mon, 23 Jan 2023 09:00:00 -0200\n\
 Return-Path: <s@x.test>\nDelivered-To: r@y.test\n\nbody\n";
         let env = derive(msg, &hints()).unwrap();
         assert_eq!(env.arrival, dt("2023-01-23T09:00:00-02:00"));
@@ -546,7 +574,10 @@ Date: Sun, 22 Jan 2023 08:00:00 +0000\n\nbody\n";
         );
         assert_eq!(
             (env.sender, env.sender_from),
-            (ReversePath::Address("s@x.test".into()), FieldSource::MboxFromLine)
+            (
+                ReversePath::Address("s@x.test".into()),
+                FieldSource::MboxFromLine
+            )
         );
     }
 
@@ -645,7 +676,10 @@ Delivered-To: d2@y.test\n\nb\n";
     fn given_fields_win() {
         let given = GivenEnvelope {
             sender: Some(ReversePath::Null),
-            recipients: Some(vec![Recipient::plain("g@y.test"), Recipient::plain("g@Y.TEST")]),
+            recipients: Some(vec![
+                Recipient::plain("g@y.test"),
+                Recipient::plain("g@Y.TEST"),
+            ]),
             arrival: None,
             envid: Some("id1".into()),
             ret: Some(ReturnContent::Headers),

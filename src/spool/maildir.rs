@@ -102,7 +102,13 @@ mod tests {
     fn folder_without_new_or_cur_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("tmp")).unwrap();
-        let err = read(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("a maildir needs a `new/` or `cur/` folder"), "{err}");
+        let err = read(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("a maildir needs a `new/` or `cur/` folder"),
+            "{err}"
+        );
     }
 }

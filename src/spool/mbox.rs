@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, FixedOffset};
 
 use super::envelope::{self, Hints};
-use super::{QueuedMessage, Quarantined, SourceRef, SpoolError, SpoolFormat, SpoolItem};
+use super::{Quarantined, QueuedMessage, SourceRef, SpoolError, SpoolFormat, SpoolItem};
 
 /// Opens the mbox file at `path` for streaming.
 pub fn read(path: &Path) -> Result<MboxReader, SpoolError> {
@@ -264,7 +264,8 @@ mod tests {
 
     #[test]
     fn splits_strips_separator_blank_and_unquotes() {
-        let mbox = b"From a@x.test Mon Jan 23 10:00:00 2023\nDelivered-To: r@y.test\n\nhi\n>From here\n\n\
+        let mbox =
+            b"From a@x.test Mon Jan 23 10:00:00 2023\nDelivered-To: r@y.test\n\nhi\n>From here\n\n\
 From b@x.test Mon Jan 23 11:00:00 2023\nDelivered-To: r@y.test\n\nbye\n";
         let (_dir, items) = items_of(mbox);
         assert_eq!(items.len(), 2);
@@ -272,7 +273,10 @@ From b@x.test Mon Jan 23 11:00:00 2023\nDelivered-To: r@y.test\n\nbye\n";
             panic!("first item is not a message: {:?}", items[0]);
         };
         assert_eq!(first.queue_id, "mbox#1");
-        assert_eq!(first.content, b"Delivered-To: r@y.test\n\nhi\nFrom here\n".to_vec());
+        assert_eq!(
+            first.content,
+            b"Delivered-To: r@y.test\n\nhi\nFrom here\n".to_vec()
+        );
         assert_eq!(first.source.offset, 39);
         assert_eq!(first.source.len, 38);
         assert_eq!(read_content(&first.source).unwrap(), first.content);

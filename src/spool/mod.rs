@@ -287,8 +287,12 @@ fn detect_file(path: &Path) -> Result<Option<SpoolFormat>, SpoolError> {
 }
 
 /// Opens `path` as a spool of `format` (or detects it when `None`).
-pub fn open(path: &Path, format: Option<SpoolFormat>) -> Result<(SpoolFormat, SpoolReader), SpoolError> {
+pub fn open(
+    path: &Path,
+    format: Option<SpoolFormat>,
+) -> Result<(SpoolFormat, SpoolReader), SpoolError> {
     let format = match format {
+        Some(_) if is_missing(path) => return Err(SpoolError::Missing(path.to_path_buf())),
         Some(f) => f,
         None => detect(path)?,
     };
@@ -307,6 +311,10 @@ pub fn read_content(source: &SourceRef) -> std::io::Result<Vec<u8>> {
         SpoolFormat::Mbox => mbox::read_content(source),
         SpoolFormat::Maildir | SpoolFormat::Eml => std::fs::read(&source.path),
     }
+}
+
+fn is_missing(path: &Path) -> bool {
+    matches!(std::fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// Reads one whole-file message (Maildir, `.eml`): anything wrong with it is quarantined.
