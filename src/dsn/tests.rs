@@ -158,7 +158,7 @@ fn cases() -> Vec<Case> {
             "452-4.2.2 mailbox full\r\n452 4.2.2 quota is 1 GB".into(),
         )),
         last_attempt: Some(last_attempt()),
-        ..recipient("dave@example.com", Action::Failed, "5.2.2")
+        ..recipient("dave@example.com", Action::Failed, "4.2.2")
     });
     all.push(c);
 
