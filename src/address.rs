@@ -137,7 +137,10 @@ mod tests {
         let m = Mailbox::parse("\"a@b\"@example.test").unwrap();
         assert_eq!(m.local, "\"a@b\"");
         assert_eq!(m.domain, "example.test");
-        assert_eq!(Mailbox::parse("nobody"), Err(AddressError::NoDomain("nobody".into())));
+        assert_eq!(
+            Mailbox::parse("nobody"),
+            Err(AddressError::NoDomain("nobody".into()))
+        );
         assert!(Mailbox::parse("@x").is_err());
         assert!(Mailbox::parse("x@").is_err());
     }

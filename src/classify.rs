@@ -90,7 +90,10 @@ pub fn classify(
 ) -> Classification {
     let window = window_of(incident, arrival);
     let (action, window_label) = match window {
-        Some(i) => (incident.windows[i].action, format!("window `{}`", incident.windows[i].name)),
+        Some(i) => (
+            incident.windows[i].action,
+            format!("window `{}`", incident.windows[i].name),
+        ),
         None => (incident.outside, "outside every window".to_string()),
     };
     let deadline = deadline(incident, arrival);
@@ -107,7 +110,10 @@ pub fn classify(
                 deadline.to_rfc3339()
             ),
         ),
-        WindowAction::Deliver => (Disposition::Deliver, format!("deliver: arrived {window_label}")),
+        WindowAction::Deliver => (
+            Disposition::Deliver,
+            format!("deliver: arrived {window_label}"),
+        ),
     };
     let (disposition, reason) = match disposition {
         Disposition::Expire | Disposition::Bounce if sender.is_null() => (
@@ -165,7 +171,13 @@ action = "bounce"
     }
 
     #[track_caller]
-    fn check(arrival: &str, sender: &ReversePath, now: &str, window: Option<&str>, expected: Disposition) {
+    fn check(
+        arrival: &str,
+        sender: &ReversePath,
+        now: &str,
+        window: Option<&str>,
+        expected: Disposition,
+    ) {
         let inc = incident();
         let c = classify(&inc, t(arrival), sender, t(now));
         assert_eq!(c.disposition, expected, "{}", c.reason);
@@ -175,33 +187,99 @@ action = "bounce"
     #[test]
     fn windows_are_half_open() {
         let now = "2023-01-27T00:00:00+01:00";
-        check("2023-01-22T20:00:00+01:00", &sender(), now, Some("queued"), Disposition::Deliver);
-        check("2023-01-23T16:00:00+01:00", &sender(), now, Some("stopped"), Disposition::Hold);
-        check("2023-01-23T15:59:59+01:00", &sender(), now, Some("queued"), Disposition::Deliver);
+        check(
+            "2023-01-22T20:00:00+01:00",
+            &sender(),
+            now,
+            Some("queued"),
+            Disposition::Deliver,
+        );
+        check(
+            "2023-01-23T16:00:00+01:00",
+            &sender(),
+            now,
+            Some("stopped"),
+            Disposition::Hold,
+        );
+        check(
+            "2023-01-23T15:59:59+01:00",
+            &sender(),
+            now,
+            Some("queued"),
+            Disposition::Deliver,
+        );
         // The same instant written in another offset is the same instant.
-        check("2023-01-23T15:00:00+00:00", &sender(), now, Some("stopped"), Disposition::Hold);
+        check(
+            "2023-01-23T15:00:00+00:00",
+            &sender(),
+            now,
+            Some("stopped"),
+            Disposition::Hold,
+        );
     }
 
     #[test]
     fn outside_is_held_by_default() {
-        check("2023-01-20T00:00:00+01:00", &sender(), "2023-01-21T00:00:00+01:00", None, Disposition::Hold);
+        check(
+            "2023-01-20T00:00:00+01:00",
+            &sender(),
+            "2023-01-21T00:00:00+01:00",
+            None,
+            Disposition::Hold,
+        );
     }
 
     #[test]
     fn expiry_at_the_deadline() {
         let arrival = "2023-01-22T21:00:00+01:00";
-        check(arrival, &sender(), "2023-01-27T20:59:59+01:00", Some("queued"), Disposition::Deliver);
-        check(arrival, &sender(), "2023-01-27T21:00:00+01:00", Some("queued"), Disposition::Expire);
+        check(
+            arrival,
+            &sender(),
+            "2023-01-27T20:59:59+01:00",
+            Some("queued"),
+            Disposition::Deliver,
+        );
+        check(
+            arrival,
+            &sender(),
+            "2023-01-27T21:00:00+01:00",
+            Some("queued"),
+            Disposition::Expire,
+        );
     }
 
     #[test]
     fn null_sender_is_dropped_not_bounced() {
         let now = "2023-02-10T00:00:00+01:00";
-        check("2023-01-22T21:00:00+01:00", &ReversePath::Null, now, Some("queued"), Disposition::Drop);
-        check("2023-01-24T11:00:00+01:00", &ReversePath::Null, now, Some("rejected"), Disposition::Drop);
-        check("2023-01-24T11:00:00+01:00", &sender(), now, Some("rejected"), Disposition::Bounce);
+        check(
+            "2023-01-22T21:00:00+01:00",
+            &ReversePath::Null,
+            now,
+            Some("queued"),
+            Disposition::Drop,
+        );
+        check(
+            "2023-01-24T11:00:00+01:00",
+            &ReversePath::Null,
+            now,
+            Some("rejected"),
+            Disposition::Drop,
+        );
+        check(
+            "2023-01-24T11:00:00+01:00",
+            &sender(),
+            now,
+            Some("rejected"),
+            Disposition::Bounce,
+        );
         // Held mail of a null sender is just held.
-        check("2023-01-23T17:00:00+01:00", &ReversePath::Null, now, Some("stopped"), Disposition::Hold);
+        check(
+            "2023-01-23T17:00:00+01:00",
+            &ReversePath::Null,
+            now,
+            Some("stopped"),
+            Disposition::Hold,
+        );
     }
 
     #[test]

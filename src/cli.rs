@@ -25,7 +25,12 @@ Exit codes:
 )]
 pub struct Cli {
     /// The SQLite ledger that records every message and decision
-    #[arg(long, global = true, value_name = "PATH", default_value = "spoolreplay.db")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = "spoolreplay.db"
+    )]
     pub ledger: PathBuf,
 
     /// Print JSON Lines on stdout (one object per line, with a "type" field)
@@ -47,15 +52,21 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Read a spool into the ledger (the spool is never modified)
-    #[command(after_help = "Example:\n  spoolreplay ingest fixtures/sample-spool\n  spoolreplay ingest --format mbox /backup/mx1/inbox.mbox")]
+    #[command(
+        after_help = "Example:\n  spoolreplay ingest fixtures/sample-spool\n  spoolreplay ingest --format mbox /backup/mx1/inbox.mbox"
+    )]
     Ingest(IngestArgs),
 
     /// Dry run: what `run` would do, per window and disposition; changes nothing
-    #[command(after_help = "Example:\n  spoolreplay report --incident fixtures/incident.toml --now 2023-01-27T09:00:00+01:00")]
+    #[command(
+        after_help = "Example:\n  spoolreplay report --incident fixtures/incident.toml --now 2023-01-27T09:00:00+01:00"
+    )]
     Report(ReportArgs),
 
     /// Deliver to the restored store in throttled batches, and write DSNs for what expired
-    #[command(after_help = "Example:\n  spoolreplay run --incident fixtures/incident.toml --store maildir:/tmp/restored \\\n      --outbox /tmp/bounces --rate 500/s --batch-size 100")]
+    #[command(
+        after_help = "Example:\n  spoolreplay run --incident fixtures/incident.toml --store maildir:/tmp/restored \\\n      --outbox /tmp/bounces --rate 500/s --batch-size 100"
+    )]
     Run(RunArgs),
 
     /// Where every recipient stands: counts per state and window, and what remains

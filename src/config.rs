@@ -164,8 +164,12 @@ impl Config {
 fn parse_now(now: Option<&str>) -> Result<DateTime<FixedOffset>> {
     match now {
         None => Ok(chrono::Local::now().fixed_offset()),
-        Some(s) => DateTime::parse_from_rfc3339(s)
-            .map_err(|e| usage("--now", format!("`{s}` is not an RFC 3339 time with an offset ({e})"))),
+        Some(s) => DateTime::parse_from_rfc3339(s).map_err(|e| {
+            usage(
+                "--now",
+                format!("`{s}` is not an RFC 3339 time with an offset ({e})"),
+            )
+        }),
     }
 }
 
@@ -195,7 +199,11 @@ mod tests {
             Ok(StoreTarget::Maildir("/srv/x".into()))
         );
         assert!(StoreTarget::parse("maildir:").is_err());
-        assert!(StoreTarget::parse("lmtp://x").unwrap_err().contains("not supported"));
+        assert!(
+            StoreTarget::parse("lmtp://x")
+                .unwrap_err()
+                .contains("not supported")
+        );
         assert!(StoreTarget::parse("/srv/x").is_err());
     }
 }

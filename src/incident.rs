@@ -136,7 +136,10 @@ pub fn parse(text: &str) -> Result<Incident, String> {
         })
     };
     let queue_lifetime = parse_lifetime(raw.queue_lifetime.get_ref()).map_err(|e| {
-        format!("`queue_lifetime` on line {}: {e}", at(raw.queue_lifetime.span()))
+        format!(
+            "`queue_lifetime` on line {}: {e}",
+            at(raw.queue_lifetime.span())
+        )
     })?;
     let lifetime_from = match raw.lifetime_from.as_ref() {
         None => LifetimeFrom::Arrival,
@@ -194,7 +197,10 @@ pub fn parse(text: &str) -> Result<Incident, String> {
                 ));
             }
         };
-        if windows.iter().any(|(_, x): &(usize, Window)| x.name == *w.name.get_ref()) {
+        if windows
+            .iter()
+            .any(|(_, x): &(usize, Window)| x.name == *w.name.get_ref())
+        {
             return Err(format!(
                 "window name `{}` on line {} is used twice",
                 w.name.get_ref(),
@@ -256,7 +262,10 @@ fn is_failure_status(s: &str) -> bool {
         return false;
     };
     let number = |p: &str| {
-        !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) && (p == "0" || !p.starts_with('0'))
+        !p.is_empty()
+            && p.len() <= 3
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && (p == "0" || !p.starts_with('0'))
     };
     matches!(class, "4" | "5") && number(subject) && number(detail)
 }
@@ -267,7 +276,9 @@ fn is_hostname(s: &str) -> bool {
         && s.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -336,19 +347,34 @@ status = "5.2.1"
 
     #[test]
     fn unknown_key_names_key_and_line() {
-        check_err(&GOOD.replace("action = \"deliver\"", "acton = \"deliver\""), "line 11");
-        check_err(&GOOD.replace("action = \"deliver\"", "acton = \"deliver\""), "acton");
+        check_err(
+            &GOOD.replace("action = \"deliver\"", "acton = \"deliver\""),
+            "line 11",
+        );
+        check_err(
+            &GOOD.replace("action = \"deliver\"", "acton = \"deliver\""),
+            "acton",
+        );
     }
 
     #[test]
     fn bad_values_name_key_and_line() {
-        check_err(&GOOD.replace("\"5d\"", "\"5 days\""), "`queue_lifetime` on line 5");
+        check_err(
+            &GOOD.replace("\"5d\"", "\"5 days\""),
+            "`queue_lifetime` on line 5",
+        );
         check_err(
             &GOOD.replace("2023-01-22T20:00:00+01:00", "2023-01-22 20:00"),
             "`start` on line 9",
         );
-        check_err(&GOOD.replace("\"bounce\"", "\"reject\""), "`action` on line 17");
-        check_err(&GOOD.replace("\"5.2.1\"", "\"2.0.0\""), "`status` on line 18");
+        check_err(
+            &GOOD.replace("\"bounce\"", "\"reject\""),
+            "`action` on line 17",
+        );
+        check_err(
+            &GOOD.replace("\"5.2.1\"", "\"2.0.0\""),
+            "`status` on line 18",
+        );
     }
 
     #[test]

@@ -60,7 +60,13 @@ pub const OUTSIDE_INDEX: usize = usize::MAX;
 
 impl Plan {
     /// Adds one message with all its recipients.
-    pub fn add(&mut self, incident: &Incident, now: DateTime<FixedOffset>, m: &MessageRow, recipients: &[RecipientRow]) {
+    pub fn add(
+        &mut self,
+        incident: &Incident,
+        now: DateTime<FixedOffset>,
+        m: &MessageRow,
+        recipients: &[RecipientRow],
+    ) {
         let window = classify::window_of(incident, m.arrival).unwrap_or(OUTSIDE_INDEX);
         self.messages += 1;
         let hour = hour_start(m.arrival.with_timezone(incident.restored_at.offset()));
@@ -86,7 +92,8 @@ impl Plan {
             Disposition::Deliver => self.deliveries += 1,
             Disposition::Expire | Disposition::Bounce => {
                 self.dsns += 1;
-                self.dsn_senders.insert(m.sender.as_str().to_ascii_lowercase());
+                self.dsn_senders
+                    .insert(m.sender.as_str().to_ascii_lowercase());
             }
             Disposition::Hold | Disposition::Drop => {}
         }
@@ -104,8 +111,11 @@ impl Plan {
 
     /// Domains by open recipients, most first (ties by name), at most `n`.
     pub fn top_domains(&self, n: usize) -> Vec<(&str, DomainCounts)> {
-        let mut v: Vec<(&str, DomainCounts)> =
-            self.by_domain.iter().map(|(d, c)| (d.as_str(), *c)).collect();
+        let mut v: Vec<(&str, DomainCounts)> = self
+            .by_domain
+            .iter()
+            .map(|(d, c)| (d.as_str(), *c))
+            .collect();
         v.sort_by(|a, b| b.1.recipients.cmp(&a.1.recipients).then(a.0.cmp(b.0)));
         v.truncate(n);
         v

@@ -95,7 +95,9 @@ impl Replay<'_> {
     /// it; the backend looks for a copy already made and never writes a second one.
     fn finish_in_flight(&mut self) -> Result<()> {
         loop {
-            let page = self.ledger.messages_in_states(&[RcptState::InFlight], 0, PAGE)?;
+            let page = self
+                .ledger
+                .messages_in_states(&[RcptState::InFlight], 0, PAGE)?;
             if page.is_empty() {
                 return Ok(());
             }
@@ -114,14 +116,17 @@ impl Replay<'_> {
         let mut after = 0;
         loop {
             let page = self.ledger.messages_in_states(&undecided, after, PAGE)?;
-            let Some(last) = page.last() else { return Ok(()) };
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
             after = last.message.id;
             let settings = &self.settings;
             let stats = &mut self.stats;
             self.ledger.write(|tx| {
                 for work in &page {
                     let m = &work.message;
-                    let c = classify::classify(settings.incident, m.arrival, &m.sender, settings.now);
+                    let c =
+                        classify::classify(settings.incident, m.arrival, &m.sender, settings.now);
                     tx.set_classification(
                         m.id,
                         c.window_name(settings.incident),
@@ -134,7 +139,8 @@ impl Replay<'_> {
                         Disposition::Expire => (RcptState::Failed, Some(STATUS_EXPIRED)),
                         Disposition::Bounce => (
                             RcptState::Failed,
-                            c.window.map(|i| settings.incident.windows[i].status.as_str()),
+                            c.window
+                                .map(|i| settings.incident.windows[i].status.as_str()),
                         ),
                         Disposition::Drop => (RcptState::Dropped, None),
                     };
@@ -148,10 +154,20 @@ impl Replay<'_> {
                     };
                     for r in &work.recipients {
                         // Deferred mail that is still deliverable stays deferred.
-                        if r.state == to || (r.state == RcptState::Deferred && to == RcptState::Pending) {
+                        if r.state == to
+                            || (r.state == RcptState::Deferred && to == RcptState::Pending)
+                        {
                             continue;
                         }
-                        tx.set_state(r, to, Change { detail: Some(&detail), status, ..Change::default() })?;
+                        tx.set_state(
+                            r,
+                            to,
+                            Change {
+                                detail: Some(&detail),
+                                status,
+                                ..Change::default()
+                            },
+                        )?;
                         match to {
                             RcptState::Pending => stats.released += 1,
                             RcptState::Held => stats.held += 1,
@@ -183,8 +199,12 @@ impl Replay<'_> {
         let mut handled = 0u64;
         let mut after = 0;
         loop {
-            let batch = self.ledger.messages_in_states(&open, after, self.settings.pace.batch_size)?;
-            let Some(last) = batch.last() else { return Ok(()) };
+            let batch =
+                self.ledger
+                    .messages_in_states(&open, after, self.settings.pace.batch_size)?;
+            let Some(last) = batch.last() else {
+                return Ok(());
+            };
             after = last.message.id;
             let in_flight = self.mark_in_flight(&batch)?;
             test_hook("after-in-flight");
@@ -197,7 +217,10 @@ impl Replay<'_> {
                     return Ok(());
                 }
                 handled += 1;
-                (self.on_event)(Event::Delivered { messages: handled, pace: &pace });
+                (self.on_event)(Event::Delivered {
+                    messages: handled,
+                    pace: &pace,
+                });
             }
             if self.interrupted.load(Ordering::SeqCst) {
                 self.stats.stop = Some(Stop::Interrupted);
@@ -225,7 +248,14 @@ impl Replay<'_> {
             for work in batch {
                 let mut moved = work.clone();
                 for r in &mut moved.recipients {
-                    tx.set_state(r, RcptState::InFlight, Change { detail: Some(&detail), ..Change::default() })?;
+                    tx.set_state(
+                        r,
+                        RcptState::InFlight,
+                        Change {
+                            detail: Some(&detail),
+                            ..Change::default()
+                        },
+                    )?;
                     r.state = RcptState::InFlight;
                 }
                 out.push(moved);
@@ -269,7 +299,9 @@ impl Replay<'_> {
                             None,
                         ),
                         Outcome::Deferred { reply } => (RcptState::Deferred, reply, None),
-                        Outcome::Failed { reply, status } => (RcptState::Failed, reply, Some(status)),
+                        Outcome::Failed { reply, status } => {
+                            (RcptState::Failed, reply, Some(status))
+                        }
                     })
                     .collect();
                 self.record(work, outcomes, Some(&attempted))?;
@@ -277,7 +309,8 @@ impl Replay<'_> {
             }
             Err(err) => {
                 let why = err.to_string();
-                let outcomes = vec![(RcptState::Deferred, why.clone(), None); work.recipients.len()];
+                let outcomes =
+                    vec![(RcptState::Deferred, why.clone(), None); work.recipients.len()];
                 self.record(work, outcomes, None)?;
                 self.stats.stop = Some(match err {
                     StoreError::Full(_) => Stop::StoreFull(why),
@@ -314,7 +347,9 @@ impl Replay<'_> {
         })?;
         for (r, (to, detail, _)) in work.recipients.iter().zip(&outcomes) {
             match to {
-                RcptState::Delivered if detail.starts_with("already") => self.stats.already_there += 1,
+                RcptState::Delivered if detail.starts_with("already") => {
+                    self.stats.already_there += 1
+                }
                 RcptState::Delivered => self.stats.delivered += 1,
                 RcptState::Deferred => self.stats.deferred += 1,
                 RcptState::Failed => self.stats.failed += 1,
@@ -336,7 +371,9 @@ impl Replay<'_> {
         loop {
             // Each page is settled (bounced or dropped) before the next query, so always
             // start from the beginning.
-            let page = self.ledger.messages_in_states(&[RcptState::Failed], 0, PAGE)?;
+            let page = self
+                .ledger
+                .messages_in_states(&[RcptState::Failed], 0, PAGE)?;
             if page.is_empty() {
                 return Ok(());
             }
@@ -353,7 +390,14 @@ impl Replay<'_> {
             self.ledger.write(|tx| {
                 for r in &work.recipients {
                     let detail = "null sender: no DSN (RFC 5321 6.1)";
-                    tx.set_state(r, RcptState::Dropped, Change { detail: Some(detail), ..Change::default() })?;
+                    tx.set_state(
+                        r,
+                        RcptState::Dropped,
+                        Change {
+                            detail: Some(detail),
+                            ..Change::default()
+                        },
+                    )?;
                 }
                 Ok(())
             })?;
@@ -394,7 +438,13 @@ impl Replay<'_> {
         let bytes = dsn::build(&request)
             .with_context(|| format!("cannot build the DSN for message {}", m.queue_id))?;
         let id = self.ledger.write(|tx| {
-            tx.record_dsn(m.id, m.sender.as_str(), &message_id, &bytes, &work.recipients)
+            tx.record_dsn(
+                m.id,
+                m.sender.as_str(),
+                &message_id,
+                &bytes,
+                &work.recipients,
+            )
         })?;
         self.stats.dsns += 1;
         (self.on_event)(Event::Dsn {
@@ -429,7 +479,9 @@ fn dsn_recipient(r: &RecipientRow) -> DsnRecipient {
         diagnostic: r.reply.clone().map(Diagnostic::Local),
         remote_mta: None,
         last_attempt: if attempted {
-            r.last_attempt.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            r.last_attempt
+                .as_deref()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         } else {
             None
         },
@@ -476,7 +528,9 @@ pub fn test_hook(point: &str) {
         return;
     };
     let spec = spec.to_string_lossy();
-    let Some((at, n)) = spec.split_once(':') else { return };
+    let Some((at, n)) = spec.split_once(':') else {
+        return;
+    };
     if at != point {
         return;
     }
@@ -485,4 +539,3 @@ pub fn test_hook(point: &str) {
         std::process::abort();
     }
 }
-

@@ -16,7 +16,10 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
     let ledger = Ledger::open_read(ledger_path)?;
     if let Some(id) = cfg.show {
         let Some(bytes) = ledger.dsn_content(id)? else {
-            return Err(failure(Exit::NoInput, format!("there is no DSN {id} in the ledger")));
+            return Err(failure(
+                Exit::NoInput,
+                format!("there is no DSN {id} in the ledger"),
+            ));
         };
         // The DSN is our own output, built 7-bit clean with untrusted text escaped, so it
         // goes out byte for byte.
@@ -35,7 +38,14 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
         printer.data("no DSNs made yet")?;
         return Ok(Exit::Done);
     }
-    let mut t = Table::new(&["id#", "queue id", "to", "recipients#", "created", "written to"]);
+    let mut t = Table::new(&[
+        "id#",
+        "queue id",
+        "to",
+        "recipients#",
+        "created",
+        "written to",
+    ]);
     for d in &rows {
         t.row(vec![
             d.id.to_string(),
@@ -43,7 +53,10 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
             for_terminal(&d.envelope_to),
             d.recipients.to_string(),
             d.created_at.clone(),
-            d.written_path.as_deref().map(for_terminal).unwrap_or_else(|| "(not written)".into()),
+            d.written_path
+                .as_deref()
+                .map(for_terminal)
+                .unwrap_or_else(|| "(not written)".into()),
         ]);
     }
     printer.data(&t.render())?;

@@ -28,12 +28,22 @@ struct Tally {
 pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> Result<Exit> {
     let printer = Printer::new(output);
     let root = std::fs::canonicalize(&cfg.spool).map_err(|e| {
-        let exit = if e.kind() == std::io::ErrorKind::NotFound { Exit::NoInput } else { Exit::IoErr };
-        anyhow::Error::new(e).context(Failure::new(exit, format!("cannot open spool `{}`", cfg.spool.display())))
+        let exit = if e.kind() == std::io::ErrorKind::NotFound {
+            Exit::NoInput
+        } else {
+            Exit::IoErr
+        };
+        anyhow::Error::new(e).context(Failure::new(
+            exit,
+            format!("cannot open spool `{}`", cfg.spool.display()),
+        ))
     })?;
     let (format, reader) = spool::open(&root, cfg.format).map_err(spool_failure)?;
     let mut ledger = Ledger::open_for_write(ledger_path, "ingest")?;
-    printer.note(&format!("reading {format} spool `{}`", for_terminal(&root.display().to_string())));
+    printer.note(&format!(
+        "reading {format} spool `{}`",
+        for_terminal(&root.display().to_string())
+    ));
 
     let mut tally = Tally::default();
     let mut progress = Progress::new(&output, "items", 0);

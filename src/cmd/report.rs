@@ -37,7 +37,14 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: ReportConfig) -> 
         cfg.now.to_rfc3339(),
         plan.messages
     ));
-    let mut t = Table::new(&["window", "action", "disposition", "messages#", "recipients#", "bytes#"]);
+    let mut t = Table::new(&[
+        "window",
+        "action",
+        "disposition",
+        "messages#",
+        "recipients#",
+        "bytes#",
+    ]);
     for ((w, d), c) in &plan.by_window {
         t.row(vec![
             window_name(inc, *w),
@@ -58,7 +65,10 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: ReportConfig) -> 
         plan.dsns,
         plan.dsn_senders.len()
     ));
-    out.push_str(&format!("Messages that would be delivered: {}", plan.deliveries));
+    out.push_str(&format!(
+        "Messages that would be delivered: {}",
+        plan.deliveries
+    ));
     match plan.projected(&cfg.pace) {
         Some(d) => out.push_str(&format!(
             ", taking at least {} at {} (batches of {}, pause {})\n",
@@ -67,7 +77,9 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: ReportConfig) -> 
             cfg.pace.batch_size,
             format_duration(cfg.pace.pause)
         )),
-        None => out.push_str(" (unthrottled: as fast as the store takes them; pass --rate N/s for a projection)\n"),
+        None => out.push_str(
+            " (unthrottled: as fast as the store takes them; pass --rate N/s for a projection)\n",
+        ),
     }
     for rate in what_if_rates(&cfg) {
         let mut pace = cfg.pace;
@@ -77,13 +89,35 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: ReportConfig) -> 
         }
     }
     if let (Some(o), Some(n)) = (plan.oldest, plan.newest) {
-        out.push_str(&format!("Oldest arrival: {}\nNewest arrival: {}\n", o.to_rfc3339(), n.to_rfc3339()));
+        out.push_str(&format!(
+            "Oldest arrival: {}\nNewest arrival: {}\n",
+            o.to_rfc3339(),
+            n.to_rfc3339()
+        ));
     }
-    let settled: Vec<String> = plan.states.iter().map(|(s, n)| format!("{s} {n}")).collect();
-    out.push_str(&format!("Recipients by state now: {}\n", if settled.is_empty() { "none".into() } else { settled.join(", ") }));
+    let settled: Vec<String> = plan
+        .states
+        .iter()
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect();
+    out.push_str(&format!(
+        "Recipients by state now: {}\n",
+        if settled.is_empty() {
+            "none".into()
+        } else {
+            settled.join(", ")
+        }
+    ));
 
     out.push_str("\nTop recipient domains (open recipients)\n");
-    let mut t = Table::new(&["domain", "recipients#", "deliver#", "bounce#", "hold#", "drop#"]);
+    let mut t = Table::new(&[
+        "domain",
+        "recipients#",
+        "deliver#",
+        "bounce#",
+        "hold#",
+        "drop#",
+    ]);
     for (d, c) in plan.top_domains(cfg.top) {
         t.row(vec![
             for_terminal(d),
@@ -96,10 +130,17 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: ReportConfig) -> 
     }
     out.push_str(&t.render());
 
-    out.push_str(&format!("\nArrivals per hour ({})\n", inc.restored_at.offset()));
+    out.push_str(&format!(
+        "\nArrivals per hour ({})\n",
+        inc.restored_at.offset()
+    ));
     let mut t = Table::new(&["hour", "window", "messages#"]);
     for ((hour, w), n) in &plan.arrivals {
-        t.row(vec![hour.format("%Y-%m-%d %H:00").to_string(), window_name(inc, *w), n.to_string()]);
+        t.row(vec![
+            hour.format("%Y-%m-%d %H:00").to_string(),
+            window_name(inc, *w),
+            n.to_string(),
+        ]);
     }
     out.push_str(&t.render());
 
@@ -108,12 +149,19 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: ReportConfig) -> 
         out.push_str(&format!(
             "  {}{}: {}\n",
             for_terminal(&q.source_path),
-            if q.source_format == "mbox" { format!(" (byte {})", q.source_offset) } else { String::new() },
+            if q.source_format == "mbox" {
+                format!(" (byte {})", q.source_offset)
+            } else {
+                String::new()
+            },
             for_terminal(&q.reason)
         ));
     }
     if quarantined > q_rows.len() as u64 {
-        out.push_str(&format!("  … and {} more (--top N shows more)\n", quarantined - q_rows.len() as u64));
+        out.push_str(&format!(
+            "  … and {} more (--top N shows more)\n",
+            quarantined - q_rows.len() as u64
+        ));
     }
     printer.data(&out)?;
     Ok(Exit::Done)
@@ -152,12 +200,20 @@ fn emit_json(
     for q in q_rows {
         printer.event(&events::quarantined(q))?;
     }
-    let states: serde_json::Map<String, serde_json::Value> =
-        plan.states.iter().map(|(s, n)| (s.as_str().to_string(), json!(n))).collect();
+    let states: serde_json::Map<String, serde_json::Value> = plan
+        .states
+        .iter()
+        .map(|(s, n)| (s.as_str().to_string(), json!(n)))
+        .collect();
     let dispositions: serde_json::Map<String, serde_json::Value> = ALL_DISPOSITIONS
         .iter()
         .map(|d| {
-            let n: u64 = plan.by_window.iter().filter(|((_, x), _)| x == d).map(|(_, c)| c.messages).sum();
+            let n: u64 = plan
+                .by_window
+                .iter()
+                .filter(|((_, x), _)| x == d)
+                .map(|(_, c)| c.messages)
+                .sum();
             (d.as_str().to_string(), json!(n))
         })
         .collect();

@@ -28,23 +28,42 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     let interrupted = install_ctrl_c()?;
     let started = Instant::now();
     if cfg.fixed_clock {
-        printer.note(&format!("classifying as of {} (--now)", cfg.now.to_rfc3339()));
+        printer.note(&format!(
+            "classifying as of {} (--now)",
+            cfg.now.to_rfc3339()
+        ));
     }
     let open = ledger
         .state_counts()?
         .iter()
-        .filter(|(s, _)| matches!(s, RcptState::Pending | RcptState::Deferred | RcptState::InFlight))
+        .filter(|(s, _)| {
+            matches!(
+                s,
+                RcptState::Pending | RcptState::Deferred | RcptState::InFlight
+            )
+        })
         .map(|(_, n)| *n)
         .sum();
-    printer.note(&format!("delivering to {} ({open} recipients open)", for_terminal(&store.describe())));
+    printer.note(&format!(
+        "delivering to {} ({open} recipients open)",
+        for_terminal(&store.describe())
+    ));
 
     let mut progress = Progress::new(&output, "messages", open);
     let mut last_seen = 0u64;
     let mut event_error: Option<std::io::Error> = None;
     let mut on_event = |e: Event<'_>| {
         let result = match e {
-            Event::Outcome { message, recipient, state, detail } => {
-                if matches!(state, RcptState::Deferred | RcptState::Failed | RcptState::Held) {
+            Event::Outcome {
+                message,
+                recipient,
+                state,
+                detail,
+            } => {
+                if matches!(
+                    state,
+                    RcptState::Deferred | RcptState::Failed | RcptState::Held
+                ) {
                     printer.verbose(&format!(
                         "{} <{}>: {state}: {}",
                         for_terminal(&message.queue_id),
@@ -52,9 +71,18 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
                         for_terminal(detail)
                     ));
                 }
-                printer.event(&events::outcome(&message.queue_id, recipient, state.as_str(), detail))
+                printer.event(&events::outcome(
+                    &message.queue_id,
+                    recipient,
+                    state.as_str(),
+                    detail,
+                ))
             }
-            Event::Dsn { id, message, recipients } => printer.event(&json!({
+            Event::Dsn {
+                id,
+                message,
+                recipients,
+            } => printer.event(&json!({
                 "type": "dsn_made", "id": id, "queue_id": message.queue_id,
                 "to": message.sender.as_str(), "recipients": recipients,
             })),
@@ -97,7 +125,11 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     let unwritten = ledger.dsns(true)?.len();
     let counts = ledger.state_counts()?;
     let count = |s: RcptState| counts.iter().find(|(x, _)| *x == s).map_or(0, |(_, n)| *n);
-    let remaining: u64 = counts.iter().filter(|(s, _)| s.is_open_work()).map(|(_, n)| *n).sum();
+    let remaining: u64 = counts
+        .iter()
+        .filter(|(s, _)| s.is_open_work())
+        .map(|(_, n)| *n)
+        .sum();
 
     let exit = match &stats.stop {
         Some(Stop::Interrupted) => Exit::Interrupted,
@@ -148,7 +180,10 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         count(RcptState::Held),
     ));
     if let Some(stop) = &stats.stop {
-        summary.push_str(&format!("Stopped early: {}\n", for_terminal(&stop_text(stop))));
+        summary.push_str(&format!(
+            "Stopped early: {}\n",
+            for_terminal(&stop_text(stop))
+        ));
     }
     summary.push_str(&format!("Exit {}: {}\n", exit.code(), exit.meaning()));
     if !printer.json_mode() {
@@ -159,7 +194,9 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
 
 fn stop_text(stop: &Stop) -> String {
     match stop {
-        Stop::Interrupted => "interrupted by Ctrl-C; the current batch was finished and recorded".into(),
+        Stop::Interrupted => {
+            "interrupted by Ctrl-C; the current batch was finished and recorded".into()
+        }
         Stop::Store(why) => why.clone(),
         Stop::StoreFull(why) => format!("{why}; free space and run again"),
     }

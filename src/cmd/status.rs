@@ -21,12 +21,18 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
     let (quarantined, _) = ledger.quarantined(0)?;
     let dsns = ledger.dsns(false)?;
     let unwritten = dsns.iter().filter(|d| d.written_path.is_none()).count();
-    let remaining: u64 = ALL_STATES.iter().filter(|s| s.is_open_work()).map(|s| count(*s)).sum();
+    let remaining: u64 = ALL_STATES
+        .iter()
+        .filter(|s| s.is_open_work())
+        .map(|s| count(*s))
+        .sum();
     let messages = ledger.message_count()?;
 
     if printer.json_mode() {
-        let states: serde_json::Map<String, serde_json::Value> =
-            ALL_STATES.iter().map(|s| (s.as_str().to_string(), json!(count(*s)))).collect();
+        let states: serde_json::Map<String, serde_json::Value> = ALL_STATES
+            .iter()
+            .map(|s| (s.as_str().to_string(), json!(count(*s))))
+            .collect();
         let mut windows: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
         for (w, s, n) in &by_window {
             let key = w.clone().unwrap_or_else(|| "unclassified".into());
@@ -47,7 +53,10 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
         return Ok(Exit::Done);
     }
 
-    let mut out = format!("Ledger `{}`: {messages} messages\n\n", for_terminal(&ledger.path().display().to_string()));
+    let mut out = format!(
+        "Ledger `{}`: {messages} messages\n\n",
+        for_terminal(&ledger.path().display().to_string())
+    );
     let mut t = Table::new(&["state", "recipients#"]);
     for s in ALL_STATES {
         t.row(vec![s.as_str().to_string(), count(s).to_string()]);
@@ -57,7 +66,10 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
 
     out.push_str("\nPer window (recipients)\n");
     let mut headers = vec!["window"];
-    let cols: Vec<String> = ALL_STATES.iter().map(|s| format!("{}#", s.as_str())).collect();
+    let cols: Vec<String> = ALL_STATES
+        .iter()
+        .map(|s| format!("{}#", s.as_str()))
+        .collect();
     headers.extend(cols.iter().map(String::as_str));
     let mut t = Table::new(&headers);
     let mut windows: Vec<Option<String>> = by_window.iter().map(|(w, _, _)| w.clone()).collect();
@@ -65,13 +77,20 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
     for w in windows {
         let mut row = vec![for_terminal(w.as_deref().unwrap_or("unclassified"))];
         for s in ALL_STATES {
-            let n = by_window.iter().find(|(x, y, _)| *x == w && *y == s).map_or(0, |(_, _, n)| *n);
+            let n = by_window
+                .iter()
+                .find(|(x, y, _)| *x == w && *y == s)
+                .map_or(0, |(_, _, n)| *n);
             row.push(n.to_string());
         }
         t.row(row);
     }
     out.push_str(&t.render());
-    out.push_str(&format!("\nDSNs made: {} ({} not yet written to an outbox)\n", dsns.len(), unwritten));
+    out.push_str(&format!(
+        "\nDSNs made: {} ({} not yet written to an outbox)\n",
+        dsns.len(),
+        unwritten
+    ));
     if remaining == 0 {
         out.push_str("Nothing remains to do (held and quarantined items wait for the operator).\n");
     } else {

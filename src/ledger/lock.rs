@@ -41,7 +41,11 @@ impl LedgerLock {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
                 let holder = crate::sanitize::for_terminal(holder.trim());
-                let holder = if holder.is_empty() { "another process".to_string() } else { holder };
+                let holder = if holder.is_empty() {
+                    "another process".to_string()
+                } else {
+                    holder
+                };
                 return Err(anyhow::Error::new(
                     Failure::new(
                         Exit::TempFail,

@@ -18,7 +18,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::address::ReversePath;
 use crate::exit::{Exit, Failure, failure};
-use crate::spool::{QueuedMessage, Quarantined, SourceRef, SpoolFormat};
+use crate::spool::{Quarantined, QueuedMessage, SourceRef, SpoolFormat};
 pub use state::RcptState;
 
 pub struct Ledger {
@@ -183,8 +183,11 @@ impl Ledger {
         let msg = format!("{what} `{}`", self.path.display());
         if corrupt {
             anyhow::Error::new(e).context(
-                Failure::new(Exit::DataErr, format!("{msg}: it is corrupted or not a ledger"))
-                    .with_hint("restore it from a backup, or pass --ledger NEW_PATH and ingest again"),
+                Failure::new(
+                    Exit::DataErr,
+                    format!("{msg}: it is corrupted or not a ledger"),
+                )
+                .with_hint("restore it from a backup, or pass --ledger NEW_PATH and ingest again"),
             )
         } else {
             anyhow::Error::new(e).context(msg)
@@ -242,7 +245,11 @@ impl Ledger {
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<MessageWork>> {
-        let placeholders = states.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(",");
+        let placeholders = states
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(",");
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id > ?1 AND EXISTS \
              (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.state IN ({placeholders})) \
@@ -264,14 +271,18 @@ impl Ledger {
                 .collect::<rusqlite::Result<Vec<_>>>()?
                 .into_iter()
                 .collect::<Result<Vec<_>>>()?;
-            out.push(MessageWork { message, recipients });
+            out.push(MessageWork {
+                message,
+                recipients,
+            });
         }
         Ok(out)
     }
 
     /// All recipients of one message (any state).
     pub fn recipients_of(&self, message_id: i64) -> Result<Vec<RecipientRow>> {
-        let sql = format!("SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ?1 ORDER BY id");
+        let sql =
+            format!("SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ?1 ORDER BY id");
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt
             .query_map(params![message_id], recipient_from_row)?
@@ -280,11 +291,16 @@ impl Ledger {
     }
 
     /// Calls `f` for every message (with all its recipients) in id order, streaming.
-    pub fn for_each_message(&self, mut f: impl FnMut(&MessageRow, &[RecipientRow]) -> Result<()>) -> Result<()> {
+    pub fn for_each_message(
+        &self,
+        mut f: impl FnMut(&MessageRow, &[RecipientRow]) -> Result<()>,
+    ) -> Result<()> {
         let mut after = 0;
         loop {
             let page = self.messages_in_states(&state::ALL_STATES, after, 500)?;
-            let Some(last) = page.last() else { return Ok(()) };
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
             after = last.message.id;
             for work in &page {
                 f(&work.message, &work.recipients)?;
@@ -314,7 +330,11 @@ impl Ledger {
              GROUP BY m.window, r.state ORDER BY m.window, r.state",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, Option<String>>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
@@ -325,7 +345,10 @@ impl Ledger {
     }
 
     pub fn message_count(&self) -> Result<u64> {
-        Ok(self.conn.query_row("SELECT count(*) FROM messages", [], |r| r.get::<_, i64>(0))? as u64)
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM messages", [], |r| r.get::<_, i64>(0))?
+            as u64)
     }
 
     /// Quarantined items not since ingested fine, oldest first, at most `limit`.
@@ -355,7 +378,11 @@ impl Ledger {
 
     /// DSNs made, in id order; only those not yet written when `unwritten_only`.
     pub fn dsns(&self, unwritten_only: bool) -> Result<Vec<DsnRow>> {
-        let filter = if unwritten_only { "WHERE d.written_at IS NULL" } else { "" };
+        let filter = if unwritten_only {
+            "WHERE d.written_at IS NULL"
+        } else {
+            ""
+        };
         let sql = format!(
             "SELECT d.id, d.message_id, m.queue_id, d.envelope_to, d.rfc_message_id, d.created_at, \
              (SELECT count(*) FROM recipients r WHERE r.dsn_id = d.id), d.written_path \
@@ -383,7 +410,9 @@ impl Ledger {
     pub fn dsn_content(&self, id: i64) -> Result<Option<Vec<u8>>> {
         Ok(self
             .conn
-            .query_row("SELECT content FROM dsns WHERE id = ?1", params![id], |r| r.get(0))
+            .query_row("SELECT content FROM dsns WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
             .optional()?)
     }
 }
@@ -450,7 +479,15 @@ impl Tx<'_> {
                 .map(|(_, d)| d.to_ascii_lowercase())
                 .unwrap_or_default();
             let notify = rcpt.notify.map(notify_name);
-            if insert.execute(params![message_id, rcpt.address, domain, rcpt.orcpt, notify, now])? == 1 {
+            if insert.execute(params![
+                message_id,
+                rcpt.address,
+                domain,
+                rcpt.orcpt,
+                notify,
+                now
+            ])? == 1
+            {
                 let rid = self.tx.last_insert_rowid();
                 self.event(rid, None, RcptState::Pending, Some("ingested"), now)?;
             }
@@ -511,7 +548,14 @@ impl Tx<'_> {
         self.event(rcpt.id, Some(rcpt.state), to, change.detail, &now)
     }
 
-    fn event(&self, rid: i64, from: Option<RcptState>, to: RcptState, detail: Option<&str>, at: &str) -> Result<()> {
+    fn event(
+        &self,
+        rid: i64,
+        from: Option<RcptState>,
+        to: RcptState,
+        detail: Option<&str>,
+        at: &str,
+    ) -> Result<()> {
         self.tx
             .prepare_cached(
                 "INSERT INTO events (recipient_id, at, from_state, to_state, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -521,9 +565,17 @@ impl Tx<'_> {
     }
 
     /// Stores the latest classification of a message (for `status` per window).
-    pub fn set_classification(&self, message_id: i64, window: &str, disposition: &str, deadline: &str) -> Result<()> {
+    pub fn set_classification(
+        &self,
+        message_id: i64,
+        window: &str,
+        disposition: &str,
+        deadline: &str,
+    ) -> Result<()> {
         self.tx
-            .prepare_cached("UPDATE messages SET window = ?1, disposition = ?2, deadline = ?3 WHERE id = ?4")?
+            .prepare_cached(
+                "UPDATE messages SET window = ?1, disposition = ?2, deadline = ?3 WHERE id = ?4",
+            )?
             .execute(params![window, disposition, deadline, message_id])?;
         Ok(())
     }
@@ -546,8 +598,18 @@ impl Tx<'_> {
         let dsn_id = self.tx.last_insert_rowid();
         for rcpt in covered {
             let detail = format!("dsn {dsn_id}");
-            self.set_state(rcpt, RcptState::Bounced, Change { detail: Some(&detail), ..Change::default() })?;
-            self.tx.execute("UPDATE recipients SET dsn_id = ?1 WHERE id = ?2", params![dsn_id, rcpt.id])?;
+            self.set_state(
+                rcpt,
+                RcptState::Bounced,
+                Change {
+                    detail: Some(&detail),
+                    ..Change::default()
+                },
+            )?;
+            self.tx.execute(
+                "UPDATE recipients SET dsn_id = ?1 WHERE id = ?2",
+                params![dsn_id, rcpt.id],
+            )?;
         }
         Ok(dsn_id)
     }

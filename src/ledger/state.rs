@@ -126,11 +126,31 @@ mod tests {
 
     #[test]
     fn delivery_path_is_allowed() {
-        assert!(RcptState::Pending.check_transition(RcptState::InFlight).is_ok());
-        assert!(RcptState::InFlight.check_transition(RcptState::Delivered).is_ok());
-        assert!(RcptState::Failed.check_transition(RcptState::Bounced).is_ok());
-        assert!(RcptState::Pending.check_transition(RcptState::Delivered).is_err());
-        assert!(RcptState::Pending.check_transition(RcptState::Bounced).is_err());
+        assert!(
+            RcptState::Pending
+                .check_transition(RcptState::InFlight)
+                .is_ok()
+        );
+        assert!(
+            RcptState::InFlight
+                .check_transition(RcptState::Delivered)
+                .is_ok()
+        );
+        assert!(
+            RcptState::Failed
+                .check_transition(RcptState::Bounced)
+                .is_ok()
+        );
+        assert!(
+            RcptState::Pending
+                .check_transition(RcptState::Delivered)
+                .is_err()
+        );
+        assert!(
+            RcptState::Pending
+                .check_transition(RcptState::Bounced)
+                .is_err()
+        );
     }
 
     #[test]

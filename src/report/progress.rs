@@ -35,7 +35,10 @@ impl Progress {
         } else if tty && !output.json {
             // A total of 0 means "unknown" (ingest streams without counting first).
             let (bar, template) = if total == 0 {
-                (ProgressBar::new_spinner(), "{spinner} [{elapsed_precise}] {pos} {per_sec} {msg}")
+                (
+                    ProgressBar::new_spinner(),
+                    "{spinner} [{elapsed_precise}] {pos} {per_sec} {msg}",
+                )
             } else {
                 (
                     ProgressBar::new(total),
@@ -43,7 +46,7 @@ impl Progress {
                 )
             };
             let style = ProgressStyle::with_template(template)
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
             // The template uses no colour, so NO_COLOR needs nothing more here.
             bar.set_style(style);
             Mode::Bar(bar)
@@ -70,7 +73,10 @@ impl Progress {
             Mode::Heartbeat { last } => {
                 if last.elapsed() >= HEARTBEAT {
                     *last = Instant::now();
-                    eprintln!("{}", heartbeat_line(self.what, self.done, self.total, self.started, message));
+                    eprintln!(
+                        "{}",
+                        heartbeat_line(self.what, self.done, self.total, self.started, message)
+                    );
                 }
             }
         }
