@@ -404,6 +404,40 @@ impl Replay<'_> {
             self.stats.dropped += work.recipients.len() as u64;
             return Ok(());
         }
+        // RFC 3461 5.2.6: a failure DSN only for recipients whose NOTIFY asks for it (or
+        // says nothing); the others are settled without one.
+        let (owed, unwanted): (Vec<RecipientRow>, Vec<RecipientRow>) = work
+            .recipients
+            .iter()
+            .cloned()
+            .partition(|r| wants_failure_dsn(r.notify.as_deref()));
+        if !unwanted.is_empty() {
+            self.ledger.write(|tx| {
+                for r in &unwanted {
+                    let detail = format!(
+                        "NOTIFY={}: the sender asked for no failure DSN",
+                        r.notify.as_deref().unwrap_or_default()
+                    );
+                    tx.set_state(
+                        r,
+                        RcptState::Dropped,
+                        Change {
+                            detail: Some(&detail),
+                            ..Change::default()
+                        },
+                    )?;
+                }
+                Ok(())
+            })?;
+            self.stats.dropped += unwanted.len() as u64;
+        }
+        if owed.is_empty() {
+            return Ok(());
+        }
+        let work = &MessageWork {
+            message: m.clone(),
+            recipients: owed,
+        };
         let original = read_verified(m).unwrap_or_default();
         let recipients: Vec<DsnRecipient> = work.recipients.iter().map(dsn_recipient).collect();
         let date = Local::now().fixed_offset();
@@ -453,6 +487,17 @@ impl Replay<'_> {
             recipients: work.recipients.len(),
         });
         Ok(())
+    }
+}
+
+/// Whether a recipient's NOTIFY (as stored: `NEVER` or a comma list) asks for a failure
+/// DSN. Absent NOTIFY means FAILURE (RFC 3461 5.2.6 c).
+fn wants_failure_dsn(notify: Option<&str>) -> bool {
+    match notify {
+        None | Some("") => true,
+        Some(list) => list
+            .split(',')
+            .any(|k| k.trim().eq_ignore_ascii_case("FAILURE")),
     }
 }
 
@@ -537,5 +582,19 @@ pub fn test_hook(point: &str) {
     let n: u64 = n.parse().unwrap_or(1);
     if SEEN.fetch_add(1, Ordering::SeqCst) + 1 >= n {
         std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wants_failure_dsn;
+
+    #[test]
+    fn notify_decides_failure_dsns() {
+        assert!(wants_failure_dsn(None));
+        assert!(wants_failure_dsn(Some("FAILURE")));
+        assert!(wants_failure_dsn(Some("SUCCESS,FAILURE,DELAY")));
+        assert!(!wants_failure_dsn(Some("NEVER")));
+        assert!(!wants_failure_dsn(Some("SUCCESS,DELAY")));
     }
 }

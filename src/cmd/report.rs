@@ -61,7 +61,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: ReportConfig) -> 
         out.push_str(&t.render());
     }
     out.push_str(&format!(
-        "\nDSNs that would be sent: {} (to {} distinct senders)\n",
+        "\nDSNs for expired and bounced mail: {} (to {} distinct senders); refusals by the store may add more\n",
         plan.dsns,
         plan.dsn_senders.len()
     ));

@@ -164,7 +164,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         ("deferred", stats.deferred),
         ("failed (DSN owed or dropped)", stats.failed),
         ("held", stats.held),
-        ("dropped (null sender)", stats.dropped),
+        ("dropped (no DSN: null sender or NOTIFY)", stats.dropped),
     ] {
         t.row(vec![label.to_string(), n.to_string()]);
     }
