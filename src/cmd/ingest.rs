@@ -14,6 +14,8 @@ use crate::spool::{self, SpoolError, SpoolItem};
 /// Items per ledger transaction: big enough to be fast, small enough that a crash loses
 /// little work (ingest is idempotent, so lost work is only redone).
 const ITEMS_PER_COMMIT: usize = 1000;
+/// ... or this many message bytes, whichever comes first.
+const BYTES_PER_COMMIT: usize = 64 << 20;
 
 #[derive(Debug, Default)]
 struct Tally {
@@ -47,19 +49,21 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
 
     let mut tally = Tally::default();
     let mut progress = Progress::new(&output, "items", 0);
-    let mut batch = Vec::with_capacity(ITEMS_PER_COMMIT);
     let mut reader = reader.peekable();
     while reader.peek().is_some() {
-        batch.clear();
-        batch.extend(reader.by_ref().take(ITEMS_PER_COMMIT));
         let now = ledger::timestamp();
-        let new_quarantine = ledger.write(|tx| {
-            let mut fresh = Vec::new();
-            for item in &batch {
+        // One transaction per chunk, items consumed one at a time: memory holds one
+        // message, however many the chunk commits.
+        let (items, fresh) = ledger.write(|tx| {
+            let (mut items, mut bytes, mut fresh) = (0usize, 0usize, Vec::new());
+            while items < ITEMS_PER_COMMIT && bytes < BYTES_PER_COMMIT {
+                let Some(item) = reader.next() else { break };
+                items += 1;
                 match item {
                     SpoolItem::Message(m) => {
                         tally.messages += 1;
-                        match tx.insert_message(m, &now)? {
+                        bytes += m.content.len();
+                        match tx.insert_message(&m, &now)? {
                             Inserted::New => {
                                 tally.new += 1;
                                 tally.recipients += m.envelope.recipients.len() as u64;
@@ -69,16 +73,16 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
                     }
                     SpoolItem::Quarantined(q) => {
                         tally.quarantined += 1;
-                        if tx.insert_quarantine(q, &now)? {
+                        if tx.insert_quarantine(&q, &now)? {
                             tally.new_quarantined += 1;
-                            fresh.push(q.clone());
+                            fresh.push(q);
                         }
                     }
                 }
             }
-            Ok(fresh)
+            Ok((items, fresh))
         })?;
-        for q in &new_quarantine {
+        for q in &fresh {
             printer.warn(&format!(
                 "quarantined {}: {}",
                 for_terminal(&q.source.to_string()),
@@ -86,7 +90,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
             ));
             printer.event(&events::quarantined_item(q))?;
         }
-        progress.add(batch.len() as u64, "");
+        progress.add(items as u64, "");
     }
     progress.finish();
 

@@ -245,29 +245,39 @@ impl Ledger {
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<MessageWork>> {
+        // One index range scan per state on recipients(state, message_id), merged here:
+        // cheap however large the ledger, unlike a scan of messages with EXISTS.
+        let mut ids: Vec<i64> = Vec::new();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT DISTINCT message_id FROM recipients WHERE state = ?1 AND message_id > ?2 \
+             ORDER BY message_id LIMIT ?3",
+        )?;
+        for state in states {
+            let found = stmt
+                .query_map(params![state.as_str(), after_id, limit as i64], |r| {
+                    r.get::<_, i64>(0)
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            ids.extend(found);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids.truncate(limit);
+
         let placeholders = states
             .iter()
             .map(|s| format!("'{}'", s.as_str()))
             .collect::<Vec<_>>()
             .join(",");
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id > ?1 AND EXISTS \
-             (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.state IN ({placeholders})) \
-             ORDER BY m.id LIMIT ?2"
-        );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let messages = stmt
-            .query_map(params![after_id, limit as i64], message_from_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
         let rsql = format!(
             "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ?1 AND state IN ({placeholders}) ORDER BY id"
         );
         let mut rstmt = self.conn.prepare_cached(&rsql)?;
-        let mut out = Vec::with_capacity(messages.len());
-        for message in messages {
-            let message = message?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let message = self.message(id)?;
             let recipients = rstmt
-                .query_map(params![message.id], recipient_from_row)?
+                .query_map(params![id], recipient_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?
                 .into_iter()
                 .collect::<Result<Vec<_>>>()?;
@@ -277,6 +287,15 @@ impl Ledger {
             });
         }
         Ok(out)
+    }
+
+    /// One message by id.
+    pub fn message(&self, id: i64) -> Result<MessageRow> {
+        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id = ?1");
+        self.conn
+            .prepare_cached(&sql)?
+            .query_row(params![id], message_from_row)
+            .with_context(|| format!("message {id} is missing from the ledger"))?
     }
 
     /// All recipients of one message (any state).
@@ -295,15 +314,23 @@ impl Ledger {
         &self,
         mut f: impl FnMut(&MessageRow, &[RecipientRow]) -> Result<()>,
     ) -> Result<()> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id > ?1 ORDER BY m.id LIMIT 500"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         let mut after = 0;
         loop {
-            let page = self.messages_in_states(&state::ALL_STATES, after, 500)?;
-            let Some(last) = page.last() else {
+            let page = stmt
+                .query_map(params![after], message_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            if page.is_empty() {
                 return Ok(());
-            };
-            after = last.message.id;
-            for work in &page {
-                f(&work.message, &work.recipients)?;
+            }
+            for message in page {
+                let message = message?;
+                after = message.id;
+                let recipients = self.recipients_of(message.id)?;
+                f(&message, &recipients)?;
             }
         }
     }
