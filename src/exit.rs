@@ -85,19 +85,19 @@ pub fn failure(exit: Exit, message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Failure::new(exit, message))
 }
 
-/// The exit code an error deserves: that of the first `Failure` in its chain, else
-/// `IoErr` (what is left after usage, config and data errors are typed is I/O trouble).
+/// The `Failure` an error carries: anyhow finds a `Failure` used as `.context(…)` at any
+/// depth with `downcast_ref`; one wrapped as a plain source is found by walking the chain.
+fn failure_of(err: &anyhow::Error) -> Option<&Failure> {
+    err.downcast_ref::<Failure>()
+        .or_else(|| err.chain().find_map(|c| c.downcast_ref::<Failure>()))
+}
+
+/// The exit code an error deserves: that of its `Failure`, else `IoErr` (what is left after
+/// usage, config and data errors are typed is I/O trouble).
 pub fn exit_for(err: &anyhow::Error) -> Exit {
-    for cause in err.chain() {
-        if let Some(f) = cause.downcast_ref::<Failure>() {
-            return f.exit;
-        }
-    }
-    Exit::IoErr
+    failure_of(err).map_or(Exit::IoErr, |f| f.exit)
 }
 
 pub fn hint_for(err: &anyhow::Error) -> Option<&str> {
-    err.chain()
-        .find_map(|c| c.downcast_ref::<Failure>())
-        .and_then(|f| f.hint.as_deref())
+    failure_of(err).and_then(|f| f.hint.as_deref())
 }

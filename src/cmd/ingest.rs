@@ -120,14 +120,15 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
 }
 
 fn spool_failure(e: SpoolError) -> anyhow::Error {
-    let exit = match &e {
-        SpoolError::Missing(_) => Exit::NoInput,
-        SpoolError::Unrecognized { .. } => Exit::DataErr,
-        SpoolError::Io { .. } => Exit::IoErr,
-    };
-    let message = e.to_string();
-    anyhow::Error::new(e).context(
-        Failure::new(exit, message)
-            .with_hint("pass --format maildir|mbox|eml if detection guessed wrong"),
-    )
+    let hint = "pass --format maildir|mbox|eml if detection guessed wrong";
+    match e {
+        SpoolError::Io { path, source } => anyhow::Error::new(source).context(Failure::new(
+            Exit::IoErr,
+            format!("cannot read spool `{}`", path.display()),
+        )),
+        SpoolError::Missing(_) => anyhow::Error::new(Failure::new(Exit::NoInput, e.to_string())),
+        SpoolError::Unrecognized { .. } => {
+            anyhow::Error::new(Failure::new(Exit::DataErr, e.to_string()).with_hint(hint))
+        }
+    }
 }
