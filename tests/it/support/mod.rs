@@ -344,3 +344,77 @@ pub fn assert_settled(status: &Value) {
     assert_eq!(status["remaining"], 0, "{status}");
     assert_eq!(status["dsns_unwritten"], 0, "{status}");
 }
+
+/// What a finished run leaves behind, to compare an interrupted-and-resumed run with an
+/// uninterrupted one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Every file of the Maildir store (names are deterministic).
+    pub store: BTreeSet<String>,
+    /// Every file of the outbox.
+    pub outbox: BTreeSet<String>,
+    /// Per DSN: queue id, envelope recipient, number of failed recipients.
+    pub dsns: BTreeSet<(String, String, u64)>,
+    /// `status --json` recipient counts per state.
+    pub states: Value,
+}
+
+impl Outcome {
+    #[track_caller]
+    pub fn of(cli: &Cli) -> Outcome {
+        let status = cli.status();
+        assert_settled(&status);
+        let bounces = cli.run(&["--json", "bounces"]);
+        check(&bounces, 0);
+        let dsns = bounces
+            .events("dsn")
+            .iter()
+            .map(|d| {
+                (
+                    d["queue_id"].as_str().unwrap_or_default().to_string(),
+                    d["to"].as_str().unwrap_or_default().to_string(),
+                    d["recipients"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        Outcome {
+            store: list_files(&cli.store()),
+            outbox: list_files(&cli.outbox()),
+            dsns,
+            states: status["states"].clone(),
+        }
+    }
+}
+
+/// The outcome of one clean, uninterrupted run of the sample spool (computed once).
+pub fn clean_outcome() -> &'static Outcome {
+    static CLEAN: std::sync::OnceLock<Outcome> = std::sync::OnceLock::new();
+    CLEAN.get_or_init(|| {
+        let cli = Cli::new();
+        cli.ingest_sample();
+        let out = cli.run(&cli.run_args(&[]));
+        check(&out, 0);
+        let outcome = Outcome::of(&cli);
+        assert!(outcome.store.len() > 250 && outcome.outbox.len() > 100);
+        outcome
+    })
+}
+
+/// A fresh temp dir whose ledger already holds the ingested sample spool (copied from one
+/// ingest, so tests that need many ledgers do not ingest many times).
+pub fn ingested() -> Cli {
+    static LEDGER: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let bytes = LEDGER.get_or_init(|| {
+        let cli = Cli::new();
+        cli.ingest_sample();
+        assert!(
+            !cli.at("ledger.db-wal").exists()
+                || std::fs::metadata(cli.at("ledger.db-wal")).map_or(0, |m| m.len()) == 0,
+            "the ingested ledger was not checkpointed"
+        );
+        std::fs::read(&cli.ledger).expect("read ledger")
+    });
+    let cli = Cli::new();
+    std::fs::write(&cli.ledger, bytes).expect("write ledger");
+    cli
+}
