@@ -2,6 +2,11 @@
 
 mod support;
 
+mod cli_ingest;
+mod cli_report;
+mod cli_run;
+mod crash;
 mod deliver_maildir;
 mod dsn;
+mod exit_codes;
 mod spool;

@@ -1,1 +1,420 @@
-//! Shared helpers for the integration tests.
+//! Shared helpers for the integration tests: run the real binary in a temp dir, read its
+//! JSON Lines, list files, snapshot the sample spool, and peek into the ledger.
+
+#![allow(dead_code)] // each test module uses a different part
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::SystemTime;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The fixed clock every classifying test uses (after the last arrival, so expiry applies).
+pub const NOW: &str = "2023-01-28T06:00:00+01:00";
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+pub fn sample_spool() -> PathBuf {
+    fixtures().join("sample-spool")
+}
+
+pub fn incident() -> PathBuf {
+    fixtures().join("incident.toml")
+}
+
+/// What one run of the binary did.
+#[derive(Debug)]
+pub struct Output {
+    /// `None` when a signal ended the process.
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    fn from(out: std::process::Output) -> Output {
+        Output {
+            code: out.status.code(),
+            signal: out.status.signal(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Every stdout line as JSON; fails the test on a line that is not.
+    #[track_caller]
+    pub fn json(&self) -> Vec<Value> {
+        parse_json_lines(&self.stdout)
+    }
+
+    /// The JSON events of one `type`.
+    #[track_caller]
+    pub fn events(&self, kind: &str) -> Vec<Value> {
+        self.json()
+            .into_iter()
+            .filter(|v| v["type"] == kind)
+            .collect()
+    }
+
+    /// The single JSON event of one `type`.
+    #[track_caller]
+    pub fn event(&self, kind: &str) -> Value {
+        let mut all = self.events(kind);
+        assert_eq!(
+            all.len(),
+            1,
+            "expected one `{kind}` event\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        all.remove(0)
+    }
+}
+
+#[track_caller]
+pub fn parse_json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// Asserts the exit code, and that nothing panicked; shows the output on failure.
+#[track_caller]
+pub fn check(out: &Output, code: i32) {
+    assert_eq!(
+        out.code,
+        Some(code),
+        "exit code (signal {:?})\nstdout:\n{}\nstderr:\n{}",
+        out.signal,
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("panicked"),
+        "the binary panicked:\n{}",
+        out.stderr
+    );
+}
+
+/// The binary, run in a temp dir with its ledger there.
+pub struct Cli {
+    pub dir: tempfile::TempDir,
+    pub ledger: PathBuf,
+}
+
+impl Cli {
+    pub fn new() -> Cli {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ledger = dir.path().join("ledger.db");
+        Cli { dir, ledger }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `path()/rel`.
+    pub fn at(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A command for the binary with `--ledger` set, run in the temp dir.
+    pub fn command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spoolreplay"));
+        cmd.current_dir(self.dir.path())
+            .arg("--ledger")
+            .arg(&self.ledger)
+            .args(args)
+            .env_remove("SPOOLREPLAY_CRASH_AT")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
+        self.run_env(args, &[])
+    }
+
+    pub fn run_env<S: AsRef<std::ffi::OsStr>>(&self, args: &[S], env: &[(&str, &str)]) -> Output {
+        let mut cmd = self.command(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Output::from(cmd.output().expect("run spoolreplay"))
+    }
+
+    /// Starts the binary in the background with piped output.
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn spoolreplay")
+    }
+
+    /// `--json ingest` of the sample spool, expected to succeed.
+    #[track_caller]
+    pub fn ingest_sample(&self) -> Output {
+        let out = self.run(&[
+            "--json".as_ref(),
+            "ingest".as_ref(),
+            sample_spool().as_os_str(),
+        ]);
+        check(&out, 0);
+        out
+    }
+
+    /// The arguments of a `run` into `store/` and `outbox/` in the temp dir.
+    pub fn run_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "--json".to_string(),
+            "run".into(),
+            "--incident".into(),
+            incident().display().to_string(),
+            "--store".into(),
+            format!("maildir:{}", self.store().display()),
+            "--outbox".into(),
+            self.outbox().display().to_string(),
+            "--now".into(),
+            NOW.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.at("store")
+    }
+
+    pub fn outbox(&self) -> PathBuf {
+        self.at("outbox")
+    }
+
+    /// `--json status`, expected to succeed.
+    #[track_caller]
+    pub fn status(&self) -> Value {
+        let out = self.run(&["--json", "status"]);
+        check(&out, 0);
+        out.event("status")
+    }
+}
+
+/// Every file below `dir`, as paths relative to it (empty when `dir` is missing).
+pub fn list_files(dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let entry = entry.expect("dir entry");
+        let path = entry.path();
+        let kind = entry.file_type().expect("file type");
+        if kind.is_dir() {
+            walk(root, &path, out);
+        } else {
+            let rel = path.strip_prefix(root).expect("below root");
+            out.insert(rel.to_string_lossy().into_owned());
+        }
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    sha256_hex(&bytes)
+}
+
+/// Path, size, mtime and SHA-256 of every file of a folder: equal snapshots prove that
+/// nothing touched it.
+pub fn snapshot(dir: &Path) -> BTreeMap<String, (u64, SystemTime, String)> {
+    let files = list_files(dir);
+    assert!(
+        !files.is_empty(),
+        "nothing to snapshot in {}",
+        dir.display()
+    );
+    files
+        .into_iter()
+        .map(|rel| {
+            let path = dir.join(&rel);
+            let meta = std::fs::metadata(&path).expect("metadata");
+            let mtime = meta.modified().expect("mtime");
+            (rel, (meta.len(), mtime, sha256_file(&path)))
+        })
+        .collect()
+}
+
+/// One recipient row, read straight from the ledger.
+#[derive(Debug, Clone)]
+pub struct LedgerRecipient {
+    pub queue_id: String,
+    pub source_path: String,
+    pub sender: String,
+    pub address: String,
+    pub state: String,
+    pub status: Option<String>,
+    pub reply: Option<String>,
+    /// The window of the last classification.
+    pub window: Option<String>,
+}
+
+/// Every recipient in the ledger, in id order (read-only).
+pub fn ledger_recipients(ledger: &Path) -> Vec<LedgerRecipient> {
+    let conn =
+        rusqlite::Connection::open_with_flags(ledger, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open ledger");
+    let mut stmt = conn
+        .prepare(
+            "SELECT m.queue_id, m.source_path, m.sender, r.address, r.state, r.status, r.reply, m.window \
+             FROM recipients r JOIN messages m ON m.id = r.message_id ORDER BY r.id",
+        )
+        .expect("prepare");
+    stmt.query_map([], |r| {
+        Ok(LedgerRecipient {
+            queue_id: r.get(0)?,
+            source_path: r.get(1)?,
+            sender: r.get(2)?,
+            address: r.get(3)?,
+            state: r.get(4)?,
+            status: r.get(5)?,
+            reply: r.get(6)?,
+            window: r.get(7)?,
+        })
+    })
+    .expect("query")
+    .collect::<rusqlite::Result<Vec<_>>>()
+    .expect("rows")
+}
+
+/// The message as the Maildir store writes it: CRLF turned into LF.
+pub fn lf_normalized(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut it = bytes.iter().peekable();
+    while let Some(&b) = it.next() {
+        if b == b'\r' && it.peek() == Some(&&b'\n') {
+            continue;
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// A small deterministic PRNG (xorshift64*) for seeded delays.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// Asserts that `status --json` shows no open work: every recipient delivered, bounced,
+/// dropped or held, and every DSN written.
+#[track_caller]
+pub fn assert_settled(status: &Value) {
+    for state in ["pending", "in_flight", "deferred", "failed"] {
+        assert_eq!(status["states"][state], 0, "{state}: {status}");
+    }
+    assert_eq!(status["remaining"], 0, "{status}");
+    assert_eq!(status["dsns_unwritten"], 0, "{status}");
+}
+
+/// What a finished run leaves behind, to compare an interrupted-and-resumed run with an
+/// uninterrupted one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Every file of the Maildir store (names are deterministic).
+    pub store: BTreeSet<String>,
+    /// Every file of the outbox.
+    pub outbox: BTreeSet<String>,
+    /// Per DSN: queue id, envelope recipient, number of failed recipients.
+    pub dsns: BTreeSet<(String, String, u64)>,
+    /// `status --json` recipient counts per state.
+    pub states: Value,
+}
+
+impl Outcome {
+    #[track_caller]
+    pub fn of(cli: &Cli) -> Outcome {
+        let status = cli.status();
+        assert_settled(&status);
+        let bounces = cli.run(&["--json", "bounces"]);
+        check(&bounces, 0);
+        let dsns = bounces
+            .events("dsn")
+            .iter()
+            .map(|d| {
+                (
+                    d["queue_id"].as_str().unwrap_or_default().to_string(),
+                    d["to"].as_str().unwrap_or_default().to_string(),
+                    d["recipients"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        Outcome {
+            store: list_files(&cli.store()),
+            outbox: list_files(&cli.outbox()),
+            dsns,
+            states: status["states"].clone(),
+        }
+    }
+}
+
+/// The outcome of one clean, uninterrupted run of the sample spool (computed once).
+pub fn clean_outcome() -> &'static Outcome {
+    static CLEAN: std::sync::OnceLock<Outcome> = std::sync::OnceLock::new();
+    CLEAN.get_or_init(|| {
+        let cli = Cli::new();
+        cli.ingest_sample();
+        let out = cli.run(&cli.run_args(&[]));
+        check(&out, 0);
+        let outcome = Outcome::of(&cli);
+        assert!(outcome.store.len() > 250 && outcome.outbox.len() > 100);
+        outcome
+    })
+}
+
+/// A fresh temp dir whose ledger already holds the ingested sample spool (copied from one
+/// ingest, so tests that need many ledgers do not ingest many times).
+pub fn ingested() -> Cli {
+    static LEDGER: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let bytes = LEDGER.get_or_init(|| {
+        let cli = Cli::new();
+        cli.ingest_sample();
+        assert!(
+            !cli.at("ledger.db-wal").exists()
+                || std::fs::metadata(cli.at("ledger.db-wal")).map_or(0, |m| m.len()) == 0,
+            "the ingested ledger was not checkpointed"
+        );
+        std::fs::read(&cli.ledger).expect("read ledger")
+    });
+    let cli = Cli::new();
+    std::fs::write(&cli.ledger, bytes).expect("write ledger");
+    cli
+}
