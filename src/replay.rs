@@ -253,6 +253,7 @@ impl Replay<'_> {
                         RcptState::InFlight,
                         Change {
                             detail: Some(&detail),
+                            audit_only: true,
                             ..Change::default()
                         },
                     )?;
@@ -340,6 +341,7 @@ impl Replay<'_> {
                     detail: Some(detail),
                     status: status.as_deref(),
                     attempted_at: attempted,
+                    ..Change::default()
                 };
                 tx.set_state(r, *to, change)?;
             }
@@ -431,6 +433,23 @@ impl Replay<'_> {
             })?;
             self.stats.dropped += unwanted.len() as u64;
         }
+        // An exact copy of this message (same content, ingested twice or from two MX hosts)
+        // may already have bounced the same recipient: its DSN covers this one too.
+        let mut owed_fresh = Vec::with_capacity(owed.len());
+        for r in owed {
+            match self
+                .ledger
+                .earlier_copy_dsn(&m.content_hash, m.id, &r.address)?
+            {
+                Some((dsn_id, queue_id)) => {
+                    let detail = format!("dsn {dsn_id}, made for the identical copy {queue_id}");
+                    self.ledger
+                        .write(|tx| tx.cover_by_dsn(&r, dsn_id, &detail))?;
+                }
+                None => owed_fresh.push(r),
+            }
+        }
+        let owed = owed_fresh;
         if owed.is_empty() {
             return Ok(());
         }

@@ -335,6 +335,27 @@ impl Ledger {
         }
     }
 
+    /// If an earlier message with the same content already bounced `address`, its DSN id
+    /// and queue id.
+    pub fn earlier_copy_dsn(
+        &self,
+        content_hash: &str,
+        message_id: i64,
+        address: &str,
+    ) -> Result<Option<(i64, String)>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT r.dsn_id, m.queue_id FROM messages m JOIN recipients r ON r.message_id = m.id \
+                 WHERE m.content_hash = ?1 AND m.id < ?2 AND r.address = ?3 AND r.state = 'bounced' \
+                 AND r.dsn_id IS NOT NULL ORDER BY m.id LIMIT 1",
+            )?
+            .query_row(params![content_hash, message_id, address], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?)
+    }
+
     /// Recipients per state.
     pub fn state_counts(&self) -> Result<Vec<(RcptState, u64)>> {
         let mut stmt = self
@@ -412,7 +433,7 @@ impl Ledger {
         };
         let sql = format!(
             "SELECT d.id, d.message_id, m.queue_id, d.envelope_to, d.rfc_message_id, d.created_at, \
-             (SELECT count(*) FROM recipients r WHERE r.dsn_id = d.id), d.written_path \
+             (SELECT count(*) FROM recipients r WHERE r.dsn_id = d.id AND r.message_id = d.message_id), d.written_path \
              FROM dsns d JOIN messages m ON m.id = d.message_id {filter} ORDER BY d.id"
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
@@ -453,8 +474,12 @@ pub struct Tx<'a> {
 /// What a state change also records.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Change<'a> {
-    /// Free text for the audit trail (and the recipient's `reply`).
+    /// Free text for the audit trail, and the recipient's `reply` (the store's answer or
+    /// our reason) unless `audit_only`.
     pub detail: Option<&'a str>,
+    /// The detail is bookkeeping ("delivering to …", "dsn 3"): keep the recipient's last
+    /// reply, which a DSN or an operator still needs.
+    pub audit_only: bool,
     /// An RFC 3463 status (for failures).
     pub status: Option<&'a str>,
     /// The time of a real delivery attempt.
@@ -548,6 +573,11 @@ impl Tx<'_> {
         rcpt.state.check_transition(to)?;
         let now = timestamp();
         let attempted = change.attempted_at.is_some() as i64;
+        let reply = if change.audit_only {
+            None
+        } else {
+            change.detail
+        };
         let updated = self.tx.execute(
             "UPDATE recipients SET state = ?1, updated_at = ?2, \
              reply = coalesce(?3, reply), status = coalesce(?4, status), \
@@ -556,7 +586,7 @@ impl Tx<'_> {
             params![
                 to.as_str(),
                 now,
-                change.detail,
+                reply,
                 change.status,
                 attempted,
                 change.attempted_at,
@@ -630,6 +660,7 @@ impl Tx<'_> {
                 RcptState::Bounced,
                 Change {
                     detail: Some(&detail),
+                    audit_only: true,
                     ..Change::default()
                 },
             )?;
@@ -639,6 +670,24 @@ impl Tx<'_> {
             )?;
         }
         Ok(dsn_id)
+    }
+
+    /// Settles a failed recipient with an existing DSN (one made for an identical copy).
+    pub fn cover_by_dsn(&self, rcpt: &RecipientRow, dsn_id: i64, detail: &str) -> Result<()> {
+        self.set_state(
+            rcpt,
+            RcptState::Bounced,
+            Change {
+                detail: Some(detail),
+                audit_only: true,
+                ..Change::default()
+            },
+        )?;
+        self.tx.execute(
+            "UPDATE recipients SET dsn_id = ?1 WHERE id = ?2",
+            params![dsn_id, rcpt.id],
+        )?;
+        Ok(())
     }
 
     pub fn mark_dsn_written(&self, dsn_id: i64, path: &Path) -> Result<()> {

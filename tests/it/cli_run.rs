@@ -377,3 +377,61 @@ fn second_run_does_nothing_more() {
     // Sanity: the JSON Lines helper sees every line.
     assert_eq!(parse_json_lines(&again.stdout).len(), again.json().len());
 }
+
+/// The sample's special bounce cases: NOTIFY=NEVER gets no DSN, an exact duplicate of a
+/// bounced message is covered by the first copy's DSN (no second DSN to the same sender),
+/// and a refused recipient keeps the store's reason after its DSN is made.
+#[test]
+fn notify_never_duplicates_and_refusal_reasons() {
+    let cli = Cli::new();
+    full_run(&cli);
+    let rows = ledger_recipients(&cli.ledger);
+    let bounces = cli.run(&["--json", "bounces"]);
+    check(&bounces, 0);
+    let dsns = bounces.events("dsn");
+    let dsn_for = |queue_id: &str| -> Vec<serde_json::Value> {
+        dsns.iter()
+            .filter(|d| d["queue_id"] == queue_id)
+            .cloned()
+            .collect()
+    };
+    let of = |queue_id: &str| -> Vec<&LedgerRecipient> {
+        rows.iter().filter(|r| r.queue_id == queue_id).collect()
+    };
+
+    // 0172 (rejected-550): one recipient NOTIFY=NEVER, one SUCCESS,FAILURE.
+    let notify = of("0172-personal");
+    assert_eq!(notify.len(), 2, "{notify:?}");
+    let never: Vec<_> = notify.iter().filter(|r| r.state == "dropped").collect();
+    let bounced: Vec<_> = notify.iter().filter(|r| r.state == "bounced").collect();
+    assert_eq!((never.len(), bounced.len()), (1, 1), "{notify:?}");
+    let d = dsn_for("0172-personal");
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0]["recipients"], 1);
+    let eml = std::fs::read_to_string(cli.outbox().join(format!("dsn-{}.eml", d[0]["id"])))
+        .expect("read DSN");
+    assert!(eml.contains(&format!("Final-Recipient: rfc822; {}", bounced[0].address)));
+    assert!(
+        !eml.contains(&format!("Final-Recipient: rfc822; {}", never[0].address)),
+        "NOTIFY=NEVER recipient listed in the DSN"
+    );
+
+    // 0173 is a byte-identical copy of 0152: one DSN, from the first copy.
+    assert_eq!(dsn_for("0152-invoice").len(), 1);
+    assert!(
+        dsn_for("0173-dup-of-0152").is_empty(),
+        "second DSN for a duplicate"
+    );
+    assert!(of("0173-dup-of-0152").iter().all(|r| r.state == "bounced"));
+
+    // Refused recipients keep the refusal as their reply.
+    for r in rows
+        .iter()
+        .filter(|r| HOSTILE.contains(&r.address.as_str()))
+    {
+        assert_eq!(r.state, "bounced", "{r:?}");
+        let reply = r.reply.as_deref().unwrap_or_default();
+        assert!(!reply.starts_with("dsn "), "reply overwritten: {r:?}");
+        assert!(!reply.is_empty(), "{r:?}");
+    }
+}
