@@ -80,14 +80,28 @@ pub fn deadline(incident: &Incident, arrival: DateTime<FixedOffset>) -> DateTime
     from + incident.queue_lifetime
 }
 
+/// The facts about a message that classification looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    pub arrival: DateTime<FixedOffset>,
+    pub sender: &'a ReversePath,
+    /// The MTA itself was holding it (Postfix `hold/`, Exim frozen).
+    pub mta_hold: bool,
+}
+
 /// Classifies one message. A message expires when `now` has reached its deadline; expiry only
-/// applies to mail that would be delivered (held mail waits for the operator).
+/// applies to mail that would be delivered (held mail waits for the operator). Mail the MTA
+/// was holding stays held unless the incident says `release_mta_held = true`.
 pub fn classify(
     incident: &Incident,
-    arrival: DateTime<FixedOffset>,
-    sender: &ReversePath,
+    facts: Facts<'_>,
     now: DateTime<FixedOffset>,
 ) -> Classification {
+    let Facts {
+        arrival,
+        sender,
+        mta_hold,
+    } = facts;
     let window = window_of(incident, arrival);
     let (action, window_label) = match window {
         Some(i) => (
@@ -97,6 +111,14 @@ pub fn classify(
         None => (incident.outside, "outside every window".to_string()),
     };
     let deadline = deadline(incident, arrival);
+    if mta_hold && !incident.release_mta_held {
+        return Classification {
+            window,
+            disposition: Disposition::Hold,
+            deadline,
+            reason: format!("held: the MTA was holding it (arrived {window_label})"),
+        };
+    }
     let (disposition, reason) = match action {
         WindowAction::Hold => (Disposition::Hold, format!("held: arrived {window_label}")),
         WindowAction::Bounce => (
@@ -179,7 +201,12 @@ action = "bounce"
         expected: Disposition,
     ) {
         let inc = incident();
-        let c = classify(&inc, t(arrival), sender, t(now));
+        let facts = Facts {
+            arrival: t(arrival),
+            sender,
+            mta_hold: false,
+        };
+        let c = classify(&inc, facts, t(now));
         assert_eq!(c.disposition, expected, "{}", c.reason);
         assert_eq!(c.window.map(|i| inc.windows[i].name.as_str()), window);
     }
@@ -283,12 +310,33 @@ action = "bounce"
     }
 
     #[test]
+    fn mta_held_mail_stays_held_unless_released() {
+        let mut inc = incident();
+        let s = sender();
+        let facts = Facts {
+            arrival: t("2023-01-22T21:00:00+01:00"),
+            sender: &s,
+            mta_hold: true,
+        };
+        let now = t("2023-01-23T00:00:00+01:00");
+        assert_eq!(classify(&inc, facts, now).disposition, Disposition::Hold);
+        inc.release_mta_held = true;
+        assert_eq!(classify(&inc, facts, now).disposition, Disposition::Deliver);
+    }
+
+    #[test]
     fn lifetime_from_restored() {
         let mut inc = incident();
         inc.lifetime_from = LifetimeFrom::Restored;
         let arrival = t("2023-01-22T21:00:00+01:00");
         assert_eq!(deadline(&inc, arrival), t("2023-01-31T13:00:00+01:00"));
-        let c = classify(&inc, arrival, &sender(), t("2023-01-30T00:00:00+01:00"));
+        let s = sender();
+        let facts = Facts {
+            arrival,
+            sender: &s,
+            mta_hold: false,
+        };
+        let c = classify(&inc, facts, t("2023-01-30T00:00:00+01:00"));
         assert_eq!(c.disposition, Disposition::Deliver);
     }
 }

@@ -66,6 +66,9 @@ pub struct Incident {
     pub lifetime_from: LifetimeFrom,
     /// Action for mail outside every window.
     pub outside: WindowAction,
+    /// Deliver mail the MTA itself was holding (Postfix `hold/`, Exim frozen) like any
+    /// other; by default it stays held for the operator.
+    pub release_mta_held: bool,
     /// Sorted by start, not overlapping.
     pub windows: Vec<Window>,
 }
@@ -81,6 +84,8 @@ struct RawIncident {
     lifetime_from: Option<Spanned<String>>,
     #[serde(default)]
     outside: Option<Spanned<String>>,
+    #[serde(default)]
+    release_mta_held: bool,
     #[serde(default, rename = "window")]
     windows: Vec<RawWindow>,
 }
@@ -242,6 +247,7 @@ pub fn parse(text: &str) -> Result<Incident, String> {
         queue_lifetime,
         lifetime_from,
         outside,
+        release_mta_held: raw.release_mta_held,
         windows: windows.into_iter().map(|(_, w)| w).collect(),
     })
 }

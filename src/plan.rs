@@ -83,7 +83,12 @@ impl Plan {
         if open.is_empty() {
             return;
         }
-        let c = classify::classify(incident, m.arrival, &m.sender, now);
+        let facts = classify::Facts {
+            arrival: m.arrival,
+            sender: &m.sender,
+            mta_hold: m.mta_hold,
+        };
+        let c = classify::classify(incident, facts, now);
         self.by_window
             .entry((window, c.disposition))
             .or_default()

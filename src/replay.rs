@@ -125,8 +125,14 @@ impl Replay<'_> {
             self.ledger.write(|tx| {
                 for work in &page {
                     let m = &work.message;
-                    let c =
-                        classify::classify(settings.incident, m.arrival, &m.sender, settings.now);
+                    let c = {
+                        let facts = classify::Facts {
+                            arrival: m.arrival,
+                            sender: &m.sender,
+                            mta_hold: m.mta_hold,
+                        };
+                        classify::classify(settings.incident, facts, settings.now)
+                    };
                     tx.set_classification(
                         m.id,
                         c.window_name(settings.incident),

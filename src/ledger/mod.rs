@@ -18,7 +18,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::address::ReversePath;
 use crate::exit::{Exit, Failure, failure};
-use crate::spool::{Quarantined, QueuedMessage, SourceRef, SpoolFormat};
+use crate::spool::{Prior, Quarantined, QueuedMessage, SourceRef, SpoolFormat};
 pub use state::RcptState;
 
 pub struct Ledger {
@@ -41,6 +41,8 @@ pub struct MessageRow {
     pub ret: Option<String>,
     pub window: Option<String>,
     pub disposition: Option<String>,
+    pub queue_name: Option<String>,
+    pub mta_hold: bool,
 }
 
 /// One recipient of one message.
@@ -495,8 +497,8 @@ impl Tx<'_> {
         let changed = self.tx.execute(
             "INSERT OR IGNORE INTO messages (content_hash, source_format, source_path, source_offset, \
              source_len, queue_id, size, sender, sender_from, recipients_from, arrival, arrival_unix, \
-             arrival_from, envid, ret, ingested_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+             arrival_from, envid, ret, ingested_at, queue_name, mta_hold) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
             params![
                 hash,
                 msg.source.format.as_str(),
@@ -514,6 +516,8 @@ impl Tx<'_> {
                 env.envid,
                 env.ret.map(ret_name),
                 now,
+                msg.queue_name,
+                msg.mta_hold,
             ],
         )?;
         if changed == 0 {
@@ -521,8 +525,8 @@ impl Tx<'_> {
         }
         let message_id = self.tx.last_insert_rowid();
         let mut insert = self.tx.prepare_cached(
-            "INSERT OR IGNORE INTO recipients (message_id, address, domain, orcpt, notify, state, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
+            "INSERT OR IGNORE INTO recipients (message_id, address, domain, orcpt, notify, state, reply, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         for rcpt in &env.recipients {
             let domain = rcpt
@@ -531,17 +535,28 @@ impl Tx<'_> {
                 .map(|(_, d)| d.to_ascii_lowercase())
                 .unwrap_or_default();
             let notify = rcpt.notify.map(notify_name);
+            // What the MTA already did is recorded as settled and never replayed.
+            let (state, note) = match rcpt.prior {
+                None => (RcptState::Pending, None),
+                Some(Prior::Delivered) => (
+                    RcptState::Delivered,
+                    Some("delivered by the MTA before the spool was copied"),
+                ),
+                Some(Prior::Cancelled) => (RcptState::Dropped, Some("cancelled in the MTA queue")),
+            };
             if insert.execute(params![
                 message_id,
                 rcpt.address,
                 domain,
                 rcpt.orcpt,
                 notify,
+                state.as_str(),
+                note,
                 now
             ])? == 1
             {
                 let rid = self.tx.last_insert_rowid();
-                self.event(rid, None, RcptState::Pending, Some("ingested"), now)?;
+                self.event(rid, None, state, Some(note.unwrap_or("ingested")), now)?;
             }
         }
         self.tx.execute(
@@ -700,7 +715,7 @@ impl Tx<'_> {
 }
 
 const MESSAGE_COLUMNS: &str = "m.id, m.content_hash, m.source_format, m.source_path, m.source_offset, m.source_len, \
-     m.queue_id, m.size, m.sender, m.arrival, m.envid, m.ret, m.window, m.disposition";
+     m.queue_id, m.size, m.sender, m.arrival, m.envid, m.ret, m.window, m.disposition, m.queue_name, m.mta_hold";
 
 const RECIPIENT_COLUMNS: &str =
     "id, message_id, address, domain, orcpt, notify, state, status, reply, attempts, last_attempt";
@@ -735,6 +750,8 @@ fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<MessageRow
             ret: r.get(11)?,
             window: r.get(12)?,
             disposition: r.get(13)?,
+            queue_name: r.get(14)?,
+            mta_hold: r.get(15)?,
         })
     };
     Ok(build())
@@ -786,4 +803,49 @@ fn notify_name(n: crate::address::Notify) -> String {
         parts.push("DELAY");
     }
     parts.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrating_twice_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let first = Ledger::open_for_write(&path, "test").unwrap();
+        assert_eq!(first.user_version().unwrap(), schema::latest_version());
+        drop(first);
+        let second = Ledger::open_for_write(&path, "test").unwrap();
+        assert_eq!(second.user_version().unwrap(), schema::latest_version());
+        assert_eq!(second.message_count().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_newer_ledger_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        drop(Ledger::open_for_write(&path, "test").unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", schema::latest_version() + 1)
+            .unwrap();
+        drop(conn);
+        let err = Ledger::open_for_write(&path, "test").err().unwrap();
+        assert!(err.to_string().contains("newer"), "{err}");
+        assert_eq!(crate::exit::exit_for(&err), Exit::DataErr);
+        let err = Ledger::open_read(&path).err().unwrap();
+        assert_eq!(crate::exit::exit_for(&err), Exit::DataErr);
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_naming_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let _held = Ledger::open_for_write(&path, "run").unwrap();
+        let err = Ledger::open_for_write(&path, "ingest").err().unwrap();
+        let text = err.to_string();
+        assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
+        assert!(text.contains("spoolreplay run"), "{text}");
+        assert_eq!(crate::exit::exit_for(&err), Exit::TempFail);
+    }
 }

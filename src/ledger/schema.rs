@@ -82,6 +82,11 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX dsns_message ON dsns (message_id);
     "#,
+    // 2: where an MTA queue held the message, and whether the MTA itself was holding it.
+    r#"
+    ALTER TABLE messages ADD COLUMN queue_name TEXT;
+    ALTER TABLE messages ADD COLUMN mta_hold INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 pub fn latest_version() -> i64 {

@@ -301,6 +301,7 @@ fn parse_recipient(index: usize, value: &Value) -> Result<Recipient, String> {
                 address,
                 orcpt,
                 notify,
+                prior: None,
             }
         }
         _ => {
@@ -395,6 +396,7 @@ mod tests {
                         delay: true,
                         ..Notify::default()
                     }),
+                    prior: None,
                 },
             ])
         );

@@ -624,6 +624,7 @@ Delivered-To: d2@y.test\n\nb\n";
                 address: "Bob@EXAMPLE.org".into(),
                 orcpt: Some("rfc822;x@y".into()),
                 notify: None,
+                prior: None,
             },
         ];
         let out = dedupe(list);

@@ -171,6 +171,8 @@ impl MboxReader {
                 queue_id: format!("mbox#{}", self.index),
                 envelope,
                 content: chunk.content,
+                queue_name: None,
+                mta_hold: false,
             }),
             Err(reason) => self.quarantine(chunk.offset, chunk.raw_len, reason),
         }

@@ -6,8 +6,10 @@
 
 pub mod eml;
 pub mod envelope;
+pub mod exim;
 pub mod maildir;
 pub mod mbox;
+pub mod postfix;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,10 @@ pub enum SpoolFormat {
     Maildir,
     Mbox,
     Eml,
+    /// A Postfix queue directory (`deferred/`, `hold/`, `active/`, `incoming/`, `maildrop/`).
+    Postfix,
+    /// An Exim spool (`input/` with `-H`/`-D` files).
+    Exim,
 }
 
 impl SpoolFormat {
@@ -32,6 +38,8 @@ impl SpoolFormat {
             SpoolFormat::Maildir => "maildir",
             SpoolFormat::Mbox => "mbox",
             SpoolFormat::Eml => "eml",
+            SpoolFormat::Postfix => "postfix",
+            SpoolFormat::Exim => "exim",
         }
     }
 }
@@ -49,8 +57,10 @@ impl FromStr for SpoolFormat {
             "maildir" => Ok(SpoolFormat::Maildir),
             "mbox" => Ok(SpoolFormat::Mbox),
             "eml" => Ok(SpoolFormat::Eml),
+            "postfix" => Ok(SpoolFormat::Postfix),
+            "exim" => Ok(SpoolFormat::Exim),
             other => Err(format!(
-                "unknown spool format `{other}` (expected maildir, mbox or eml)"
+                "unknown spool format `{other}` (expected maildir, mbox, eml, postfix or exim)"
             )),
         }
     }
@@ -113,6 +123,16 @@ impl FieldSource {
     }
 }
 
+/// What the MTA had already done for a recipient before the spool was copied: such
+/// recipients are recorded, never replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prior {
+    /// Delivered by the MTA (Postfix `D` record, Exim non-recipients tree or `-J` journal).
+    Delivered,
+    /// Cancelled (Postfix `/` record, e.g. removed by a milter).
+    Cancelled,
+}
+
 /// One envelope recipient with its RFC 3461 parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
@@ -121,6 +141,8 @@ pub struct Recipient {
     /// ORCPT as `addr-type;value`, already xtext-decoded.
     pub orcpt: Option<String>,
     pub notify: Option<Notify>,
+    /// `Some` when the MTA already settled this recipient.
+    pub prior: Option<Prior>,
 }
 
 impl Recipient {
@@ -129,6 +151,7 @@ impl Recipient {
             address: address.into(),
             orcpt: None,
             notify: None,
+            prior: None,
         }
     }
 }
@@ -157,6 +180,10 @@ pub struct QueuedMessage {
     pub envelope: Envelope,
     /// The message bytes as they would go on the wire (mbox `>From ` unquoted).
     pub content: Vec<u8>,
+    /// The MTA queue the message was found in (`deferred`, `hold`, `input` …), if any.
+    pub queue_name: Option<String>,
+    /// The MTA itself was holding the message (Postfix `hold/`, Exim frozen).
+    pub mta_hold: bool,
 }
 
 impl QueuedMessage {
@@ -240,8 +267,10 @@ pub fn detect(path: &Path) -> Result<SpoolFormat, SpoolError> {
     };
     found.ok_or_else(|| SpoolError::Unrecognized {
         path: path.to_path_buf(),
-        why: "looked for a directory with `new/` or `cur/` (maildir), a directory with \
-              `.eml` files (eml) and a file whose first line starts with `From ` (mbox)"
+        why: "looked for a Postfix queue directory (`deferred/`, `active/`, `incoming/`, \
+              `hold/` or `maildrop/`), an Exim spool (`input/` or `*-H` files), a directory \
+              with `new/` or `cur/` (maildir), a directory with `.eml` files (eml) and a file \
+              whose first line starts with `From ` (mbox)"
             .into(),
     })
 }
@@ -250,8 +279,13 @@ fn detect_dir(path: &Path) -> Result<Option<SpoolFormat>, SpoolError> {
     if path.join("new").is_dir() || path.join("cur").is_dir() {
         return Ok(Some(SpoolFormat::Maildir));
     }
-    // Postfix (`active/`, `deferred/`, `hold/` …) and Exim (`input/`) queue directories
-    // get their checks here, before the looser `.eml` check.
+    // MTA queues before the looser `.eml` check.
+    if postfix::looks_like_queue(path) {
+        return Ok(Some(SpoolFormat::Postfix));
+    }
+    if exim::looks_like_spool(path) {
+        return Ok(Some(SpoolFormat::Exim));
+    }
     let entries = std::fs::read_dir(path).map_err(|source| SpoolError::Io {
         path: path.to_path_buf(),
         source,
@@ -300,6 +334,8 @@ pub fn open(
         SpoolFormat::Maildir => Box::new(maildir::read(path)?),
         SpoolFormat::Mbox => Box::new(mbox::read(path)?),
         SpoolFormat::Eml => Box::new(eml::read(path)?),
+        SpoolFormat::Postfix => Box::new(postfix::read(path)?),
+        SpoolFormat::Exim => Box::new(exim::read(path)?),
     };
     Ok((format, reader))
 }
@@ -310,6 +346,8 @@ pub fn read_content(source: &SourceRef) -> std::io::Result<Vec<u8>> {
     match source.format {
         SpoolFormat::Mbox => mbox::read_content(source),
         SpoolFormat::Maildir | SpoolFormat::Eml => std::fs::read(&source.path),
+        SpoolFormat::Postfix => postfix::read_content(source),
+        SpoolFormat::Exim => exim::read_content(source),
     }
 }
 
@@ -362,6 +400,8 @@ fn file_item(
             queue_id,
             envelope,
             content,
+            queue_name: None,
+            mta_hold: false,
         }),
         Err(reason) => quarantine(len, reason),
     }

@@ -297,6 +297,7 @@ fn eml_fixture() {
                         delay: true,
                         ..Notify::default()
                     }),
+                    prior: None,
                 },
                 Recipient {
                     address: "dave@example.net".into(),
@@ -305,6 +306,7 @@ fn eml_fixture() {
                         never: true,
                         ..Notify::default()
                     }),
+                    prior: None,
                 },
             ],
             recipients_from: FieldSource::Sidecar,
@@ -371,6 +373,7 @@ fn eml_fixture() {
                     address: "oscar@example.net".into(),
                     orcpt: Some("rfc822;oscar@example.net".into()),
                     notify: None,
+                    prior: None,
                 }],
                 FieldSource::Sidecar,
             ),
