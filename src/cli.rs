@@ -109,6 +109,10 @@ pub struct Pace {
     /// Pause between batches (e.g. 2s, 500ms)
     #[arg(long, value_name = "DURATION", default_value = "0s")]
     pub pause: String,
+
+    /// At most this many bytes per second (e.g. 20MB/s, 500KB/s)
+    #[arg(long, value_name = "BYTES/s")]
+    pub max_bytes_rate: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +149,27 @@ pub struct RunArgs {
     /// Return only the headers of originals larger than this many bytes
     #[arg(long, value_name = "BYTES", default_value_t = 50_000)]
     pub return_limit: usize,
+
+    /// Parallel connections to the store
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub concurrency: usize,
+
+    /// After a lost reply (the store may or may not have the message): redeliver (a
+    /// duplicate is possible) or hold (nothing until the operator checks)
+    #[arg(long, value_name = "POLICY", default_value = "redeliver")]
+    pub uncertain: String,
+
+    /// First wait before retrying deferred mail; doubled after each deferral
+    #[arg(long, value_name = "DURATION", default_value = "1m")]
+    pub retry_delay: String,
+
+    /// Longest wait between retries of deferred mail
+    #[arg(long, value_name = "DURATION", default_value = "15m")]
+    pub retry_max: String,
+
+    /// How long the store may stay unreachable mid-run before the run stops (exit 75)
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub store_timeout: String,
 
     #[command(flatten)]
     pub clock: Clock,

@@ -10,6 +10,7 @@ use chrono::{DateTime, FixedOffset};
 use crate::cli::{self, Cli};
 use crate::exit::{Exit, Failure};
 use crate::incident::{self, Incident};
+use crate::replay::{RetryPolicy, UncertainPolicy};
 use crate::spool::SpoolFormat;
 use crate::throttle::RateSpec;
 
@@ -60,6 +61,8 @@ pub struct IngestConfig {
 #[derive(Debug, Clone, Copy)]
 pub struct PaceConfig {
     pub rate: Option<RateSpec>,
+    /// Bytes per second.
+    pub max_bytes_rate: Option<f64>,
     pub batch_size: usize,
     pub pause: Duration,
 }
@@ -106,6 +109,9 @@ pub struct RunConfig {
     pub outbox: Option<PathBuf>,
     pub return_limit: usize,
     pub pace: PaceConfig,
+    pub concurrency: usize,
+    pub uncertain: UncertainPolicy,
+    pub retry: RetryPolicy,
 }
 
 #[derive(Debug)]
@@ -149,6 +155,25 @@ impl Config {
                 outbox: a.outbox,
                 return_limit: a.return_limit,
                 pace: pace(&a.pace)?,
+                concurrency: match a.concurrency {
+                    0 => return Err(usage("--concurrency", "must be at least 1")),
+                    n => n,
+                },
+                uncertain: match a.uncertain.as_str() {
+                    "redeliver" => UncertainPolicy::Redeliver,
+                    "hold" => UncertainPolicy::Hold,
+                    other => {
+                        return Err(usage(
+                            "--uncertain",
+                            format!("`{other}` is not `redeliver` or `hold`"),
+                        ));
+                    }
+                },
+                retry: RetryPolicy {
+                    first: duration("--retry-delay", &a.retry_delay)?,
+                    max: duration("--retry-max", &a.retry_max)?,
+                    store_timeout: duration("--store-timeout", &a.store_timeout)?,
+                },
             }),
             cli::Command::Status => CommandConfig::Status,
             cli::Command::Bounces(a) => CommandConfig::Bounces(BouncesConfig { show: a.show }),
@@ -184,13 +209,59 @@ fn pace(p: &cli::Pace) -> Result<PaceConfig> {
             .map(|r| r.parse::<RateSpec>().map_err(|e| usage("--rate", e)))
             .transpose()?,
         batch_size: p.batch_size,
-        pause: crate::throttle::parse_duration(&p.pause).map_err(|e| usage("--pause", e))?,
+        pause: duration("--pause", &p.pause)?,
+        max_bytes_rate: p
+            .max_bytes_rate
+            .as_deref()
+            .map(|r| parse_bytes_rate(r).map_err(|e| usage("--max-bytes-rate", e)))
+            .transpose()?,
     })
+}
+
+fn duration(option: &str, s: &str) -> Result<Duration> {
+    crate::throttle::parse_duration(s).map_err(|e| usage(option, e))
+}
+
+/// `20MB/s`, `500KB/s`, `1GB/s` or a plain number of bytes per second (decimal units).
+pub fn parse_bytes_rate(s: &str) -> Result<f64, String> {
+    let body = s.strip_suffix("/s").unwrap_or(s).trim();
+    let digits = body
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(body.len());
+    let (number, unit) = body.split_at(digits);
+    let factor = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "KB" | "K" => 1e3,
+        "MB" | "M" => 1e6,
+        "GB" | "G" => 1e9,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}` (use B, KB, MB or GB per second)"
+            ));
+        }
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte rate like 20MB/s"))?;
+    if !(n > 0.0 && n.is_finite()) {
+        return Err(format!("`{s}` must be more than zero"));
+    }
+    Ok(n * factor)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_rates() {
+        assert_eq!(parse_bytes_rate("20MB/s"), Ok(20e6));
+        assert_eq!(parse_bytes_rate("500KB/s"), Ok(500e3));
+        assert_eq!(parse_bytes_rate("1000"), Ok(1000.0));
+        assert!(parse_bytes_rate("0MB/s").is_err());
+        assert!(parse_bytes_rate("fast").is_err());
+        assert!(parse_bytes_rate("5PB/s").is_err());
+    }
 
     #[test]
     fn store_targets() {

@@ -14,6 +14,7 @@ pub mod exit;
 pub mod incident;
 pub mod ledger;
 pub mod outbox;
+pub mod pace;
 pub mod plan;
 pub mod replay;
 pub mod report;

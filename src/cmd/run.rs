@@ -10,11 +10,10 @@ use serde_json::json;
 
 use crate::config::{Output, RunConfig, StoreTarget};
 use crate::deliver::Deliverer;
-use crate::deliver::StoreError;
 use crate::deliver::maildir::MaildirStore;
-use crate::exit::{Exit, Failure};
+use crate::exit::Exit;
 use crate::ledger::{Ledger, RcptState};
-use crate::replay::{Event, Replay, Settings, Stop};
+use crate::replay::{Event, Replay, Settings, Stop, StoreFactory};
 use crate::report::progress::Progress;
 use crate::report::table::Table;
 use crate::report::{Printer, json as events};
@@ -24,7 +23,8 @@ use crate::throttle::format_duration;
 pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Result<Exit> {
     let printer = Printer::new(output);
     let mut ledger = Ledger::open_for_write(ledger_path, "run")?;
-    let mut store = open_store(&cfg.store)?;
+    let factory = store_factory(&cfg.store);
+    let describe = describe_target(&cfg.store);
     let interrupted = install_ctrl_c()?;
     let started = Instant::now();
     if cfg.fixed_clock {
@@ -45,8 +45,10 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         .map(|(_, n)| *n)
         .sum();
     printer.note(&format!(
-        "delivering to {} ({open} recipients open)",
-        for_terminal(&store.describe())
+        "delivering to {} ({open} recipients open, {} connection{})",
+        for_terminal(&describe),
+        cfg.concurrency,
+        if cfg.concurrency == 1 { "" } else { "s" }
     ));
 
     let mut progress = Progress::new(&output, "messages", open);
@@ -91,24 +93,31 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
                 last_seen = messages;
                 Ok(())
             }
+            Event::Notice(text) => {
+                printer.verbose(&for_terminal(text));
+                printer.event(&json!({"type": "notice", "text": text}))
+            }
         };
         if let Err(e) = result {
             event_error.get_or_insert(e);
         }
     };
-    let mut replay = Replay {
-        ledger: &mut ledger,
-        store: store.as_mut(),
-        settings: Settings {
-            incident: &cfg.incident,
-            now: cfg.now,
-            pace: cfg.pace,
-            return_limit: cfg.return_limit,
-        },
-        interrupted: &interrupted,
-        on_event: &mut on_event,
-        stats: Default::default(),
+    let settings = Settings {
+        incident: &cfg.incident,
+        now: cfg.now,
+        pace: cfg.pace,
+        return_limit: cfg.return_limit,
+        concurrency: cfg.concurrency,
+        uncertain: cfg.uncertain,
+        retry: cfg.retry,
     };
+    let mut replay = Replay::new(
+        &mut ledger,
+        &*factory,
+        settings,
+        &interrupted,
+        &mut on_event,
+    );
     let outcome = replay.run();
     let stats = std::mem::take(&mut replay.stats);
     drop(replay);
@@ -133,8 +142,8 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
 
     let exit = match &stats.stop {
         Some(Stop::Interrupted) => Exit::Interrupted,
-        Some(Stop::Store(_)) => Exit::Unavailable,
-        Some(Stop::StoreFull(_)) => Exit::TempFail,
+        Some(Stop::StoreDown(_)) => Exit::Unavailable,
+        Some(Stop::StoreLost(_)) | Some(Stop::StoreFull(_)) => Exit::TempFail,
         None if remaining > 0 || unwritten > 0 => Exit::TempFail,
         None => Exit::Done,
     };
@@ -197,25 +206,24 @@ fn stop_text(stop: &Stop) -> String {
         Stop::Interrupted => {
             "interrupted by Ctrl-C; the current batch was finished and recorded".into()
         }
-        Stop::Store(why) => why.clone(),
+        Stop::StoreDown(why) => format!("{why}; nothing was delivered"),
+        Stop::StoreLost(why) => format!("{why}; run again when it is back"),
         Stop::StoreFull(why) => format!("{why}; free space and run again"),
     }
 }
 
-fn open_store(target: &StoreTarget) -> Result<Box<dyn Deliverer>> {
+/// A constructor of store connections, one per worker.
+fn store_factory(target: &StoreTarget) -> Box<StoreFactory<'static>> {
+    match target.clone() {
+        StoreTarget::Maildir(dir) => {
+            Box::new(move || MaildirStore::new(&dir).map(|s| Box::new(s) as Box<dyn Deliverer>))
+        }
+    }
+}
+
+fn describe_target(target: &StoreTarget) -> String {
     match target {
-        StoreTarget::Maildir(dir) => MaildirStore::new(dir)
-            .map(|s| Box::new(s) as Box<dyn Deliverer>)
-            .map_err(|e| {
-                let exit = match e {
-                    StoreError::Full(_) => Exit::TempFail,
-                    StoreError::Unavailable(_) => Exit::Unavailable,
-                };
-                anyhow::Error::new(e).context(Failure::new(
-                    exit,
-                    format!("cannot use store `maildir:{}`", dir.display()),
-                ))
-            }),
+        StoreTarget::Maildir(dir) => format!("maildir:{}", dir.display()),
     }
 }
 

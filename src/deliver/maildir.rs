@@ -176,6 +176,15 @@ impl Deliverer for MaildirStore {
         format!("maildir:{}", self.root.display())
     }
 
+    fn probe(&mut self) -> Result<(), StoreError> {
+        self.check_root()
+    }
+
+    /// Names are deterministic, so a copy made before a crash can be found.
+    fn verifiable(&self) -> bool {
+        true
+    }
+
     fn deliver(
         &mut self,
         delivery: &Delivery<'_>,

@@ -34,6 +34,9 @@ pub enum Outcome {
     Deferred { reply: String },
     /// Permanent failure: bounce it.
     Failed { reply: String, status: String },
+    /// The message was sent but no reply came (connection lost after the final dot): the
+    /// store may or may not have it.
+    Uncertain { reply: String },
 }
 
 /// The store as a whole is unusable: stop, checkpoint, and report.
@@ -47,9 +50,20 @@ pub enum StoreError {
     Full(String),
 }
 
-pub trait Deliverer {
+pub trait Deliverer: Send {
     /// A human description of the target (`maildir:/srv/restored`).
     fn describe(&self) -> String;
+
+    /// Checks that the store can be used at all (before a run starts).
+    fn probe(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// True when the backend can tell whether an earlier, interrupted delivery reached the
+    /// store (Maildir can look for its file; SMTP and LMTP cannot ask).
+    fn verifiable(&self) -> bool {
+        false
+    }
 
     /// Delivers one message to each of `recipients`; one outcome per recipient, in order.
     fn deliver(

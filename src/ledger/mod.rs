@@ -59,6 +59,10 @@ pub struct RecipientRow {
     pub reply: Option<String>,
     pub attempts: i64,
     pub last_attempt: Option<String>,
+    /// When a deferred recipient may be tried again (unix seconds).
+    pub next_attempt: Option<i64>,
+    /// The server that gave the last reply, when a remote server answered.
+    pub remote: Option<String>,
 }
 
 /// A message with the recipients selected alongside it.
@@ -291,6 +295,63 @@ impl Ledger {
         Ok(out)
     }
 
+    /// Messages with recipients to deliver now: pending, or deferred and due at `now_unix`;
+    /// in id order after `after_id`, at most `limit`.
+    pub fn deliverable(
+        &self,
+        after_id: i64,
+        limit: usize,
+        now_unix: i64,
+    ) -> Result<Vec<MessageWork>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT DISTINCT message_id FROM recipients WHERE state = 'pending' AND message_id > ?1 \
+             ORDER BY message_id LIMIT ?2",
+        )?;
+        let mut ids = stmt
+            .query_map(params![after_id, limit as i64], |r| r.get::<_, i64>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT DISTINCT message_id FROM recipients WHERE state = 'deferred' AND message_id > ?1 \
+             AND coalesce(next_attempt, 0) <= ?3 ORDER BY message_id LIMIT ?2",
+        )?;
+        ids.extend(
+            stmt.query_map(params![after_id, limit as i64, now_unix], |r| {
+                r.get::<_, i64>(0)
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?,
+        );
+        ids.sort_unstable();
+        ids.dedup();
+        ids.truncate(limit);
+        let mut rstmt = self.conn.prepare_cached(&format!(
+            "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ?1 AND \
+             (state = 'pending' OR (state = 'deferred' AND coalesce(next_attempt, 0) <= ?2)) ORDER BY id"
+        ))?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let message = self.message(id)?;
+            let recipients = rstmt
+                .query_map(params![id, now_unix], recipient_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+                .into_iter()
+                .collect::<Result<Vec<_>>>()?;
+            out.push(MessageWork {
+                message,
+                recipients,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The earliest time a deferred recipient is due again (unix seconds).
+    pub fn next_retry_at(&self) -> Result<Option<i64>> {
+        Ok(self.conn.query_row(
+            "SELECT min(coalesce(next_attempt, 0)) FROM recipients WHERE state = 'deferred'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
     /// One message by id.
     pub fn message(&self, id: i64) -> Result<MessageRow> {
         let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id = ?1");
@@ -486,6 +547,10 @@ pub struct Change<'a> {
     pub status: Option<&'a str>,
     /// The time of a real delivery attempt.
     pub attempted_at: Option<&'a str>,
+    /// When to try a deferred recipient again (unix seconds).
+    pub next_attempt: Option<i64>,
+    /// The server that gave the reply in `detail`.
+    pub remote: Option<&'a str>,
 }
 
 impl Tx<'_> {
@@ -596,7 +661,8 @@ impl Tx<'_> {
         let updated = self.tx.execute(
             "UPDATE recipients SET state = ?1, updated_at = ?2, \
              reply = coalesce(?3, reply), status = coalesce(?4, status), \
-             attempts = attempts + ?5, last_attempt = coalesce(?6, last_attempt) \
+             attempts = attempts + ?5, last_attempt = coalesce(?6, last_attempt), \
+             next_attempt = ?9, remote = CASE WHEN ?3 IS NULL THEN remote ELSE ?10 END \
              WHERE id = ?7 AND state = ?8",
             params![
                 to.as_str(),
@@ -606,7 +672,9 @@ impl Tx<'_> {
                 attempted,
                 change.attempted_at,
                 rcpt.id,
-                rcpt.state.as_str()
+                rcpt.state.as_str(),
+                change.next_attempt,
+                change.remote,
             ],
         )?;
         if updated != 1 {
@@ -717,8 +785,8 @@ impl Tx<'_> {
 const MESSAGE_COLUMNS: &str = "m.id, m.content_hash, m.source_format, m.source_path, m.source_offset, m.source_len, \
      m.queue_id, m.size, m.sender, m.arrival, m.envid, m.ret, m.window, m.disposition, m.queue_name, m.mta_hold";
 
-const RECIPIENT_COLUMNS: &str =
-    "id, message_id, address, domain, orcpt, notify, state, status, reply, attempts, last_attempt";
+const RECIPIENT_COLUMNS: &str = "id, message_id, address, domain, orcpt, notify, state, status, reply, attempts, \
+     last_attempt, next_attempt, remote";
 
 /// Reads a message row; a row the tool cannot understand is an error naming the row, wrapped
 /// in the Result so rusqlite's own error type stays out of the callers.
@@ -772,6 +840,8 @@ fn recipient_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Recipien
             reply: r.get(8)?,
             attempts: r.get(9)?,
             last_attempt: r.get(10)?,
+            next_attempt: r.get(11)?,
+            remote: r.get(12)?,
         })
     };
     Ok(build())
@@ -844,7 +914,10 @@ mod tests {
         let _held = Ledger::open_for_write(&path, "run").unwrap();
         let err = Ledger::open_for_write(&path, "ingest").err().unwrap();
         let text = err.to_string();
-        assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
         assert!(text.contains("spoolreplay run"), "{text}");
         assert_eq!(crate::exit::exit_for(&err), Exit::TempFail);
     }

@@ -87,6 +87,11 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE messages ADD COLUMN queue_name TEXT;
     ALTER TABLE messages ADD COLUMN mta_hold INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 3: retry scheduling of deferred recipients, and which server gave the last reply.
+    r#"
+    ALTER TABLE recipients ADD COLUMN next_attempt INTEGER;  -- unix seconds; NULL: now
+    ALTER TABLE recipients ADD COLUMN remote TEXT;           -- server of the last reply
+    "#,
 ];
 
 pub fn latest_version() -> i64 {

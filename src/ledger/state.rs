@@ -24,9 +24,12 @@ pub enum RcptState {
     Held,
     /// Failed, but no DSN is sent (null sender); recorded only.
     Dropped,
+    /// The store may or may not have it: the connection was lost after the message was
+    /// sent and before the reply, or a run died then. `--uncertain` decides what follows.
+    Uncertain,
 }
 
-pub const ALL_STATES: [RcptState; 8] = [
+pub const ALL_STATES: [RcptState; 9] = [
     RcptState::Pending,
     RcptState::InFlight,
     RcptState::Delivered,
@@ -35,6 +38,7 @@ pub const ALL_STATES: [RcptState; 8] = [
     RcptState::Bounced,
     RcptState::Held,
     RcptState::Dropped,
+    RcptState::Uncertain,
 ];
 
 /// Illegal state change: a bug, or a ledger edited by hand.
@@ -56,6 +60,7 @@ impl RcptState {
             RcptState::Bounced => "bounced",
             RcptState::Held => "held",
             RcptState::Dropped => "dropped",
+            RcptState::Uncertain => "uncertain",
         }
     }
 
@@ -82,8 +87,10 @@ impl RcptState {
             Pending => matches!(to, InFlight | Held | Failed | Dropped),
             Deferred => matches!(to, InFlight | Held | Failed | Dropped),
             Held => matches!(to, Pending | Failed | Dropped),
-            InFlight => matches!(to, Delivered | Deferred | Failed | Held),
+            InFlight => matches!(to, Delivered | Deferred | Failed | Held | Uncertain),
             Failed => matches!(to, Bounced | Dropped),
+            // Redelivered (a possible duplicate) or kept for the operator, per --uncertain.
+            Uncertain => matches!(to, Pending | Held),
             Delivered | Bounced | Dropped => false,
         };
         if allowed {

@@ -1,0 +1,285 @@
+//! Adaptive pace: how fast `run` hands messages to the store. Pure: the clock is passed in.
+//!
+//! The operator sets a ceiling (`--rate`, `--max-bytes-rate`); the pace never exceeds it.
+//! When the store pushes back (421/451/452, a failed or timed-out connection, or reply
+//! latency climbing well above what it was), the pace is cut in half; while the store stays
+//! healthy it climbs back a step at a time (AIMD, as TCP does, so a store that has just come
+//! back from a week down is not knocked over by the backlog).
+
+use std::time::Duration;
+
+/// What the store just did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Signal {
+    /// A message was handed over normally, after `latency`.
+    Healthy { latency: Duration },
+    /// The store asked us to slow down or failed; the reason is shown to the operator.
+    PushBack(PushBack),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushBack {
+    /// 421, 451 or 452 (or another transient reply that speaks of load).
+    TransientReply(u16),
+    ConnectionFailed,
+    Timeout,
+}
+
+/// A change of pace, for the progress line and the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PaceChange {
+    /// Messages per second now (`None`: no limit).
+    pub rate: Option<f64>,
+    pub reason: String,
+}
+
+/// Healthy messages in a row before the pace climbs one step.
+const HEALTHY_STEP: u32 = 20;
+/// Never slower than this many messages per second: the run must still make progress.
+const FLOOR: f64 = 0.2;
+/// Latency above this many times the baseline counts as push-back.
+const LATENCY_FACTOR: f64 = 4.0;
+/// Latencies under this are never "slow" (disk and loopback jitter).
+const LATENCY_NOISE: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Clone)]
+pub struct Pace {
+    /// The operator's ceiling in messages per second (`None`: unlimited).
+    ceiling: Option<f64>,
+    /// The operator's ceiling in bytes per second.
+    bytes_ceiling: Option<f64>,
+    /// The current message rate (`None`: unlimited and never pushed back).
+    current: Option<f64>,
+    healthy_streak: u32,
+    /// Slow-moving average of reply latency while healthy, in seconds.
+    baseline: Option<f64>,
+    /// Earliest time the next message may go (token bucket of depth one).
+    next_at: Duration,
+    /// Earliest time the next byte may go.
+    bytes_next_at: Duration,
+    /// Messages handed over, and when the first was, to estimate the achieved rate.
+    sent: u64,
+    first_at: Option<Duration>,
+}
+
+impl Pace {
+    pub fn new(ceiling: Option<f64>, bytes_ceiling: Option<f64>) -> Pace {
+        Pace {
+            ceiling,
+            bytes_ceiling,
+            current: ceiling,
+            healthy_streak: 0,
+            baseline: None,
+            next_at: Duration::ZERO,
+            bytes_next_at: Duration::ZERO,
+            sent: 0,
+            first_at: None,
+        }
+    }
+
+    /// Messages per second now (`None`: unlimited).
+    pub fn rate(&self) -> Option<f64> {
+        self.current
+    }
+
+    /// How long to wait at `now` before sending a message of `bytes`; books its slot.
+    pub fn wait(&mut self, now: Duration, bytes: u64) -> Duration {
+        let start = now.max(self.next_at).max(self.bytes_next_at);
+        if let Some(rate) = self.current {
+            self.next_at = start + Duration::from_secs_f64(1.0 / rate);
+        }
+        if let Some(bps) = self.bytes_ceiling {
+            self.bytes_next_at = start + Duration::from_secs_f64(bytes as f64 / bps);
+        }
+        self.sent += 1;
+        self.first_at.get_or_insert(start);
+        start - now
+    }
+
+    /// Feeds one observation; returns the change of pace it caused, if any.
+    pub fn observe(&mut self, now: Duration, signal: Signal) -> Option<PaceChange> {
+        match signal {
+            Signal::Healthy { latency } => self.healthy(latency),
+            Signal::PushBack(why) => Some(self.slow_down(now, describe(why))),
+        }
+    }
+
+    fn healthy(&mut self, latency: Duration) -> Option<PaceChange> {
+        let secs = latency.as_secs_f64();
+        if let Some(base) = self.baseline
+            && latency > LATENCY_NOISE
+            && secs > base * LATENCY_FACTOR
+        {
+            // The store answers, but ever more slowly: that is push-back too. Forget the
+            // baseline so one slow phase does not keep halving the pace.
+            self.baseline = None;
+            let now = self.next_at;
+            return Some(self.slow_down(
+                now,
+                format!(
+                    "replies slowed to {:.0} ms (from {:.0} ms)",
+                    secs * 1e3,
+                    base * 1e3
+                ),
+            ));
+        }
+        self.baseline = Some(match self.baseline {
+            None => secs,
+            Some(base) => base * 0.9 + secs * 0.1,
+        });
+        self.healthy_streak += 1;
+        if self.healthy_streak < HEALTHY_STEP {
+            return None;
+        }
+        self.healthy_streak = 0;
+        let current = self.current?;
+        let next = match self.ceiling {
+            Some(ceiling) if current >= ceiling => return None,
+            Some(ceiling) => (current + (ceiling / 10.0).max(1.0)).min(ceiling),
+            // No ceiling: grow by a quarter; past 10 000/s there is no point in pacing.
+            None if current * 1.25 > 10_000.0 => {
+                self.current = None;
+                return Some(PaceChange {
+                    rate: None,
+                    reason: "store healthy: pace no longer limited".into(),
+                });
+            }
+            None => current * 1.25,
+        };
+        self.current = Some(next);
+        Some(PaceChange {
+            rate: Some(next),
+            reason: "store healthy: pace recovering".into(),
+        })
+    }
+
+    fn slow_down(&mut self, now: Duration, reason: String) -> PaceChange {
+        self.healthy_streak = 0;
+        let base = self.current.unwrap_or_else(|| self.achieved(now));
+        let next = (base / 2.0).max(FLOOR);
+        self.current = Some(next);
+        PaceChange {
+            rate: Some(next),
+            reason,
+        }
+    }
+
+    /// The rate achieved so far, for a first cut when there was no limit.
+    fn achieved(&self, now: Duration) -> f64 {
+        match self.first_at {
+            Some(first) if now > first && self.sent > 1 => {
+                self.sent as f64 / (now - first).as_secs_f64()
+            }
+            _ => 10.0,
+        }
+    }
+}
+
+fn describe(why: PushBack) -> String {
+    match why {
+        PushBack::TransientReply(code) => format!("store answered {code}"),
+        PushBack::ConnectionFailed => "connection to the store failed".into(),
+        PushBack::Timeout => "the store timed out".into(),
+    }
+}
+
+/// A pace for display: `12.5/s` or `unlimited`.
+pub fn format_rate(rate: Option<f64>) -> String {
+    match rate {
+        None => "unlimited".into(),
+        Some(r) if r >= 10.0 => format!("{r:.0}/s"),
+        Some(r) => format!("{r:.1}/s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn healthy(pace: &mut Pace, n: u32) -> Vec<PaceChange> {
+        (0..n)
+            .filter_map(|_| pace.observe(Duration::ZERO, Signal::Healthy { latency: 5 * MS }))
+            .collect()
+    }
+
+    #[test]
+    fn spacing_follows_the_rate() {
+        let mut pace = Pace::new(Some(100.0), None);
+        assert_eq!(pace.wait(Duration::ZERO, 1), Duration::ZERO);
+        assert_eq!(pace.wait(Duration::ZERO, 1), 10 * MS);
+        // Time passing earns no burst beyond one message.
+        assert_eq!(pace.wait(Duration::from_secs(5), 1), Duration::ZERO);
+        assert_eq!(pace.wait(Duration::from_secs(5), 1), 10 * MS);
+    }
+
+    #[test]
+    fn bytes_ceiling_spaces_large_messages() {
+        let mut pace = Pace::new(None, Some(1_000_000.0));
+        assert_eq!(pace.wait(Duration::ZERO, 500_000), Duration::ZERO);
+        assert_eq!(pace.wait(Duration::ZERO, 10), 500 * MS);
+    }
+
+    #[test]
+    fn push_back_halves_then_recovers_to_the_ceiling_never_above() {
+        let mut pace = Pace::new(Some(100.0), None);
+        let change = pace
+            .observe(
+                Duration::ZERO,
+                Signal::PushBack(PushBack::TransientReply(452)),
+            )
+            .unwrap();
+        assert_eq!(change.rate, Some(50.0));
+        assert!(change.reason.contains("452"));
+        pace.observe(Duration::ZERO, Signal::PushBack(PushBack::Timeout));
+        assert_eq!(pace.rate(), Some(25.0));
+        let changes = healthy(&mut pace, 20 * 20);
+        let rates: Vec<f64> = changes.iter().filter_map(|c| c.rate).collect();
+        assert_eq!(&rates[..3], &[35.0, 45.0, 55.0]);
+        assert_eq!(pace.rate(), Some(100.0));
+        assert!(rates.iter().all(|r| *r <= 100.0));
+    }
+
+    #[test]
+    fn never_below_the_floor() {
+        let mut pace = Pace::new(Some(1.0), None);
+        for _ in 0..20 {
+            pace.observe(Duration::ZERO, Signal::PushBack(PushBack::ConnectionFailed));
+        }
+        assert_eq!(pace.rate(), Some(FLOOR));
+    }
+
+    #[test]
+    fn unlimited_pace_is_cut_from_the_achieved_rate() {
+        let mut pace = Pace::new(None, None);
+        for _ in 0..=100 {
+            pace.wait(Duration::ZERO, 1);
+        }
+        let change = pace
+            .observe(
+                Duration::from_secs(1),
+                Signal::PushBack(PushBack::TransientReply(421)),
+            )
+            .unwrap();
+        assert_eq!(change.rate, Some(50.5));
+    }
+
+    #[test]
+    fn climbing_latency_counts_as_push_back() {
+        let mut pace = Pace::new(Some(100.0), None);
+        healthy(&mut pace, 10);
+        let change = pace
+            .observe(Duration::ZERO, Signal::Healthy { latency: 400 * MS })
+            .unwrap();
+        assert_eq!(change.rate, Some(50.0));
+        assert!(change.reason.contains("slowed"), "{}", change.reason);
+        // Small absolute latencies are noise, however large the ratio.
+        let mut pace = Pace::new(Some(100.0), None);
+        pace.observe(Duration::ZERO, Signal::Healthy { latency: MS });
+        assert!(
+            pace.observe(Duration::ZERO, Signal::Healthy { latency: 40 * MS })
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,526 @@
+//! The delivery loop. Each batch is marked in flight in one transaction (intent first),
+//! then handed message by message, at the adaptive pace, to worker threads that each own
+//! one store connection; each outcome is recorded as soon as it comes back, so the
+//! in-flight window is one message per worker. Deferred recipients are retried with
+//! backoff within the run until their message's deadline.
+
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use chrono::Local;
+
+use super::{
+    Event, Replay, Stop, UncertainPolicy, apply_classification, classify_message, read_verified,
+    test_hook,
+};
+use crate::classify::Disposition;
+use crate::deliver::{Deliverer, Delivery, Outcome, StoreError};
+use crate::ledger::{Change, MessageWork, RcptState};
+use crate::pace::{Pace, PushBack, Signal, format_rate};
+
+/// One message's trip to the store.
+pub(super) struct Done {
+    work: MessageWork,
+    result: Attempt,
+}
+
+enum Attempt {
+    /// The spool file changed or vanished since ingest.
+    Unreadable(String),
+    Store {
+        result: Result<Vec<Outcome>, StoreError>,
+        latency: Duration,
+        at: String,
+    },
+}
+
+/// What recording an outcome means for the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Health {
+    Fine,
+    /// The store could not be reached: wait and try again.
+    Down,
+    /// The store is full: stop.
+    Full,
+}
+
+/// Reads the message and hands it to `store` for its recipients.
+pub(super) fn attempt(store: &mut dyn Deliverer, work: &MessageWork, recovering: bool) -> Done {
+    let m = &work.message;
+    let content = match read_verified(m) {
+        Ok(c) => c,
+        Err(why) => {
+            return Done {
+                work: work.clone(),
+                result: Attempt::Unreadable(why),
+            };
+        }
+    };
+    let recipients: Vec<&str> = work.recipients.iter().map(|r| r.address.as_str()).collect();
+    let delivery = Delivery {
+        message_key: &m.content_hash,
+        sender: &m.sender,
+        content: &content,
+        arrival: m.arrival,
+        recovering,
+    };
+    let at = Local::now().fixed_offset().to_rfc3339();
+    let started = Instant::now();
+    let result = store.deliver(&delivery, &recipients);
+    Done {
+        work: work.clone(),
+        result: Attempt::Store {
+            result,
+            latency: started.elapsed(),
+            at,
+        },
+    }
+}
+
+/// A worker: one store connection, made on first use and again after a store error.
+fn worker(
+    factory: &super::StoreFactory<'_>,
+    jobs: &Mutex<Receiver<MessageWork>>,
+    done: &mpsc::Sender<Done>,
+) {
+    let mut store: Option<Box<dyn Deliverer>> = None;
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(work) = job else { return };
+        let result = match &mut store {
+            Some(s) => attempt(s.as_mut(), &work, false),
+            None => match factory() {
+                Ok(s) => attempt(store.insert(s).as_mut(), &work, false),
+                Err(e) => Done {
+                    work,
+                    result: Attempt::Store {
+                        result: Err(e),
+                        latency: Duration::ZERO,
+                        at: String::new(),
+                    },
+                },
+            },
+        };
+        if matches!(&result.result, Attempt::Store { result: Err(_), .. }) {
+            store = None;
+        }
+        if done.send(result).is_err() {
+            return;
+        }
+    }
+}
+
+/// State of the dispatch loop.
+struct Dispatch {
+    pace: Pace,
+    pace_text: String,
+    outstanding: usize,
+    handled: u64,
+    store_down_since: Option<Instant>,
+    down_streak: u32,
+}
+
+impl Replay<'_> {
+    /// Delivers everything deliverable, retrying deferred mail until its deadline.
+    pub(super) fn deliver_all(&mut self) -> Result<()> {
+        let workers = self.settings.concurrency.max(1);
+        let factory = self.store;
+        let (job_tx, job_rx) = mpsc::sync_channel::<MessageWork>(workers);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let (done_tx, done_rx) = mpsc::channel::<Done>();
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                let jobs = Arc::clone(&job_rx);
+                let done = done_tx.clone();
+                scope.spawn(move || worker(factory, &jobs, &done));
+            }
+            drop(done_tx);
+            let result = self.dispatch(&job_tx, &done_rx);
+            drop(job_tx);
+            result
+        })
+    }
+
+    fn dispatch(&mut self, jobs: &SyncSender<MessageWork>, done: &Receiver<Done>) -> Result<()> {
+        let rate = self.settings.pace.rate.map(|r| r.per_second());
+        let pace = Pace::new(rate, self.settings.pace.max_bytes_rate);
+        let mut d = Dispatch {
+            pace_text: format!("pace {}", format_rate(pace.rate())),
+            pace,
+            outstanding: 0,
+            handled: 0,
+            store_down_since: None,
+            down_streak: 0,
+        };
+        let mut after = 0;
+        loop {
+            if self.stats.stop.is_some() {
+                return Ok(());
+            }
+            if self.is_interrupted() {
+                self.stats.stop = Some(Stop::Interrupted);
+                return Ok(());
+            }
+            let now = self.now();
+            let batch =
+                self.ledger
+                    .deliverable(after, self.settings.pace.batch_size, now.timestamp())?;
+            let Some(last) = batch.last() else {
+                if after != 0 {
+                    after = 0; // a new sweep: mail deferred or requeued since is due again
+                    continue;
+                }
+                match self.ledger.next_retry_at()? {
+                    None => return Ok(()),
+                    Some(at) => {
+                        let wait = (at - now.timestamp()).max(1) as u64;
+                        (self.on_event)(Event::Notice(&format!(
+                            "waiting {wait}s for the next retry of deferred mail"
+                        )));
+                        self.nap(Duration::from_secs(wait));
+                        continue;
+                    }
+                }
+            };
+            after = last.message.id;
+            let batch = self.expire_due(batch)?;
+            if batch.is_empty() {
+                continue;
+            }
+            let batch = self.mark_in_flight(&batch)?;
+            test_hook("after-in-flight");
+            let mut health = Health::Fine;
+            for work in batch {
+                // Ctrl-C finishes the batch: its recipients are already in flight.
+                let wait = d.pace.wait(self.started.elapsed(), work.message.size);
+                if !wait.is_zero() {
+                    std::thread::sleep(wait);
+                }
+                jobs.send(work).context("the delivery workers stopped")?;
+                d.outstanding += 1;
+                loop {
+                    match done.try_recv() {
+                        Ok(result) => health = worst(health, self.settle(result, &mut d)?),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            anyhow::bail!("the delivery workers stopped")
+                        }
+                    }
+                }
+            }
+            while d.outstanding > 0 {
+                let result = done.recv().context("the delivery workers stopped")?;
+                health = worst(health, self.settle(result, &mut d)?);
+            }
+            match health {
+                Health::Fine => {
+                    d.store_down_since = None;
+                    d.down_streak = 0;
+                    self.nap(self.settings.pace.pause);
+                }
+                Health::Full => return Ok(()),
+                Health::Down => self.wait_for_store(&mut d),
+            }
+        }
+    }
+
+    /// The store went away: back off (1 s, 2 s, 4 s … 30 s) until `--store-timeout`.
+    fn wait_for_store(&mut self, d: &mut Dispatch) {
+        let since = *d.store_down_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= self.settings.retry.store_timeout {
+            self.stats.stop = Some(Stop::StoreLost(format!(
+                "the store has been unreachable for {}",
+                crate::throttle::format_duration(since.elapsed())
+            )));
+            return;
+        }
+        d.down_streak += 1;
+        let wait = Duration::from_secs(1 << d.down_streak.min(5).saturating_sub(1))
+            .min(Duration::from_secs(30));
+        (self.on_event)(Event::Notice(&format!(
+            "store unreachable; trying again in {}",
+            crate::throttle::format_duration(wait)
+        )));
+        self.nap(wait);
+    }
+
+    /// Re-checks the deadline of a batch: deferred mail may have expired while it waited.
+    fn expire_due(&mut self, batch: Vec<MessageWork>) -> Result<Vec<MessageWork>> {
+        let now = self.now();
+        let incident = self.settings.incident;
+        let stats = &mut self.stats;
+        self.ledger.write(|tx| {
+            let mut keep = Vec::with_capacity(batch.len());
+            for work in batch {
+                let c = classify_message(incident, &work.message, now);
+                if c.disposition == Disposition::Deliver {
+                    keep.push(work);
+                } else {
+                    apply_classification(tx, incident, &work, &c, stats)?;
+                }
+            }
+            Ok(keep)
+        })
+    }
+
+    /// Records intent: every recipient of the batch goes in flight in one transaction.
+    fn mark_in_flight(&mut self, batch: &[MessageWork]) -> Result<Vec<MessageWork>> {
+        let detail = "handed to the store";
+        self.ledger.write(|tx| {
+            let mut out = Vec::with_capacity(batch.len());
+            for work in batch {
+                let mut moved = work.clone();
+                for r in &mut moved.recipients {
+                    let change = Change {
+                        detail: Some(detail),
+                        audit_only: true,
+                        ..Change::default()
+                    };
+                    tx.set_state(r, RcptState::InFlight, change)?;
+                    r.state = RcptState::InFlight;
+                }
+                out.push(moved);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records one result from a worker and feeds the pace.
+    fn settle(&mut self, done: Done, d: &mut Dispatch) -> Result<Health> {
+        d.outstanding -= 1;
+        d.handled += 1;
+        test_hook("after-store");
+        let signal = signal_of(&done.result);
+        let health = self.record(done)?;
+        if let Some(signal) = signal
+            && let Some(change) = d.pace.observe(self.started.elapsed(), signal)
+        {
+            d.pace_text = format!("pace {} ({})", format_rate(change.rate), change.reason);
+            let text = d.pace_text.clone();
+            (self.on_event)(Event::Notice(&text));
+        }
+        let text = d.pace_text.clone();
+        (self.on_event)(Event::Delivered {
+            messages: d.handled,
+            pace: &text,
+        });
+        Ok(health)
+    }
+
+    /// Writes the outcome of one attempt to the ledger, one transaction per message.
+    pub(super) fn record(&mut self, done: Done) -> Result<Health> {
+        let work = &done.work;
+        let now = self.now();
+        let retry = self.settings.retry;
+        let redeliver = self.settings.uncertain == UncertainPolicy::Redeliver;
+        let (outcomes, at, health): (Vec<Settled>, Option<String>, Health) = match done.result {
+            Attempt::Unreadable(why) => (
+                work.recipients
+                    .iter()
+                    .map(|_| Settled::new(RcptState::Held, why.clone()))
+                    .collect(),
+                None,
+                Health::Fine,
+            ),
+            Attempt::Store {
+                result: Ok(results),
+                at,
+                ..
+            } => {
+                anyhow::ensure!(
+                    results.len() == work.recipients.len(),
+                    "the store answered {} outcomes for {} recipients of {}",
+                    results.len(),
+                    work.recipients.len(),
+                    work.message.queue_id
+                );
+                (
+                    results.into_iter().map(Settled::from).collect(),
+                    Some(at),
+                    Health::Fine,
+                )
+            }
+            Attempt::Store { result: Err(e), .. } => {
+                let why = e.to_string();
+                let health = match e {
+                    StoreError::Full(_) => {
+                        self.stats.stop = Some(Stop::StoreFull(why.clone()));
+                        Health::Full
+                    }
+                    StoreError::Unavailable(_) => Health::Down,
+                };
+                let settled = work
+                    .recipients
+                    .iter()
+                    .map(|_| Settled {
+                        retry_now: true,
+                        ..Settled::new(RcptState::Deferred, why.clone())
+                    })
+                    .collect();
+                (settled, None, health)
+            }
+        };
+        let mut requeued = 0;
+        self.ledger.write(|tx| {
+            for (r, s) in work.recipients.iter().zip(&outcomes) {
+                let next_attempt = (s.state == RcptState::Deferred).then(|| {
+                    let wait = if s.retry_now {
+                        Duration::ZERO
+                    } else {
+                        retry.backoff(r.attempts + 1)
+                    };
+                    now.timestamp() + wait.as_secs() as i64
+                });
+                let change = Change {
+                    detail: Some(&s.detail),
+                    status: s.status.as_deref(),
+                    attempted_at: if s.retry_now { None } else { at.as_deref() },
+                    next_attempt,
+                    remote: None,
+                    audit_only: false,
+                };
+                tx.set_state(r, s.state, change)?;
+                if s.state == RcptState::Uncertain && redeliver {
+                    let mut row = r.clone();
+                    row.state = RcptState::Uncertain;
+                    let detail = "delivering again after an uncertain attempt (--uncertain redeliver): a duplicate is possible";
+                    tx.set_state(&row, RcptState::Pending, Change { detail: Some(detail), audit_only: true, ..Change::default() })?;
+                    requeued += 1;
+                }
+            }
+            Ok(())
+        })?;
+        let _ = requeued;
+        for (r, s) in work.recipients.iter().zip(&outcomes) {
+            match s.state {
+                RcptState::Delivered if s.already => self.stats.already_there += 1,
+                RcptState::Delivered => self.stats.delivered += 1,
+                RcptState::Deferred => self.stats.deferred += 1,
+                RcptState::Failed => self.stats.failed += 1,
+                RcptState::Held => self.stats.held += 1,
+                RcptState::Uncertain => self.stats.uncertain += 1,
+                _ => {}
+            }
+            (self.on_event)(Event::Outcome {
+                message: &work.message,
+                recipient: &r.address,
+                state: s.state,
+                detail: &s.detail,
+            });
+        }
+        Ok(health)
+    }
+}
+
+/// One recipient's outcome, as the ledger records it.
+struct Settled {
+    state: RcptState,
+    detail: String,
+    status: Option<String>,
+    /// Already in the store from an interrupted run.
+    already: bool,
+    /// Not a real attempt (the store was unreachable): due again at once.
+    retry_now: bool,
+}
+
+impl Settled {
+    fn new(state: RcptState, detail: String) -> Settled {
+        Settled {
+            state,
+            detail,
+            status: None,
+            already: false,
+            retry_now: false,
+        }
+    }
+}
+
+impl From<Outcome> for Settled {
+    fn from(o: Outcome) -> Settled {
+        match o {
+            Outcome::Delivered { detail } => Settled::new(RcptState::Delivered, detail),
+            Outcome::AlreadyThere { detail } => Settled {
+                already: true,
+                ..Settled::new(
+                    RcptState::Delivered,
+                    format!("already in the store from an interrupted run: {detail}"),
+                )
+            },
+            Outcome::Deferred { reply } => Settled::new(RcptState::Deferred, reply),
+            Outcome::Failed { reply, status } => Settled {
+                status: Some(status),
+                ..Settled::new(RcptState::Failed, reply)
+            },
+            Outcome::Uncertain { reply } => Settled::new(RcptState::Uncertain, reply),
+        }
+    }
+}
+
+/// What an attempt tells the pace.
+fn signal_of(result: &Attempt) -> Option<Signal> {
+    match result {
+        Attempt::Unreadable(_) => None,
+        Attempt::Store {
+            result: Err(StoreError::Unavailable(_)),
+            ..
+        } => Some(Signal::PushBack(PushBack::ConnectionFailed)),
+        Attempt::Store {
+            result: Err(StoreError::Full(_)),
+            ..
+        } => None,
+        Attempt::Store {
+            result: Ok(outcomes),
+            latency,
+            ..
+        } => {
+            let pushback = outcomes.iter().find_map(|o| match o {
+                Outcome::Deferred { reply } => {
+                    reply_code(reply).filter(|c| matches!(c, 421 | 451 | 452))
+                }
+                _ => None,
+            });
+            let timeout = outcomes
+                .iter()
+                .any(|o| matches!(o, Outcome::Uncertain { .. }));
+            Some(match (pushback, timeout) {
+                (Some(code), _) => Signal::PushBack(PushBack::TransientReply(code)),
+                (None, true) => Signal::PushBack(PushBack::Timeout),
+                (None, false) => Signal::Healthy { latency: *latency },
+            })
+        }
+    }
+}
+
+/// The three-digit code at the start of a server reply.
+fn reply_code(reply: &str) -> Option<u16> {
+    let code = reply.get(..3)?;
+    code.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| code.parse().ok())
+        .flatten()
+}
+
+fn worst(a: Health, b: Health) -> Health {
+    match (a, b) {
+        (Health::Full, _) | (_, Health::Full) => Health::Full,
+        (Health::Down, _) | (_, Health::Down) => Health::Down,
+        _ => Health::Fine,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_codes() {
+        assert_eq!(reply_code("452 4.2.2 full"), Some(452));
+        assert_eq!(reply_code("45"), None);
+        assert_eq!(reply_code("cannot write"), None);
+    }
+}

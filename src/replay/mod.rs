@@ -1,0 +1,387 @@
+//! The recovery engine behind `spoolreplay run`: settle what an interrupted run left in
+//! flight, classify open mail, deliver in paced batches (retrying deferred mail until its
+//! deadline), make the DSNs that are owed. Every step is recorded in the ledger before and
+//! after it happens, so a crash at any point loses nothing and repeats nothing.
+//!
+//! `deliver.rs` holds the delivery loop and its workers, `bounce.rs` the DSN step.
+
+mod bounce;
+mod deliver;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use chrono::{DateTime, FixedOffset};
+
+use crate::classify::{self, Classification, Disposition};
+use crate::config::PaceConfig;
+use crate::deliver::{Deliverer, StoreError};
+use crate::incident::Incident;
+use crate::ledger::{Change, Ledger, MessageRow, MessageWork, RcptState, Tx};
+use crate::spool::{self, ContentHash};
+
+/// Messages per page when walking the ledger outside of delivery batches.
+const PAGE: usize = 500;
+
+/// RFC 3463 "delivery time expired".
+pub const STATUS_EXPIRED: &str = "4.4.7";
+
+/// What to do with a recipient whose delivery may or may not have reached the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UncertainPolicy {
+    /// Deliver again: the recipient may get the message twice, but never zero times.
+    Redeliver,
+    /// Keep it as `uncertain` for the operator to check: nothing twice, but nothing until
+    /// someone looks.
+    Hold,
+}
+
+/// How deferred recipients are retried within a run.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Wait after the first deferral; doubled after each further one.
+    pub first: Duration,
+    /// The longest wait between two attempts.
+    pub max: Duration,
+    /// How long the store may stay unreachable in the middle of a run before the run
+    /// gives up (and exits 75).
+    pub store_timeout: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait before attempt number `attempts + 1`.
+    pub fn backoff(&self, attempts: i64) -> Duration {
+        let doublings = attempts.clamp(1, 20) as u32 - 1;
+        self.first.saturating_mul(1 << doublings).min(self.max)
+    }
+}
+
+/// Builds a connection to the store; called once per worker, so each has its own.
+pub type StoreFactory<'a> = dyn Fn() -> Result<Box<dyn Deliverer>, StoreError> + Sync + 'a;
+
+pub struct Settings<'a> {
+    pub incident: &'a Incident,
+    /// The time the run classifies against at its start; it advances with the real clock.
+    pub now: DateTime<FixedOffset>,
+    pub pace: PaceConfig,
+    pub return_limit: usize,
+    pub concurrency: usize,
+    pub uncertain: UncertainPolicy,
+    pub retry: RetryPolicy,
+}
+
+/// Something that happened, for the printer.
+pub enum Event<'a> {
+    Outcome {
+        message: &'a MessageRow,
+        recipient: &'a str,
+        state: RcptState,
+        detail: &'a str,
+    },
+    Dsn {
+        id: i64,
+        message: &'a MessageRow,
+        recipients: usize,
+    },
+    /// Messages handed over so far, and the pace (with why it last changed).
+    Delivered { messages: u64, pace: &'a str },
+    /// A change of pace or a wait, worth a line of its own.
+    Notice(&'a str),
+}
+
+/// Why the run stopped early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    Interrupted,
+    /// The store could not be used when the run started.
+    StoreDown(String),
+    /// The store went away mid-run and did not come back within `--store-timeout`.
+    StoreLost(String),
+    StoreFull(String),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub recovered: u64,
+    pub released: u64,
+    pub delivered: u64,
+    pub already_there: u64,
+    pub deferred: u64,
+    pub failed: u64,
+    pub held: u64,
+    pub dropped: u64,
+    pub uncertain: u64,
+    pub dsns: u64,
+    pub stop: Option<Stop>,
+}
+
+pub struct Replay<'a> {
+    pub ledger: &'a mut Ledger,
+    pub store: &'a StoreFactory<'a>,
+    pub settings: Settings<'a>,
+    pub interrupted: &'a AtomicBool,
+    pub on_event: &'a mut dyn FnMut(Event<'_>),
+    pub stats: Stats,
+    started: Instant,
+}
+
+impl<'a> Replay<'a> {
+    pub fn new(
+        ledger: &'a mut Ledger,
+        store: &'a StoreFactory<'a>,
+        settings: Settings<'a>,
+        interrupted: &'a AtomicBool,
+        on_event: &'a mut dyn FnMut(Event<'_>),
+    ) -> Replay<'a> {
+        Replay {
+            ledger,
+            store,
+            settings,
+            interrupted,
+            on_event,
+            stats: Stats::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The whole recovery pass.
+    pub fn run(&mut self) -> Result<()> {
+        let mut probe = match (self.store)().and_then(|mut s| s.probe().map(|()| s)) {
+            Ok(store) => store,
+            Err(e) => {
+                self.stats.stop = Some(Stop::StoreDown(e.to_string()));
+                return self.make_dsns();
+            }
+        };
+        self.settle_in_flight(probe.as_mut())?;
+        drop(probe);
+        self.apply_uncertain_policy()?;
+        self.classify_open()?;
+        if self.stats.stop.is_none() {
+            self.deliver_all()?;
+        }
+        self.make_dsns()
+    }
+
+    /// The clock: `--now` (or the wall clock at the start), advanced by the time elapsed.
+    fn now(&self) -> DateTime<FixedOffset> {
+        self.settings.now + chrono::TimeDelta::from_std(self.started.elapsed()).unwrap_or_default()
+    }
+
+    fn is_interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps up to `d`, waking early on Ctrl-C.
+    fn nap(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while !self.is_interrupted() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
+        }
+    }
+
+    /// Recipients left in flight by a crash. Their delivery had been decided; a backend
+    /// that can look (Maildir) completes it without writing a second copy; for the others
+    /// (SMTP, LMTP) nobody can know whether the store has it: they become uncertain.
+    fn settle_in_flight(&mut self, store: &mut dyn Deliverer) -> Result<()> {
+        loop {
+            let page = self
+                .ledger
+                .messages_in_states(&[RcptState::InFlight], 0, PAGE)?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            for work in &page {
+                self.stats.recovered += work.recipients.len() as u64;
+                if store.verifiable() {
+                    let done = deliver::attempt(store, work, true);
+                    if self.record(done)? != deliver::Health::Fine {
+                        if self.stats.stop.is_none() {
+                            self.stats.stop = Some(Stop::StoreDown(
+                                "the store failed while settling deliveries left in flight".into(),
+                            ));
+                        }
+                        return Ok(());
+                    }
+                } else {
+                    let detail = "the run stopped while this delivery was in flight: the store may or may not have it";
+                    self.ledger.write(|tx| {
+                        for r in &work.recipients {
+                            tx.set_state(
+                                r,
+                                RcptState::Uncertain,
+                                Change {
+                                    detail: Some(detail),
+                                    ..Change::default()
+                                },
+                            )?;
+                        }
+                        Ok(())
+                    })?;
+                    self.stats.uncertain += work.recipients.len() as u64;
+                }
+            }
+        }
+    }
+
+    /// `--uncertain redeliver` sends uncertain recipients again; `hold` leaves them.
+    fn apply_uncertain_policy(&mut self) -> Result<()> {
+        if self.settings.uncertain == UncertainPolicy::Hold {
+            return Ok(());
+        }
+        loop {
+            let page = self
+                .ledger
+                .messages_in_states(&[RcptState::Uncertain], 0, PAGE)?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            self.ledger.write(|tx| {
+                for work in &page {
+                    for r in &work.recipients {
+                        let detail = "delivering again after an uncertain attempt (--uncertain redeliver): a duplicate is possible";
+                        tx.set_state(r, RcptState::Pending, Change { detail: Some(detail), audit_only: true, ..Change::default() })?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
+
+    /// Applies the incident policy to every undecided recipient.
+    fn classify_open(&mut self) -> Result<()> {
+        let undecided = [RcptState::Pending, RcptState::Deferred, RcptState::Held];
+        let mut after = 0;
+        loop {
+            let page = self.ledger.messages_in_states(&undecided, after, PAGE)?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            after = last.message.id;
+            let now = self.now();
+            let incident = self.settings.incident;
+            let stats = &mut self.stats;
+            self.ledger.write(|tx| {
+                for work in &page {
+                    let c = classify_message(incident, &work.message, now);
+                    apply_classification(tx, incident, work, &c, stats)?;
+                }
+                Ok(())
+            })?;
+        }
+    }
+}
+
+fn classify_message(
+    incident: &Incident,
+    m: &MessageRow,
+    now: DateTime<FixedOffset>,
+) -> Classification {
+    let facts = classify::Facts {
+        arrival: m.arrival,
+        sender: &m.sender,
+        mta_hold: m.mta_hold,
+    };
+    classify::classify(incident, facts, now)
+}
+
+/// Records a classification and moves the message's undecided recipients accordingly.
+/// Deferred mail that is still deliverable stays deferred; deferred mail that expires keeps
+/// the store's last reply for its DSN.
+fn apply_classification(
+    tx: &Tx<'_>,
+    incident: &Incident,
+    work: &MessageWork,
+    c: &Classification,
+    stats: &mut Stats,
+) -> Result<()> {
+    tx.set_classification(
+        work.message.id,
+        c.window_name(incident),
+        c.disposition.as_str(),
+        &c.deadline.to_rfc3339(),
+    )?;
+    let (to, status) = match c.disposition {
+        Disposition::Deliver => (RcptState::Pending, None),
+        Disposition::Hold => (RcptState::Held, None),
+        Disposition::Expire => (RcptState::Failed, Some(STATUS_EXPIRED)),
+        Disposition::Bounce => (
+            RcptState::Failed,
+            c.window.map(|i| incident.windows[i].status.as_str()),
+        ),
+        Disposition::Drop => (RcptState::Dropped, None),
+    };
+    let detail = match c.disposition {
+        Disposition::Bounce => c
+            .window
+            .and_then(|i| incident.windows[i].reason.clone())
+            .map(|r| format!("{}: {r}", c.reason))
+            .unwrap_or_else(|| c.reason.clone()),
+        _ => c.reason.clone(),
+    };
+    for r in &work.recipients {
+        if r.state == to || (r.state == RcptState::Deferred && to == RcptState::Pending) {
+            continue;
+        }
+        // A store's last reply says more than "expired" about why: keep it for the DSN.
+        let keep_reply = r.state == RcptState::Deferred && r.reply.is_some();
+        tx.set_state(
+            r,
+            to,
+            Change {
+                detail: Some(&detail),
+                status,
+                audit_only: keep_reply,
+                ..Change::default()
+            },
+        )?;
+        match to {
+            RcptState::Pending => stats.released += 1,
+            RcptState::Held => stats.held += 1,
+            RcptState::Failed => stats.failed += 1,
+            RcptState::Dropped => stats.dropped += 1,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The message bytes from the spool, checked against the hash taken at ingest.
+fn read_verified(m: &MessageRow) -> std::result::Result<Vec<u8>, String> {
+    let content = spool::read_content(&m.source)
+        .map_err(|e| format!("cannot read {} from the spool: {e}", m.source))?;
+    if ContentHash::of(&content).to_hex() != m.content_hash {
+        return Err(format!(
+            "{} changed since it was ingested (content hash differs): ingest it again",
+            m.source
+        ));
+    }
+    Ok(content)
+}
+
+/// Test-only crash injection: with `SPOOLREPLAY_CRASH_AT=POINT:N` the process aborts (like
+/// `kill -9`: no cleanup, no checkpoint) the Nth time it reaches POINT. Points:
+/// `after-in-flight`, `after-store`, `after-dsn-record`, `after-outbox-write`.
+pub fn test_hook(point: &str) {
+    use std::sync::atomic::AtomicU64;
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    let Some(spec) = std::env::var_os("SPOOLREPLAY_CRASH_AT") else {
+        return;
+    };
+    let spec = spec.to_string_lossy();
+    let Some((at, n)) = spec.split_once(':') else {
+        return;
+    };
+    if at != point {
+        return;
+    }
+    let n: u64 = n.parse().unwrap_or(1);
+    if SEEN.fetch_add(1, Ordering::SeqCst) + 1 >= n {
+        std::process::abort();
+    }
+}
