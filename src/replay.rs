@@ -493,6 +493,8 @@ impl Replay<'_> {
             recipients: &recipients,
             date,
             message_id: &message_id,
+            smtputf8: false,
+            from: None,
         };
         let bytes = dsn::build(&request)
             .with_context(|| format!("cannot build the DSN for message {}", m.queue_id))?;
