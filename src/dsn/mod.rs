@@ -329,7 +329,9 @@ fn is_plain_address(addr: &str) -> bool {
     let domain_ok = domain.len() <= SHORT_LIMIT
         && domain.split('.').all(|label| {
             !label.is_empty()
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         });
@@ -701,9 +703,8 @@ fn delivery_status_part(req: &DsnRequest<'_>) -> Vec<u8> {
         (true, true) => ("message/global-delivery-status", "7bit"),
         (true, false) => ("message/global-delivery-status", "8bit"),
     };
-    let mut part = format!(
-        "Content-Type: {content_type}\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n"
-    );
+    let mut part =
+        format!("Content-Type: {content_type}\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n");
     part.push_str(&fields);
     part.into_bytes()
 }
@@ -939,10 +940,9 @@ fn full_part(req: &DsnRequest<'_>) -> Option<Vec<u8>> {
     } else {
         return None;
     };
-    let mut part = format!(
-        "Content-Type: {content_type}\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n"
-    )
-    .into_bytes();
+    let mut part =
+        format!("Content-Type: {content_type}\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n")
+            .into_bytes();
     part.extend_from_slice(&full);
     Some(part)
 }

@@ -45,8 +45,7 @@ pub fn warn_suppressed(message: &[u8]) -> bool {
             let is_list_header = name
                 .get(..5)
                 .is_some_and(|prefix| prefix.eq_ignore_ascii_case("list-"));
-            is_list_header
-                || (name.eq_ignore_ascii_case("precedence") && is_bulk_precedence(value))
+            is_list_header || (name.eq_ignore_ascii_case("precedence") && is_bulk_precedence(value))
         })
 }
 

@@ -105,9 +105,7 @@ pub fn status_for_reply_text(reply: &str) -> Option<String> {
 /// reports `4.4.7` and keeps the reply in its Diagnostic-Code.
 pub fn status_at_expiry(last_status: Option<&str>) -> String {
     match last_status.map(str::trim) {
-        Some(status) if is_valid_status(status) && status.starts_with("4.2.") => {
-            status.to_string()
-        }
+        Some(status) if is_valid_status(status) && status.starts_with("4.2.") => status.to_string(),
         _ => status_for_local(LocalFailure::Expired).to_string(),
     }
 }
@@ -179,7 +177,10 @@ mod tests {
         let cases = [
             ("550 5.1.1 <bob@example.com>: no such user", Some("5.1.1")),
             ("550 <bob@example.com>: User unknown", Some("5.1.1")),
-            ("452-4.2.2 mailbox full\r\n452 4.2.2 quota is 1 GB", Some("4.2.2")),
+            (
+                "452-4.2.2 mailbox full\r\n452 4.2.2 quota is 1 GB",
+                Some("4.2.2"),
+            ),
             ("552 Requested mail action aborted", Some("5.2.2")),
             ("554 5.7.1 Rejected for policy reasons", Some("5.7.1")),
             ("451 4.3.0 mailbox store not reachable", Some("4.3.0")),

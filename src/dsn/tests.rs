@@ -329,7 +329,10 @@ fn mixed_fates() -> Vec<Fate> {
         },
         Fate {
             notify: None,
-            rcpt: refused("carol@example.com", "550 5.1.1 <carol@example.com>: no such user"),
+            rcpt: refused(
+                "carol@example.com",
+                "550 5.1.1 <carol@example.com>: no such user",
+            ),
         },
         Fate {
             notify: notify(true, true, false),
@@ -1207,7 +1210,11 @@ fn smtputf8_fields_escape_controls_and_cut_at_octets() {
     let dsn = build(&req).expect("builds");
     let groups = check_structure(&req, &dsn);
     let diag = one(&groups[1], "Diagnostic-Code");
-    assert!(diag.len() <= "smtp; ".len() + DIAGNOSTIC_LIMIT, "{}", diag.len());
+    assert!(
+        diag.len() <= "smtp; ".len() + DIAGNOSTIC_LIMIT,
+        "{}",
+        diag.len()
+    );
     assert!(diag.ends_with("ü..."));
 }
 
@@ -1225,7 +1232,10 @@ fn seven_bit_dsn_has_no_top_level_transfer_encoding() {
         let (dsn, _) = built(&case(name));
         assert!(dsn.is_ascii(), "{name}");
         let top = header_fields(header_section(&dsn));
-        assert!(values(&top, "Content-Transfer-Encoding").is_empty(), "{name}");
+        assert!(
+            values(&top, "Content-Transfer-Encoding").is_empty(),
+            "{name}"
+        );
     }
 }
 
@@ -1235,7 +1245,11 @@ fn from_can_be_configured_and_is_checked() {
     c.from = Some("<postmaster@example.net>".into());
     let dsn = c.build().expect("builds");
     assert!(dsn.starts_with(b"From: Mail Delivery System <postmaster@example.net>\r\n"));
-    for good in ["mailer-daemon@mx1.example.net", "bounce+dsn@example.net", "a.b@c"] {
+    for good in [
+        "mailer-daemon@mx1.example.net",
+        "bounce+dsn@example.net",
+        "a.b@c",
+    ] {
         assert!(is_plain_address(good), "{good}");
     }
     for bad in [
