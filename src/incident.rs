@@ -69,6 +69,8 @@ pub struct Incident {
     /// Deliver mail the MTA itself was holding (Postfix `hold/`, Exim frozen) like any
     /// other; by default it stays held for the operator.
     pub release_mta_held: bool,
+    /// The `From:` of the DSNs (default `MAILER-DAEMON@<reporting_mta>`).
+    pub dsn_from: Option<String>,
     /// Sorted by start, not overlapping.
     pub windows: Vec<Window>,
 }
@@ -86,6 +88,8 @@ struct RawIncident {
     outside: Option<Spanned<String>>,
     #[serde(default)]
     release_mta_held: bool,
+    #[serde(default)]
+    dsn_from: Option<Spanned<String>>,
     #[serde(default, rename = "window")]
     windows: Vec<RawWindow>,
 }
@@ -248,6 +252,17 @@ pub fn parse(text: &str) -> Result<Incident, String> {
         lifetime_from,
         outside,
         release_mta_held: raw.release_mta_held,
+        dsn_from: match &raw.dsn_from {
+            None => None,
+            Some(v) if is_plain_address(v.get_ref()) => Some(v.get_ref().clone()),
+            Some(v) => {
+                return Err(format!(
+                    "`dsn_from` on line {}: `{}` is not a plain address like postmaster@example.net",
+                    at(v.span()),
+                    v.get_ref()
+                ));
+            }
+        },
         windows: windows.into_iter().map(|(_, w)| w).collect(),
     })
 }
@@ -274,6 +289,19 @@ fn is_failure_status(s: &str) -> bool {
             && (p == "0" || !p.starts_with('0'))
     };
     matches!(class, "4" | "5") && number(subject) && number(detail)
+}
+
+fn is_plain_address(s: &str) -> bool {
+    match s.rsplit_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && local
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"<>()[]\\,;:\"@".contains(&b))
+                && is_hostname(domain)
+        }
+        None => false,
+    }
 }
 
 fn is_hostname(s: &str) -> bool {

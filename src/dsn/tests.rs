@@ -9,6 +9,7 @@ use chrono::{DateTime, FixedOffset};
 use mail_parser::{MessageParser, MimeHeaders};
 
 use super::*;
+use crate::address::Notify;
 
 const MTA: &str = "mx.example.net";
 const QUEUE_ID: &str = "1749000000.M1P2.spool";
@@ -61,6 +62,8 @@ struct Case {
     ret: Option<ReturnContent>,
     return_limit: usize,
     recipients: Vec<DsnRecipient>,
+    smtputf8: bool,
+    from: Option<String>,
 }
 
 impl Case {
@@ -73,6 +76,8 @@ impl Case {
             ret: None,
             return_limit: 50_000,
             recipients: Vec::new(),
+            smtputf8: false,
+            from: None,
         }
     }
 
@@ -97,6 +102,8 @@ impl Case {
             recipients: &self.recipients,
             date: dsn_date(),
             message_id,
+            smtputf8: self.smtputf8,
+            from: self.from.as_deref(),
         }
     }
 
@@ -119,14 +126,84 @@ fn recipient(addr: &str, action: Action, status: &str) -> DsnRecipient {
     }
 }
 
+const STORE: &str = "store1.example.net";
+
+/// Expired while the store kept answering 451: `failed` + 4.4.7 (`status_at_expiry`),
+/// with the store's last reply as the diagnostic.
 fn expired(addr: &str) -> DsnRecipient {
+    let reply = "451 4.3.0 mailbox store not reachable";
+    let last = status_for_reply_text(reply);
     DsnRecipient {
-        diagnostic: Some(Diagnostic::Smtp(
-            "451 4.3.0 mailbox store not reachable".into(),
-        )),
+        diagnostic: Some(Diagnostic::Smtp(reply.into())),
+        remote_mta: Some(STORE.into()),
         last_attempt: Some(last_attempt()),
-        ..recipient(addr, Action::Failed, "4.4.7")
+        ..recipient(addr, Action::Failed, &status_at_expiry(last.as_deref()))
     }
+}
+
+/// A recipient the store refused with `reply`, status mapped from it.
+fn refused(addr: &str, reply: &str) -> DsnRecipient {
+    let status = status_for_reply_text(reply).expect("test replies have a code");
+    DsnRecipient {
+        diagnostic: Some(Diagnostic::Smtp(reply.into())),
+        remote_mta: Some(STORE.into()),
+        last_attempt: Some(last_attempt()),
+        ..recipient(addr, Action::Failed, &status)
+    }
+}
+
+/// Still over quota when the queue lifetime ran out: `failed` + 4.2.2.
+fn full_at_expiry(addr: &str) -> DsnRecipient {
+    let reply = "452 4.2.2 mailbox full";
+    let last = status_for_reply_text(reply);
+    DsnRecipient {
+        diagnostic: Some(Diagnostic::Smtp(reply.into())),
+        remote_mta: Some(STORE.into()),
+        last_attempt: Some(last_attempt()),
+        ..recipient(addr, Action::Failed, &status_at_expiry(last.as_deref()))
+    }
+}
+
+/// An original sent with SMTPUTF8: UTF-8 in its header and body (RFC 6532).
+const UTF8_ORIGINAL: &str = "From: Renée <renée@exemple.fr>\r\n\
+To: Jörg <jörg@bücher.example>\r\n\
+Subject: Grüße aus Köln\r\n\
+Date: Mon, 2 Jun 2025 08:14:00 +0200\r\n\
+Message-ID: <utf8.gruesse@exemple.fr>\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+Content-Transfer-Encoding: 8bit\r\n\
+\r\n\
+Liebe Grüße, Renée\r\n";
+
+fn smtputf8_case(name: &'static str) -> Case {
+    let mut c = Case::new(name, UTF8_ORIGINAL.as_bytes());
+    c.smtputf8 = true;
+    c.to = "renée@exemple.fr".into();
+    c.recipients.push(DsnRecipient {
+        original_recipient: Some("utf-8;j\\x{F6}rg@b\\x{FC}cher.example".into()),
+        ..refused(
+            "jörg@bücher.example",
+            "550 5.1.1 <jörg@bücher.example>: Postfach unbekannt",
+        )
+    });
+    c.recipients.push(expired("anna@example.com"));
+    c
+}
+
+/// One recipient's fate in a delivery run, for choosing whom a DSN reports.
+struct Fate {
+    notify: Option<Notify>,
+    rcpt: DsnRecipient,
+}
+
+fn notify(failure: bool, delay: bool, success: bool) -> Option<Notify> {
+    Some(Notify {
+        failure,
+        delay,
+        success,
+        ..Notify::default()
+    })
 }
 
 fn cases() -> Vec<Case> {
@@ -202,8 +279,81 @@ fn cases() -> Vec<Case> {
     });
     all.push(c);
 
+    let mut c = Case::new("user_unknown", SIMPLE.as_bytes());
+    c.recipients.push(refused(
+        "Bob@example.com",
+        "550 5.1.1 <Bob@example.com>: no such user",
+    ));
+    all.push(c);
+
+    let mut c = Case::new("mailbox_full_expired", SIMPLE.as_bytes());
+    c.recipients.push(full_at_expiry("Bob@example.com"));
+    all.push(c);
+
+    let mut c = Case::new("multi_mixed", SIMPLE.as_bytes());
+    c.recipients = mixed_fates()
+        .into_iter()
+        .filter(|f| dsn_owed(f.notify, f.rcpt.action))
+        .map(|f| f.rcpt)
+        .collect();
+    all.push(c);
+
+    all.push(smtputf8_case("smtputf8"));
+    let mut c = smtputf8_case("smtputf8_hdrs");
+    c.ret = Some(ReturnContent::Headers);
+    all.push(c);
+
+    let mut c = Case::new("delivered_success", SIMPLE.as_bytes());
+    c.recipients.push(delivered("Bob@example.com"));
+    all.push(c);
+
     all.push(hostile_case());
     all
+}
+
+fn delivered(addr: &str) -> DsnRecipient {
+    DsnRecipient {
+        diagnostic: Some(Diagnostic::Smtp(format!("250 2.0.0 <{addr}> Saved"))),
+        remote_mta: Some(STORE.into()),
+        last_attempt: Some(last_attempt()),
+        ..recipient(addr, Action::Delivered, "2.0.0")
+    }
+}
+
+/// Mixed outcomes for one message: only the failures whose NOTIFY allows it are owed.
+fn mixed_fates() -> Vec<Fate> {
+    vec![
+        Fate {
+            notify: None,
+            rcpt: delivered("Bob@example.com"),
+        },
+        Fate {
+            notify: None,
+            rcpt: refused(
+                "carol@example.com",
+                "550 5.1.1 <carol@example.com>: no such user",
+            ),
+        },
+        Fate {
+            notify: notify(true, true, false),
+            rcpt: full_at_expiry("dave@example.com"),
+        },
+        Fate {
+            notify: notify(true, false, false),
+            rcpt: delivered("erin@example.com"),
+        },
+        Fate {
+            notify: Some(Notify {
+                never: true,
+                ..Notify::default()
+            }),
+            rcpt: expired("frank@example.com"),
+        },
+        Fate {
+            notify: notify(false, true, true),
+            rcpt: refused("gina@example.com", "554 5.7.1 rejected by policy"),
+        },
+    ]
 }
 
 /// Hostile input everywhere: CRLF in an address, ENVID, ORCPT and Remote-MTA, a
@@ -383,9 +533,19 @@ fn check_structure(req: &DsnRequest<'_>, dsn: &[u8]) -> Groups {
     assert_eq!(text.content_type().and_then(|c| c.subtype()), Some("plain"));
 
     let status = part(1);
-    assert!(status.is_content_type("message", "delivery-status"));
-    assert_eq!(status.content_transfer_encoding(), Some("7bit"));
-    assert!(status.contents().is_ascii(), "part 2 is US-ASCII");
+    if req.smtputf8 {
+        assert!(status.is_content_type("message", "global-delivery-status"));
+        let cte = if status.contents().is_ascii() {
+            "7bit"
+        } else {
+            "8bit"
+        };
+        assert_eq!(status.content_transfer_encoding(), Some(cte));
+    } else {
+        assert!(status.is_content_type("message", "delivery-status"));
+        assert_eq!(status.content_transfer_encoding(), Some("7bit"));
+        assert!(status.contents().is_ascii(), "part 2 is US-ASCII");
+    }
     let groups = status_groups(status.contents());
     check_status_fields(req, &groups);
 
@@ -433,6 +593,7 @@ fn check_status_fields(req: &DsnRequest<'_>, groups: &Groups) {
             count("Last-Attempt-Date"),
             usize::from(rcpt.last_attempt.is_some())
         );
+        assert_eq!(one(group, "Final-Log-ID"), req.queue_id);
         assert_eq!(
             count("Will-Retry-Until"),
             usize::from(rcpt.action == Action::Delayed && rcpt.will_retry_until.is_some())
@@ -452,13 +613,18 @@ fn check_status_fields(req: &DsnRequest<'_>, groups: &Groups) {
 #[track_caller]
 fn check_returned(req: &DsnRequest<'_>, part: &mail_parser::MessagePart<'_>) {
     let any_failed = req.recipients.iter().any(|r| r.action == Action::Failed);
-    if part.is_content_type("message", "rfc822") {
+    let (full, headers) = if req.smtputf8 {
+        (("message", "global"), ("message", "global-headers"))
+    } else {
+        (("message", "rfc822"), ("text", "rfc822-headers"))
+    };
+    if part.is_content_type(full.0, full.1) {
         assert!(any_failed, "full message only in a failure DSN");
         assert_ne!(req.ret, Some(ReturnContent::Headers));
         assert!(req.original.len() <= req.return_limit);
         assert_eq!(part.contents(), normalise_line_ends(req.original));
     } else {
-        assert!(part.is_content_type("text", "rfc822-headers"));
+        assert!(part.is_content_type(headers.0, headers.1));
         let mut header = normalise_line_ends(header_section(req.original));
         if !header.ends_with(b"\r\n") {
             header.extend_from_slice(b"\r\n");
@@ -897,4 +1063,242 @@ fn long_words_are_split_when_wrapping() {
     assert!(lines.iter().all(|l| l.chars().count() <= 20), "{lines:?}");
     assert_eq!(lines[0], "  short");
     assert_eq!(wrap("", "  ", 20), ["  "]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Outcomes, NOTIFY and the newer request fields
+
+#[test]
+fn unknown_user_and_mailbox_full_get_their_own_status() {
+    let (_, groups) = built(&case("user_unknown"));
+    assert_eq!(one(&groups[1], "Action"), "failed");
+    assert_eq!(one(&groups[1], "Status"), "5.1.1");
+    assert_eq!(one(&groups[1], "Remote-MTA"), "dns; store1.example.net");
+    assert_eq!(
+        one(&groups[1], "Diagnostic-Code"),
+        "smtp; 550 5.1.1 <Bob@example.com>: no such user"
+    );
+
+    let (_, groups) = built(&case("mailbox_full_expired"));
+    assert_eq!(one(&groups[1], "Action"), "failed");
+    assert_eq!(one(&groups[1], "Status"), "4.2.2");
+    assert_eq!(
+        one(&groups[1], "Diagnostic-Code"),
+        "smtp; 452 4.2.2 mailbox full"
+    );
+}
+
+#[test]
+fn expired_recipient_names_the_store_that_answered() {
+    let (_, groups) = built(&case("expired_single"));
+    assert_eq!(one(&groups[1], "Status"), "4.4.7");
+    assert_eq!(one(&groups[1], "Remote-MTA"), "dns; store1.example.net");
+    assert_eq!(one(&groups[1], "Final-Log-ID"), QUEUE_ID);
+    assert!(values(&groups[1], "Will-Retry-Until").is_empty());
+}
+
+#[test]
+fn mixed_outcomes_report_only_the_owed_failures() {
+    let fates = mixed_fates();
+    assert_eq!(fates.len(), 6);
+    let (dsn, groups) = built(&case("multi_mixed"));
+    let reported: Vec<&str> = groups[1..]
+        .iter()
+        .map(|g| one(g, "Final-Recipient"))
+        .collect();
+    assert_eq!(
+        reported,
+        ["rfc822; carol@example.com", "rfc822; dave@example.com"]
+    );
+    assert!(groups[1..].iter().all(|g| one(g, "Action") == "failed"));
+    let text = String::from_utf8_lossy(&dsn);
+    for absent in ["Bob@", "erin@", "frank@", "gina@"] {
+        assert!(
+            !text.contains(&format!("Final-Recipient: rfc822; {absent}")),
+            "{absent}"
+        );
+        assert!(!text.contains(&format!("  <{absent}")), "{absent}");
+    }
+}
+
+#[test]
+fn success_dsn_is_delivered_2xx_with_headers_only() {
+    let mut c = case("delivered_success");
+    c.ret = Some(ReturnContent::Full);
+    let (dsn, groups) = built(&c);
+    let text = String::from_utf8_lossy(&dsn);
+    assert!(text.contains("\r\nSubject: Delivery report: mail delivered\r\n"));
+    assert!(text.contains("\r\nAuto-Submitted: auto-replied\r\n"));
+    assert_eq!(one(&groups[1], "Action"), "delivered");
+    assert_eq!(one(&groups[1], "Status"), "2.0.0");
+    assert_eq!(
+        part_types(&dsn),
+        [
+            "text/plain",
+            "message/delivery-status",
+            "text/rfc822-headers"
+        ]
+    );
+}
+
+#[test]
+fn smtputf8_dsn_uses_the_global_types_and_native_utf8() {
+    let (dsn, groups) = built(&case("smtputf8"));
+    assert_eq!(
+        part_types(&dsn),
+        [
+            "text/plain",
+            "message/global-delivery-status",
+            "message/global"
+        ]
+    );
+    let top = header_fields(header_section(&dsn));
+    assert_eq!(values(&top, "Content-Transfer-Encoding"), [" 8bit"]);
+    assert_eq!(values(&top, "To"), [" <renée@exemple.fr>"]);
+    let ct = values(&top, "Content-Type").join("");
+    assert!(ct.contains("report-type=delivery-status;"), "{ct}");
+    assert_eq!(
+        one(&groups[1], "Final-Recipient"),
+        "utf-8; jörg@bücher.example"
+    );
+    assert_eq!(
+        one(&groups[1], "Original-Recipient"),
+        "utf-8; jörg@bücher.example"
+    );
+    assert_eq!(
+        one(&groups[1], "Diagnostic-Code"),
+        "smtp; 550 5.1.1 <jörg@bücher.example>: Postfach unbekannt"
+    );
+    // An ASCII address keeps its rfc822 type, as Postfix writes it.
+    assert_eq!(
+        one(&groups[2], "Final-Recipient"),
+        "rfc822; anna@example.com"
+    );
+    // The 8-bit original goes back whole: the path takes UTF-8.
+    assert!(contains(&dsn, UTF8_ORIGINAL.as_bytes()));
+
+    let (dsn, _) = built(&case("smtputf8_hdrs"));
+    assert_eq!(part_types(&dsn)[2], "message/global-headers");
+    assert!(contains(&dsn, header_section(UTF8_ORIGINAL.as_bytes())));
+    assert!(!contains(&dsn, "Liebe Grüße".as_bytes()));
+}
+
+#[test]
+fn smtputf8_fields_escape_controls_and_cut_at_octets() {
+    assert_eq!(
+        global_typed_address("rfc822", "jörg@b.example\r\nBcc: x@y"),
+        "utf-8; jörg@b.example\\x{D}\\x{A}Bcc:\\x{20}x@y"
+    );
+    assert_eq!(
+        global_typed_address("utf-8", "j\\x{F6}rg@b.example"),
+        "utf-8; jörg@b.example"
+    );
+    assert_eq!(
+        global_typed_address("rfc822", "a+b@example.de"),
+        "rfc822; a+b@example.de"
+    );
+    assert_eq!(truncated_octets("äöü", 5), "ä...");
+    assert_eq!(truncated_octets("abcäöü", 8), "abcä...");
+    // Never inside a character: 4 octets would split the ä.
+    assert_eq!(truncated_octets("abcäöü", 7), "abc...");
+    assert_eq!(truncated_octets("äöü", 6), "äöü");
+
+    let mut c = smtputf8_case("validation");
+    c.recipients[0].diagnostic = Some(Diagnostic::Smtp(format!("550 {}", "ü".repeat(2000))));
+    let id = c.message_id();
+    let req = c.request(&id);
+    let dsn = build(&req).expect("builds");
+    let groups = check_structure(&req, &dsn);
+    let diag = one(&groups[1], "Diagnostic-Code");
+    assert!(
+        diag.len() <= "smtp; ".len() + DIAGNOSTIC_LIMIT,
+        "{}",
+        diag.len()
+    );
+    assert!(diag.ends_with("ü..."));
+}
+
+#[test]
+fn smtputf8_original_with_an_overlong_line_returns_headers_only() {
+    let mut c = smtputf8_case("validation");
+    c.original = format!("{UTF8_ORIGINAL}{}\r\n", "ä".repeat(600)).into_bytes();
+    let (dsn, _) = built(&c);
+    assert_eq!(part_types(&dsn)[2], "message/global-headers");
+}
+
+#[test]
+fn seven_bit_dsn_has_no_top_level_transfer_encoding() {
+    for name in ["expired_single", "eight_bit", "hostile"] {
+        let (dsn, _) = built(&case(name));
+        assert!(dsn.is_ascii(), "{name}");
+        let top = header_fields(header_section(&dsn));
+        assert!(
+            values(&top, "Content-Transfer-Encoding").is_empty(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn from_can_be_configured_and_is_checked() {
+    let mut c = with_recipient(expired("bob@example.com"));
+    c.from = Some("<postmaster@example.net>".into());
+    let dsn = c.build().expect("builds");
+    assert!(dsn.starts_with(b"From: Mail Delivery System <postmaster@example.net>\r\n"));
+    for good in [
+        "mailer-daemon@mx1.example.net",
+        "bounce+dsn@example.net",
+        "a.b@c",
+    ] {
+        assert!(is_plain_address(good), "{good}");
+    }
+    for bad in [
+        "postmaster",
+        "Postmaster <postmaster@example.net>",
+        "a b@example.net",
+        "a@example.net\r\nBcc: x@y",
+        "a..b@example.net",
+        ".a@example.net",
+        "a@-example.net",
+        "a@exa_mple.net",
+        "\"q\"@example.net",
+        "a@[192.0.2.1]",
+        "jörg@example.net",
+        "@example.net",
+        "a@",
+        "",
+    ] {
+        let mut c = with_recipient(expired("bob@example.com"));
+        c.from = Some(bad.into());
+        let err = c.build().expect_err(bad);
+        assert_eq!(err, DsnError::BadFrom(escaped(bad)), "{bad:?}");
+        assert!(!err.to_string().contains('\r'));
+    }
+}
+
+#[test]
+fn remote_mta_needs_an_smtp_reply() {
+    let local = with_recipient(DsnRecipient {
+        diagnostic: Some(Diagnostic::Local("disk full".into())),
+        ..expired("bob@example.com")
+    });
+    assert_eq!(
+        local.build(),
+        Err(DsnError::RemoteMtaWithoutReply("bob@example.com".into()))
+    );
+    let none = with_recipient(DsnRecipient {
+        diagnostic: None,
+        ..expired("bob@example.com")
+    });
+    assert!(matches!(
+        none.build(),
+        Err(DsnError::RemoteMtaWithoutReply(_))
+    ));
+    let no_remote = with_recipient(DsnRecipient {
+        remote_mta: None,
+        diagnostic: Some(Diagnostic::Local("disk full".into())),
+        ..expired("bob@example.com")
+    });
+    let (_, groups) = built(&no_remote);
+    assert!(values(&groups[1], "Remote-MTA").is_empty());
 }

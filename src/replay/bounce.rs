@@ -132,6 +132,8 @@ impl Replay<'_> {
             recipients: &recipients,
             date,
             message_id: &message_id,
+            smtputf8: needs_smtputf8(work),
+            from: self.settings.incident.dsn_from.as_deref(),
         };
         let bytes = dsn::build(&request)
             .with_context(|| format!("cannot build the DSN for message {}", m.queue_id))?;
@@ -155,14 +157,18 @@ impl Replay<'_> {
 }
 
 /// Whether a recipient's NOTIFY (as stored: `NEVER` or a comma list) asks for a failure
-/// DSN. Absent NOTIFY means FAILURE (RFC 3461 5.2.6 c).
+/// DSN (RFC 3461 5.2.6: absent NOTIFY means FAILURE). A stored value that no longer parses
+/// is treated as absent: better a DSN too many than a silent loss.
 fn wants_failure_dsn(notify: Option<&str>) -> bool {
-    match notify {
-        None | Some("") => true,
-        Some(list) => list
-            .split(',')
-            .any(|k| k.trim().eq_ignore_ascii_case("FAILURE")),
-    }
+    let notify = notify.and_then(|n| crate::spool::eml::parse_notify(n).ok());
+    dsn::dsn_owed(notify, Action::Failed)
+}
+
+/// The original needed SMTPUTF8 (an address in its envelope is not ASCII): its DSN uses the
+/// RFC 6533 global types.
+fn needs_smtputf8(work: &MessageWork) -> bool {
+    !work.message.sender.as_str().is_ascii()
+        || work.recipients.iter().any(|r| !r.address.is_ascii())
 }
 
 fn dsn_recipient(r: &RecipientRow) -> DsnRecipient {

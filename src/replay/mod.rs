@@ -328,8 +328,21 @@ fn apply_classification(
         if r.state == to || (r.state == RcptState::Deferred && to == RcptState::Pending) {
             continue;
         }
-        // A store's last reply says more than "expired" about why: keep it for the DSN.
+        // A store's last reply says more than "expired" about why: keep it for the DSN,
+        // and keep a mailbox condition (4.2.x) as the status (RFC 3463 prefers the actual
+        // problem to 4.4.7).
         let keep_reply = r.state == RcptState::Deferred && r.reply.is_some();
+        let expiry_status;
+        let status = if c.disposition == Disposition::Expire && keep_reply {
+            let last = r
+                .reply
+                .as_deref()
+                .and_then(crate::dsn::status_for_reply_text);
+            expiry_status = crate::dsn::status_at_expiry(last.as_deref());
+            Some(expiry_status.as_str())
+        } else {
+            status
+        };
         tx.set_state(
             r,
             to,

@@ -3,19 +3,38 @@
 //!
 //! What goes in, what comes out (see docs/dsn.md for the rules):
 //! * a `multipart/report; report-type=delivery-status` message with CRLF line ends, one
-//!   DSN for one original message and the recipients the caller chose to report;
+//!   DSN for one original message and the recipients the caller chose to report (use
+//!   [`dsn_owed`] to choose them: RFC 3461 §5.2.8 wants no others);
 //! * part 1 is plain text for people; part 2 is `message/delivery-status`, always 7-bit
 //!   ASCII; part 3 returns the original (`message/rfc822`) or its header
-//!   (`text/rfc822-headers`).
+//!   (`text/rfc822-headers`). Only a DSN reporting a failure returns the whole message:
+//!   delay warnings and success reports return the header (RFC 3461 §4.3, §6.2), as does
+//!   RET=HDRS and an original above the return limit.
 //! * An 8-bit original is returned headers-only. The alternative, re-encoding its body
 //!   parts as legal 7-bit MIME, means rewriting a stranger's MIME tree: any bug there damages
 //!   the very copy the sender needs, and RFC 6522 §3 names headers-only as an equally valid
 //!   choice. The header itself is sent quoted-printable if it has 8-bit bytes or long lines
 //!   (legal for a `text/*` part, unlike `message/rfc822`).
+//! * An original that came in with SMTPUTF8 (`DsnRequest::smtputf8`) goes back over a path
+//!   that is known to take 8-bit UTF-8, so RFC 6533 applies: part 2 is
+//!   `message/global-delivery-status` with UTF-8 addresses in their native form
+//!   (`utf-8; jörg@bücher.example`), and part 3 is `message/global` (the whole message,
+//!   8-bit included) or `message/global-headers`. The outer `report-type` stays
+//!   `delivery-status`, as Postfix and Exim write it and as parsers expect.
 //! * Untrusted text (addresses, server replies, ENVID, ORCPT, the original's header) never
 //!   reaches a header or part 2 raw: control characters are removed or escaped, non-ASCII is
-//!   encoded, long values are truncated, and the MIME boundary is re-picked until it occurs
-//!   in no part.
+//!   encoded (except in the UTF-8 parts of an SMTPUTF8 DSN), long values are truncated, and
+//!   the MIME boundary is re-picked until it occurs in no part.
+//!
+//! Which status code to report is `status.rs`'s job, whether a DSN is owed `notify.rs`'s.
+
+mod notify;
+mod status;
+
+pub use notify::{dsn_owed, warn_suppressed};
+pub use status::{
+    LocalFailure, status_at_expiry, status_for_local, status_for_reply, status_for_reply_text,
+};
 
 use std::fmt::Write as _;
 
@@ -115,6 +134,12 @@ pub struct DsnRequest<'a> {
     pub date: DateTime<FixedOffset>,
     /// The DSN's own Message-ID, without angle brackets; unique, chosen by the caller.
     pub message_id: &'a str,
+    /// The original was received with SMTPUTF8: answer with the RFC 6533 `message/global*`
+    /// parts, UTF-8 allowed (see the module comment).
+    pub smtputf8: bool,
+    /// The `From:` address, as a bare `local@domain` (ASCII, no display name); `None` means
+    /// `MAILER-DAEMON@<reporting_mta>`. The display name is always "Mail Delivery System".
+    pub from: Option<&'a str>,
 }
 
 /// Why a DSN cannot be built. Untrusted values in the messages are escaped, so printing
@@ -131,6 +156,8 @@ pub enum DsnError {
     BadReportingMta(String),
     #[error("DSN message id `{0}` is not of the form left@right")]
     BadMessageId(String),
+    #[error("DSN from address `{0}` is not a plain ASCII local@domain address")]
+    BadFrom(String),
     #[error("a reported recipient has an empty address")]
     EmptyRecipient,
     #[error("recipient `{recipient}` has malformed status `{status}`")]
@@ -143,6 +170,8 @@ pub enum DsnError {
         action: &'static str,
         status: String,
     },
+    #[error("recipient `{0}` names a remote MTA but has no SMTP reply from it")]
+    RemoteMtaWithoutReply(String),
 }
 
 /// RFC 5322 line limit, without the CRLF.
@@ -167,6 +196,7 @@ pub fn build(req: &DsnRequest<'_>) -> Result<Vec<u8>, DsnError> {
     let to = envelope_to(req.to)?;
     check_reporting_mta(req.reporting_mta)?;
     check_message_id(req.message_id)?;
+    let from = from_address(req)?;
     if req.recipients.is_empty() {
         return Err(DsnError::NoRecipients);
     }
@@ -182,7 +212,10 @@ pub fn build(req: &DsnRequest<'_>) -> Result<Vec<u8>, DsnError> {
     parts.extend(returned.map(|(_, part)| part));
     let boundary = pick_boundary(&base_boundary(req), &parts);
 
-    let mut out = top_headers(req, &to, &boundary).into_bytes();
+    // Only an SMTPUTF8 DSN has 8-bit parts; the multipart around them must say so
+    // (RFC 2045 §6.4), or a strict relay may think it 7-bit and mangle it.
+    let eight_bit = parts.iter().any(|part| !part.is_ascii());
+    let mut out = top_headers(req, &from, &to, &boundary, eight_bit).into_bytes();
     out.extend_from_slice(b"This is a delivery status notification in MIME format.\r\n");
     for part in &parts {
         out.extend_from_slice(format!("\r\n--{boundary}\r\n").as_bytes());
@@ -263,6 +296,48 @@ fn check_reporting_mta(name: &str) -> Result<(), DsnError> {
     }
 }
 
+/// The DSN's `From:` address: the caller's, checked, or `MAILER-DAEMON@<reporting_mta>`.
+fn from_address(req: &DsnRequest<'_>) -> Result<String, DsnError> {
+    let Some(raw) = req.from else {
+        return Ok(format!("MAILER-DAEMON@{}", req.reporting_mta));
+    };
+    let addr = raw.trim();
+    let addr = addr
+        .strip_prefix('<')
+        .and_then(|s| s.strip_suffix('>'))
+        .unwrap_or(addr);
+    if is_plain_address(addr) {
+        Ok(addr.to_string())
+    } else {
+        Err(DsnError::BadFrom(escaped(raw)))
+    }
+}
+
+/// `dot-atom@host`: RFC 5322 atext in dot-separated runs, then a host name. Stricter than
+/// RFC 5322 on purpose: this address is configuration, and a quoted local part or a
+/// domain literal in a bounce's From: would only puzzle its reader.
+fn is_plain_address(addr: &str) -> bool {
+    let Some((local, domain)) = addr.rsplit_once('@') else {
+        return false;
+    };
+    let is_atext = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b);
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.bytes().all(is_atext));
+    let domain_ok = domain.len() <= SHORT_LIMIT
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    local_ok && domain_ok
+}
+
 fn check_message_id(id: &str) -> Result<(), DsnError> {
     if is_msg_id_inner(id) {
         Ok(())
@@ -303,6 +378,11 @@ fn check_recipient(rcpt: &DsnRecipient) -> Result<(), DsnError> {
             status: escaped(&rcpt.status),
         });
     }
+    // Remote-MTA says the Diagnostic-Code came from that host (RFC 3464 §2.3.5): without
+    // its reply the field would claim an answer nobody gave.
+    if rcpt.remote_mta.is_some() && !matches!(rcpt.diagnostic, Some(Diagnostic::Smtp(_))) {
+        return Err(DsnError::RemoteMtaWithoutReply(escaped(addr)));
+    }
     Ok(())
 }
 
@@ -339,16 +419,19 @@ fn escaped(s: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // Top-level header
 
-fn top_headers(req: &DsnRequest<'_>, to: &str, boundary: &str) -> String {
+fn top_headers(
+    req: &DsnRequest<'_>,
+    from: &str,
+    to: &str,
+    boundary: &str,
+    eight_bit: bool,
+) -> String {
     let mut h = String::new();
     let mut line = |text: String| {
         h.push_str(&text);
         h.push_str("\r\n");
     };
-    line(format!(
-        "From: Mail Delivery System <MAILER-DAEMON@{}>",
-        req.reporting_mta
-    ));
+    line(format!("From: Mail Delivery System <{from}>"));
     line(format!("To: <{to}>"));
     line(format!("Subject: {}", subject(req.recipients)));
     line(format!("Date: {}", rfc5322_date(&req.date)));
@@ -362,6 +445,9 @@ fn top_headers(req: &DsnRequest<'_>, to: &str, boundary: &str) -> String {
     line(format!(
         "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\""
     ));
+    if eight_bit {
+        line("Content-Transfer-Encoding: 8bit".to_string());
+    }
     h.push_str("\r\n");
     h
 }
@@ -591,15 +677,16 @@ fn truncated(s: &str, limit: usize) -> String {
 // Part 2: message/delivery-status
 
 fn delivery_status_part(req: &DsnRequest<'_>) -> Vec<u8> {
-    let mut body = String::new();
-    body.push_str("Content-Type: message/delivery-status\r\n");
-    body.push_str("Content-Transfer-Encoding: 7bit\r\n\r\n");
+    let text = FieldText {
+        global: req.smtputf8,
+    };
+    let mut fields = String::new();
     let mut field = |name: &str, value: &str| {
-        let _ = write!(body, "{name}: {value}\r\n");
+        let _ = write!(fields, "{name}: {value}\r\n");
     };
     // Per-message group, in the ABNF's order: extension fields come last.
     if let Some(envid) = req.envid {
-        field("Original-Envelope-Id", &ascii_text(envid, SHORT_LIMIT));
+        field("Original-Envelope-Id", &text.value(envid, SHORT_LIMIT));
     }
     field("Reporting-MTA", &format!("dns; {}", req.reporting_mta));
     field("Arrival-Date", &rfc5322_date(&req.arrival));
@@ -608,26 +695,60 @@ fn delivery_status_part(req: &DsnRequest<'_>) -> Vec<u8> {
         &ascii_text(req.queue_id, SHORT_LIMIT),
     );
     for rcpt in req.recipients {
-        body.push_str("\r\n");
-        recipient_fields(&mut body, rcpt);
+        fields.push_str("\r\n");
+        recipient_fields(&mut fields, rcpt, text, req.queue_id);
     }
-    body.into_bytes()
+    let (content_type, encoding) = match (req.smtputf8, fields.is_ascii()) {
+        (false, _) => ("message/delivery-status", "7bit"),
+        (true, true) => ("message/global-delivery-status", "7bit"),
+        (true, false) => ("message/global-delivery-status", "8bit"),
+    };
+    let mut part =
+        format!("Content-Type: {content_type}\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n");
+    part.push_str(&fields);
+    part.into_bytes()
 }
 
-fn recipient_fields(body: &mut String, rcpt: &DsnRecipient) {
+/// How untrusted text is written into part 2: US-ASCII only for `message/delivery-status`
+/// (RFC 3464 §2.1), UTF-8 allowed for `message/global-delivery-status` (RFC 6533 §3).
+#[derive(Debug, Clone, Copy)]
+struct FieldText {
+    global: bool,
+}
+
+impl FieldText {
+    /// One field value: controls folded to spaces, cut to `limit` octets.
+    fn value(self, s: &str, limit: usize) -> String {
+        if self.global {
+            truncated_octets(&one_line(s), limit)
+        } else {
+            ascii_text(s, limit)
+        }
+    }
+
+    fn address(self, addr_type: &str, addr: &str) -> String {
+        if self.global {
+            global_typed_address(addr_type, addr)
+        } else {
+            typed_address(addr_type, addr)
+        }
+    }
+}
+
+fn recipient_fields(fields: &mut String, rcpt: &DsnRecipient, text: FieldText, queue_id: &str) {
     let mut field = |name: &str, value: &str| {
-        let _ = write!(body, "{name}: {value}\r\n");
+        let _ = write!(fields, "{name}: {value}\r\n");
     };
     if let Some(orcpt) = &rcpt.original_recipient {
         let (addr_type, value) = match orcpt.split_once(';') {
             Some((t, v)) => (t.trim(), v.trim()),
             None => ("rfc822", orcpt.trim()),
         };
-        field("Original-Recipient", &typed_address(addr_type, value));
+        field("Original-Recipient", &text.address(addr_type, value));
     }
     field(
         "Final-Recipient",
-        &typed_address("rfc822", bare_address(&rcpt.final_recipient)),
+        &text.address("rfc822", bare_address(&rcpt.final_recipient)),
     );
     field("Action", rcpt.action.as_str());
     field("Status", &rcpt.status);
@@ -638,18 +759,66 @@ fn recipient_fields(body: &mut String, rcpt: &DsnRecipient) {
         );
     }
     if let Some(diag) = &rcpt.diagnostic {
-        let (kind, text) = diag.type_and_text();
+        let (kind, diag_text) = diag.type_and_text();
         field(
             "Diagnostic-Code",
-            &format!("{kind}; {}", ascii_text(text, DIAGNOSTIC_LIMIT)),
+            &format!("{kind}; {}", text.value(diag_text, DIAGNOSTIC_LIMIT)),
         );
     }
     if let Some(at) = &rcpt.last_attempt {
         field("Last-Attempt-Date", &rfc5322_date(at));
     }
+    field("Final-Log-ID", &ascii_text(queue_id, SHORT_LIMIT));
     if let (Some(until), Action::Delayed) = (&rcpt.will_retry_until, rcpt.action) {
         field("Will-Retry-Until", &rfc5322_date(until));
     }
+}
+
+/// `addr-type; address` for `message/global-delivery-status`. A clean ASCII address keeps
+/// its type (as Postfix does, `utf-8` only for real UTF-8 addresses); a UTF-8 one is
+/// written in its native form, `utf-8; jörg@bücher.example` (RFC 6533 §3 SHOULD). An
+/// address with controls or spaces cannot be native: it is written as utf-8-addr-unitext,
+/// native UTF-8 with `\x{HEX}` escapes for exactly those characters (and `\ + =`).
+fn global_typed_address(addr_type: &str, addr: &str) -> String {
+    let is_utf8_type = addr_type.eq_ignore_ascii_case("utf-8");
+    if !is_utf8_type && addr.is_ascii() {
+        return typed_address(addr_type, addr);
+    }
+    let raw = if is_utf8_type {
+        utf8_addr_xtext_decode(addr)
+    } else {
+        addr.to_string()
+    };
+    let native = raw.chars().all(|c| !c.is_control() && !c.is_whitespace());
+    if native {
+        return format!("utf-8; {}", truncated_octets(&raw, ADDRESS_LIMIT));
+    }
+    let mut out = String::new();
+    for c in raw.chars() {
+        let piece = if c.is_control() || c.is_whitespace() || matches!(c, '\\' | '+' | '=') {
+            format!("\\x{{{:X}}}", u32::from(c))
+        } else {
+            c.to_string()
+        };
+        if out.len() + piece.len() > ADDRESS_LIMIT {
+            break;
+        }
+        out.push_str(&piece);
+    }
+    format!("utf-8; {out}")
+}
+
+/// Cuts `s` to at most `limit` octets at a character boundary, marking the cut: a line
+/// limit counts octets, and UTF-8 characters take up to four.
+fn truncated_octets(s: &str, limit: usize) -> String {
+    if s.len() <= limit {
+        return s.to_string();
+    }
+    let mut keep = limit.saturating_sub(ELLIPSIS.len());
+    while !s.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}{ELLIPSIS}", &s[..keep])
 }
 
 /// `addr-type; address` for part 2. A clean ASCII address keeps its type; one with
@@ -748,17 +917,34 @@ fn returned_part(req: &DsnRequest<'_>) -> Option<(Returned, Vec<u8>)> {
     let wants_full = req.ret != Some(ReturnContent::Headers)
         && any_failed
         && req.original.len() <= req.return_limit;
-    if wants_full {
-        let full = normalise_line_ends(req.original);
-        if is_seven_bit(&full) {
-            let mut part = b"Content-Type: message/rfc822\r\n\
-                Content-Transfer-Encoding: 7bit\r\n\r\n"
-                .to_vec();
-            part.extend_from_slice(&full);
-            return Some((Returned::Full, part));
-        }
+    if wants_full && let Some(part) = full_part(req) {
+        return Some((Returned::Full, part));
     }
     headers_part(req).map(|part| (Returned::Headers, part))
+}
+
+/// The whole original, when it can travel as it is: 7-bit, or 8-bit on an SMTPUTF8 path
+/// (`message/global` may carry 8bit; `message/rfc822` on a 7-bit path may not, and never
+/// takes base64/QP, RFC 2046 §5.2.1).
+fn full_part(req: &DsnRequest<'_>) -> Option<Vec<u8>> {
+    let full = normalise_line_ends(req.original);
+    let content_type = if req.smtputf8 {
+        "message/global"
+    } else {
+        "message/rfc822"
+    };
+    let encoding = if is_seven_bit(&full) {
+        "7bit"
+    } else if req.smtputf8 && is_eight_bit(&full) {
+        "8bit"
+    } else {
+        return None;
+    };
+    let mut part =
+        format!("Content-Type: {content_type}\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n")
+            .into_bytes();
+    part.extend_from_slice(&full);
+    Some(part)
 }
 
 fn headers_part(req: &DsnRequest<'_>) -> Option<Vec<u8>> {
@@ -769,9 +955,17 @@ fn headers_part(req: &DsnRequest<'_>) -> Option<Vec<u8>> {
     if !header.ends_with(b"\r\n") {
         header.extend_from_slice(b"\r\n");
     }
-    let mut part = b"Content-Type: text/rfc822-headers\r\n".to_vec();
+    let content_type = if req.smtputf8 {
+        "message/global-headers"
+    } else {
+        "text/rfc822-headers"
+    };
+    let mut part = format!("Content-Type: {content_type}\r\n").into_bytes();
     if is_seven_bit(&header) {
         part.extend_from_slice(b"Content-Transfer-Encoding: 7bit\r\n\r\n");
+        part.extend_from_slice(&header);
+    } else if req.smtputf8 && is_eight_bit(&header) {
+        part.extend_from_slice(b"Content-Transfer-Encoding: 8bit\r\n\r\n");
         part.extend_from_slice(&header);
     } else {
         part.extend_from_slice(b"Content-Transfer-Encoding: quoted-printable\r\n\r\n");
@@ -820,7 +1014,13 @@ fn normalise_line_ends(bytes: &[u8]) -> Vec<u8> {
 /// Legal as 7bit MIME content (RFC 2045 §2.7): no 8-bit bytes, no NUL, lines of at most
 /// 998 octets. Expects CRLF line ends.
 fn is_seven_bit(crlf_text: &[u8]) -> bool {
-    crlf_text.iter().all(|&b| b != 0 && b < 0x80)
+    crlf_text.is_ascii() && is_eight_bit(crlf_text)
+}
+
+/// Legal as 8bit MIME content (RFC 2045 §2.8): no NUL, lines of at most 998 octets.
+/// Expects CRLF line ends.
+fn is_eight_bit(crlf_text: &[u8]) -> bool {
+    !crlf_text.contains(&0)
         && crlf_text
             .split(|&b| b == b'\n')
             .all(|line| line.strip_suffix(b"\r").unwrap_or(line).len() <= LINE_LIMIT)
