@@ -37,10 +37,14 @@ pub struct PaceChange {
 const HEALTHY_STEP: u32 = 20;
 /// Never slower than this many messages per second: the run must still make progress.
 const FLOOR: f64 = 0.2;
-/// Latency above this many times the baseline counts as push-back.
+/// Latency above this many times the baseline counts as slow.
 const LATENCY_FACTOR: f64 = 4.0;
 /// Latencies under this are never "slow" (disk and loopback jitter).
-const LATENCY_NOISE: Duration = Duration::from_millis(50);
+const LATENCY_NOISE: Duration = Duration::from_millis(250);
+/// Replies needed before the baseline is trusted.
+const BASELINE_SAMPLES: u32 = 20;
+/// Slow replies in a row that count as push-back: one big message is not a trend.
+const SLOW_IN_A_ROW: u32 = 5;
 
 #[derive(Debug, Clone)]
 pub struct Pace {
@@ -53,6 +57,8 @@ pub struct Pace {
     healthy_streak: u32,
     /// Slow-moving average of reply latency while healthy, in seconds.
     baseline: Option<f64>,
+    baseline_samples: u32,
+    slow_streak: u32,
     /// Earliest time the next message may go (token bucket of depth one).
     next_at: Duration,
     /// Earliest time the next byte may go.
@@ -70,6 +76,8 @@ impl Pace {
             current: ceiling,
             healthy_streak: 0,
             baseline: None,
+            baseline_samples: 0,
+            slow_streak: 0,
             next_at: Duration::ZERO,
             bytes_next_at: Duration::ZERO,
             sent: 0,
@@ -107,12 +115,20 @@ impl Pace {
     fn healthy(&mut self, latency: Duration) -> Option<PaceChange> {
         let secs = latency.as_secs_f64();
         if let Some(base) = self.baseline
+            && self.baseline_samples >= BASELINE_SAMPLES
             && latency > LATENCY_NOISE
             && secs > base * LATENCY_FACTOR
         {
-            // The store answers, but ever more slowly: that is push-back too. Forget the
-            // baseline so one slow phase does not keep halving the pace.
+            // Slow replies are left out of the baseline, so it stays what healthy was.
+            self.slow_streak += 1;
+            if self.slow_streak < SLOW_IN_A_ROW {
+                return None;
+            }
+            // The store answers, but ever more slowly: that is push-back too. Start the
+            // baseline afresh so one slow phase does not keep halving the pace.
+            self.slow_streak = 0;
             self.baseline = None;
+            self.baseline_samples = 0;
             let now = self.next_at;
             return Some(self.slow_down(
                 now,
@@ -123,6 +139,8 @@ impl Pace {
                 ),
             ));
         }
+        self.slow_streak = 0;
+        self.baseline_samples += 1;
         self.baseline = Some(match self.baseline {
             None => secs,
             Some(base) => base * 0.9 + secs * 0.1,
@@ -265,21 +283,43 @@ mod tests {
         assert_eq!(change.rate, Some(50.5));
     }
 
+    fn slow(pace: &mut Pace, latency: Duration) -> Option<PaceChange> {
+        pace.observe(Duration::ZERO, Signal::Healthy { latency })
+    }
+
     #[test]
     fn climbing_latency_counts_as_push_back() {
         let mut pace = Pace::new(Some(100.0), None);
-        healthy(&mut pace, 10);
-        let change = pace
-            .observe(Duration::ZERO, Signal::Healthy { latency: 400 * MS })
-            .unwrap();
+        healthy(&mut pace, 20);
+        for _ in 0..SLOW_IN_A_ROW - 1 {
+            assert_eq!(slow(&mut pace, 400 * MS), None);
+        }
+        let change = slow(&mut pace, 400 * MS).unwrap();
         assert_eq!(change.rate, Some(50.0));
         assert!(change.reason.contains("slowed"), "{}", change.reason);
+    }
+
+    #[test]
+    fn one_slow_reply_or_a_short_history_is_no_trend() {
+        // Before the baseline is trusted, nothing counts as slow.
+        let mut pace = Pace::new(Some(100.0), None);
+        healthy(&mut pace, 5);
+        for _ in 0..10 {
+            assert_eq!(slow(&mut pace, 2000 * MS), None);
+        }
+        // A lone slow reply (a big message) between healthy ones never slows the pace.
+        let mut pace = Pace::new(Some(100.0), None);
+        healthy(&mut pace, 40);
+        for _ in 0..10 {
+            assert_eq!(slow(&mut pace, 2000 * MS), None);
+            healthy(&mut pace, 1);
+        }
+        assert_eq!(pace.rate(), Some(100.0));
         // Small absolute latencies are noise, however large the ratio.
         let mut pace = Pace::new(Some(100.0), None);
-        pace.observe(Duration::ZERO, Signal::Healthy { latency: MS });
-        assert!(
-            pace.observe(Duration::ZERO, Signal::Healthy { latency: 40 * MS })
-                .is_none()
-        );
+        healthy(&mut pace, 40);
+        for _ in 0..10 {
+            assert_eq!(slow(&mut pace, 200 * MS), None);
+        }
     }
 }
