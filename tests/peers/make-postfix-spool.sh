@@ -27,7 +27,7 @@ QUEUES="incoming active deferred hold maildrop defer bounce"
 case $IDS in short) LONG=no ;; long) LONG=yes ;; *) echo "ids must be short or long" >&2; exit 64 ;; esac
 [ "$(id -u)" = 0 ] || { echo "make-postfix-spool.sh: must run as root" >&2; exit 77; }
 
-say() { echo "make-postfix-spool: $*" >&2; }
+say() { echo "make-postfix-spool: [$SECONDS s] $*" >&2; }
 
 install_postfix() {
     if command -v postconf >/dev/null && $PY -c 'import Milter' 2>/dev/null; then
@@ -47,7 +47,12 @@ stop_all() {
     if postfix status >/dev/null 2>&1; then postfix stop >/dev/null 2>&1 || true; fi
     for name in milter tarpit; do
         if [ -f "$RUN/$name.pid" ]; then
-            kill "$(cat "$RUN/$name.pid")" 2>/dev/null || true
+            local pid
+            pid=$(cat "$RUN/$name.pid")
+            kill "$pid" 2>/dev/null || true
+            # The milter may sit in a stalled callback: give it a moment, then insist.
+            for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -9 "$pid" 2>/dev/null || true
             rm -f "$RUN/$name.pid"
         fi
     done
@@ -64,7 +69,7 @@ empty_queue() {
 
 configure() {
     mkdir -p "$RUN"
-    touch "$LOG" && chown postfix "$LOG"
+    : >"$LOG" && chown postfix "$LOG"
     cat >/etc/postfix/spoolreplay-transport <<EOF
 done.example.test   discard:delivered by the test discard transport
 slow.example.test   smtp:[127.0.0.1]:$TARPIT_PORT
@@ -192,15 +197,17 @@ abandon_stalled() {
         sleep 0.1
     done
     if [ -z "$file" ]; then say "no incomplete file appeared in incoming/"; return; fi
-    local fd pid
-    for fd in /proc/[0-9]*/fd/*; do
-        if [ "$(readlink "$fd" 2>/dev/null)" = "$file" ]; then
-            pid=${fd#/proc/}; pid=${pid%%/*}
-            kill -9 "$pid" && say "left $(basename "$file") incomplete in incoming/ (killed cleanup $pid)"
-            basename "$file" >"$OUT/incomplete.txt"
-            return
-        fi
+    local pid fd
+    for pid in $(pgrep -u postfix -x cleanup); do
+        for fd in /proc/"$pid"/fd/*; do
+            if [ "$(readlink "$fd" 2>/dev/null)" = "$file" ]; then
+                kill -9 "$pid" && say "left $(basename "$file") incomplete in incoming/ (killed cleanup $pid)"
+                basename "$file" >"$OUT/incomplete.txt"
+                return
+            fi
+        done
     done
+    say "no cleanup process holds $file"
 }
 
 ground_truth() {
@@ -234,22 +241,24 @@ main() {
     postfix start >/dev/null 2>&1
     wait_for_smtp
 
+    $PY "$HERE/postfix/inject.py" smtp "$COUNT"
+    say "injected over SMTP"
+    local_batch picked
+    wait_settled
+    say "every message tried once"
+    hold_some
+    # Last, because the milter serves one connection at a time and this one never ends.
     $PY "$HERE/postfix/inject.py" stall >"$RUN/stall.log" 2>&1 &
     local stall_pid=$!
     abandon_stalled
-    # Its client would wait for the milter's sleep to end: nothing more to learn from it.
     kill "$stall_pid" 2>/dev/null || true
-    $PY "$HERE/postfix/inject.py" smtp "$COUNT"
-    local_batch picked
-    wait_settled
-    hold_some
     postfix stop >/dev/null 2>&1
     for _ in $(seq 50); do postfix status >/dev/null 2>&1 || break; sleep 0.1; done
     # With Postfix down, postdrop leaves these in maildrop/.
     local_batch dropped 2>/dev/null
-    wait "$stall_pid" 2>/dev/null || true
 
     ground_truth
+    say "ground truth written"
     copy_spool
     stop_all
     say "$(wc -l <"$OUT/postqueue.jsonl") messages ($IDS ids) in $OUT"

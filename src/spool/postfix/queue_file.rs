@@ -79,6 +79,10 @@ pub fn parse<R: Read + Seek>(inner: R, file_len: u64) -> Result<QueueFile, Malfo
             b'E' => break,
             b'M' if segment == Segment::Envelope => {
                 reader.skip_data(head)?;
+                // Each line costs at least two record bytes, as much as the CRLF it gets:
+                // the rest of the file bounds the content, so it is allocated once.
+                let rest = usize::try_from(file_len.saturating_sub(head.offset)).unwrap_or(0);
+                built.content.reserve_exact(rest);
                 segment = Segment::Content;
                 built.saw_content = true;
             }
