@@ -9,4 +9,5 @@ mod crash;
 mod deliver_maildir;
 mod dsn;
 mod exit_codes;
+mod postfix;
 mod spool;

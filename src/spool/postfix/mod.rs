@@ -1,0 +1,310 @@
+//! Reader for Postfix queue directories: the queue files in `active/`, `deferred/`,
+//! `hold/`, `incoming/` and `maildrop/`.
+//!
+//! The spool is a queue root (a folder with any of those five subfolders, like
+//! `/var/spool/postfix`) or one of those folders itself. Queues are read in that
+//! (alphabetical) order, and each queue's hashed subfolders, of any depth, in sorted path
+//! order; only one folder's names are held at a time. Other folders (`defer/` and
+//! `bounce/` hold logs, `trace/`, `flush/`, `saved/`, `corrupt/` …) are not read. Symbolic
+//! links are never followed: they are quarantined, so nothing outside the spool is read.
+//!
+//! A file in `incoming/` or `maildrop/` without its owner-execute bit is still being
+//! written by Postfix: it is quarantined as incomplete, and a later ingest, once the file
+//! is complete, picks it up. The queue id is the file name; `hold/` mail is MTA-held.
+
+mod queue_file;
+mod record;
+
+use std::fs::File;
+use std::io::BufReader;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+pub use queue_file::{QueueFile, quote_address};
+pub use record::Malformed;
+
+use super::{
+    Envelope, FieldSource, Quarantined, QueuedMessage, SourceRef, SpoolError, SpoolFormat,
+    SpoolItem,
+};
+
+/// The queues holding mail still to deliver, in reading order.
+pub const QUEUES: [&str; 5] = ["active", "deferred", "hold", "incoming", "maildrop"];
+
+/// Hashed queue folders are one or two levels deep; anything deeper is not Postfix's.
+const MAX_DEPTH: usize = 8;
+
+const INCOMPLETE: &str = "incomplete: still being written by Postfix (no owner-execute bit)";
+
+/// Whether `dir` is a Postfix queue root (has any of the queue subfolders) or one queue
+/// folder (named like one, holding a file that starts like a queue file).
+pub fn looks_like_queue(dir: &Path) -> bool {
+    if QUEUES.iter().any(|q| is_real_dir(&dir.join(q))) {
+        return true;
+    }
+    queue_name_of(dir).is_some() && holds_queue_file(dir, 0)
+}
+
+/// Lists the queues under `path`; files are read as the iterator advances.
+pub fn read(path: &Path) -> Result<PostfixReader, SpoolError> {
+    let root = std::path::absolute(path).map_err(|source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut queues: Vec<(String, PathBuf)> = QUEUES
+        .iter()
+        .map(|q| (q.to_string(), root.join(q)))
+        .filter(|(_, dir)| dir.symlink_metadata().is_ok())
+        .collect();
+    if queues.is_empty() {
+        match queue_name_of(&root) {
+            Some(name) if root.is_dir() => queues.push((name, root.clone())),
+            _ => {
+                return Err(SpoolError::Unrecognized {
+                    path: path.to_path_buf(),
+                    why: "a Postfix queue needs an `active/`, `deferred/`, `hold/`, `incoming/` \
+                          or `maildrop/` folder"
+                        .into(),
+                });
+            }
+        }
+    }
+    queues.reverse();
+    Ok(PostfixReader {
+        queues,
+        current: None,
+    })
+}
+
+/// Reads a message's content again, exactly as `read` produced it.
+pub fn read_content(source: &SourceRef) -> std::io::Result<Vec<u8>> {
+    let file = File::open(&source.path)?;
+    let len = file.metadata()?.len();
+    queue_file::parse(BufReader::new(file), len)
+        .map(|q| q.content)
+        .map_err(|Malformed(reason)| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("queue file `{}`: {reason}", source.path.display()),
+            )
+        })
+}
+
+/// Parses a queue file held in memory (for tests and tools; `read` streams from disk).
+pub fn parse_queue_file(bytes: &[u8]) -> Result<QueueFile, Malformed> {
+    queue_file::parse(std::io::Cursor::new(bytes), bytes.len() as u64)
+}
+
+/// Reads one queue file into a spool item.
+pub fn read_file(path: &Path, queue: &str) -> SpoolItem {
+    let source = |len: u64| SourceRef {
+        format: SpoolFormat::Postfix,
+        path: path.to_path_buf(),
+        offset: 0,
+        len,
+    };
+    let quarantine = |len: u64, reason: String| {
+        SpoolItem::Quarantined(Quarantined {
+            source: source(len),
+            reason,
+        })
+    };
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => return quarantine(0, format!("cannot open queue file: {e}")),
+    };
+    let metadata = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return quarantine(0, format!("cannot read queue file: {e}")),
+    };
+    let len = metadata.len();
+    if !metadata.is_file() {
+        return quarantine(len, "not a regular file".into());
+    }
+    if matches!(queue, "incoming" | "maildrop") && metadata.permissions().mode() & 0o100 == 0 {
+        return quarantine(len, INCOMPLETE.into());
+    }
+    if len == 0 {
+        return quarantine(0, "file is empty".into());
+    }
+    match queue_file::parse(BufReader::new(file), len) {
+        Ok(parsed) => SpoolItem::Message(QueuedMessage {
+            source: source(len),
+            queue_id: file_name(path),
+            envelope: Envelope {
+                sender: parsed.sender,
+                sender_from: FieldSource::QueueFile,
+                recipients: parsed.recipients,
+                recipients_from: FieldSource::QueueFile,
+                arrival: parsed.arrival,
+                arrival_from: FieldSource::QueueFile,
+                envid: parsed.envid,
+                ret: parsed.ret,
+            },
+            content: parsed.content,
+            queue_name: Some(queue.to_string()),
+            mta_hold: queue == "hold",
+        }),
+        Err(Malformed(reason)) => quarantine(len, reason),
+    }
+}
+
+/// Streams the queue files of one Postfix spool, queue by queue.
+pub struct PostfixReader {
+    /// Queues still to read, the next one last.
+    queues: Vec<(String, PathBuf)>,
+    current: Option<QueueWalk>,
+}
+
+impl Iterator for PostfixReader {
+    type Item = SpoolItem;
+
+    fn next(&mut self) -> Option<SpoolItem> {
+        loop {
+            if let Some(walk) = &mut self.current {
+                if let Some(item) = walk.next() {
+                    return Some(item);
+                }
+                self.current = None;
+            }
+            let (name, dir) = self.queues.pop()?;
+            self.current = Some(QueueWalk::new(name, dir));
+        }
+    }
+}
+
+/// A depth-first walk of one queue folder in sorted order.
+struct QueueWalk {
+    queue: String,
+    /// Per open folder level, its entries not yet visited, the next one last.
+    stack: Vec<Vec<PathBuf>>,
+    /// Set when the queue folder itself cannot be walked.
+    pending: Option<SpoolItem>,
+}
+
+impl QueueWalk {
+    fn new(queue: String, dir: PathBuf) -> QueueWalk {
+        let mut walk = QueueWalk {
+            queue,
+            stack: Vec::new(),
+            pending: None,
+        };
+        match dir.symlink_metadata() {
+            Ok(m) if m.file_type().is_symlink() => {
+                walk.pending = Some(quarantine_path(&dir, "symbolic link: not followed"));
+            }
+            _ => walk.pending = walk.enter(&dir),
+        }
+        walk
+    }
+
+    /// Pushes `dir`'s sorted entries; a folder that cannot be listed becomes an item.
+    fn enter(&mut self, dir: &Path) -> Option<SpoolItem> {
+        match sorted_entries(dir) {
+            Ok(mut entries) => {
+                entries.reverse();
+                self.stack.push(entries);
+                None
+            }
+            Err(e) => Some(quarantine_path(dir, &format!("cannot list folder: {e}"))),
+        }
+    }
+}
+
+impl Iterator for QueueWalk {
+    type Item = SpoolItem;
+
+    fn next(&mut self) -> Option<SpoolItem> {
+        if let Some(item) = self.pending.take() {
+            return Some(item);
+        }
+        loop {
+            let top = self.stack.last_mut()?;
+            let Some(path) = top.pop() else {
+                self.stack.pop();
+                continue;
+            };
+            let file_type = match path.symlink_metadata() {
+                Ok(m) => m.file_type(),
+                // Gone since the folder was listed (Postfix moved it): nothing to read.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Some(quarantine_path(&path, &format!("cannot read: {e}"))),
+            };
+            if file_type.is_symlink() {
+                return Some(quarantine_path(&path, "symbolic link: not followed"));
+            }
+            if file_type.is_dir() {
+                if self.stack.len() >= MAX_DEPTH {
+                    return Some(quarantine_path(&path, "folder nested too deep for a queue"));
+                }
+                if let Some(item) = self.enter(&path) {
+                    return Some(item);
+                }
+                continue;
+            }
+            if !file_type.is_file() {
+                return Some(quarantine_path(&path, "not a regular file"));
+            }
+            return Some(read_file(&path, &self.queue));
+        }
+    }
+}
+
+fn sorted_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut entries = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    entries.sort();
+    Ok(entries)
+}
+
+fn quarantine_path(path: &Path, reason: &str) -> SpoolItem {
+    SpoolItem::Quarantined(Quarantined {
+        source: SourceRef {
+            format: SpoolFormat::Postfix,
+            path: path.to_path_buf(),
+            offset: 0,
+            len: 0,
+        },
+        reason: reason.to_string(),
+    })
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The queue `dir` is, by its name.
+fn queue_name_of(dir: &Path) -> Option<String> {
+    let name = dir.file_name()?.to_str()?;
+    QUEUES.contains(&name).then(|| name.to_string())
+}
+
+fn is_real_dir(path: &Path) -> bool {
+    path.symlink_metadata().is_ok_and(|m| m.is_dir())
+}
+
+/// Whether `dir` (or a hash folder below it) holds a file starting with `C` or `T`.
+fn holds_queue_file(dir: &Path, depth: usize) -> bool {
+    if depth > 2 {
+        return false;
+    }
+    let Ok(entries) = sorted_entries(dir) else {
+        return false;
+    };
+    entries.iter().any(|path| match path.symlink_metadata() {
+        Ok(m) if m.is_dir() => holds_queue_file(path, depth + 1),
+        Ok(m) if m.is_file() => starts_like_queue_file(path),
+        _ => false,
+    })
+}
+
+fn starts_like_queue_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut first = [0u8; 1];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut first))
+        .is_ok_and(|()| matches!(first[0], b'C' | b'T'))
+}
