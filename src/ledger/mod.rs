@@ -844,7 +844,10 @@ mod tests {
         let _held = Ledger::open_for_write(&path, "run").unwrap();
         let err = Ledger::open_for_write(&path, "ingest").err().unwrap();
         let text = err.to_string();
-        assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
         assert!(text.contains("spoolreplay run"), "{text}");
         assert_eq!(crate::exit::exit_for(&err), Exit::TempFail);
     }
