@@ -11,7 +11,7 @@ use chrono::{DateTime, FixedOffset, Local};
 
 use crate::classify::{self, Disposition};
 use crate::config::PaceConfig;
-use crate::deliver::{Deliverer, Delivery, Outcome, StoreError};
+use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::dsn::{self, Action, Diagnostic, DsnRecipient, DsnRequest};
 use crate::incident::Incident;
 use crate::ledger::{Change, Ledger, MessageRow, MessageWork, RcptState, RecipientRow};
@@ -284,13 +284,30 @@ impl Replay<'_> {
                 return Ok(true);
             }
         };
-        let recipients: Vec<&str> = work.recipients.iter().map(|r| r.address.as_str()).collect();
+        let recipients: Vec<RecipientSpec<'_>> = work
+            .recipients
+            .iter()
+            .map(|r| RecipientSpec {
+                address: &r.address,
+                orcpt: r.orcpt.as_deref(),
+                notify: r
+                    .notify
+                    .as_deref()
+                    .and_then(|n| crate::spool::eml::parse_notify(n).ok()),
+            })
+            .collect();
         let delivery = Delivery {
             message_key: &m.content_hash,
             sender: &m.sender,
             content: &content,
             arrival: m.arrival,
             recovering,
+            envid: m.envid.as_deref(),
+            ret: match m.ret.as_deref() {
+                Some("FULL") => Some(crate::address::ReturnContent::Full),
+                Some("HDRS") => Some(crate::address::ReturnContent::Headers),
+                _ => None,
+            },
         };
         let attempted = Local::now().fixed_offset().to_rfc3339();
         match self.store.deliver(&delivery, &recipients) {
@@ -299,14 +316,16 @@ impl Replay<'_> {
                 let outcomes = results
                     .into_iter()
                     .map(|o| match o {
-                        Outcome::Delivered { detail } => (RcptState::Delivered, detail, None),
+                        Outcome::Delivered { detail, .. } => (RcptState::Delivered, detail, None),
                         Outcome::AlreadyThere { detail } => (
                             RcptState::Delivered,
                             format!("already in the store from an interrupted run: {detail}"),
                             None,
                         ),
-                        Outcome::Deferred { reply } => (RcptState::Deferred, reply, None),
-                        Outcome::Failed { reply, status } => {
+                        Outcome::Deferred { reply, .. } => (RcptState::Deferred, reply, None),
+                        // Compile shim for the LMTP/SMTP branch: the lead decides the policy.
+                        Outcome::Uncertain { reply, .. } => (RcptState::Deferred, reply, None),
+                        Outcome::Failed { reply, status, .. } => {
                             (RcptState::Failed, reply, Some(status))
                         }
                     })
