@@ -138,7 +138,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub incident: PathBuf,
 
-    /// The restored store: maildir:DIR
+    /// The restored store: maildir:DIR, lmtp://HOST[:PORT], lmtp:/SOCKET, smtp://HOST[:PORT],
+    /// smtp+starttls://HOST[:PORT] or smtps://HOST[:PORT]
     #[arg(long, value_name = "TARGET")]
     pub store: String,
 
@@ -166,6 +167,12 @@ pub struct RunArgs {
     /// Longest wait between retries of deferred mail
     #[arg(long, value_name = "DURATION", default_value = "15m")]
     pub retry_max: String,
+
+    /// Accept any TLS certificate from an SMTP store (a test server or a private network
+    /// you trust); credentials come from SPOOLREPLAY_SMTP_USER/SPOOLREPLAY_SMTP_PASSWORD or
+    /// the file named by SPOOLREPLAY_SMTP_CREDENTIALS
+    #[arg(long)]
+    pub insecure_tls: bool,
 
     /// How long the store may stay unreachable mid-run before the run stops (exit 75)
     #[arg(long, value_name = "DURATION", default_value = "5m")]

@@ -8,6 +8,8 @@ use anyhow::Result;
 use chrono::{DateTime, FixedOffset};
 
 use crate::cli::{self, Cli};
+use crate::deliver::lmtp::LmtpTarget;
+use crate::deliver::smtp::{SmtpCredentials, SmtpTarget};
 use crate::exit::{Exit, Failure};
 use crate::incident::{self, Incident};
 use crate::replay::{RetryPolicy, UncertainPolicy};
@@ -79,6 +81,8 @@ pub struct ReportConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreTarget {
     Maildir(PathBuf),
+    Lmtp(LmtpTarget),
+    Smtp(SmtpTarget),
 }
 
 impl StoreTarget {
@@ -91,10 +95,22 @@ impl StoreTarget {
         }
         let scheme = s.split(':').next().unwrap_or("");
         match scheme {
-            "smtp" | "smtps" | "smtp+starttls" | "lmtp" => Err(format!(
-                "`{scheme}:` stores are not supported by this version yet; use maildir:DIR"
+            "lmtp" => s.parse().map(StoreTarget::Lmtp),
+            "smtp" | "smtps" | "smtp+starttls" => s.parse().map(StoreTarget::Smtp),
+            _ => Err(format!(
+                "`{s}` is not a store target; expected maildir:DIR, lmtp://HOST[:PORT], \
+                 lmtp:/SOCKET, smtp://HOST[:PORT], smtp+starttls://… or smtps://…"
             )),
-            _ => Err(format!("`{s}` is not a store target; expected maildir:DIR")),
+        }
+    }
+}
+
+impl std::fmt::Display for StoreTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreTarget::Maildir(dir) => write!(f, "maildir:{}", dir.display()),
+            StoreTarget::Lmtp(t) => write!(f, "{t}"),
+            StoreTarget::Smtp(t) => write!(f, "{t}"),
         }
     }
 }
@@ -112,6 +128,10 @@ pub struct RunConfig {
     pub concurrency: usize,
     pub uncertain: UncertainPolicy,
     pub retry: RetryPolicy,
+    /// SMTP AUTH credentials, from the environment or a file (never the command line).
+    pub credentials: Option<SmtpCredentials>,
+    /// Accept any TLS certificate (`--insecure-tls`).
+    pub insecure_tls: bool,
 }
 
 #[derive(Debug)]
@@ -169,6 +189,10 @@ impl Config {
                         ));
                     }
                 },
+                credentials: SmtpCredentials::from_env().map_err(|e| {
+                    anyhow::Error::new(Failure::new(Exit::Config, format!("SMTP credentials: {e}")))
+                })?,
+                insecure_tls: a.insecure_tls,
                 retry: RetryPolicy {
                     first: duration("--retry-delay", &a.retry_delay)?,
                     max: duration("--retry-max", &a.retry_max)?,
@@ -270,11 +294,19 @@ mod tests {
             Ok(StoreTarget::Maildir("/srv/x".into()))
         );
         assert!(StoreTarget::parse("maildir:").is_err());
-        assert!(
-            StoreTarget::parse("lmtp://x")
-                .unwrap_err()
-                .contains("not supported")
-        );
+        assert!(matches!(
+            StoreTarget::parse("lmtp://127.0.0.1:24"),
+            Ok(StoreTarget::Lmtp(_))
+        ));
+        assert!(matches!(
+            StoreTarget::parse("lmtp:/run/dovecot/lmtp"),
+            Ok(StoreTarget::Lmtp(_))
+        ));
+        assert!(matches!(
+            StoreTarget::parse("smtp+starttls://mx.example.net"),
+            Ok(StoreTarget::Smtp(_))
+        ));
+        assert!(StoreTarget::parse("ftp://x").is_err());
         assert!(StoreTarget::parse("/srv/x").is_err());
     }
 }

@@ -10,7 +10,10 @@ use serde_json::json;
 
 use crate::config::{Output, RunConfig, StoreTarget};
 use crate::deliver::Deliverer;
+use crate::deliver::lmtp::LmtpStore;
 use crate::deliver::maildir::MaildirStore;
+use crate::deliver::smtp::{SmtpOptions, SmtpStore};
+use crate::deliver::wire::ClientOptions;
 use crate::exit::Exit;
 use crate::ledger::{Ledger, RcptState};
 use crate::replay::{Event, Replay, Settings, Stop, StoreFactory};
@@ -23,8 +26,8 @@ use crate::throttle::format_duration;
 pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Result<Exit> {
     let printer = Printer::new(output);
     let mut ledger = Ledger::open_for_write(ledger_path, "run")?;
-    let factory = store_factory(&cfg.store);
-    let describe = describe_target(&cfg.store);
+    let factory = store_factory(&cfg);
+    let describe = cfg.store.to_string();
     let interrupted = install_ctrl_c()?;
     let started = Instant::now();
     if cfg.fixed_clock {
@@ -213,17 +216,26 @@ fn stop_text(stop: &Stop) -> String {
 }
 
 /// A constructor of store connections, one per worker.
-fn store_factory(target: &StoreTarget) -> Box<StoreFactory<'static>> {
-    match target.clone() {
+fn store_factory(cfg: &RunConfig) -> Box<StoreFactory<'static>> {
+    match cfg.store.clone() {
         StoreTarget::Maildir(dir) => {
             Box::new(move || MaildirStore::new(&dir).map(|s| Box::new(s) as Box<dyn Deliverer>))
         }
-    }
-}
-
-fn describe_target(target: &StoreTarget) -> String {
-    match target {
-        StoreTarget::Maildir(dir) => format!("maildir:{}", dir.display()),
+        StoreTarget::Lmtp(target) => Box::new(move || {
+            LmtpStore::connect(target.clone(), ClientOptions::default())
+                .map(|s| Box::new(s) as Box<dyn Deliverer>)
+        }),
+        StoreTarget::Smtp(target) => {
+            let options = SmtpOptions {
+                client: ClientOptions::default(),
+                credentials: cfg.credentials.clone(),
+                insecure: cfg.insecure_tls,
+            };
+            Box::new(move || {
+                SmtpStore::connect(target.clone(), options.clone())
+                    .map(|s| Box::new(s) as Box<dyn Deliverer>)
+            })
+        }
     }
 }
 

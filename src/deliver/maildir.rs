@@ -30,7 +30,7 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::{Deliverer, Delivery, Outcome, StoreError};
+use super::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::address::{Mailbox, ReversePath};
 use crate::sanitize;
 
@@ -95,7 +95,10 @@ impl MaildirStore {
         match self.store_copy(delivery, target, &maildir) {
             Ok(outcome) => Ok(outcome),
             Err(Problem::Store(e)) => Err(e),
-            Err(Problem::Mailbox(reply)) => Ok(Outcome::Deferred { reply }),
+            Err(Problem::Mailbox(reply)) => Ok(Outcome::Deferred {
+                reply,
+                remote: None,
+            }),
         }
     }
 
@@ -144,6 +147,7 @@ impl MaildirStore {
         sync_dir(&maildir.join("new"))?;
         Ok(Outcome::Delivered {
             detail: new_path.display().to_string(),
+            remote: None,
         })
     }
 
@@ -188,20 +192,22 @@ impl Deliverer for MaildirStore {
     fn deliver(
         &mut self,
         delivery: &Delivery<'_>,
-        recipients: &[&str],
+        recipients: &[RecipientSpec<'_>],
     ) -> Result<Vec<Outcome>, StoreError> {
         self.check_root()?;
         if let Some(reply) = check_sender(delivery.sender) {
             let refused = Outcome::Failed {
                 reply,
                 status: "5.1.7".to_string(),
+                remote: None,
             };
             return Ok(vec![refused; recipients.len()]);
         }
         // A recipient listed twice gets one copy; the repeat reports what the first got.
         let mut seen: HashMap<String, Outcome> = HashMap::new();
         let mut outcomes = Vec::with_capacity(recipients.len());
-        for raw in recipients {
+        for spec in recipients {
+            let raw = spec.address;
             let target = match check_recipient(raw) {
                 Ok(target) => target,
                 Err(reason) => {
@@ -340,6 +346,7 @@ fn refused(raw: &str, reason: &str) -> Outcome {
     Outcome::Failed {
         reply: format!("recipient `{}` refused: {reason}", quoted(raw)),
         status: "5.1.3".to_string(),
+        remote: None,
     }
 }
 
@@ -357,9 +364,11 @@ fn quoted(raw: &str) -> String {
 /// What a repeated recipient reports: the first copy's outcome, never a second copy.
 fn repeat_of(first: &Outcome) -> Outcome {
     match first {
-        Outcome::Delivered { detail } | Outcome::AlreadyThere { detail } => Outcome::AlreadyThere {
-            detail: detail.clone(),
-        },
+        Outcome::Delivered { detail, .. } | Outcome::AlreadyThere { detail } => {
+            Outcome::AlreadyThere {
+                detail: detail.clone(),
+            }
+        }
         other => other.clone(),
     }
 }
@@ -583,7 +592,7 @@ mod tests {
 
     #[test]
     fn refusal_reply_is_safe_to_print() {
-        let Outcome::Failed { reply, status } = refused("\x1b]0;pwned\x07@x", "because") else {
+        let Outcome::Failed { reply, status, .. } = refused("\x1b]0;pwned\x07@x", "because") else {
             panic!("not a failure");
         };
         assert_eq!(status, "5.1.3");

@@ -3,9 +3,15 @@
 //! A failed delivery is data (`Outcome`), not an `Err`: `Err(StoreError)` means the store
 //! itself cannot be used (down, full disk) and the run must stop and checkpoint.
 
+pub mod lmtp;
 pub mod maildir;
+pub mod reply;
+pub mod smtp;
+#[cfg(test)]
+mod testpeer;
+pub mod wire;
 
-use crate::address::ReversePath;
+use crate::address::{Notify, ReturnContent, ReversePath};
 
 /// One message to hand to the store, for one or more of its recipients.
 #[derive(Debug, Clone, Copy)]
@@ -21,22 +27,65 @@ pub struct Delivery<'a> {
     /// True when an earlier run was interrupted while this delivery was in flight: the
     /// backend must look harder for a copy already made (for Maildir, in `cur/` too).
     pub recovering: bool,
+    /// RFC 3461 ENVID, xtext-decoded; passed on only to a server that offers DSN.
+    pub envid: Option<&'a str>,
+    /// RFC 3461 RET; passed on only to a server that offers DSN.
+    pub ret: Option<ReturnContent>,
+}
+
+/// One envelope recipient with its RFC 3461 parameters, as handed to a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecipientSpec<'a> {
+    /// Exactly as in the envelope (no angle brackets).
+    pub address: &'a str,
+    /// ORCPT as `addr-type;value`, xtext-decoded.
+    pub orcpt: Option<&'a str>,
+    pub notify: Option<Notify>,
+}
+
+impl<'a> RecipientSpec<'a> {
+    /// A recipient without DSN parameters.
+    pub fn plain(address: &'a str) -> RecipientSpec<'a> {
+        RecipientSpec {
+            address,
+            orcpt: None,
+            notify: None,
+        }
+    }
 }
 
 /// What the store said about one recipient.
+///
+/// `remote` is `Some(server name)` exactly when `reply`/`detail` is a remote server's
+/// answer (SMTP, LMTP): the DSN builder then writes `Remote-MTA` and an `smtp;` diagnostic.
+/// Local stores (Maildir) and refusals made before anything was sent leave it `None`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Accepted durably. `detail` says where (a path, a queue id).
-    Delivered { detail: String },
+    /// Accepted durably. `detail` says where (a path, or the server's reply with its queue id).
+    Delivered {
+        detail: String,
+        remote: Option<String>,
+    },
     /// Already in the store from an earlier, interrupted run: not written again.
     AlreadyThere { detail: String },
     /// Temporary failure: try again later.
-    Deferred { reply: String },
-    /// Permanent failure: bounce it.
-    Failed { reply: String, status: String },
-    /// The message was sent but no reply came (connection lost after the final dot): the
-    /// store may or may not have it.
-    Uncertain { reply: String },
+    Deferred {
+        reply: String,
+        remote: Option<String>,
+    },
+    /// Permanent failure: bounce it. `status` is the RFC 3463 code (`5.1.1`).
+    Failed {
+        reply: String,
+        status: String,
+        remote: Option<String>,
+    },
+    /// The message was handed over completely (final dot sent) but the connection broke or
+    /// timed out before the server's reply for this recipient: it may or may not have been
+    /// delivered. Retrying risks a duplicate; bouncing risks a false bounce.
+    Uncertain {
+        reply: String,
+        remote: Option<String>,
+    },
 }
 
 /// The store as a whole is unusable: stop, checkpoint, and report.
@@ -69,6 +118,6 @@ pub trait Deliverer: Send {
     fn deliver(
         &mut self,
         delivery: &Delivery<'_>,
-        recipients: &[&str],
+        recipients: &[RecipientSpec<'_>],
     ) -> Result<Vec<Outcome>, StoreError>;
 }

@@ -15,8 +15,9 @@ use super::{
     Event, Replay, Stop, UncertainPolicy, apply_classification, classify_message, read_verified,
     test_hook,
 };
+use crate::address::ReturnContent;
 use crate::classify::Disposition;
-use crate::deliver::{Deliverer, Delivery, Outcome, StoreError};
+use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::ledger::{Change, MessageWork, RcptState};
 use crate::pace::{Pace, PushBack, Signal, format_rate};
 
@@ -58,13 +59,30 @@ pub(super) fn attempt(store: &mut dyn Deliverer, work: &MessageWork, recovering:
             };
         }
     };
-    let recipients: Vec<&str> = work.recipients.iter().map(|r| r.address.as_str()).collect();
+    let recipients: Vec<RecipientSpec<'_>> = work
+        .recipients
+        .iter()
+        .map(|r| RecipientSpec {
+            address: &r.address,
+            orcpt: r.orcpt.as_deref(),
+            notify: r
+                .notify
+                .as_deref()
+                .and_then(|n| crate::spool::eml::parse_notify(n).ok()),
+        })
+        .collect();
     let delivery = Delivery {
         message_key: &m.content_hash,
         sender: &m.sender,
         content: &content,
         arrival: m.arrival,
         recovering,
+        envid: m.envid.as_deref(),
+        ret: match m.ret.as_deref() {
+            Some("FULL") => Some(ReturnContent::Full),
+            Some("HDRS") => Some(ReturnContent::Headers),
+            _ => None,
+        },
     };
     let at = Local::now().fixed_offset().to_rfc3339();
     let started = Instant::now();
@@ -381,7 +399,7 @@ impl Replay<'_> {
                     status: s.status.as_deref(),
                     attempted_at: if s.retry_now { None } else { at.as_deref() },
                     next_attempt,
-                    remote: None,
+                    remote: s.remote.as_deref(),
                     audit_only: false,
                 };
                 tx.set_state(r, s.state, change)?;
@@ -426,6 +444,8 @@ struct Settled {
     already: bool,
     /// Not a real attempt (the store was unreachable): due again at once.
     retry_now: bool,
+    /// The server whose reply `detail` is.
+    remote: Option<String>,
 }
 
 impl Settled {
@@ -436,6 +456,7 @@ impl Settled {
             status: None,
             already: false,
             retry_now: false,
+            remote: None,
         }
     }
 }
@@ -443,7 +464,10 @@ impl Settled {
 impl From<Outcome> for Settled {
     fn from(o: Outcome) -> Settled {
         match o {
-            Outcome::Delivered { detail } => Settled::new(RcptState::Delivered, detail),
+            Outcome::Delivered { detail, remote } => Settled {
+                remote,
+                ..Settled::new(RcptState::Delivered, detail)
+            },
             Outcome::AlreadyThere { detail } => Settled {
                 already: true,
                 ..Settled::new(
@@ -451,12 +475,23 @@ impl From<Outcome> for Settled {
                     format!("already in the store from an interrupted run: {detail}"),
                 )
             },
-            Outcome::Deferred { reply } => Settled::new(RcptState::Deferred, reply),
-            Outcome::Failed { reply, status } => Settled {
+            Outcome::Deferred { reply, remote } => Settled {
+                remote,
+                ..Settled::new(RcptState::Deferred, reply)
+            },
+            Outcome::Failed {
+                reply,
+                status,
+                remote,
+            } => Settled {
                 status: Some(status),
+                remote,
                 ..Settled::new(RcptState::Failed, reply)
             },
-            Outcome::Uncertain { reply } => Settled::new(RcptState::Uncertain, reply),
+            Outcome::Uncertain { reply, remote } => Settled {
+                remote,
+                ..Settled::new(RcptState::Uncertain, reply)
+            },
         }
     }
 }
@@ -479,7 +514,7 @@ fn signal_of(result: &Attempt) -> Option<Signal> {
             ..
         } => {
             let pushback = outcomes.iter().find_map(|o| match o {
-                Outcome::Deferred { reply } => {
+                Outcome::Deferred { reply, .. } => {
                     reply_code(reply).filter(|c| matches!(c, 421 | 451 | 452))
                 }
                 _ => None,

@@ -7,7 +7,28 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, FixedOffset};
 use spoolreplay::address::ReversePath;
 use spoolreplay::deliver::maildir::MaildirStore;
-use spoolreplay::deliver::{Deliverer, Delivery, Outcome, StoreError};
+use spoolreplay::deliver::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
+
+/// These tests give plain addresses; the trait takes recipients with DSN parameters.
+trait DeliverPlain {
+    fn deliver_plain(
+        &mut self,
+        delivery: &Delivery<'_>,
+        recipients: &[&str],
+    ) -> Result<Vec<Outcome>, StoreError>;
+}
+
+impl<T: Deliverer> DeliverPlain for T {
+    fn deliver_plain(
+        &mut self,
+        delivery: &Delivery<'_>,
+        recipients: &[&str],
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let specs: Vec<RecipientSpec<'_>> =
+            recipients.iter().map(|a| RecipientSpec::plain(a)).collect();
+        self.deliver(delivery, &specs)
+    }
+}
 
 const MESSAGE: &[u8] =
     b"From: Alice <alice@example.org>\r\nSubject: hi\r\n\r\nline one\r\nline two\r\n";
@@ -28,6 +49,8 @@ fn delivery<'a>(sender: &'a ReversePath, recovering: bool) -> Delivery<'a> {
         content: MESSAGE,
         arrival: arrival(),
         recovering,
+        envid: None,
+        ret: None,
     }
 }
 
@@ -70,7 +93,7 @@ fn files_in(dir: &Path) -> Vec<String> {
 #[track_caller]
 fn delivered_path(outcome: &Outcome) -> PathBuf {
     match outcome {
-        Outcome::Delivered { detail } => PathBuf::from(detail),
+        Outcome::Delivered { detail, .. } => PathBuf::from(detail),
         other => panic!("expected Delivered, got {other:?}"),
     }
 }
@@ -78,7 +101,7 @@ fn delivered_path(outcome: &Outcome) -> PathBuf {
 #[track_caller]
 fn assert_failed_513(outcome: &Outcome, what: &str) {
     match outcome {
-        Outcome::Failed { status, reply } => {
+        Outcome::Failed { status, reply, .. } => {
             assert_eq!(status, "5.1.3", "{what}");
             assert!(reply.contains("refused"), "{what}: {reply}");
             assert!(!reply.chars().any(char::is_control), "{what}: {reply:?}");
@@ -94,7 +117,7 @@ fn delivers_each_recipient_with_headers_and_lf() {
     let root = fs::canonicalize(root).unwrap();
     let s = sender();
     let outcomes = store
-        .deliver(
+        .deliver_plain(
             &delivery(&s, false),
             &["Bob@Example.NET", "<carol@example.net>", "dave@other.test"],
         )
@@ -129,7 +152,7 @@ fn null_sender_gets_empty_return_path() {
     let (mut store, _) = store_in(tmp.path());
     let null = ReversePath::Null;
     let outcomes = store
-        .deliver(&delivery(&null, false), &["bob@example.net"])
+        .deliver_plain(&delivery(&null, false), &["bob@example.net"])
         .unwrap();
     let stored = fs::read(delivered_path(&outcomes[0])).unwrap();
     assert!(stored.starts_with(b"Return-Path: <>\nDelivered-To: bob@example.net\nFrom: "));
@@ -144,7 +167,7 @@ fn file_name_is_deterministic_and_dovecot_shaped() {
     for tmp in [&first, &second] {
         let (mut store, _) = store_in(tmp.path());
         let outcomes = store
-            .deliver(&delivery(&s, false), &["bob@example.net"])
+            .deliver_plain(&delivery(&s, false), &["bob@example.net"])
             .unwrap();
         let path = delivered_path(&outcomes[0]);
         names.push(path.file_name().unwrap().to_string_lossy().into_owned());
@@ -172,11 +195,11 @@ fn file_name_is_deterministic_and_dovecot_shaped() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut store, _) = store_in(tmp.path());
     let other_rcpt = store
-        .deliver(&delivery(&s, false), &["carol@example.net"])
+        .deliver_plain(&delivery(&s, false), &["carol@example.net"])
         .unwrap();
     let mut other = delivery(&s, false);
     other.message_key = "spool:q/4F2A1C";
-    let other_msg = store.deliver(&other, &["bob@example.net"]).unwrap();
+    let other_msg = store.deliver_plain(&other, &["bob@example.net"]).unwrap();
     for outcome in [&other_rcpt[0], &other_msg[0]] {
         let n = delivered_path(outcome)
             .file_name()
@@ -193,12 +216,12 @@ fn second_delivery_is_already_there_with_one_file() {
     let (mut store, root) = store_in(tmp.path());
     let s = sender();
     let first = store
-        .deliver(&delivery(&s, false), &["bob@example.net"])
+        .deliver_plain(&delivery(&s, false), &["bob@example.net"])
         .unwrap();
     let path = delivered_path(&first[0]);
     // Another case of the same mailbox is the same mailbox.
     let again = store
-        .deliver(&delivery(&s, false), &["BOB@example.net"])
+        .deliver_plain(&delivery(&s, false), &["BOB@example.net"])
         .unwrap();
     assert_eq!(
         again,
@@ -215,7 +238,7 @@ fn recipient_listed_twice_gets_one_copy() {
     let (mut store, root) = store_in(tmp.path());
     let s = sender();
     let outcomes = store
-        .deliver(
+        .deliver_plain(
             &delivery(&s, false),
             &["bob@example.net", "carol@example.net", "Bob@EXAMPLE.net"],
         )
@@ -237,7 +260,7 @@ fn copy_moved_to_cur_is_found_when_recovering() {
     let (mut store, root) = store_in(tmp.path());
     let s = sender();
     let first = store
-        .deliver(&delivery(&s, false), &["bob@example.net"])
+        .deliver_plain(&delivery(&s, false), &["bob@example.net"])
         .unwrap();
     let new_path = delivered_path(&first[0]);
     let name = new_path.file_name().unwrap().to_string_lossy().into_owned();
@@ -248,7 +271,7 @@ fn copy_moved_to_cur_is_found_when_recovering() {
     fs::rename(&new_path, &cur_path).unwrap();
 
     let recovered = store
-        .deliver(&delivery(&s, true), &["bob@example.net"])
+        .deliver_plain(&delivery(&s, true), &["bob@example.net"])
         .unwrap();
     assert_eq!(
         recovered,
@@ -261,7 +284,7 @@ fn copy_moved_to_cur_is_found_when_recovering() {
     // Without `recovering` only `new/` is checked: that is the documented cost of the
     // cheaper path, and the run loop sets the flag whenever it matters.
     let plain = store
-        .deliver(&delivery(&s, false), &["bob@example.net"])
+        .deliver_plain(&delivery(&s, false), &["bob@example.net"])
         .unwrap();
     delivered_path(&plain[0]);
 }
@@ -273,7 +296,7 @@ fn leftover_tmp_file_is_replaced() {
     let s = sender();
     // Learn the name, then go back to a crash between writing tmp/ and the rename.
     let first = store
-        .deliver(&delivery(&s, false), &["bob@example.net"])
+        .deliver_plain(&delivery(&s, false), &["bob@example.net"])
         .unwrap();
     let name = delivered_path(&first[0]).file_name().unwrap().to_owned();
     let maildir = root.join("example.net/bob/Maildir");
@@ -281,7 +304,7 @@ fn leftover_tmp_file_is_replaced() {
     fs::write(maildir.join("tmp").join(&name), b"half a mess").unwrap();
 
     let again = store
-        .deliver(&delivery(&s, false), &["bob@example.net"])
+        .deliver_plain(&delivery(&s, false), &["bob@example.net"])
         .unwrap();
     let path = delivered_path(&again[0]);
     assert!(fs::read(&path).unwrap().ends_with(STORED_BODY));
@@ -310,7 +333,7 @@ fn hostile_recipients_are_refused_and_nothing_escapes() {
         "no-at-sign",
     ];
     let before = snapshot(tmp.path());
-    let outcomes = store.deliver(&delivery(&s, false), &hostile).unwrap();
+    let outcomes = store.deliver_plain(&delivery(&s, false), &hostile).unwrap();
     assert_eq!(outcomes.len(), hostile.len());
     for (outcome, raw) in outcomes.iter().zip(&hostile) {
         assert_failed_513(outcome, &format!("{raw:?}"));
@@ -324,7 +347,7 @@ fn hostile_recipients_are_refused_and_nothing_escapes() {
     // Mixed with a good recipient: only the good one is written, under the root.
     let mut mixed = hostile.clone();
     mixed.insert(3, "good@example.net");
-    let outcomes = store.deliver(&delivery(&s, false), &mixed).unwrap();
+    let outcomes = store.deliver_plain(&delivery(&s, false), &mixed).unwrap();
     let good = delivered_path(&outcomes[3]);
     assert!(good.starts_with(fs::canonicalize(&root).unwrap()));
     let after = snapshot(tmp.path());
@@ -351,7 +374,7 @@ fn sender_with_line_break_is_refused_for_all() {
     let evil = ReversePath::Address("a@b\r\nX-Injected: 1".to_string());
     let before = snapshot(tmp.path());
     let outcomes = store
-        .deliver(
+        .deliver_plain(
             &delivery(&evil, false),
             &["bob@example.net", "carol@example.net"],
         )
@@ -375,13 +398,13 @@ fn file_in_place_of_maildir_defers_that_mailbox_only() {
     fs::write(&blocker, b"not a folder").unwrap();
     let s = sender();
     let outcomes = store
-        .deliver(
+        .deliver_plain(
             &delivery(&s, false),
             &["bob@example.net", "carol@example.net"],
         )
         .unwrap();
     match &outcomes[0] {
-        Outcome::Deferred { reply } => {
+        Outcome::Deferred { reply, .. } => {
             assert!(reply.contains("example.net/bob/Maildir"), "{reply}");
             assert!(reply.contains("not a directory"), "{reply}");
         }
@@ -401,10 +424,10 @@ fn file_in_place_of_new_defers_and_leaves_no_tmp() {
     fs::write(maildir.join("new"), b"").unwrap();
     let s = sender();
     let outcomes = store
-        .deliver(&delivery(&s, false), &["bob@example.net"])
+        .deliver_plain(&delivery(&s, false), &["bob@example.net"])
         .unwrap();
     assert!(
-        matches!(&outcomes[0], Outcome::Deferred { reply } if reply.contains("Maildir/new")),
+        matches!(&outcomes[0], Outcome::Deferred { reply, .. } if reply.contains("Maildir/new")),
         "{outcomes:?}"
     );
     assert!(files_in(&maildir.join("tmp")).is_empty());
@@ -419,7 +442,7 @@ fn root_replaced_by_file_stops_the_run() {
     fs::write(&root, b"").unwrap();
     let s = sender();
     let err = store
-        .deliver(&delivery(&s, false), &["bob@example.net"])
+        .deliver_plain(&delivery(&s, false), &["bob@example.net"])
         .unwrap_err();
     assert!(
         matches!(&err, StoreError::Unavailable(m) if m.contains("not a directory")),
@@ -438,7 +461,7 @@ fn missing_root_is_unavailable_and_not_recreated() {
     fs::remove_dir(&root).unwrap();
     let s = sender();
     let err = store
-        .deliver(&delivery(&s, false), &["bob@example.net"])
+        .deliver_plain(&delivery(&s, false), &["bob@example.net"])
         .unwrap_err();
     assert!(
         matches!(&err, StoreError::Unavailable(m) if m.contains("store root")),

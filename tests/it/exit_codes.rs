@@ -12,8 +12,8 @@ fn usage_errors_exit_64() {
     let cases: [(&[&str], &str); 3] = [
         (&["status", "--no-such-flag"], "--no-such-flag"),
         (
-            &["run", "--incident", &inc, "--store", "lmtp://x"],
-            "not supported",
+            &["run", "--incident", &inc, "--store", "ftp://x"],
+            "is not a store target",
         ),
         (
             &[
@@ -43,6 +43,31 @@ fn status_without_ledger_exits_66() {
     check(&out, 66);
     assert!(out.stderr.contains("no ledger"), "{}", out.stderr);
     assert!(!cli.ledger.exists(), "status created a ledger");
+}
+
+#[test]
+fn store_down_at_the_start_exits_69_naming_what_was_tried() {
+    let cli = Cli::new();
+    cli.ingest_sample();
+    let inc = incident().display().to_string();
+    let out = cli.run(&[
+        "run",
+        "--incident",
+        &inc,
+        "--now",
+        "2023-01-28T06:00:00+01:00",
+        "--store",
+        "lmtp://127.0.0.1:1",
+    ]);
+    check(&out, 69);
+    assert!(out.stdout.contains("127.0.0.1:1"), "{}", out.stdout);
+    let status = cli.status();
+    assert_eq!(status["states"]["in_flight"], 0, "{status}");
+    assert_eq!(status["states"]["delivered"], 0, "{status}");
+    assert!(
+        status["states"]["pending"].as_u64().unwrap_or(0) > 0,
+        "{status}"
+    );
 }
 
 /// Waits until the lock file of a running command names its holder.

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test module uses a different part
 
+pub mod dovecot;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,658 @@
+//! What the SMTP and LMTP clients share: options and timeouts, the byte stream with its
+//! reply reader (bytes → [`Reply`]), DATA encoding, ESMTP capabilities, envelope parameters
+//! and the mapping from a reply to a per-recipient [`Outcome`].
+//!
+//! Decisions a reader should know:
+//! - Message bytes are sent as spooled except for line ends: a bare LF becomes CRLF (SMTP
+//!   requires CRLF; spools written by Unix tools use LF). A lone CR is left alone: changing
+//!   it would change the message, and the servers we target store it as it came.
+//! - Addresses come from strangers and go into command lines: anything that could end the
+//!   command or the path early (control characters, `<`, `>`, an unquoted space) refuses
+//!   that address before a byte is sent, so no spool can inject an SMTP command.
+//! - DSN parameters (ENVID, RET, NOTIFY, ORCPT) are sent only to a server that advertises
+//!   DSN: RFC 3461 4 forbids them otherwise, and Dovecot's LMTP answers them with 555.
+
+use std::borrow::Cow;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use super::reply::{Reply, ReplyError};
+use super::{Delivery, Outcome, RecipientSpec};
+use crate::address::{Notify, ReturnContent};
+use crate::sanitize;
+
+/// How long to wait for the server at each stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect (per address tried).
+    pub connect: Duration,
+    /// The greeting and every command's reply; also every write.
+    pub command: Duration,
+    /// The reply (LMTP: each reply) after the final dot, when the server stores the message.
+    pub data_end: Duration,
+}
+
+impl Default for Timeouts {
+    /// 30 s to connect; RFC 5321 4.5.3.2 minimums for the rest: 5 minutes per command,
+    /// 10 minutes for the final dot.
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(30),
+            command: Duration::from_secs(5 * 60),
+            data_end: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// Options every client takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// The name we give in LHLO/EHLO.
+    pub hello_name: String,
+    pub timeouts: Timeouts,
+}
+
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions {
+            hello_name: default_hello_name(),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// This machine's host name when it is a plausible domain, else `localhost`.
+pub fn default_hello_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|h| is_domain_like(h))
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+fn is_domain_like(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !name.split('.').any(str::is_empty)
+}
+
+/// Why a conversation step failed below the reply level.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the server closed the connection")]
+    Closed,
+    #[error("{0}")]
+    Io(io::Error),
+    #[error("{0}")]
+    Malformed(ReplyError),
+}
+
+impl WireError {
+    fn from_io(e: io::Error, waited: Duration) -> WireError {
+        match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => WireError::Timeout(waited),
+            ErrorKind::UnexpectedEof
+            | ErrorKind::BrokenPipe
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted => WireError::Closed,
+            _ => WireError::Io(e),
+        }
+    }
+}
+
+/// A TCP or unix-socket byte stream.
+#[derive(Debug)]
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn set_read_timeout(&self, t: Duration) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(Some(t)),
+            Stream::Unix(s) => s.set_read_timeout(Some(t)),
+        }
+    }
+
+    fn set_write_timeout(&self, t: Duration) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(Some(t)),
+            Stream::Unix(s) => s.set_write_timeout(Some(t)),
+        }
+    }
+
+    fn shutdown(&self) {
+        // Best effort: the connection is being given up either way.
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
+            Stream::Unix(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+        }
+    }
+}
+
+/// One connection: writes command lines and DATA, reads replies through [`Reply::parse`].
+#[derive(Debug)]
+pub(crate) struct Conn {
+    stream: Stream,
+    /// Bytes read but not yet parsed (the start of the next reply).
+    buf: Vec<u8>,
+    timeouts: Timeouts,
+}
+
+impl Conn {
+    /// Connects over TCP, trying every address `host` resolves to; the error names them.
+    pub(crate) fn tcp(host: &str, port: u16, timeouts: Timeouts) -> Result<Conn, String> {
+        let addrs: Vec<_> = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(format!("`{host}` resolves to no address"));
+        }
+        let mut tried = Vec::new();
+        for addr in &addrs {
+            match TcpStream::connect_timeout(addr, timeouts.connect) {
+                Ok(s) => return Conn::ready(Stream::Tcp(s), timeouts),
+                Err(e) => tried.push(format!("{addr}: {e}")),
+            }
+        }
+        Err(format!("cannot connect to {}", tried.join("; ")))
+    }
+
+    /// Connects to a unix socket.
+    pub(crate) fn unix(path: &Path, timeouts: Timeouts) -> Result<Conn, String> {
+        let s = UnixStream::connect(path)
+            .map_err(|e| format!("cannot connect to socket `{}`: {e}", path.display()))?;
+        Conn::ready(Stream::Unix(s), timeouts)
+    }
+
+    fn ready(stream: Stream, timeouts: Timeouts) -> Result<Conn, String> {
+        stream
+            .set_write_timeout(timeouts.command)
+            .map_err(|e| format!("cannot set a write timeout: {e}"))?;
+        Ok(Conn {
+            stream,
+            buf: Vec::new(),
+            timeouts,
+        })
+    }
+
+    /// Reads one reply, waiting at most `wait` for each chunk of it.
+    pub(crate) fn read_reply(&mut self, wait: Duration) -> Result<Reply, WireError> {
+        self.stream
+            .set_read_timeout(wait)
+            .map_err(|e| WireError::from_io(e, wait))?;
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some((reply, used)) = Reply::parse(&self.buf).map_err(WireError::Malformed)? {
+                self.buf.drain(..used);
+                return Ok(reply);
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(WireError::Closed),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(WireError::from_io(e, wait)),
+            }
+        }
+    }
+
+    /// Sends one command line (CRLF added) and reads its reply.
+    pub(crate) fn command(&mut self, line: &str) -> Result<Reply, WireError> {
+        self.write_all(format!("{line}\r\n").as_bytes())?;
+        self.read_reply(self.timeouts.command)
+    }
+
+    /// Sends bytes as they are (already encoded DATA, or its terminator).
+    pub(crate) fn write_all(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        let wait = self.timeouts.command;
+        self.stream
+            .write_all(bytes)
+            .and_then(|()| self.stream.flush())
+            .map_err(|e| WireError::from_io(e, wait))
+    }
+
+    pub(crate) fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// Closes the connection without ceremony (after an error or a 421).
+    pub(crate) fn abandon(self) {
+        self.stream.shutdown();
+    }
+}
+
+/// Bare LF becomes CRLF; CRLF and everything else are kept.
+pub fn normalize_line_ends(content: &[u8]) -> Cow<'_, [u8]> {
+    let bare_lf = content
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || content[i - 1] != b'\r'));
+    if !bare_lf {
+        return Cow::Borrowed(content);
+    }
+    let mut out = Vec::with_capacity(content.len() + content.len() / 32);
+    for (i, &b) in content.iter().enumerate() {
+        if b == b'\n' && (i == 0 || content[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    Cow::Owned(out)
+}
+
+/// The body of DATA as sent: line ends normalized, every line that starts with `.` given
+/// another `.` (RFC 5321 4.5.2), ending in CRLF. The `.` CRLF terminator is not included.
+pub fn data_body(content: &[u8]) -> Vec<u8> {
+    let normalized = normalize_line_ends(content);
+    let mut out = Vec::with_capacity(normalized.len() + 64);
+    let mut at_line_start = true;
+    for &b in normalized.iter() {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// The DATA terminator.
+pub const DATA_END: &[u8] = b".\r\n";
+
+/// The ESMTP/LMTP extensions we act on, from an EHLO/LHLO reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    pub dsn: bool,
+    pub starttls: bool,
+}
+
+impl Capabilities {
+    /// Keywords are the first word of each line after the first (RFC 5321 4.1.1.1).
+    pub fn from_reply(reply: &Reply) -> Capabilities {
+        let mut caps = Capabilities::default();
+        for line in reply.lines.iter().skip(1) {
+            let keyword = line
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase();
+            match keyword.as_str() {
+                "8BITMIME" => caps.eight_bit_mime = true,
+                "SMTPUTF8" => caps.smtputf8 = true,
+                "DSN" => caps.dsn = true,
+                "STARTTLS" => caps.starttls = true,
+                _ => {}
+            }
+        }
+        caps
+    }
+}
+
+/// The server's name: the first word of its greeting (or EHLO reply), if it looks like one.
+pub fn server_name(reply: &Reply) -> Option<String> {
+    reply
+        .lines
+        .first()
+        .and_then(|l| l.split_whitespace().next())
+        .map(sanitize::for_terminal)
+        .filter(|n| !n.is_empty())
+}
+
+/// The envelope needs SMTPUTF8 (RFC 6531) when an address is not ASCII.
+pub fn needs_smtputf8(delivery: &Delivery<'_>, recipients: &[RecipientSpec<'_>]) -> bool {
+    !delivery.sender.as_str().is_ascii() || recipients.iter().any(|r| !r.address.is_ascii())
+}
+
+/// MAIL FROM parameters (keyword, value before xtext encoding), as the server allows.
+pub fn mail_params(
+    delivery: &Delivery<'_>,
+    caps: &Capabilities,
+    smtputf8: bool,
+) -> Vec<(&'static str, Option<String>)> {
+    let mut params = Vec::new();
+    if !delivery.content.is_ascii() && caps.eight_bit_mime {
+        params.push(("BODY", Some("8BITMIME".to_string())));
+    }
+    if smtputf8 && caps.smtputf8 {
+        params.push(("SMTPUTF8", None));
+    }
+    if caps.dsn {
+        if let Some(ret) = delivery.ret {
+            let value = match ret {
+                ReturnContent::Full => "FULL",
+                ReturnContent::Headers => "HDRS",
+            };
+            params.push(("RET", Some(value.to_string())));
+        }
+        if let Some(envid) = delivery.envid {
+            params.push(("ENVID", Some(envid.to_string())));
+        }
+    }
+    params
+}
+
+/// RCPT TO parameters (keyword, value before xtext encoding), only when DSN is offered.
+pub fn rcpt_params(
+    spec: &RecipientSpec<'_>,
+    caps: &Capabilities,
+) -> Vec<(&'static str, Option<String>)> {
+    let mut params = Vec::new();
+    if !caps.dsn {
+        return params;
+    }
+    if let Some(notify) = spec.notify.and_then(notify_value) {
+        params.push(("NOTIFY", Some(notify)));
+    }
+    if let Some(orcpt) = spec.orcpt {
+        params.push(("ORCPT", Some(orcpt.to_string())));
+    }
+    params
+}
+
+/// `NEVER` or the comma list of SUCCESS, FAILURE, DELAY; `None` for an empty set.
+fn notify_value(n: Notify) -> Option<String> {
+    if n.never {
+        return Some("NEVER".to_string());
+    }
+    let words: Vec<&str> = [
+        (n.success, "SUCCESS"),
+        (n.failure, "FAILURE"),
+        (n.delay, "DELAY"),
+    ]
+    .into_iter()
+    .filter_map(|(on, w)| on.then_some(w))
+    .collect();
+    (!words.is_empty()).then(|| words.join(","))
+}
+
+/// RFC 3461 4: `+`, `=`, and anything outside `!`..`~` become `+XX`.
+pub fn xtext(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+/// ` KEY=xtext(value)` for each parameter.
+pub fn format_params(params: &[(&'static str, Option<String>)]) -> String {
+    params
+        .iter()
+        .map(|(k, v)| match v {
+            Some(v) => format!(" {k}={}", xtext(v)),
+            None => format!(" {k}"),
+        })
+        .collect()
+}
+
+/// Refuses an address that could break out of `<…>` in a command line.
+pub fn check_wire_address(address: &str) -> Result<(), String> {
+    if let Some(c) = address.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "address contains the control character {}",
+            sanitize::for_terminal(&c.to_string())
+        ));
+    }
+    if let Some(c) = address.chars().find(|c| matches!(c, '<' | '>')) {
+        return Err(format!("address contains `{c}`"));
+    }
+    // A space is legal only inside a quoted local part (`"john doe"@example.test`).
+    let unquoted = match address.strip_prefix('"') {
+        Some(rest) => rest
+            .rsplit_once("\"@")
+            .map_or(address, |(_, domain)| domain),
+        None => address,
+    };
+    if unquoted.contains(' ') {
+        return Err("address contains an unquoted space".to_string());
+    }
+    Ok(())
+}
+
+/// The outcome a server reply means for one recipient.
+pub fn outcome_of(reply: &Reply, remote: &str) -> Outcome {
+    let remote = Some(remote.to_string());
+    if reply.is_permanent() {
+        Outcome::Failed {
+            reply: reply.to_string(),
+            status: reply.status(),
+            remote,
+        }
+    } else if reply.is_transient() {
+        Outcome::Deferred {
+            reply: reply.to_string(),
+            remote,
+        }
+    } else {
+        Outcome::Delivered {
+            detail: reply.to_string(),
+            remote,
+        }
+    }
+}
+
+/// A reply that does not fit the step (a 2xx/3xx where a refusal or another code was
+/// due): not trusted as a delivery, so the recipient is retried.
+pub fn unexpected(reply: &Reply, step: &str, remote: &str) -> Outcome {
+    Outcome::Deferred {
+        reply: format!("unexpected reply to {step}: {reply}"),
+        remote: Some(remote.to_string()),
+    }
+}
+
+/// Our own refusal, made before the server saw the recipient.
+pub fn refused_locally(reply: String, status: &str) -> Outcome {
+    Outcome::Failed {
+        reply,
+        status: status.to_string(),
+        remote: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::ReversePath;
+
+    fn delivery<'a>(sender: &'a ReversePath, content: &'a [u8]) -> Delivery<'a> {
+        Delivery {
+            message_key: "k",
+            sender,
+            content,
+            arrival: chrono::DateTime::parse_from_rfc3339("2023-01-23T10:00:00+01:00").unwrap(),
+            recovering: false,
+            envid: Some("id+1=x"),
+            ret: Some(ReturnContent::Headers),
+        }
+    }
+
+    #[test]
+    fn line_ends_become_crlf_and_nothing_else_changes() {
+        assert_eq!(&*normalize_line_ends(b"a\r\nb\r\n"), b"a\r\nb\r\n");
+        assert!(matches!(normalize_line_ends(b"a\r\n"), Cow::Borrowed(_)));
+        assert_eq!(
+            &*normalize_line_ends(b"\na\nb\r\nc\rd\n"),
+            b"\r\na\r\nb\r\nc\rd\r\n"
+        );
+    }
+
+    #[test]
+    fn data_is_dot_stuffed_and_ends_in_crlf() {
+        assert_eq!(
+            data_body(b".a\n..b\nc.\n.\n"),
+            b"..a\r\n...b\r\nc.\r\n..\r\n"
+        );
+        assert_eq!(data_body(b"x\r\n.y"), b"x\r\n..y\r\n");
+        assert_eq!(data_body(b"no end"), b"no end\r\n");
+        assert_eq!(
+            data_body(b"a\r.b\n"),
+            b"a\r.b\r\n",
+            "a lone CR does not start a line"
+        );
+        assert_eq!(data_body(b""), b"");
+    }
+
+    #[test]
+    fn capabilities_from_lhlo_and_ehlo() {
+        let (dovecot, _) = Reply::parse(
+            b"250-mx.example.test\r\n250-8BITMIME\r\n250-CHUNKING\r\n250-ENHANCEDSTATUSCODES\r\n250 PIPELINING\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        let caps = Capabilities::from_reply(&dovecot);
+        assert_eq!(
+            caps,
+            Capabilities {
+                eight_bit_mime: true,
+                ..Capabilities::default()
+            }
+        );
+        assert_eq!(server_name(&dovecot).as_deref(), Some("mx.example.test"));
+        let (sink, _) = Reply::parse(b"250-sink\r\n250-dsn\r\n250-SMTPUTF8\r\n250 STARTTLS\r\n")
+            .unwrap()
+            .unwrap();
+        let caps = Capabilities::from_reply(&sink);
+        assert!(caps.dsn && caps.smtputf8 && caps.starttls && !caps.eight_bit_mime);
+    }
+
+    #[test]
+    fn envelope_parameters_follow_the_capabilities() {
+        let s = ReversePath::Address("s@x.test".into());
+        let plain = Capabilities::default();
+        let all = Capabilities {
+            eight_bit_mime: true,
+            smtputf8: true,
+            dsn: true,
+            starttls: false,
+        };
+        assert_eq!(
+            format_params(&mail_params(&delivery(&s, b"ascii"), &plain, false)),
+            ""
+        );
+        assert_eq!(
+            format_params(&mail_params(&delivery(&s, "é".as_bytes()), &all, true)),
+            " BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=id+2B1+3Dx"
+        );
+        let spec = RecipientSpec {
+            address: "r@y.test",
+            orcpt: Some("rfc822;R@y.test"),
+            notify: Some(Notify {
+                failure: true,
+                delay: true,
+                ..Notify::default()
+            }),
+        };
+        assert_eq!(format_params(&rcpt_params(&spec, &plain)), "");
+        assert_eq!(
+            format_params(&rcpt_params(&spec, &all)),
+            " NOTIFY=FAILURE,DELAY ORCPT=rfc822;R@y.test"
+        );
+        let never = RecipientSpec {
+            notify: Some(Notify {
+                never: true,
+                ..Notify::default()
+            }),
+            ..RecipientSpec::plain("r@y.test")
+        };
+        assert_eq!(format_params(&rcpt_params(&never, &all)), " NOTIFY=NEVER");
+        assert!(needs_smtputf8(
+            &delivery(&s, b""),
+            &[RecipientSpec::plain("jörg@y.test")]
+        ));
+        assert!(!needs_smtputf8(
+            &delivery(&s, "é".as_bytes()),
+            &[RecipientSpec::plain("r@y")]
+        ));
+    }
+
+    #[test]
+    fn addresses_that_could_inject_commands_are_refused() {
+        for bad in [
+            "a@b\r\nRSET",
+            "a@b> NOTIFY=NEVER",
+            "<a@b",
+            "a b@c",
+            "a@b c",
+            "\"x\"@b c",
+        ] {
+            assert!(check_wire_address(bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "a@b.test",
+            "\"john doe\"@example.test",
+            "Jörg@x.test",
+            "a+b=c@x",
+        ] {
+            assert_eq!(check_wire_address(good), Ok(()), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn replies_become_outcomes() {
+        let r = |s: &str| Reply::parse(s.as_bytes()).unwrap().unwrap().0;
+        assert_eq!(
+            outcome_of(&r("550 5.1.1 <x@y> User doesn't exist\r\n"), "mx"),
+            Outcome::Failed {
+                reply: "550 5.1.1 <x@y> User doesn't exist".into(),
+                status: "5.1.1".into(),
+                remote: Some("mx".into())
+            }
+        );
+        assert!(matches!(
+            outcome_of(&r("452 4.2.2 full\r\n"), "mx"),
+            Outcome::Deferred { .. }
+        ));
+        assert!(matches!(
+            outcome_of(&r("250 2.0.0 ok\r\n"), "mx"),
+            Outcome::Delivered { .. }
+        ));
+        assert!(matches!(
+            outcome_of(&r("554 no\r\n"), "mx"),
+            Outcome::Failed { status, .. } if status == "5.0.0"
+        ));
+    }
+}

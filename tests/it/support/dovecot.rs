@@ -1,0 +1,240 @@
+//! A throw-away Dovecot (LMTP on a loopback port and a unix socket) for the LMTP tests,
+//! configured in its own temp folder; installed with apt-get when missing. A test that
+//! cannot get one fails with the reason: it never skips.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use spoolreplay::deliver::lmtp::LmtpTarget;
+
+/// The unprivileged owner of delivered mail.
+const MAIL_UID: u32 = 5000;
+pub const HOSTNAME: &str = "mx.example.test";
+
+/// One install attempt at a time across the test threads.
+static INSTALL: Mutex<()> = Mutex::new(());
+
+pub struct Dovecot {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+    pub port: u16,
+}
+
+impl Dovecot {
+    /// Starts a Dovecot with users alice, bob, carol and `full` (20K quota, tempfail).
+    #[track_caller]
+    pub fn start() -> Dovecot {
+        ensure_installed();
+        let dir = tempfile::tempdir().expect("temp dir for dovecot");
+        // Dovecot's processes run as other users: they must reach the folder.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod temp dir");
+        let root = dir.path();
+        let mail = root.join("mail");
+        std::fs::create_dir(&mail).expect("mail folder");
+        std::os::unix::fs::chown(&mail, Some(MAIL_UID), Some(MAIL_UID)).expect("chown mail folder");
+        let port = free_port();
+        let users = root.join("users");
+        std::fs::write(
+            &users,
+            "alice@example.test:{PLAIN}secret::::::\n\
+             bob@example.test:{PLAIN}secret::::::\n\
+             carol@example.test:{PLAIN}secret::::::\n\
+             full@example.test:{PLAIN}secret::::::userdb_quota_rule=*:storage=20K\n",
+        )
+        .expect("users file");
+        let conf = root.join("dovecot.conf");
+        std::fs::write(&conf, config(root, port)).expect("dovecot.conf");
+        let stderr = std::fs::File::create(root.join("dovecot.stderr")).expect("stderr file");
+        let stdout = stderr.try_clone().expect("stderr file");
+        // Dovecot's log child keeps stdout/stderr open: never a pipe.
+        let status = Command::new("dovecot")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .status()
+            .expect("run dovecot");
+        let d = Dovecot { dir, conf, port };
+        assert!(
+            status.success(),
+            "dovecot did not start: {}",
+            d.diagnostics()
+        );
+        d.wait_ready();
+        d
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn tcp_target(&self) -> LmtpTarget {
+        LmtpTarget::Tcp {
+            host: "127.0.0.1".into(),
+            port: self.port,
+        }
+    }
+
+    pub fn socket_target(&self) -> LmtpTarget {
+        LmtpTarget::Unix(self.root().join("run").join("lmtp"))
+    }
+
+    /// `mail/<domain>/<user>/Maildir/new`.
+    pub fn new_dir(&self, address: &str) -> PathBuf {
+        let (user, domain) = address.split_once('@').expect("user@domain");
+        self.root()
+            .join("mail")
+            .join(domain)
+            .join(user)
+            .join("Maildir")
+            .join("new")
+    }
+
+    /// The files delivered to `address` (in `new/`), sorted by name.
+    pub fn delivered(&self, address: &str) -> Vec<Vec<u8>> {
+        let mut paths: Vec<PathBuf> = match std::fs::read_dir(self.new_dir(address)) {
+            Ok(entries) => entries.map(|e| e.expect("dir entry").path()).collect(),
+            Err(_) => Vec::new(),
+        };
+        paths.sort();
+        paths
+            .iter()
+            .map(|p| std::fs::read(p).expect("read delivered file"))
+            .collect()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root().join("dovecot.log")).unwrap_or_default()
+    }
+
+    fn diagnostics(&self) -> String {
+        let stderr =
+            std::fs::read_to_string(self.root().join("dovecot.stderr")).unwrap_or_default();
+        format!("stderr: {stderr}\nlog: {}", self.log())
+    }
+
+    /// Until LMTP greets on the TCP port (a fresh start takes well under a second).
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut line = String::new();
+                if BufReader::new(&s).read_line(&mut line).is_ok() && line.starts_with("220") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "dovecot LMTP did not answer within 10 s: {}",
+            self.diagnostics()
+        );
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        let _ = Command::new("doveadm")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("stop")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn config(root: &Path, port: u16) -> String {
+    let r = root.display();
+    format!(
+        "protocols = lmtp
+base_dir = {r}/run
+state_dir = {r}/state
+log_path = {r}/dovecot.log
+info_log_path = {r}/dovecot.log
+ssl = no
+listen = 127.0.0.1
+hostname = {HOSTNAME}
+first_valid_uid = 1
+mail_location = maildir:~/Maildir
+mail_plugins = quota
+quota_full_tempfail = yes
+recipient_delimiter = +
+passdb {{
+  driver = passwd-file
+  args = {r}/users
+}}
+userdb {{
+  driver = passwd-file
+  args = {r}/users
+  default_fields = uid={MAIL_UID} gid={MAIL_UID} home={r}/mail/%d/%n
+}}
+plugin {{
+  quota = count:User quota
+  quota_vsizes = yes
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  unix_listener lmtp {{
+    mode = 0666
+  }}
+}}
+"
+    )
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    l.local_addr().expect("local address").port()
+}
+
+/// Installs Dovecot's packages if `dovecot` is not on PATH; fails the test if it cannot.
+#[track_caller]
+fn ensure_installed() {
+    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if has_dovecot() {
+        return;
+    }
+    let install = Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "dovecot-core",
+            "dovecot-lmtpd",
+            "dovecot-imapd",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .output();
+    match install {
+        Ok(out) if out.status.success() && has_dovecot() => {}
+        Ok(out) => panic!(
+            "dovecot is not installed and `apt-get install -y dovecot-core dovecot-lmtpd \
+             dovecot-imapd` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => panic!("dovecot is not installed and apt-get could not run: {e}"),
+    }
+}
+
+fn has_dovecot() -> bool {
+    Command::new("dovecot")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
