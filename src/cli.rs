@@ -67,14 +67,16 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  spoolreplay run --incident fixtures/incident.toml --store maildir:/tmp/restored \\\n      --outbox /tmp/bounces --rate 500/s --batch-size 100"
     )]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 
     /// Where every recipient stands: counts per state and window, and what remains
     #[command(after_help = "Example:\n  spoolreplay status\n  spoolreplay --json status")]
     Status,
 
-    /// List the DSNs made, or print one
-    #[command(after_help = "Example:\n  spoolreplay bounces\n  spoolreplay bounces --show 3")]
+    /// List the DSNs made and owed, print, preview, send or write them
+    #[command(
+        after_help = "Example:\n  spoolreplay bounces\n  spoolreplay bounces --show 3\n  spoolreplay bounces send --relay smtp://127.0.0.1:25"
+    )]
     Bounces(BouncesArgs),
 }
 
@@ -168,6 +170,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "15m")]
     pub retry_max: String,
 
+    /// Warn senders (an `Action: delayed` DSN, once per recipient) about mail held or
+    /// deferred longer than this, e.g. 24h; off by default
+    #[arg(long, value_name = "DURATION")]
+    pub warn_after: Option<String>,
+
+    /// Send a copy of bounces that could not be replayed (null sender) to this address
+    #[arg(long, value_name = "ADDRESS")]
+    pub postmaster: Option<String>,
+
     /// Accept any TLS certificate from an SMTP store (a test server or a private network
     /// you trust); credentials come from SPOOLREPLAY_SMTP_USER/SPOOLREPLAY_SMTP_PASSWORD or
     /// the file named by SPOOLREPLAY_SMTP_CREDENTIALS
@@ -186,8 +197,75 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BouncesArgs {
-    /// Print the DSN with this id
+    /// Print the DSN with this id (same as `bounces show ID`)
     #[arg(long, value_name = "ID")]
     pub show: Option<i64>,
+
+    #[command(subcommand)]
+    pub action: Option<BouncesAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BouncesAction {
+    /// List the DSNs made and the ones still owed (the default)
+    List,
+
+    /// Print one DSN as it is sent
+    Show {
+        #[arg(value_name = "ID")]
+        id: i64,
+    },
+
+    /// Show the DSN that would be made for a message, without recording anything
+    #[command(
+        after_help = "Example:\n  spoolreplay bounces preview --message 0009-personal --incident fixtures/incident.toml --now 2023-01-28T06:00:00+01:00"
+    )]
+    Preview {
+        /// The message's queue id (as `report` and `status` show it)
+        #[arg(long, value_name = "QUEUE_ID")]
+        message: String,
+
+        /// The incident file (TOML)
+        #[arg(long, value_name = "FILE")]
+        incident: PathBuf,
+
+        #[command(flatten)]
+        clock: Clock,
+
+        /// Return only the headers of originals larger than this many bytes
+        #[arg(long, value_name = "BYTES", default_value_t = 50_000)]
+        return_limit: usize,
+    },
+
+    /// Send the DSNs not sent yet through a relay, from <> (resumable, never twice)
+    #[command(
+        after_help = "Example:\n  spoolreplay bounces send --relay smtp://127.0.0.1:25 --rate 20/s"
+    )]
+    Send {
+        /// The relay: smtp://HOST[:PORT], smtp+starttls://… or smtps://…
+        #[arg(long, value_name = "URL")]
+        relay: String,
+
+        /// At most this many DSNs per time unit (N/s, N/m, N/h)
+        #[arg(long, value_name = "N/s")]
+        rate: Option<String>,
+
+        /// Accept any TLS certificate from the relay
+        #[arg(long)]
+        insecure_tls: bool,
+
+        /// Send again DSNs whose sending was interrupted after the data went out (the
+        /// sender may get a DSN twice)
+        #[arg(long)]
+        resend_uncertain: bool,
+    },
+
+    /// Write the DSNs not yet written as .eml files with a .json envelope
+    #[command(after_help = "Example:\n  spoolreplay bounces write --outbox /var/tmp/bounces")]
+    Write {
+        #[arg(long, value_name = "DIR")]
+        outbox: PathBuf,
+    },
 }

@@ -47,7 +47,7 @@ pub struct Config {
 pub enum CommandConfig {
     Ingest(IngestConfig),
     Report(ReportConfig),
-    Run(RunConfig),
+    Run(Box<RunConfig>),
     Status,
     Bounces(BouncesConfig),
 }
@@ -132,11 +132,30 @@ pub struct RunConfig {
     pub credentials: Option<SmtpCredentials>,
     /// Accept any TLS certificate (`--insecure-tls`).
     pub insecure_tls: bool,
+    pub warn_after: Option<Duration>,
+    pub postmaster: Option<String>,
 }
 
 #[derive(Debug)]
-pub struct BouncesConfig {
-    pub show: Option<i64>,
+pub enum BouncesConfig {
+    List,
+    Show(i64),
+    Preview {
+        queue_id: String,
+        incident: Incident,
+        now: DateTime<FixedOffset>,
+        return_limit: usize,
+    },
+    Send {
+        relay: SmtpTarget,
+        rate: Option<RateSpec>,
+        credentials: Option<SmtpCredentials>,
+        insecure_tls: bool,
+        resend_uncertain: bool,
+    },
+    Write {
+        outbox: PathBuf,
+    },
 }
 
 fn usage(option: &str, why: impl std::fmt::Display) -> anyhow::Error {
@@ -167,40 +186,66 @@ impl Config {
                 pace: pace(&a.pace)?,
                 top: a.top,
             }),
-            cli::Command::Run(a) => CommandConfig::Run(RunConfig {
-                incident: incident::load(&a.incident)?,
-                now: parse_now(a.clock.now.as_deref())?,
-                fixed_clock: a.clock.now.is_some(),
-                store: StoreTarget::parse(&a.store).map_err(|e| usage("--store", e))?,
-                outbox: a.outbox,
-                return_limit: a.return_limit,
-                pace: pace(&a.pace)?,
-                concurrency: match a.concurrency {
-                    0 => return Err(usage("--concurrency", "must be at least 1")),
-                    n => n,
-                },
-                uncertain: match a.uncertain.as_str() {
-                    "redeliver" => UncertainPolicy::Redeliver,
-                    "hold" => UncertainPolicy::Hold,
-                    other => {
-                        return Err(usage(
-                            "--uncertain",
-                            format!("`{other}` is not `redeliver` or `hold`"),
-                        ));
-                    }
-                },
-                credentials: SmtpCredentials::from_env().map_err(|e| {
-                    anyhow::Error::new(Failure::new(Exit::Config, format!("SMTP credentials: {e}")))
-                })?,
-                insecure_tls: a.insecure_tls,
-                retry: RetryPolicy {
-                    first: duration("--retry-delay", &a.retry_delay)?,
-                    max: duration("--retry-max", &a.retry_max)?,
-                    store_timeout: duration("--store-timeout", &a.store_timeout)?,
-                },
-            }),
+            cli::Command::Run(a) => {
+                let a = *a;
+                CommandConfig::Run(Box::new(RunConfig {
+                    incident: incident::load(&a.incident)?,
+                    now: parse_now(a.clock.now.as_deref())?,
+                    fixed_clock: a.clock.now.is_some(),
+                    store: StoreTarget::parse(&a.store).map_err(|e| usage("--store", e))?,
+                    outbox: a.outbox,
+                    return_limit: a.return_limit,
+                    pace: pace(&a.pace)?,
+                    concurrency: match a.concurrency {
+                        0 => return Err(usage("--concurrency", "must be at least 1")),
+                        n => n,
+                    },
+                    uncertain: match a.uncertain.as_str() {
+                        "redeliver" => UncertainPolicy::Redeliver,
+                        "hold" => UncertainPolicy::Hold,
+                        other => {
+                            return Err(usage(
+                                "--uncertain",
+                                format!("`{other}` is not `redeliver` or `hold`"),
+                            ));
+                        }
+                    },
+                    credentials: SmtpCredentials::from_env().map_err(|e| {
+                        anyhow::Error::new(Failure::new(
+                            Exit::Config,
+                            format!("SMTP credentials: {e}"),
+                        ))
+                    })?,
+                    insecure_tls: a.insecure_tls,
+                    warn_after: a
+                        .warn_after
+                        .as_deref()
+                        .map(|d| duration("--warn-after", d))
+                        .transpose()?,
+                    postmaster: match a.postmaster {
+                        Some(p)
+                            if crate::address::Mailbox::parse(&p).is_err()
+                                || !p.is_ascii()
+                                || p.contains(|c: char| {
+                                    c.is_control() || c == ' ' || c == '<' || c == '>'
+                                }) =>
+                        {
+                            return Err(usage(
+                                "--postmaster",
+                                format!("`{p}` is not a plain address like postmaster@example.net"),
+                            ));
+                        }
+                        other => other,
+                    },
+                    retry: RetryPolicy {
+                        first: duration("--retry-delay", &a.retry_delay)?,
+                        max: duration("--retry-max", &a.retry_max)?,
+                        store_timeout: duration("--store-timeout", &a.store_timeout)?,
+                    },
+                }))
+            }
             cli::Command::Status => CommandConfig::Status,
-            cli::Command::Bounces(a) => CommandConfig::Bounces(BouncesConfig { show: a.show }),
+            cli::Command::Bounces(a) => CommandConfig::Bounces(bounces(a)?),
         };
         Ok(Config {
             ledger: cli.ledger,
@@ -208,6 +253,49 @@ impl Config {
             command,
         })
     }
+}
+
+fn bounces(a: cli::BouncesArgs) -> Result<BouncesConfig> {
+    use cli::BouncesAction as A;
+    Ok(match (a.show, a.action) {
+        (Some(id), _) | (None, Some(A::Show { id })) => BouncesConfig::Show(id),
+        (None, None | Some(A::List)) => BouncesConfig::List,
+        (
+            None,
+            Some(A::Preview {
+                message,
+                incident: path,
+                clock,
+                return_limit,
+            }),
+        ) => BouncesConfig::Preview {
+            queue_id: message,
+            incident: incident::load(&path)?,
+            now: parse_now(clock.now.as_deref())?,
+            return_limit,
+        },
+        (
+            None,
+            Some(A::Send {
+                relay,
+                rate,
+                insecure_tls,
+                resend_uncertain,
+            }),
+        ) => BouncesConfig::Send {
+            relay: relay.parse().map_err(|e| usage("--relay", e))?,
+            rate: rate
+                .as_deref()
+                .map(|r| r.parse::<RateSpec>().map_err(|e| usage("--rate", e)))
+                .transpose()?,
+            credentials: SmtpCredentials::from_env().map_err(|e| {
+                anyhow::Error::new(Failure::new(Exit::Config, format!("SMTP credentials: {e}")))
+            })?,
+            insecure_tls,
+            resend_uncertain,
+        },
+        (None, Some(A::Write { outbox })) => BouncesConfig::Write { outbox },
+    })
 }
 
 fn parse_now(now: Option<&str>) -> Result<DateTime<FixedOffset>> {

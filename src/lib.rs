@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod outbox;
 pub mod pace;
 pub mod plan;
+pub mod relay;
 pub mod replay;
 pub mod report;
 pub mod sanitize;
@@ -56,7 +57,7 @@ fn dispatch(cfg: Config) -> anyhow::Result<Exit> {
     match cfg.command {
         CommandConfig::Ingest(c) => cmd::ingest::run(ledger, cfg.output, c),
         CommandConfig::Report(c) => cmd::report::run(ledger, cfg.output, c),
-        CommandConfig::Run(c) => cmd::run::run(ledger, cfg.output, c),
+        CommandConfig::Run(c) => cmd::run::run(ledger, cfg.output, *c),
         CommandConfig::Status => cmd::status::run(ledger, cfg.output),
         CommandConfig::Bounces(c) => cmd::bounces::run(ledger, cfg.output, c),
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::exit::{Exit, Failure};
-use crate::ledger::Ledger;
+use crate::ledger::{DsnFilter, Ledger};
 
 /// Writes every DSN the ledger has not yet written; returns how many.
 pub fn write_pending(ledger: &mut Ledger, dir: &Path) -> Result<u64> {
@@ -22,7 +22,7 @@ pub fn write_pending(ledger: &mut Ledger, dir: &Path) -> Result<u64> {
         ))
     })?;
     let mut written = 0;
-    for row in ledger.dsns(true)? {
+    for row in ledger.dsns(DsnFilter::Unwritten)? {
         let content = ledger
             .dsn_content(row.id)?
             .with_context(|| format!("DSN {} vanished from the ledger", row.id))?;

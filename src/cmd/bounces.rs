@@ -1,64 +1,309 @@
-//! `spoolreplay bounces`: the DSNs made, or one of them in full.
+//! `spoolreplay bounces`: the DSNs made and owed; show, preview, send or write them.
 
 use std::io::Write;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
+use chrono::Local;
+use serde_json::json;
 
 use crate::config::{BouncesConfig, Output};
-use crate::exit::{Exit, failure};
-use crate::ledger::Ledger;
+use crate::deliver::Deliverer;
+use crate::deliver::smtp::{SmtpOptions, SmtpStore};
+use crate::deliver::wire::ClientOptions;
+use crate::exit::{Exit, Failure, failure};
+use crate::incident::Incident;
+use crate::ledger::{DsnFilter, DsnKind, Ledger, MessageWork, RcptState, RecipientRow};
+use crate::pace::Pace;
+use crate::relay::{Sender, Sent};
+use crate::replay::{failure_for, make_dsn};
 use crate::report::table::Table;
 use crate::report::{Printer, json as events};
 use crate::sanitize::for_terminal;
 
 pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) -> Result<Exit> {
     let printer = Printer::new(output);
-    let ledger = Ledger::open_read(ledger_path)?;
-    if let Some(id) = cfg.show {
-        let Some(bytes) = ledger.dsn_content(id)? else {
-            return Err(failure(
-                Exit::NoInput,
-                format!("there is no DSN {id} in the ledger"),
-            ));
-        };
-        // The DSN is our own output, built 7-bit clean with untrusted text escaped, so it
-        // goes out byte for byte.
-        let mut out = std::io::stdout().lock();
-        out.write_all(&bytes)?;
-        return Ok(Exit::Done);
+    match cfg {
+        BouncesConfig::List => list(&printer, &Ledger::open_read(ledger_path)?),
+        BouncesConfig::Show(id) => show(&Ledger::open_read(ledger_path)?, id),
+        BouncesConfig::Preview {
+            queue_id,
+            incident,
+            now,
+            return_limit,
+        } => preview(
+            &printer,
+            &Ledger::open_read(ledger_path)?,
+            &queue_id,
+            &incident,
+            now,
+            return_limit,
+        ),
+        BouncesConfig::Write { outbox } => {
+            let mut ledger = Ledger::open_for_write(ledger_path, "bounces write")?;
+            let written = crate::outbox::write_pending(&mut ledger, &outbox)?;
+            printer
+                .event(&json!({"type": "dsns_written", "written": written, "outbox": outbox}))?;
+            printer.data(&format!(
+                "wrote {written} DSNs to `{}`",
+                for_terminal(&outbox.display().to_string())
+            ))?;
+            Ok(Exit::Done)
+        }
+        BouncesConfig::Send {
+            relay,
+            rate,
+            credentials,
+            insecure_tls,
+            resend_uncertain,
+        } => {
+            let mut ledger = Ledger::open_for_write(ledger_path, "bounces send")?;
+            let options = SmtpOptions {
+                client: ClientOptions::default(),
+                credentials,
+                insecure: insecure_tls,
+            };
+            let mut store = SmtpStore::connect(relay.clone(), options).map_err(|e| {
+                anyhow::Error::new(e).context(Failure::new(
+                    Exit::Unavailable,
+                    format!("cannot reach the relay {relay}"),
+                ))
+            })?;
+            let interrupted = AtomicBool::new(false);
+            let mut on_sent = |s: Sent<'_>| {
+                printer.verbose(&format!(
+                    "dsn {} to <{}>: {}: {}",
+                    s.dsn.id,
+                    for_terminal(&s.dsn.envelope_to),
+                    s.state.as_str(),
+                    for_terminal(s.reply)
+                ));
+                let _ = printer.event(&json!({
+                    "type": "dsn_sent", "id": s.dsn.id, "to": s.dsn.envelope_to,
+                    "state": s.state.as_str(), "reply": s.reply,
+                }));
+            };
+            let mut sender = Sender {
+                ledger: &mut ledger,
+                relay: &mut store as &mut dyn Deliverer,
+                pace: Pace::new(rate.map(|r| r.per_second()), None),
+                resend_uncertain,
+                interrupted: &interrupted,
+                on_sent: &mut on_sent,
+            };
+            let stats = sender.run()?;
+            let unsent = ledger
+                .dsns(DsnFilter::Unsent {
+                    resend_uncertain: false,
+                })?
+                .len();
+            let exit = if stats.stopped.is_some() || unsent > 0 {
+                Exit::TempFail
+            } else {
+                Exit::Done
+            };
+            printer.event(&json!({
+                "type": "send_summary", "sent": stats.sent, "deferred": stats.deferred,
+                "failed": stats.failed, "uncertain": stats.uncertain,
+                "recovered_uncertain": stats.recovered_uncertain, "unsent": unsent,
+                "stopped": stats.stopped, "exit": exit.code(),
+            }))?;
+            printer.data(&format!(
+                "sent {}, deferred {}, refused {}, uncertain {} ({} left uncertain by an interrupted send); {unsent} still to send{}\nExit {}: {}",
+                stats.sent,
+                stats.deferred,
+                stats.failed,
+                stats.uncertain,
+                stats.recovered_uncertain,
+                stats
+                    .stopped
+                    .as_deref()
+                    .map(|s| format!("; stopped: {}", for_terminal(s)))
+                    .unwrap_or_default(),
+                exit.code(),
+                exit.meaning()
+            ))?;
+            Ok(exit)
+        }
     }
-    let rows = ledger.dsns(false)?;
+}
+
+fn show(ledger: &Ledger, id: i64) -> Result<Exit> {
+    let Some(bytes) = ledger.dsn_content(id)? else {
+        return Err(failure(
+            Exit::NoInput,
+            format!("there is no DSN {id} in the ledger"),
+        ));
+    };
+    // The DSN is our own output, built 7-bit clean (or UTF-8 for SMTPUTF8 originals) with
+    // untrusted text escaped, so it goes out byte for byte.
+    let mut out = std::io::stdout().lock();
+    out.write_all(&bytes)?;
+    Ok(Exit::Done)
+}
+
+fn list(printer: &Printer, ledger: &Ledger) -> Result<Exit> {
+    let rows = ledger.dsns(DsnFilter::All)?;
+    let owed = owed(ledger)?;
     if printer.json_mode() {
         for d in &rows {
             printer.event(&events::dsn(d))?;
         }
+        for (work, n) in &owed {
+            printer.event(&json!({
+                "type": "dsn_owed", "queue_id": work.message.queue_id,
+                "to": work.message.sender.as_str(), "recipients": n,
+            }))?;
+        }
         return Ok(Exit::Done);
     }
+    let mut out = String::new();
     if rows.is_empty() {
-        printer.data("no DSNs made yet")?;
-        return Ok(Exit::Done);
-    }
-    let mut t = Table::new(&[
-        "id#",
-        "queue id",
-        "to",
-        "recipients#",
-        "created",
-        "written to",
-    ]);
-    for d in &rows {
-        t.row(vec![
-            d.id.to_string(),
-            for_terminal(&d.queue_id),
-            for_terminal(&d.envelope_to),
-            d.recipients.to_string(),
-            d.created_at.clone(),
-            d.written_path
-                .as_deref()
-                .map(for_terminal)
-                .unwrap_or_else(|| "(not written)".into()),
+        out.push_str("no DSNs made yet\n");
+    } else {
+        let mut t = Table::new(&[
+            "id#",
+            "kind",
+            "queue id",
+            "to",
+            "recipients#",
+            "created",
+            "written to",
+            "sent",
         ]);
+        for d in &rows {
+            t.row(vec![
+                d.id.to_string(),
+                d.kind.as_str().to_string(),
+                for_terminal(&d.queue_id),
+                for_terminal(&d.envelope_to),
+                d.recipients.to_string(),
+                d.created_at.clone(),
+                d.written_path
+                    .as_deref()
+                    .map(for_terminal)
+                    .unwrap_or_else(|| "(not written)".into()),
+                d.send_state.as_str().to_string(),
+            ]);
+        }
+        out.push_str(&t.render());
     }
-    printer.data(&t.render())?;
+    if !owed.is_empty() {
+        let recipients: usize = owed.iter().map(|(_, n)| n).sum();
+        out.push_str(&format!(
+            "\nOwed: {} DSNs for {recipients} failed recipients, made by the next `spoolreplay run`\n",
+            owed.len()
+        ));
+    }
+    printer.data(&out)?;
     Ok(Exit::Done)
+}
+
+/// Messages with failed recipients whose DSN is not made yet.
+fn owed(ledger: &Ledger) -> Result<Vec<(MessageWork, usize)>> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = ledger.messages_in_states(&[RcptState::Failed], after, 500)?;
+        let Some(last) = page.last() else {
+            return Ok(out);
+        };
+        after = last.message.id;
+        out.extend(page.into_iter().map(|w| {
+            let n = w.recipients.len();
+            (w, n)
+        }));
+    }
+}
+
+/// The DSN that `run` would make for a message now, built but not recorded.
+fn preview(
+    printer: &Printer,
+    ledger: &Ledger,
+    queue_id: &str,
+    incident: &Incident,
+    now: chrono::DateTime<chrono::FixedOffset>,
+    return_limit: usize,
+) -> Result<Exit> {
+    let messages = ledger.messages_by_queue_id(queue_id)?;
+    if messages.is_empty() {
+        return Err(failure(
+            Exit::NoInput,
+            format!(
+                "there is no message with queue id `{}` in the ledger",
+                for_terminal(queue_id)
+            ),
+        ));
+    }
+    for message in messages {
+        let all = ledger.recipients_of(message.id)?;
+        let facts = crate::classify::Facts {
+            arrival: message.arrival,
+            sender: &message.sender,
+            mta_hold: message.mta_hold,
+        };
+        let c = crate::classify::classify(incident, facts, now);
+        let failing: Vec<RecipientRow> = all
+            .iter()
+            .filter_map(|r| would_fail(r, incident, &c))
+            .collect();
+        let label = format!("{} ({})", for_terminal(queue_id), message.source);
+        if failing.is_empty() {
+            printer.note(&format!(
+                "{label}: no DSN would be made ({}: {})",
+                c.disposition.as_str(),
+                for_terminal(&c.reason)
+            ));
+            continue;
+        }
+        if message.sender.is_null() {
+            printer.note(&format!(
+                "{label}: no DSN would be made: the sender is <> (RFC 5321 6.1)"
+            ));
+            continue;
+        }
+        let work = MessageWork {
+            message,
+            recipients: failing,
+        };
+        let (_, bytes) = make_dsn(
+            incident,
+            return_limit,
+            &work,
+            DsnKind::Failure,
+            work.message.sender.as_str(),
+            Local::now().fixed_offset(),
+        )?;
+        std::io::stdout().lock().write_all(&bytes)?;
+    }
+    Ok(Exit::Done)
+}
+
+/// A recipient as it would stand in its DSN, if it would get one.
+fn would_fail(
+    r: &RecipientRow,
+    incident: &Incident,
+    c: &crate::classify::Classification,
+) -> Option<RecipientRow> {
+    let owed = |r: &RecipientRow| {
+        let notify = r
+            .notify
+            .as_deref()
+            .and_then(|n| crate::spool::eml::parse_notify(n).ok());
+        crate::dsn::dsn_owed(notify, crate::dsn::Action::Failed)
+    };
+    match r.state {
+        RcptState::Failed if owed(r) => Some(r.clone()),
+        RcptState::Pending | RcptState::Deferred | RcptState::Held if owed(r) => {
+            let (status, detail) = failure_for(incident, c)?;
+            let mut r = r.clone();
+            r.status = Some(status);
+            if r.reply.is_none() || r.remote.is_none() {
+                r.reply = Some(detail);
+                r.remote = None;
+            }
+            Some(r)
+        }
+        _ => None,
+    }
 }

@@ -15,7 +15,7 @@ use crate::deliver::maildir::MaildirStore;
 use crate::deliver::smtp::{SmtpOptions, SmtpStore};
 use crate::deliver::wire::ClientOptions;
 use crate::exit::Exit;
-use crate::ledger::{Ledger, RcptState};
+use crate::ledger::{DsnFilter, Ledger, RcptState};
 use crate::replay::{Event, Replay, Settings, Stop, StoreFactory};
 use crate::report::progress::Progress;
 use crate::report::table::Table;
@@ -113,6 +113,8 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         concurrency: cfg.concurrency,
         uncertain: cfg.uncertain,
         retry: cfg.retry,
+        warn_after: cfg.warn_after,
+        postmaster: cfg.postmaster.clone(),
     };
     let mut replay = Replay::new(
         &mut ledger,
@@ -134,7 +136,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         Some(dir) => crate::outbox::write_pending(&mut ledger, dir)?,
         None => 0,
     };
-    let unwritten = ledger.dsns(true)?.len();
+    let unwritten = ledger.dsns(DsnFilter::Unwritten)?.len();
     let counts = ledger.state_counts()?;
     let count = |s: RcptState| counts.iter().find(|(x, _)| *x == s).map_or(0, |(_, n)| *n);
     let remaining: u64 = counts
@@ -162,6 +164,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         "released": stats.released,
         "dropped": stats.dropped,
         "dsns_made": stats.dsns,
+        "delay_warnings": stats.delay_warnings,
         "dsns_written": written,
         "dsns_unwritten": unwritten,
         "remaining": remaining,
@@ -182,8 +185,9 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     }
     let mut summary = t.render();
     summary.push_str(&format!(
-        "DSNs made {}, written {}{}\nTime {}; ledger now: delivered {}, bounced {}, held {}, remaining {remaining}\n",
+        "DSNs made {} (and {} delay warnings), written {}{}\nTime {}; ledger now: delivered {}, bounced {}, held {}, remaining {remaining}\n",
         stats.dsns,
+        stats.delay_warnings,
         written,
         if unwritten > 0 { format!(", {unwritten} not written (pass --outbox DIR)") } else { String::new() },
         format_duration(elapsed),

@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::config::Output;
 use crate::exit::Exit;
 use crate::ledger::state::ALL_STATES;
-use crate::ledger::{Ledger, RcptState};
+use crate::ledger::{DsnFilter, Ledger, RcptState};
 use crate::report::Printer;
 use crate::report::table::Table;
 use crate::sanitize::for_terminal;
@@ -19,7 +19,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
     let count = |s: RcptState| counts.iter().find(|(x, _)| *x == s).map_or(0, |(_, n)| *n);
     let by_window = ledger.state_counts_by_window()?;
     let (quarantined, _) = ledger.quarantined(0)?;
-    let dsns = ledger.dsns(false)?;
+    let dsns = ledger.dsns(DsnFilter::All)?;
     let unwritten = dsns.iter().filter(|d| d.written_path.is_none()).count();
     let remaining: u64 = ALL_STATES
         .iter()

@@ -6,6 +6,7 @@
 //! Readers (`report`, `status`, `bounces`) open without the lock; WAL lets them read while
 //! a run writes.
 
+mod dsns;
 mod lock;
 mod schema;
 pub mod state;
@@ -14,11 +15,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, params};
 
 use crate::address::ReversePath;
 use crate::exit::{Exit, Failure, failure};
 use crate::spool::{Prior, Quarantined, QueuedMessage, SourceRef, SpoolFormat};
+pub use dsns::{DsnFilter, DsnKind, DsnRow, SendState};
 pub use state::RcptState;
 
 pub struct Ledger {
@@ -63,6 +65,8 @@ pub struct RecipientRow {
     pub next_attempt: Option<i64>,
     /// The server that gave the last reply, when a remote server answered.
     pub remote: Option<String>,
+    /// The delay warning this recipient got, if any.
+    pub delay_dsn_id: Option<i64>,
 }
 
 /// A message with the recipients selected alongside it.
@@ -79,18 +83,6 @@ pub struct QuarantineRow {
     pub source_offset: i64,
     pub reason: String,
     pub first_seen: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct DsnRow {
-    pub id: i64,
-    pub message_id: i64,
-    pub queue_id: String,
-    pub envelope_to: String,
-    pub rfc_message_id: String,
-    pub created_at: String,
-    pub recipients: i64,
-    pub written_path: Option<String>,
 }
 
 /// What `insert_message` did.
@@ -352,6 +344,18 @@ impl Ledger {
         )?)
     }
 
+    /// The messages with this queue id (one per spool it was ingested from).
+    pub fn messages_by_queue_id(&self, queue_id: &str) -> Result<Vec<MessageRow>> {
+        let sql =
+            format!("SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.queue_id = ?1 ORDER BY m.id");
+        let rows = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_map(params![queue_id], message_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter().collect()
+    }
+
     /// One message by id.
     pub fn message(&self, id: i64) -> Result<MessageRow> {
         let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id = ?1");
@@ -396,27 +400,6 @@ impl Ledger {
                 f(&message, &recipients)?;
             }
         }
-    }
-
-    /// If an earlier message with the same content already bounced `address`, its DSN id
-    /// and queue id.
-    pub fn earlier_copy_dsn(
-        &self,
-        content_hash: &str,
-        message_id: i64,
-        address: &str,
-    ) -> Result<Option<(i64, String)>> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT r.dsn_id, m.queue_id FROM messages m JOIN recipients r ON r.message_id = m.id \
-                 WHERE m.content_hash = ?1 AND m.id < ?2 AND r.address = ?3 AND r.state = 'bounced' \
-                 AND r.dsn_id IS NOT NULL ORDER BY m.id LIMIT 1",
-            )?
-            .query_row(params![content_hash, message_id, address], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?)
     }
 
     /// Recipients per state.
@@ -485,46 +468,6 @@ impl Ledger {
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok((total as u64, rows))
-    }
-
-    /// DSNs made, in id order; only those not yet written when `unwritten_only`.
-    pub fn dsns(&self, unwritten_only: bool) -> Result<Vec<DsnRow>> {
-        let filter = if unwritten_only {
-            "WHERE d.written_at IS NULL"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "SELECT d.id, d.message_id, m.queue_id, d.envelope_to, d.rfc_message_id, d.created_at, \
-             (SELECT count(*) FROM recipients r WHERE r.dsn_id = d.id AND r.message_id = d.message_id), d.written_path \
-             FROM dsns d JOIN messages m ON m.id = d.message_id {filter} ORDER BY d.id"
-        );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(DsnRow {
-                    id: r.get(0)?,
-                    message_id: r.get(1)?,
-                    queue_id: r.get(2)?,
-                    envelope_to: r.get(3)?,
-                    rfc_message_id: r.get(4)?,
-                    created_at: r.get(5)?,
-                    recipients: r.get(6)?,
-                    written_path: r.get(7)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
-    }
-
-    /// The bytes of DSN `id`, if it exists.
-    pub fn dsn_content(&self, id: i64) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .conn
-            .query_row("SELECT content FROM dsns WHERE id = ?1", params![id], |r| {
-                r.get(0)
-            })
-            .optional()?)
     }
 }
 
@@ -719,74 +662,13 @@ impl Tx<'_> {
             .execute(params![window, disposition, deadline, message_id])?;
         Ok(())
     }
-
-    /// Records a DSN and moves the recipients it covers from failed to bounced, atomically:
-    /// a recipient is either bounced with its DSN recorded, or still owed one.
-    pub fn record_dsn(
-        &self,
-        message_id: i64,
-        envelope_to: &str,
-        rfc_message_id: &str,
-        content: &[u8],
-        covered: &[RecipientRow],
-    ) -> Result<i64> {
-        let now = timestamp();
-        self.tx.execute(
-            "INSERT INTO dsns (message_id, envelope_to, rfc_message_id, created_at, content) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![message_id, envelope_to, rfc_message_id, now, content],
-        )?;
-        let dsn_id = self.tx.last_insert_rowid();
-        for rcpt in covered {
-            let detail = format!("dsn {dsn_id}");
-            self.set_state(
-                rcpt,
-                RcptState::Bounced,
-                Change {
-                    detail: Some(&detail),
-                    audit_only: true,
-                    ..Change::default()
-                },
-            )?;
-            self.tx.execute(
-                "UPDATE recipients SET dsn_id = ?1 WHERE id = ?2",
-                params![dsn_id, rcpt.id],
-            )?;
-        }
-        Ok(dsn_id)
-    }
-
-    /// Settles a failed recipient with an existing DSN (one made for an identical copy).
-    pub fn cover_by_dsn(&self, rcpt: &RecipientRow, dsn_id: i64, detail: &str) -> Result<()> {
-        self.set_state(
-            rcpt,
-            RcptState::Bounced,
-            Change {
-                detail: Some(detail),
-                audit_only: true,
-                ..Change::default()
-            },
-        )?;
-        self.tx.execute(
-            "UPDATE recipients SET dsn_id = ?1 WHERE id = ?2",
-            params![dsn_id, rcpt.id],
-        )?;
-        Ok(())
-    }
-
-    pub fn mark_dsn_written(&self, dsn_id: i64, path: &Path) -> Result<()> {
-        self.tx.execute(
-            "UPDATE dsns SET written_path = ?1, written_at = ?2 WHERE id = ?3",
-            params![path.to_string_lossy(), timestamp(), dsn_id],
-        )?;
-        Ok(())
-    }
 }
 
 const MESSAGE_COLUMNS: &str = "m.id, m.content_hash, m.source_format, m.source_path, m.source_offset, m.source_len, \
      m.queue_id, m.size, m.sender, m.arrival, m.envid, m.ret, m.window, m.disposition, m.queue_name, m.mta_hold";
 
 const RECIPIENT_COLUMNS: &str = "id, message_id, address, domain, orcpt, notify, state, status, reply, attempts, \
-     last_attempt, next_attempt, remote";
+     last_attempt, next_attempt, remote, delay_dsn_id";
 
 /// Reads a message row; a row the tool cannot understand is an error naming the row, wrapped
 /// in the Result so rusqlite's own error type stays out of the callers.
@@ -842,6 +724,7 @@ fn recipient_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Recipien
             last_attempt: r.get(10)?,
             next_attempt: r.get(11)?,
             remote: r.get(12)?,
+            delay_dsn_id: r.get(13)?,
         })
     };
     Ok(build())

@@ -92,6 +92,16 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE recipients ADD COLUMN next_attempt INTEGER;  -- unix seconds; NULL: now
     ALTER TABLE recipients ADD COLUMN remote TEXT;           -- server of the last reply
     "#,
+    // 4: DSN kinds (failure, delay warning, postmaster copy) and their sending over SMTP;
+    // which delay warning a recipient got.
+    r#"
+    ALTER TABLE dsns ADD COLUMN kind TEXT NOT NULL DEFAULT 'failure';
+    ALTER TABLE dsns ADD COLUMN send_state TEXT NOT NULL DEFAULT 'pending';
+    ALTER TABLE dsns ADD COLUMN sent_at TEXT;
+    ALTER TABLE dsns ADD COLUMN send_reply TEXT;
+    CREATE INDEX dsns_send_state ON dsns (send_state);
+    ALTER TABLE recipients ADD COLUMN delay_dsn_id INTEGER REFERENCES dsns (id);
+    "#,
 ];
 
 pub fn latest_version() -> i64 {

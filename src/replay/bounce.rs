@@ -2,17 +2,96 @@
 //! null sender, never against NOTIFY, never twice (see ARCHITECTURE.md).
 
 use anyhow::{Context, Result};
-use chrono::{DateTime, Local};
+use chrono::{DateTime, FixedOffset, Local};
 
 use super::{Event, Replay, STATUS_EXPIRED, read_verified, test_hook};
+use crate::address::ReturnContent;
 use crate::dsn::{self, Action, Diagnostic, DsnRecipient, DsnRequest};
 use crate::incident::Incident;
+use crate::ledger::DsnKind;
 use crate::ledger::{Change, MessageWork, RcptState, RecipientRow};
 
 /// Messages per page when walking failed recipients.
 const PAGE: usize = 500;
 
 impl Replay<'_> {
+    /// `--warn-after`: one `delayed` DSN per message for its recipients held or deferred
+    /// longer than the threshold, once per recipient; never to `<>`, never against NOTIFY,
+    /// never for bulk or list mail (RFC 3834 spirit: no automatic chatter to lists).
+    pub(super) fn warn_delayed(&mut self) -> Result<()> {
+        let Some(after) = self.settings.warn_after else {
+            return Ok(());
+        };
+        let threshold = chrono::TimeDelta::from_std(after).unwrap_or(chrono::TimeDelta::MAX);
+        let now = self.now();
+        let mut after_id = 0;
+        loop {
+            let page = self.ledger.messages_in_states(
+                &[RcptState::Held, RcptState::Deferred],
+                after_id,
+                PAGE,
+            )?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            after_id = last.message.id;
+            for work in page {
+                let m = &work.message;
+                if m.sender.is_null() || now - m.arrival < threshold {
+                    continue;
+                }
+                let due: Vec<RecipientRow> = work
+                    .recipients
+                    .iter()
+                    .filter(|r| r.delay_dsn_id.is_none())
+                    .filter(|r| {
+                        let notify = r
+                            .notify
+                            .as_deref()
+                            .and_then(|n| crate::spool::eml::parse_notify(n).ok());
+                        dsn::dsn_owed(notify, Action::Delayed)
+                    })
+                    .cloned()
+                    .collect();
+                if due.is_empty() {
+                    continue;
+                }
+                let original = read_verified(m).unwrap_or_default();
+                if dsn::warn_suppressed(&original) {
+                    continue;
+                }
+                let work = MessageWork {
+                    message: m.clone(),
+                    recipients: due,
+                };
+                let date = Local::now().fixed_offset();
+                let (message_id, bytes) = make_dsn(
+                    self.settings.incident,
+                    self.settings.return_limit,
+                    &work,
+                    DsnKind::Delay,
+                    m.sender.as_str(),
+                    date,
+                )?;
+                let id = self.ledger.write(|tx| {
+                    tx.record_delay_warning(
+                        m.id,
+                        m.sender.as_str(),
+                        &message_id,
+                        &bytes,
+                        &work.recipients,
+                    )
+                })?;
+                self.stats.delay_warnings += 1;
+                (self.on_event)(Event::Dsn {
+                    id,
+                    message: m,
+                    recipients: work.recipients.len(),
+                });
+            }
+        }
+    }
+
     /// One DSN per message for its failed recipients; the null sender gets none.
     pub(super) fn make_dsns(&mut self) -> Result<()> {
         loop {
@@ -34,6 +113,35 @@ impl Replay<'_> {
     fn settle_failed(&mut self, work: &MessageWork) -> Result<()> {
         let m = &work.message;
         if m.sender.is_null() {
+            // A bounce that cannot be replayed is never bounced (RFC 5321 4.5.4); the
+            // postmaster may get a copy.
+            if let Some(postmaster) = self.settings.postmaster.clone() {
+                let date = Local::now().fixed_offset();
+                let (message_id, bytes) = make_dsn(
+                    self.settings.incident,
+                    self.settings.return_limit,
+                    work,
+                    DsnKind::Postmaster,
+                    &postmaster,
+                    date,
+                )?;
+                let id = self.ledger.write(|tx| {
+                    tx.record_postmaster_copy(
+                        m.id,
+                        &postmaster,
+                        &message_id,
+                        &bytes,
+                        &work.recipients,
+                    )
+                })?;
+                self.stats.dropped += work.recipients.len() as u64;
+                (self.on_event)(Event::Dsn {
+                    id,
+                    message: m,
+                    recipients: work.recipients.len(),
+                });
+                return Ok(());
+            }
             self.ledger.write(|tx| {
                 for r in &work.recipients {
                     let detail = "null sender: no DSN (RFC 5321 6.1)";
@@ -102,41 +210,16 @@ impl Replay<'_> {
             message: m.clone(),
             recipients: owed,
         };
-        let original = read_verified(m).unwrap_or_default();
-        let recipients: Vec<DsnRecipient> = work.recipients.iter().map(dsn_recipient).collect();
         let date = Local::now().fixed_offset();
-        let message_id = format!(
-            "spoolreplay.{}.{}.{}@{}",
-            m.id,
-            &m.content_hash[..m.content_hash.len().min(12)],
-            date.timestamp_micros(),
-            self.settings.incident.reporting_mta
-        );
-        let explanation = explanation(work, self.settings.incident);
-        let ret = m.ret.as_deref().and_then(|r| match r {
-            "HDRS" => Some(crate::address::ReturnContent::Headers),
-            "FULL" => Some(crate::address::ReturnContent::Full),
-            _ => None,
-        });
-        let request = DsnRequest {
-            reporting_mta: &self.settings.incident.reporting_mta,
-            incident: &self.settings.incident.name,
-            explanation: &explanation,
-            to: m.sender.as_str(),
-            original: &original,
-            envid: m.envid.as_deref(),
-            ret,
-            return_limit: self.settings.return_limit,
-            arrival: m.arrival,
-            queue_id: &m.queue_id,
-            recipients: &recipients,
+        let to = m.sender.as_str();
+        let (message_id, bytes) = make_dsn(
+            self.settings.incident,
+            self.settings.return_limit,
+            work,
+            DsnKind::Failure,
+            to,
             date,
-            message_id: &message_id,
-            smtputf8: needs_smtputf8(work),
-            from: self.settings.incident.dsn_from.as_deref(),
-        };
-        let bytes = dsn::build(&request)
-            .with_context(|| format!("cannot build the DSN for message {}", m.queue_id))?;
+        )?;
         let id = self.ledger.write(|tx| {
             tx.record_dsn(
                 m.id,
@@ -154,6 +237,103 @@ impl Replay<'_> {
         });
         Ok(())
     }
+}
+
+/// Builds the DSN of `kind` for `work` (its message and the recipients it reports),
+/// addressed to `to`; returns its Message-ID and bytes. Reads the original from the spool
+/// (headers only are returned when it is unreadable).
+pub fn make_dsn(
+    incident: &Incident,
+    return_limit: usize,
+    work: &MessageWork,
+    kind: DsnKind,
+    to: &str,
+    date: DateTime<FixedOffset>,
+) -> Result<(String, Vec<u8>)> {
+    let m = &work.message;
+    let original = read_verified(m).unwrap_or_default();
+    let deadline = crate::classify::deadline(incident, m.arrival);
+    let recipients: Vec<DsnRecipient> = work
+        .recipients
+        .iter()
+        .map(|r| match kind {
+            DsnKind::Delay => delayed_recipient(r, deadline),
+            DsnKind::Failure | DsnKind::Postmaster => dsn_recipient(r),
+        })
+        .collect();
+    let message_id = format!(
+        "spoolreplay.{}.{}.{}.{}@{}",
+        kind.as_str(),
+        m.id,
+        &m.content_hash[..m.content_hash.len().min(12)],
+        date.timestamp_micros(),
+        incident.reporting_mta
+    );
+    let explanation = match kind {
+        DsnKind::Failure => explanation(work, incident),
+        DsnKind::Delay => delay_explanation(work, deadline),
+        DsnKind::Postmaster => format!(
+            "This is a copy for the postmaster. The message below was itself a delivery \
+             notification (its sender is the null address <>), so no notification is sent \
+             about it; it could not be delivered. {}",
+            explanation(work, incident)
+        ),
+    };
+    let ret = m.ret.as_deref().and_then(|r| match r {
+        "HDRS" => Some(ReturnContent::Headers),
+        "FULL" => Some(ReturnContent::Full),
+        _ => None,
+    });
+    let request = DsnRequest {
+        reporting_mta: &incident.reporting_mta,
+        incident: &incident.name,
+        explanation: &explanation,
+        to,
+        original: &original,
+        envid: m.envid.as_deref(),
+        ret,
+        return_limit,
+        arrival: m.arrival,
+        queue_id: &m.queue_id,
+        recipients: &recipients,
+        date,
+        message_id: &message_id,
+        smtputf8: needs_smtputf8(work),
+        from: incident.dsn_from.as_deref(),
+    };
+    let bytes = dsn::build(&request)
+        .with_context(|| format!("cannot build the DSN for message {}", m.queue_id))?;
+    let bytes = match kind {
+        DsnKind::Postmaster => postmaster_copy(bytes),
+        _ => bytes,
+    };
+    Ok((message_id, bytes))
+}
+
+/// Relabels a DSN as a postmaster copy, as Postfix does: `Auto-Submitted: auto-generated`
+/// (RFC 3834: a copy for an administrator is not a reply) and a subject that says so. Only
+/// our own header block is touched, never the returned message.
+fn postmaster_copy(dsn: Vec<u8>) -> Vec<u8> {
+    let Some(end) = dsn.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return dsn;
+    };
+    let (head, body) = dsn.split_at(end);
+    let head = String::from_utf8_lossy(head)
+        .split("\r\n")
+        .map(|line| {
+            if line.starts_with("Subject:") {
+                "Subject: Postmaster copy: undelivered notification".to_string()
+            } else if line.eq_ignore_ascii_case("Auto-Submitted: auto-replied") {
+                "Auto-Submitted: auto-generated".to_string()
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body);
+    out
 }
 
 /// Whether a recipient's NOTIFY (as stored: `NEVER` or a comma list) asks for a failure
@@ -195,6 +375,33 @@ fn dsn_recipient(r: &RecipientRow) -> DsnRecipient {
         },
         will_retry_until: None,
     }
+}
+
+/// A recipient in a delay warning: still being retried until the deadline.
+fn delayed_recipient(r: &RecipientRow, deadline: DateTime<FixedOffset>) -> DsnRecipient {
+    let mut d = dsn_recipient(r);
+    d.action = Action::Delayed;
+    d.status = match r.status.as_deref() {
+        Some(s) if s.starts_with("4.") => s.to_string(),
+        _ => "4.0.0".to_string(),
+    };
+    if d.diagnostic.is_none() {
+        d.diagnostic = Some(Diagnostic::Local(
+            "the mailbox storage is recovering from an outage".into(),
+        ));
+    }
+    d.will_retry_until = Some(deadline);
+    d
+}
+
+fn delay_explanation(work: &MessageWork, deadline: DateTime<FixedOffset>) -> String {
+    format!(
+        "Your message arrived here on {}, during an outage of the mailbox storage of the \
+         recipients below. It has not been delivered yet. This is only a warning: delivery \
+         will be retried until {}; you do not need to send it again.",
+        work.message.arrival.to_rfc2822(),
+        deadline.to_rfc2822()
+    )
 }
 
 /// The plain-words story for the DSN's human-readable part.

@@ -8,6 +8,8 @@
 mod bounce;
 mod deliver;
 
+pub use bounce::make_dsn;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -69,6 +71,10 @@ pub struct Settings<'a> {
     pub concurrency: usize,
     pub uncertain: UncertainPolicy,
     pub retry: RetryPolicy,
+    /// Send a delay warning for mail held or deferred longer than this.
+    pub warn_after: Option<Duration>,
+    /// Send a copy of failed bounces (null sender) to this address.
+    pub postmaster: Option<String>,
 }
 
 /// Something that happened, for the printer.
@@ -113,6 +119,7 @@ pub struct Stats {
     pub dropped: u64,
     pub uncertain: u64,
     pub dsns: u64,
+    pub delay_warnings: u64,
     pub stop: Option<Stop>,
 }
 
@@ -161,6 +168,7 @@ impl<'a> Replay<'a> {
         if self.stats.stop.is_none() {
             self.deliver_all()?;
         }
+        self.warn_delayed()?;
         self.make_dsns()
     }
 
@@ -290,6 +298,34 @@ fn classify_message(
     classify::classify(incident, facts, now)
 }
 
+/// For a classification that fails the message (expire, bounce, drop): the status and the
+/// reason its recipients get; `None` when it is delivered or held.
+pub fn failure_for(incident: &Incident, c: &Classification) -> Option<(String, String)> {
+    match c.disposition {
+        Disposition::Expire => Some((STATUS_EXPIRED.to_string(), c.reason.clone())),
+        Disposition::Bounce => {
+            let window = c.window.map(|i| &incident.windows[i]);
+            let status = window.map_or("5.0.0", |w| w.status.as_str()).to_string();
+            let detail = window
+                .and_then(|w| w.reason.clone())
+                .map(|r| format!("{}: {r}", c.reason))
+                .unwrap_or_else(|| c.reason.clone());
+            Some((status, detail))
+        }
+        // A bounce that would fail: settled without a DSN (or with a postmaster copy); the
+        // status says what it would have been.
+        Disposition::Drop => {
+            let window = c.window.map(|i| &incident.windows[i]);
+            let status = match window {
+                Some(w) if w.action == crate::incident::WindowAction::Bounce => w.status.clone(),
+                _ => STATUS_EXPIRED.to_string(),
+            };
+            Some((status, c.reason.clone()))
+        }
+        Disposition::Deliver | Disposition::Hold => None,
+    }
+}
+
 /// Records a classification and moves the message's undecided recipients accordingly.
 /// Deferred mail that is still deliverable stays deferred; deferred mail that expires keeps
 /// the store's last reply for its DSN.
@@ -306,23 +342,17 @@ fn apply_classification(
         c.disposition.as_str(),
         &c.deadline.to_rfc3339(),
     )?;
-    let (to, status) = match c.disposition {
-        Disposition::Deliver => (RcptState::Pending, None),
-        Disposition::Hold => (RcptState::Held, None),
-        Disposition::Expire => (RcptState::Failed, Some(STATUS_EXPIRED)),
-        Disposition::Bounce => (
-            RcptState::Failed,
-            c.window.map(|i| incident.windows[i].status.as_str()),
-        ),
-        Disposition::Drop => (RcptState::Dropped, None),
+    let failure = failure_for(incident, c);
+    let to = match c.disposition {
+        Disposition::Deliver => RcptState::Pending,
+        Disposition::Hold => RcptState::Held,
+        // Dropped mail goes through `failed` too, so the DSN step settles it (and makes a
+        // postmaster copy when asked) in one place.
+        Disposition::Expire | Disposition::Bounce | Disposition::Drop => RcptState::Failed,
     };
-    let detail = match c.disposition {
-        Disposition::Bounce => c
-            .window
-            .and_then(|i| incident.windows[i].reason.clone())
-            .map(|r| format!("{}: {r}", c.reason))
-            .unwrap_or_else(|| c.reason.clone()),
-        _ => c.reason.clone(),
+    let (status, detail) = match &failure {
+        Some((status, detail)) => (Some(status.as_str()), detail.clone()),
+        None => (None, c.reason.clone()),
     };
     for r in &work.recipients {
         if r.state == to || (r.state == RcptState::Deferred && to == RcptState::Pending) {
@@ -357,7 +387,6 @@ fn apply_classification(
             RcptState::Pending => stats.released += 1,
             RcptState::Held => stats.held += 1,
             RcptState::Failed => stats.failed += 1,
-            RcptState::Dropped => stats.dropped += 1,
             _ => {}
         }
     }

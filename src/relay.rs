@@ -1,0 +1,152 @@
+//! Sending DSNs through a relay (`spoolreplay bounces send`): from `<>`, to the original
+//! sender, NOTIFY=NEVER where the relay speaks DSN (RFC 3461 6.1: no DSN about a DSN),
+//! paced, each DSN recorded before and after it goes, so a crash never sends one twice:
+//! a DSN caught mid-send is `uncertain` and only sent again on request.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use chrono::DateTime;
+
+use crate::address::{Notify, ReversePath};
+use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
+use crate::ledger::{DsnFilter, DsnRow, Ledger, SendState};
+use crate::pace::Pace;
+
+#[derive(Debug, Default, Clone)]
+pub struct SendStats {
+    pub sent: u64,
+    pub deferred: u64,
+    pub failed: u64,
+    pub uncertain: u64,
+    /// Left in `sending` by a crash: now uncertain.
+    pub recovered_uncertain: u64,
+    /// Why sending stopped early, if it did.
+    pub stopped: Option<String>,
+    pub interrupted: bool,
+}
+
+/// One DSN's fate, for the printer.
+pub struct Sent<'a> {
+    pub dsn: &'a DsnRow,
+    pub state: SendState,
+    pub reply: &'a str,
+}
+
+pub struct Sender<'a> {
+    pub ledger: &'a mut Ledger,
+    pub relay: &'a mut dyn Deliverer,
+    pub pace: Pace,
+    pub resend_uncertain: bool,
+    pub interrupted: &'a AtomicBool,
+    pub on_sent: &'a mut dyn FnMut(Sent<'_>),
+}
+
+impl Sender<'_> {
+    pub fn run(&mut self) -> Result<SendStats> {
+        let mut stats = SendStats::default();
+        // A DSN left `sending` by a crash may or may not be at the relay.
+        for dsn in self.ledger.dsns(DsnFilter::Sending)? {
+            self.ledger.write(|tx| {
+                tx.set_send_state(
+                    dsn.id,
+                    SendState::Sending,
+                    SendState::Uncertain,
+                    Some("the sender stopped while this DSN was being sent"),
+                )
+            })?;
+            stats.recovered_uncertain += 1;
+        }
+        let started = Instant::now();
+        let queue = self.ledger.dsns(DsnFilter::Unsent {
+            resend_uncertain: self.resend_uncertain,
+        })?;
+        for dsn in &queue {
+            if self.interrupted.load(Ordering::SeqCst) {
+                stats.interrupted = true;
+                break;
+            }
+            let content = self
+                .ledger
+                .dsn_content(dsn.id)?
+                .with_context(|| format!("DSN {} vanished from the ledger", dsn.id))?;
+            let wait = self.pace.wait(started.elapsed(), content.len() as u64);
+            std::thread::sleep(wait);
+            self.ledger
+                .write(|tx| tx.set_send_state(dsn.id, dsn.send_state, SendState::Sending, None))?;
+            crate::replay::test_hook("after-dsn-sending");
+            let result = self.send_one(dsn, &content);
+            crate::replay::test_hook("after-dsn-send");
+            let (state, reply) = match result {
+                Ok(Outcome::Delivered { detail, .. } | Outcome::AlreadyThere { detail }) => {
+                    stats.sent += 1;
+                    (SendState::Sent, detail)
+                }
+                Ok(Outcome::Deferred { reply, .. }) => {
+                    stats.deferred += 1;
+                    (SendState::Pending, reply)
+                }
+                Ok(Outcome::Failed { reply, .. }) => {
+                    stats.failed += 1;
+                    (SendState::Failed, reply)
+                }
+                Ok(Outcome::Uncertain { reply, .. }) => {
+                    stats.uncertain += 1;
+                    (SendState::Uncertain, reply)
+                }
+                Err(e) => {
+                    // Nothing reached the relay: back to pending, and stop.
+                    let why = e.to_string();
+                    self.ledger.write(|tx| {
+                        tx.set_send_state(
+                            dsn.id,
+                            SendState::Sending,
+                            SendState::Pending,
+                            Some(&why),
+                        )
+                    })?;
+                    stats.stopped = Some(why);
+                    break;
+                }
+            };
+            self.ledger
+                .write(|tx| tx.set_send_state(dsn.id, SendState::Sending, state, Some(&reply)))?;
+            (self.on_sent)(Sent {
+                dsn,
+                state,
+                reply: &reply,
+            });
+        }
+        Ok(stats)
+    }
+
+    fn send_one(&mut self, dsn: &DsnRow, content: &[u8]) -> Result<Outcome, StoreError> {
+        let arrival = DateTime::parse_from_rfc3339(&dsn.created_at)
+            .unwrap_or_else(|_| chrono::Local::now().fixed_offset());
+        let key = format!("dsn-{}", dsn.id);
+        let delivery = Delivery {
+            message_key: &key,
+            sender: &ReversePath::Null,
+            content,
+            arrival,
+            recovering: false,
+            envid: None,
+            ret: None,
+        };
+        let never = Notify {
+            never: true,
+            ..Notify::default()
+        };
+        let recipient = RecipientSpec {
+            address: &dsn.envelope_to,
+            orcpt: None,
+            notify: Some(never),
+        };
+        let mut outcomes = self.relay.deliver(&delivery, &[recipient])?;
+        Ok(outcomes.pop().unwrap_or(Outcome::Deferred {
+            reply: "the relay gave no answer for the recipient".into(),
+            remote: None,
+        }))
+    }
+}
