@@ -105,6 +105,8 @@ pub enum FieldSource {
     DateHeader,
     /// The file's modification time.
     FileTime,
+    /// The MTA's own queue file (Postfix queue file, Exim `-H` file): the real envelope.
+    QueueFile,
 }
 
 impl FieldSource {
@@ -119,6 +121,7 @@ impl FieldSource {
             FieldSource::Received => "received",
             FieldSource::DateHeader => "date",
             FieldSource::FileTime => "file-time",
+            FieldSource::QueueFile => "queue-file",
         }
     }
 }
