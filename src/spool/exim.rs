@@ -238,6 +238,8 @@ impl Iterator for EximReader {
 struct Problem {
     path: PathBuf,
     offset: u64,
+    /// The file's length, when it was read.
+    len: u64,
     reason: String,
 }
 
@@ -268,12 +270,12 @@ struct Loaded {
 fn read_message(h_path: &Path) -> SpoolItem {
     let loaded = match load(h_path) {
         Ok(l) => l,
-        Err(p) => return quarantine(&p.path, p.offset, 0, p.reason),
+        Err(p) => return quarantine(&p.path, p.offset, p.len, p.reason),
     };
     let whole = |offset, reason| quarantine(h_path, offset, loaded.header_len, reason);
     let mut delivered = loaded.header.delivered.clone();
     if let Err(p) = read_journal(h_path, &mut delivered) {
-        return quarantine(&p.path, p.offset, 0, p.reason);
+        return quarantine(&p.path, p.offset, p.len, p.reason);
     }
     let Some(arrival) = Utc
         .timestamp_opt(
@@ -335,6 +337,7 @@ fn read_journal(h_path: &Path, delivered: &mut HashSet<String>) -> Result<(), Pr
             return Err(Problem {
                 path: j_path,
                 offset: 0,
+                len: 0,
                 reason: format!(
                     "cannot read the delivery journal, so which recipients were delivered is \
                      unknown: {e}"
@@ -358,6 +361,7 @@ fn load(h_path: &Path) -> Result<Loaded, Problem> {
     let problem = |path: &Path, offset: u64, reason: String| Problem {
         path: path.to_path_buf(),
         offset,
+        len: 0,
         reason,
     };
     let name = h_path
@@ -376,16 +380,17 @@ fn load(h_path: &Path) -> Result<Loaded, Problem> {
     if bytes.is_empty() {
         return Err(problem(h_path, 0, "file is empty".into()));
     }
-    let header = header::parse(&id, &bytes).map_err(|e| problem(h_path, e.offset, e.reason))?;
+    let header_len = bytes.len() as u64;
+    let in_header = |offset: u64, reason: String| Problem {
+        len: header_len,
+        ..problem(h_path, offset, reason)
+    };
+    let header = header::parse(&id, &bytes).map_err(|e| in_header(e.offset, e.reason))?;
     let d_path = h_path.with_file_name(format!("{id}-D"));
     let data = match std::fs::read(&d_path) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(problem(
-                h_path,
-                0,
-                format!("its data file `{id}-D` is missing"),
-            ));
+            return Err(in_header(0, format!("its data file `{id}-D` is missing")));
         }
         Err(e) => return Err(problem(&d_path, 0, format!("cannot read file: {e}"))),
     };
@@ -394,7 +399,7 @@ fn load(h_path: &Path) -> Result<Loaded, Problem> {
         content: wire_content(&header.headers, body),
         header,
         id,
-        header_len: bytes.len() as u64,
+        header_len,
     })
 }
 

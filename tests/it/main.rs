@@ -8,5 +8,6 @@ mod cli_run;
 mod crash;
 mod deliver_maildir;
 mod dsn;
+mod exim;
 mod exit_codes;
 mod spool;
