@@ -1,24 +1,515 @@
-//! Reader for Exim spools. (Placeholder: the reader is being written.)
+//! Reader for Exim spools: each message is an `<id>-H` file (envelope and headers) and an
+//! `<id>-D` file (body) in `input/`, flat or split into one-character folders.
+//!
+//! The message is rebuilt as it would go on the wire: the header lines not flagged `*`
+//! (deleted, e.g. a `-t` submission's `Bcc:`), a blank line, then the body, with CRLF line
+//! ends throughout (Exim stores LF, or CRLF with `-spool_file_wireformat`). Recipients in
+//! the non-recipients tree or in a `-J` journal (left by an interrupted delivery) were
+//! delivered by Exim: they are recorded as `Prior::Delivered`, never replayed. Files are
+//! read in message-id order, one message at a time; only the list of names is collected.
 
-use std::path::Path;
+mod header;
 
-use super::{SourceRef, SpoolError, SpoolItem};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
-/// Whether `dir` looks like one of these spools (for `detect`).
+use chrono::{TimeZone, Utc};
+
+use self::header::{HeaderLine, SpoolHeader};
+use super::{
+    Envelope, FieldSource, Prior, Quarantined, QueuedMessage, Recipient, SourceRef, SpoolError,
+    SpoolFormat, SpoolItem,
+};
+use crate::dsn::xtext_decode;
+
+/// The queue name reported for every message (Exim's default queue is `input/`).
+const QUEUE_NAME: &str = "input";
+
+/// Whether `dir` is an Exim spool directory (with `input/`) or an `input/` folder itself:
+/// it must hold at least one `<message-id>-H` file, directly or in a one-character folder.
 pub fn looks_like_spool(dir: &Path) -> bool {
-    let _ = dir;
-    false
+    has_header_files(&dir.join("input")) || has_header_files(dir)
 }
 
-pub fn read(path: &Path) -> Result<std::vec::IntoIter<SpoolItem>, SpoolError> {
-    Err(SpoolError::Unrecognized {
-        path: path.to_path_buf(),
-        why: "this reader is not written yet".into(),
+fn has_header_files(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir && name.chars().count() == 1 {
+            std::fs::read_dir(entry.path())
+                .map(|sub| sub.flatten().any(|e| is_message_file(&e.file_name(), "-H")))
+                .unwrap_or(false)
+        } else {
+            !is_dir && is_message_file(&entry.file_name(), "-H")
+        }
     })
 }
 
+/// `<id><suffix>` with a well-formed Exim message id (16 characters before 4.97, 23 since).
+fn is_message_file(name: &std::ffi::OsStr, suffix: &str) -> bool {
+    name.to_str()
+        .and_then(|n| n.strip_suffix(suffix))
+        .is_some_and(is_message_id)
+}
+
+fn is_message_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    let dashes: &[usize] = match bytes.len() {
+        16 => &[6, 13],
+        23 => &[6, 18],
+        _ => return false,
+    };
+    bytes.iter().enumerate().all(|(i, b)| {
+        if dashes.contains(&i) {
+            *b == b'-'
+        } else {
+            b.is_ascii_alphanumeric()
+        }
+    })
+}
+
+/// Lists the messages of the Exim spool (or `input/` folder) at `path`; reading happens as
+/// the iterator advances.
+pub fn read(path: &Path) -> Result<EximReader, SpoolError> {
+    let io_err = |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SpoolError::Missing(path.to_path_buf()));
+        }
+        Err(e) => return Err(io_err(e)),
+        Ok(m) if !m.is_dir() => {
+            return Err(SpoolError::Unrecognized {
+                path: path.to_path_buf(),
+                why: "an Exim spool is a folder (with `input/`, or `input/` itself)".into(),
+            });
+        }
+        Ok(_) => {}
+    }
+    let root = std::path::absolute(path).map_err(io_err)?;
+    let input = if root.join("input").is_dir() {
+        root.join("input")
+    } else if has_header_files(&root) {
+        root
+    } else {
+        return Err(SpoolError::Unrecognized {
+            path: path.to_path_buf(),
+            why: "an Exim spool needs an `input/` folder, or `<message-id>-H` files".into(),
+        });
+    };
+    let mut entries = list_input(&input)?;
+    entries.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    Ok(EximReader {
+        entries: entries.into_iter(),
+    })
+}
+
+/// One thing found in `input/` that becomes a spool item.
+#[derive(Debug)]
+enum Entry {
+    /// An `-H` file: a message.
+    Header(PathBuf),
+    /// A `-D` file without its `-H`: a message still being received when the spool was
+    /// copied, or one whose envelope was lost.
+    OrphanData(PathBuf),
+    /// A split folder that could not be listed.
+    Unreadable(PathBuf, String),
+}
+
+impl Entry {
+    fn sort_key(&self) -> (String, &Path) {
+        let path = match self {
+            Entry::Header(p) | Entry::OrphanData(p) | Entry::Unreadable(p, _) => p.as_path(),
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        (name, path)
+    }
+}
+
+/// Collects the `-H` files (and orphan `-D` files) of `input/` and its one-character
+/// split folders. Other files (`-J` journals, `hdr.*` temporaries) are read with their
+/// message or ignored.
+fn list_input(input: &Path) -> Result<Vec<Entry>, SpoolError> {
+    let mut found = Vec::new();
+    let mut folders = Vec::new();
+    collect_folder(input, &mut found, Some(&mut folders)).map_err(|source| SpoolError::Io {
+        path: input.to_path_buf(),
+        source,
+    })?;
+    for folder in folders {
+        if let Err(e) = collect_folder(&folder, &mut found, None) {
+            found.push(Entry::Unreadable(
+                folder,
+                format!("cannot list folder: {e}"),
+            ));
+        }
+    }
+    let headers: HashSet<PathBuf> = found
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Header(p) => Some(p.with_file_name(sibling_name(p, "-H"))),
+            _ => None,
+        })
+        .collect();
+    found.retain(|e| match e {
+        Entry::OrphanData(p) => !headers.contains(&p.with_file_name(sibling_name(p, "-H"))),
+        _ => true,
+    });
+    Ok(found)
+}
+
+fn collect_folder(
+    dir: &Path,
+    found: &mut Vec<Entry>,
+    mut subfolders: Option<&mut Vec<PathBuf>>,
+) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let text = name.to_string_lossy();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir {
+            if let Some(list) = subfolders.as_deref_mut()
+                && text.chars().count() == 1
+            {
+                list.push(entry.path());
+            }
+        } else if text.ends_with("-H") {
+            found.push(Entry::Header(entry.path()));
+        } else if is_message_file(&name, "-D") {
+            found.push(Entry::OrphanData(entry.path()));
+        }
+    }
+    Ok(())
+}
+
+/// The file name of `path`'s message with another suffix (`-H`, `-D`, `-J`).
+fn sibling_name(path: &Path, suffix: &str) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let id = name
+        .strip_suffix("-H")
+        .or_else(|| name.strip_suffix("-D"))
+        .unwrap_or(&name);
+    format!("{id}{suffix}")
+}
+
+/// Streams the messages of one Exim spool.
+pub struct EximReader {
+    entries: std::vec::IntoIter<Entry>,
+}
+
+impl Iterator for EximReader {
+    type Item = SpoolItem;
+
+    fn next(&mut self) -> Option<SpoolItem> {
+        Some(match self.entries.next()? {
+            Entry::Header(path) => read_message(&path),
+            Entry::OrphanData(path) => quarantine(
+                &path,
+                0,
+                0,
+                "data file without its `-H` envelope file (a message still being received, \
+                 or a lost envelope)"
+                    .into(),
+            ),
+            Entry::Unreadable(path, reason) => quarantine(&path, 0, 0, reason),
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.entries.size_hint()
+    }
+}
+
+/// What went wrong with a message, in which file, and where in it.
+#[derive(Debug)]
+struct Problem {
+    path: PathBuf,
+    offset: u64,
+    /// The file's length, when it was read.
+    len: u64,
+    reason: String,
+}
+
+fn quarantine(path: &Path, offset: u64, len: u64, reason: String) -> SpoolItem {
+    SpoolItem::Quarantined(Quarantined {
+        source: source_ref(path, offset, len),
+        reason,
+    })
+}
+
+fn source_ref(path: &Path, offset: u64, len: u64) -> SourceRef {
+    SourceRef {
+        format: SpoolFormat::Exim,
+        path: path.to_path_buf(),
+        offset,
+        len,
+    }
+}
+
+/// A message's `-H` parsed and its wire bytes built.
+struct Loaded {
+    id: String,
+    header: SpoolHeader,
+    content: Vec<u8>,
+    header_len: u64,
+}
+
+fn read_message(h_path: &Path) -> SpoolItem {
+    let loaded = match load(h_path) {
+        Ok(l) => l,
+        Err(p) => return quarantine(&p.path, p.offset, p.len, p.reason),
+    };
+    let whole = |offset, reason| quarantine(h_path, offset, loaded.header_len, reason);
+    let mut delivered = loaded.header.delivered.clone();
+    if let Err(p) = read_journal(h_path, &mut delivered) {
+        return quarantine(&p.path, p.offset, p.len, p.reason);
+    }
+    let Some(arrival) = Utc
+        .timestamp_opt(
+            loaded.header.received_secs,
+            loaded.header.received_usec * 1000,
+        )
+        .single()
+    else {
+        return whole(0, "received time is out of range".into());
+    };
+    let recipients = recipients(&loaded.header, &delivered);
+    if recipients.is_empty() {
+        return whole(0, "no envelope recipients".into());
+    }
+    let envelope = Envelope {
+        sender: loaded.header.sender.clone(),
+        sender_from: FieldSource::QueueFile,
+        recipients,
+        recipients_from: FieldSource::QueueFile,
+        arrival: arrival.fixed_offset(),
+        arrival_from: FieldSource::QueueFile,
+        envid: loaded.header.envid.as_deref().map(xtext_decode),
+        ret: loaded.header.ret,
+    };
+    SpoolItem::Message(QueuedMessage {
+        source: source_ref(h_path, 0, loaded.header_len),
+        queue_id: loaded.id,
+        envelope,
+        content: loaded.content,
+        queue_name: Some(QUEUE_NAME.into()),
+        mta_hold: loaded.header.frozen,
+    })
+}
+
+/// The envelope recipients, each once (first occurrence kept), with what Exim already did.
+fn recipients(header: &SpoolHeader, delivered: &HashSet<String>) -> Vec<Recipient> {
+    let mut seen = HashSet::new();
+    header
+        .recipients
+        .iter()
+        .filter(|r| seen.insert(r.address.clone()))
+        .map(|r| Recipient {
+            address: r.address.clone(),
+            orcpt: r.orcpt.as_deref().map(xtext_decode),
+            notify: r.notify,
+            prior: delivered.contains(&r.address).then_some(Prior::Delivered),
+        })
+        .collect()
+}
+
+/// Reads `<id>-J`, if there is one: each complete line is an address Exim delivered
+/// before its delivery run was interrupted.
+fn read_journal(h_path: &Path, delivered: &mut HashSet<String>) -> Result<(), Problem> {
+    let j_path = h_path.with_file_name(sibling_name(h_path, "-J"));
+    let bytes = match std::fs::read(&j_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Problem {
+                path: j_path,
+                offset: 0,
+                len: 0,
+                reason: format!(
+                    "cannot read the delivery journal, so which recipients were delivered is \
+                     unknown: {e}"
+                ),
+            });
+        }
+    };
+    // A last line without its newline was cut off mid-write: not a whole address.
+    let complete = match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(end) => &bytes[..end],
+        None => return Ok(()),
+    };
+    for line in complete.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        delivered.insert(String::from_utf8_lossy(line).into_owned());
+    }
+    Ok(())
+}
+
+/// Reads and parses `-H`, then reads `-D` and builds the wire bytes.
+fn load(h_path: &Path) -> Result<Loaded, Problem> {
+    let problem = |path: &Path, offset: u64, reason: String| Problem {
+        path: path.to_path_buf(),
+        offset,
+        len: 0,
+        reason,
+    };
+    let name = h_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let id = name.strip_suffix("-H").unwrap_or(&name).to_string();
+    if !is_message_id(&id) {
+        return Err(problem(
+            h_path,
+            0,
+            format!("`{name}` is not named `<Exim message id>-H`"),
+        ));
+    }
+    let bytes = read_file(h_path).map_err(|reason| problem(h_path, 0, reason))?;
+    if bytes.is_empty() {
+        return Err(problem(h_path, 0, "file is empty".into()));
+    }
+    let header_len = bytes.len() as u64;
+    let in_header = |offset: u64, reason: String| Problem {
+        len: header_len,
+        ..problem(h_path, offset, reason)
+    };
+    let header = header::parse(&id, &bytes).map_err(|e| in_header(e.offset, e.reason))?;
+    let d_path = h_path.with_file_name(format!("{id}-D"));
+    let data = match std::fs::read(&d_path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(in_header(0, format!("its data file `{id}-D` is missing")));
+        }
+        Err(e) => return Err(problem(&d_path, 0, format!("cannot read file: {e}"))),
+    };
+    let body = data_body(&id, &data).map_err(|reason| problem(&d_path, 0, reason))?;
+    Ok(Loaded {
+        content: wire_content(&header.headers, body),
+        header,
+        id,
+        header_len,
+    })
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    let metadata = std::fs::metadata(path).map_err(|e| format!("cannot read file: {e}"))?;
+    if !metadata.is_file() {
+        return Err("not a regular file".into());
+    }
+    std::fs::read(path).map_err(|e| format!("cannot read file: {e}"))
+}
+
+/// The body of a `-D` file: everything after its first line, which must be `<id>-D`.
+fn data_body<'a>(id: &str, data: &'a [u8]) -> Result<&'a [u8], String> {
+    let Some(end) = data.iter().position(|&b| b == b'\n') else {
+        return Err("data file is truncated: it has no first line".into());
+    };
+    let expected = format!("{id}-D");
+    if &data[..end] != expected.as_bytes() {
+        return Err(format!(
+            "first line is not the file's own name `{expected}`"
+        ));
+    }
+    Ok(&data[end + 1..])
+}
+
+/// The message as it goes on the wire: kept headers, blank line, body; CRLF line ends.
+fn wire_content(headers: &[HeaderLine], body: &[u8]) -> Vec<u8> {
+    let kept = headers.iter().filter(|h| !h.is_deleted());
+    let size: usize = kept.clone().map(|h| h.text.len() + 8).sum::<usize>() + body.len() + 2;
+    let mut out = Vec::with_capacity(size + size / 32);
+    for h in kept {
+        push_crlf(&mut out, &h.text);
+        // Exim always ends a header with `\n`; a damaged one must not run into the next.
+        if !h.text.ends_with(b"\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    push_crlf(&mut out, body);
+    out
+}
+
+/// Appends `bytes`, turning each LF not already preceded by CR into CRLF.
+fn push_crlf(out: &mut Vec<u8>, bytes: &[u8]) {
+    for &b in bytes {
+        if b == b'\n' && out.last() != Some(&b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+}
+
+/// Reads a message's bytes again (at delivery or bounce time) from its `-H` and `-D`
+/// files, exactly as `read` built them.
 pub fn read_content(source: &SourceRef) -> std::io::Result<Vec<u8>> {
-    Err(std::io::Error::other(format!(
-        "cannot read {source}: reader not written yet"
-    )))
+    load(&source.path).map(|l| l.content).map_err(|p| {
+        std::io::Error::other(format!(
+            "cannot read Exim message `{}` (byte {}): {}",
+            p.path.display(),
+            p.offset,
+            p.reason
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_old_and_new() {
+        assert!(is_message_id("1xX51X-0005v2-0i"));
+        assert!(is_message_id("1rEaa8-00000000Bxd-0000"));
+        assert!(!is_message_id("1xX51X-0005v2-0"));
+        assert!(!is_message_id("1xX51X_0005v2-0i"));
+        assert!(!is_message_id("../../etc/passw"));
+    }
+
+    #[test]
+    fn wire_content_drops_deleted_headers_and_uses_crlf() {
+        let headers = vec![
+            HeaderLine {
+                flag: b'T',
+                text: b"To: a@b\n".to_vec(),
+            },
+            HeaderLine {
+                flag: b'*',
+                text: b"Bcc: c@d\n".to_vec(),
+            },
+            HeaderLine {
+                flag: b' ',
+                text: b"Subject: x\n\ty\n".to_vec(),
+            },
+        ];
+        assert_eq!(
+            wire_content(&headers, b"one\ntwo\r\n"),
+            b"To: a@b\r\nSubject: x\r\n\ty\r\n\r\none\r\ntwo\r\n"
+        );
+    }
+
+    #[test]
+    fn data_body_checks_the_own_name_line() {
+        assert_eq!(
+            data_body("1xX51X-0005v2-0i", b"1xX51X-0005v2-0i-D\nbody\n"),
+            Ok(&b"body\n"[..])
+        );
+        assert_eq!(
+            data_body("1xX51X-0005v2-0i", b"1xX51X-0005v2-0j-D\nbody\n"),
+            Err("first line is not the file's own name `1xX51X-0005v2-0i-D`".into())
+        );
+        assert!(data_body("1xX51X-0005v2-0i", b"no newline").is_err());
+    }
 }

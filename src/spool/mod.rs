@@ -105,7 +105,7 @@ pub enum FieldSource {
     DateHeader,
     /// The file's modification time.
     FileTime,
-    /// The MTA's own queue file (Postfix `T`/`S`/`R` records): the real envelope.
+    /// The MTA's own queue file (Postfix queue file, Exim `-H` file): the real envelope.
     QueueFile,
 }
 

@@ -10,6 +10,7 @@ mod deliver_lmtp;
 mod deliver_maildir;
 mod deliver_smtp;
 mod dsn;
+mod exim;
 mod exit_codes;
 mod postfix;
 mod spool;
