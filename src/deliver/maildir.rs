@@ -267,7 +267,10 @@ fn check_recipient(raw: &str) -> Result<Target, String> {
         crate::address::AddressError::NoDomain(_) => "address has no `@domain`".to_string(),
         crate::address::AddressError::EmptyLocal(_) => "local part is empty".to_string(),
     })?;
-    check_path_part("local part", &mailbox.local)?;
+    // A quoted local part (`"john doe"@x`) names the mailbox `john doe`: the quotes are
+    // syntax, not part of the name (RFC 5321 4.1.2), so they do not go into the folder.
+    let local = unquote_local(&mailbox.local);
+    check_path_part("local part", &local)?;
     if mailbox.local.len() > MAX_LOCAL_OCTETS {
         return Err(format!(
             "local part is {} octets, more than the {MAX_LOCAL_OCTETS} RFC 5321 allows",
@@ -278,9 +281,29 @@ fn check_recipient(raw: &str) -> Result<Target, String> {
     check_domain(&mailbox.domain)?;
     Ok(Target {
         given: mailbox.to_string(),
-        local: mailbox.local.to_ascii_lowercase(),
+        local: local.to_ascii_lowercase(),
         domain: mailbox.domain.to_ascii_lowercase(),
     })
+}
+
+/// `"john doe"` → `john doe`, `"a\"b"` → `a"b`; anything else unchanged.
+fn unquote_local(local: &str) -> String {
+    let Some(inner) = local
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .filter(|_| local.len() >= 2)
+    else {
+        return local.to_string();
+    };
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Rules that keep one part a single, ordinary path component.
@@ -542,6 +565,22 @@ mod tests {
             Ok(t) => panic!("{raw:?} accepted as {t:?}"),
             Err(e) => assert!(e.contains(reason), "{raw:?}: {e}"),
         }
+    }
+
+    #[test]
+    fn quoted_local_parts_lose_their_quotes_in_the_path() {
+        let t = check_recipient("\"John Doe\"@Example.TEST").unwrap();
+        assert_eq!(
+            (t.local.as_str(), t.domain.as_str()),
+            ("john doe", "example.test")
+        );
+        assert_eq!(unquote_local("\"a\\\"b\""), "a\"b");
+        assert_eq!(unquote_local("plain"), "plain");
+        assert_eq!(unquote_local("\""), "\"");
+        // Unquoting must not open a way out of the store.
+        assert!(check_recipient("\"../x\"@example.test").is_err());
+        assert!(check_recipient("\"..\"@example.test").is_err());
+        assert!(check_recipient("\"a\\/b\"@example.test").is_err());
     }
 
     #[test]

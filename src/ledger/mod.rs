@@ -547,7 +547,7 @@ impl Tx<'_> {
             let (state, note) = match rcpt.prior {
                 None => (RcptState::Pending, None),
                 Some(Prior::Delivered) => (
-                    RcptState::Delivered,
+                    RcptState::DeliveredBefore,
                     Some("delivered by the MTA before the spool was copied"),
                 ),
                 Some(Prior::Cancelled) => (RcptState::Dropped, Some("cancelled in the MTA queue")),

@@ -24,12 +24,15 @@ pub enum RcptState {
     Held,
     /// Failed, but no DSN is sent (null sender); recorded only.
     Dropped,
+    /// The MTA had delivered it before the spool was copied (Postfix `D` record, Exim
+    /// delivered list): recorded, never replayed.
+    DeliveredBefore,
     /// The store may or may not have it: the connection was lost after the message was
     /// sent and before the reply, or a run died then. `--uncertain` decides what follows.
     Uncertain,
 }
 
-pub const ALL_STATES: [RcptState; 9] = [
+pub const ALL_STATES: [RcptState; 10] = [
     RcptState::Pending,
     RcptState::InFlight,
     RcptState::Delivered,
@@ -39,6 +42,7 @@ pub const ALL_STATES: [RcptState; 9] = [
     RcptState::Held,
     RcptState::Dropped,
     RcptState::Uncertain,
+    RcptState::DeliveredBefore,
 ];
 
 /// Illegal state change: a bug, or a ledger edited by hand.
@@ -61,6 +65,7 @@ impl RcptState {
             RcptState::Held => "held",
             RcptState::Dropped => "dropped",
             RcptState::Uncertain => "uncertain",
+            RcptState::DeliveredBefore => "delivered_before",
         }
     }
 
@@ -91,7 +96,7 @@ impl RcptState {
             Failed => matches!(to, Bounced | Dropped),
             // Redelivered (a possible duplicate) or kept for the operator, per --uncertain.
             Uncertain => matches!(to, Pending | Held),
-            Delivered | Bounced | Dropped => false,
+            Delivered | Bounced | Dropped | DeliveredBefore => false,
         };
         if allowed {
             Ok(())
@@ -124,7 +129,12 @@ mod tests {
 
     #[test]
     fn terminal_states_never_move() {
-        for from in [RcptState::Delivered, RcptState::Bounced, RcptState::Dropped] {
+        for from in [
+            RcptState::Delivered,
+            RcptState::Bounced,
+            RcptState::Dropped,
+            RcptState::DeliveredBefore,
+        ] {
             for to in ALL_STATES {
                 assert!(from.check_transition(to).is_err(), "{from} -> {to}");
             }

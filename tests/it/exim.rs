@@ -784,6 +784,16 @@ fn ingest_and_run_an_exim_spool() {
     );
     let files = support::list_files(&cli.store());
     assert_eq!(files.len(), expected.len(), "{files:?}");
+    // What Exim had delivered is recorded as such, apart from spoolreplay's deliveries.
+    let done_by_exim = bp
+        .iter()
+        .flat_map(|(_, e)| e.recipients.iter().filter(|(_, done)| *done))
+        .count();
+    assert!(done_by_exim > 0, "the fixture has delivered recipients");
+    assert_eq!(
+        cli.status()["states"]["delivered_before"],
+        done_by_exim as u64
+    );
     let bcc = cli.store().join("example.test/tom/Maildir/new");
     let copy = std::fs::read_dir(&bcc)
         .expect("tom's maildir")
