@@ -786,8 +786,8 @@ fn ingest_and_run_an_exim_spool() {
     assert_eq!(files.len(), expected.len(), "{files:?}");
     // What Exim had delivered is recorded as such, apart from spoolreplay's deliveries.
     let done_by_exim = bp
-        .iter()
-        .flat_map(|(_, e)| e.recipients.iter().filter(|(_, done)| *done))
+        .values()
+        .flat_map(|e| e.recipients.iter().filter(|(_, done)| *done))
         .count();
     assert!(done_by_exim > 0, "the fixture has delivered recipients");
     assert_eq!(
