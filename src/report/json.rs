@@ -32,12 +32,16 @@ pub fn dsn(d: &DsnRow) -> Value {
     json!({
         "type": "dsn",
         "id": d.id,
+        "kind": d.kind.as_str(),
         "queue_id": d.queue_id,
         "to": d.envelope_to,
         "message_id": d.rfc_message_id,
         "recipients": d.recipients,
         "created_at": d.created_at,
         "written_path": d.written_path,
+        "send_state": d.send_state.as_str(),
+        "sent_at": d.sent_at,
+        "send_reply": d.send_reply,
     })
 }
 

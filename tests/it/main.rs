@@ -2,6 +2,7 @@
 
 mod support;
 
+mod bounces;
 mod cli_ingest;
 mod cli_report;
 mod cli_run;

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test module uses a different part
 
 pub mod dovecot;
+pub mod sink;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
