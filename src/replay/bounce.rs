@@ -64,30 +64,7 @@ impl Replay<'_> {
                     message: m.clone(),
                     recipients: due,
                 };
-                let date = Local::now().fixed_offset();
-                let (message_id, bytes) = make_dsn(
-                    self.settings.incident,
-                    self.settings.return_limit,
-                    &work,
-                    DsnKind::Delay,
-                    m.sender.as_str(),
-                    date,
-                )?;
-                let id = self.ledger.write(|tx| {
-                    tx.record_delay_warning(
-                        m.id,
-                        m.sender.as_str(),
-                        &message_id,
-                        &bytes,
-                        &work.recipients,
-                    )
-                })?;
-                self.stats.delay_warnings += 1;
-                (self.on_event)(Event::Dsn {
-                    id,
-                    message: m,
-                    recipients: work.recipients.len(),
-                });
+                self.issue(&work, DsnKind::Delay, m.sender.as_str())?;
             }
         }
     }
@@ -116,48 +93,12 @@ impl Replay<'_> {
             // A bounce that cannot be replayed is never bounced (RFC 5321 4.5.4); the
             // postmaster may get a copy.
             if let Some(postmaster) = self.settings.postmaster.clone() {
-                let date = Local::now().fixed_offset();
-                let (message_id, bytes) = make_dsn(
-                    self.settings.incident,
-                    self.settings.return_limit,
-                    work,
-                    DsnKind::Postmaster,
-                    &postmaster,
-                    date,
-                )?;
-                let id = self.ledger.write(|tx| {
-                    tx.record_postmaster_copy(
-                        m.id,
-                        &postmaster,
-                        &message_id,
-                        &bytes,
-                        &work.recipients,
-                    )
-                })?;
-                self.stats.dropped += work.recipients.len() as u64;
-                (self.on_event)(Event::Dsn {
-                    id,
-                    message: m,
-                    recipients: work.recipients.len(),
-                });
+                self.issue(work, DsnKind::Postmaster, &postmaster)?;
                 return Ok(());
             }
-            self.ledger.write(|tx| {
-                for r in &work.recipients {
-                    let detail = "null sender: no DSN (RFC 5321 6.1)";
-                    tx.set_state(
-                        r,
-                        RcptState::Dropped,
-                        Change {
-                            detail: Some(detail),
-                            ..Change::default()
-                        },
-                    )?;
-                }
-                Ok(())
-            })?;
-            self.stats.dropped += work.recipients.len() as u64;
-            return Ok(());
+            return self.drop_all(&work.recipients, |_| {
+                "null sender: no DSN (RFC 5321 6.1)".into()
+            });
         }
         // RFC 3461 5.2.6: a failure DSN only for recipients whose NOTIFY asks for it (or
         // says nothing); the others are settled without one.
@@ -166,26 +107,12 @@ impl Replay<'_> {
             .iter()
             .cloned()
             .partition(|r| wants_failure_dsn(r.notify.as_deref()));
-        if !unwanted.is_empty() {
-            self.ledger.write(|tx| {
-                for r in &unwanted {
-                    let detail = format!(
-                        "NOTIFY={}: the sender asked for no failure DSN",
-                        r.notify.as_deref().unwrap_or_default()
-                    );
-                    tx.set_state(
-                        r,
-                        RcptState::Dropped,
-                        Change {
-                            detail: Some(&detail),
-                            ..Change::default()
-                        },
-                    )?;
-                }
-                Ok(())
-            })?;
-            self.stats.dropped += unwanted.len() as u64;
-        }
+        self.drop_all(&unwanted, |r| {
+            format!(
+                "NOTIFY={}: the sender asked for no failure DSN",
+                r.notify.as_deref().unwrap_or_default()
+            )
+        })?;
         // An exact copy of this message (same content, ingested twice or from two MX hosts)
         // may already have bounced the same recipient: its DSN covers this one too.
         let mut owed_fresh = Vec::with_capacity(owed.len());
@@ -210,30 +137,64 @@ impl Replay<'_> {
             message: m.clone(),
             recipients: owed,
         };
-        let date = Local::now().fixed_offset();
-        let to = m.sender.as_str();
+        self.issue(work, DsnKind::Failure, m.sender.as_str())
+    }
+
+    /// Settles failed recipients without a DSN, keeping their last reply (the reason they
+    /// failed) for the record.
+    fn drop_all(
+        &mut self,
+        recipients: &[RecipientRow],
+        why: impl Fn(&RecipientRow) -> String,
+    ) -> Result<()> {
+        if recipients.is_empty() {
+            return Ok(());
+        }
+        self.ledger.write(|tx| {
+            for r in recipients {
+                let detail = why(r);
+                let change = Change {
+                    detail: Some(&detail),
+                    audit_only: true,
+                    ..Change::default()
+                };
+                tx.set_state(r, RcptState::Dropped, change)?;
+            }
+            Ok(())
+        })?;
+        self.stats.dropped += recipients.len() as u64;
+        Ok(())
+    }
+
+    /// Makes a DSN of `kind` for `work`, records it with the recipients it settles (or
+    /// warns) in one transaction, and tells the printer.
+    fn issue(&mut self, work: &MessageWork, kind: DsnKind, to: &str) -> Result<()> {
+        let m = &work.message;
         let (message_id, bytes) = make_dsn(
             self.settings.incident,
             self.settings.return_limit,
             work,
-            DsnKind::Failure,
+            kind,
             to,
-            date,
+            Local::now().fixed_offset(),
         )?;
-        let id = self.ledger.write(|tx| {
-            tx.record_dsn(
-                m.id,
-                m.sender.as_str(),
-                &message_id,
-                &bytes,
-                &work.recipients,
-            )
+        let covered = &work.recipients;
+        let id = self.ledger.write(|tx| match kind {
+            DsnKind::Failure => tx.record_dsn(m.id, to, &message_id, &bytes, covered),
+            DsnKind::Delay => tx.record_delay_warning(m.id, to, &message_id, &bytes, covered),
+            DsnKind::Postmaster => {
+                tx.record_postmaster_copy(m.id, to, &message_id, &bytes, covered)
+            }
         })?;
-        self.stats.dsns += 1;
+        match kind {
+            DsnKind::Failure => self.stats.dsns += 1,
+            DsnKind::Delay => self.stats.delay_warnings += 1,
+            DsnKind::Postmaster => self.stats.dropped += covered.len() as u64,
+        }
         (self.on_event)(Event::Dsn {
             id,
             message: m,
-            recipients: work.recipients.len(),
+            recipients: covered.len(),
         });
         Ok(())
     }
