@@ -70,14 +70,24 @@ pub enum Command {
     Run(Box<RunArgs>),
 
     /// Where every recipient stands: counts per state and window, and what remains
-    #[command(after_help = "Example:\n  spoolreplay status\n  spoolreplay --json status")]
-    Status,
+    #[command(
+        after_help = "Example:\n  spoolreplay status\n  spoolreplay --json status\n  spoolreplay status --message 0D21CC4250"
+    )]
+    Status(StatusArgs),
 
     /// List the DSNs made and owed, print, preview, send or write them
     #[command(
         after_help = "Example:\n  spoolreplay bounces\n  spoolreplay bounces --show 3\n  spoolreplay bounces send --relay smtp://127.0.0.1:25"
     )]
     Bounces(BouncesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Show one message (by its queue id): where it came from and each recipient's state,
+    /// last reply and DSN
+    #[arg(long, value_name = "QUEUE_ID")]
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Args)]

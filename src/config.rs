@@ -48,7 +48,7 @@ pub enum CommandConfig {
     Ingest(IngestConfig),
     Report(ReportConfig),
     Run(Box<RunConfig>),
-    Status,
+    Status { message: Option<String> },
     Bounces(BouncesConfig),
 }
 
@@ -244,7 +244,7 @@ impl Config {
                     },
                 }))
             }
-            cli::Command::Status => CommandConfig::Status,
+            cli::Command::Status(a) => CommandConfig::Status { message: a.message },
             cli::Command::Bounces(a) => CommandConfig::Bounces(bounces(a)?),
         };
         Ok(Config {

@@ -58,7 +58,8 @@ fn dispatch(cfg: Config) -> anyhow::Result<Exit> {
         CommandConfig::Ingest(c) => cmd::ingest::run(ledger, cfg.output, c),
         CommandConfig::Report(c) => cmd::report::run(ledger, cfg.output, c),
         CommandConfig::Run(c) => cmd::run::run(ledger, cfg.output, *c),
-        CommandConfig::Status => cmd::status::run(ledger, cfg.output),
+        CommandConfig::Status { message: None } => cmd::status::run(ledger, cfg.output),
+        CommandConfig::Status { message: Some(q) } => cmd::status::message(ledger, cfg.output, &q),
         CommandConfig::Bounces(c) => cmd::bounces::run(ledger, cfg.output, c),
     }
 }

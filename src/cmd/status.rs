@@ -105,3 +105,70 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
     printer.data(&out)?;
     Ok(Exit::Done)
 }
+
+/// `status --message QUEUE_ID`: one message, as an operator searching a queue id needs it.
+pub fn message(ledger_path: &std::path::Path, output: Output, queue_id: &str) -> Result<Exit> {
+    let printer = Printer::new(output);
+    let ledger = Ledger::open_read(ledger_path)?;
+    let messages = ledger.messages_by_queue_id(queue_id)?;
+    if messages.is_empty() {
+        return Err(crate::exit::failure(
+            Exit::NoInput,
+            format!(
+                "there is no message with queue id `{}` in the ledger",
+                for_terminal(queue_id)
+            ),
+        ));
+    }
+    let mut out = String::new();
+    for m in &messages {
+        let recipients = ledger.recipients_of(m.id)?;
+        printer.event(&json!({
+            "type": "message",
+            "queue_id": m.queue_id,
+            "queue_name": m.queue_name,
+            "source": m.source.to_string(),
+            "format": m.source.format.as_str(),
+            "sender": m.sender.as_str(),
+            "arrival": m.arrival.to_rfc3339(),
+            "size": m.size,
+            "mta_hold": m.mta_hold,
+            "window": m.window,
+            "disposition": m.disposition,
+            "recipients": recipients.iter().map(|r| json!({
+                "address": r.address, "state": r.state.as_str(), "status": r.status,
+                "reply": r.reply, "remote": r.remote, "attempts": r.attempts,
+                "last_attempt": r.last_attempt,
+            })).collect::<Vec<_>>(),
+        }))?;
+        out.push_str(&format!(
+            "{} ({}{})\n  from {}, arrived {}, {} bytes, window {}, {}{}\n",
+            for_terminal(&m.queue_id),
+            m.queue_name
+                .as_deref()
+                .map(|q| format!("{q}, "))
+                .unwrap_or_default(),
+            for_terminal(&m.source.to_string()),
+            for_terminal(&m.sender.to_string()),
+            m.arrival.to_rfc3339(),
+            m.size,
+            for_terminal(m.window.as_deref().unwrap_or("(not classified yet)")),
+            m.disposition.as_deref().unwrap_or("-"),
+            if m.mta_hold { ", held by the MTA" } else { "" },
+        ));
+        let mut t = Table::new(&["recipient", "state", "status", "attempts#", "last reply"]);
+        for r in &recipients {
+            t.row(vec![
+                for_terminal(&r.address),
+                r.state.as_str().to_string(),
+                r.status.clone().unwrap_or_default(),
+                r.attempts.to_string(),
+                for_terminal(r.reply.as_deref().unwrap_or("")),
+            ]);
+        }
+        out.push_str(&t.render());
+        out.push('\n');
+    }
+    printer.data(&out)?;
+    Ok(Exit::Done)
+}

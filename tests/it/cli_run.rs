@@ -435,3 +435,38 @@ fn notify_never_duplicates_and_refusal_reasons() {
         assert!(!reply.is_empty(), "{r:?}");
     }
 }
+
+/// An operator searches by queue id: `status --message` shows where the message came from
+/// and each recipient's state and last reply.
+#[test]
+fn status_of_one_message_by_queue_id() {
+    let cli = Cli::new();
+    full_run(&cli);
+    let out = cli.run(&["--json", "status", "--message", "0222-personal"]);
+    check(&out, 0);
+    let m = out.event("message");
+    assert_eq!(m["queue_id"], "0222-personal");
+    assert_eq!(m["window"], "tempfail-452");
+    assert!(
+        m["source"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("0222-personal.eml"),
+        "{m}"
+    );
+    let recipients = m["recipients"].as_array().expect("recipients");
+    assert_eq!(recipients.len(), 2, "{m}");
+    let hostile = recipients
+        .iter()
+        .find(|r| r["address"] == HOSTILE[0])
+        .expect("the path-traversal recipient");
+    assert_eq!(hostile["state"], "bounced");
+    assert_eq!(hostile["status"], "5.1.3");
+    assert!(
+        hostile["reply"].as_str().unwrap_or("").contains("refused"),
+        "{hostile}"
+    );
+    assert!(recipients.iter().any(|r| r["state"] == "delivered"), "{m}");
+
+    check(&cli.run(&["status", "--message", "no-such-id"]), 66);
+}
