@@ -59,6 +59,7 @@ fn dispatch(cfg: Config) -> anyhow::Result<Exit> {
         CommandConfig::Run(c) => cmd::run::run(ledger, cfg.output, c),
         CommandConfig::Status => cmd::status::run(ledger, cfg.output),
         CommandConfig::Bounces(c) => cmd::bounces::run(ledger, cfg.output, c),
+        CommandConfig::Audit(c) => cmd::audit::run(ledger, c),
     }
 }
 

@@ -7,6 +7,7 @@
 //! a run writes.
 
 mod lock;
+pub mod queries;
 mod schema;
 pub mod state;
 

@@ -92,6 +92,12 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE recipients ADD COLUMN next_attempt INTEGER;  -- unix seconds; NULL: now
     ALTER TABLE recipients ADD COLUMN remote TEXT;           -- server of the last reply
     "#,
+    // 4: mailbox and sender look-ups for `report --affected` and `audit --recipient/--sender`
+    // (addresses compare case-insensitively, so the index is on lower()).
+    r#"
+    CREATE INDEX recipients_mailbox ON recipients (lower(address));
+    CREATE INDEX messages_sender ON messages (lower(sender));
+    "#,
 ];
 
 pub fn latest_version() -> i64 {
