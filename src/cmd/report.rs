@@ -366,19 +366,18 @@ fn projection_section(
         "Projected duration",
         &["rate", "selected", "messages", "seconds"],
     )?;
-    let seconds = |d: Option<std::time::Duration>| Cell::Seconds(d.map(|d| d.as_secs() as i64));
     w.row(vec![
         Cell::MaybeText(cfg.pace.rate.map(|r| r.to_string())),
         Cell::text("yes"),
         Cell::Count(plan.deliveries),
-        seconds(plan.projected(&cfg.pace)),
+        Cell::Duration(plan.projected(&cfg.pace)),
     ])?;
     for (rate, d) in what_if(cfg, plan) {
         w.row(vec![
             Cell::Text(rate.to_string()),
             Cell::text("no"),
             Cell::Count(plan.deliveries),
-            seconds(Some(d)),
+            Cell::Duration(Some(d)),
         ])?;
     }
     w.finish()?;

@@ -45,8 +45,11 @@ pub enum Cell {
     Count(u64),
     /// A number of bytes: human units in a table, the exact number elsewhere.
     Bytes(u64),
-    /// A duration in seconds: `3d4h5m` in a table, the number elsewhere.
+    /// A duration in whole seconds: `3d4h5m` in a table, the number elsewhere.
     Seconds(Option<i64>),
+    /// A duration to the millisecond: `4s60ms` in a table, seconds with three decimals
+    /// elsewhere.
+    Duration(Option<Duration>),
 }
 
 impl Cell {
@@ -58,7 +61,8 @@ impl Cell {
         match self {
             Cell::Text(s) => for_terminal(s),
             Cell::MaybeText(Some(s)) => for_terminal(s),
-            Cell::MaybeText(None) | Cell::Seconds(None) => "-".into(),
+            Cell::MaybeText(None) | Cell::Seconds(None) | Cell::Duration(None) => "-".into(),
+            Cell::Duration(Some(d)) => format_duration(*d),
             Cell::Count(n) => n.to_string(),
             Cell::Bytes(n) => human_bytes(*n),
             Cell::Seconds(Some(s)) => format_duration(Duration::from_secs((*s).max(0) as u64)),
@@ -68,34 +72,40 @@ impl Cell {
     fn for_csv(&self) -> String {
         match self {
             Cell::Text(s) | Cell::MaybeText(Some(s)) => csv_field(s),
-            Cell::MaybeText(None) | Cell::Seconds(None) => String::new(),
+            Cell::MaybeText(None) | Cell::Seconds(None) | Cell::Duration(None) => String::new(),
             Cell::Count(n) | Cell::Bytes(n) => n.to_string(),
             Cell::Seconds(Some(s)) => s.to_string(),
+            Cell::Duration(Some(d)) => format!("{:.3}", d.as_secs_f64()),
         }
     }
 
     fn for_json(&self) -> Value {
         match self {
             Cell::Text(s) | Cell::MaybeText(Some(s)) => json!(s),
-            Cell::MaybeText(None) | Cell::Seconds(None) => Value::Null,
+            Cell::MaybeText(None) | Cell::Seconds(None) | Cell::Duration(None) => Value::Null,
             Cell::Count(n) | Cell::Bytes(n) => json!(n),
             Cell::Seconds(Some(s)) => json!(s),
+            Cell::Duration(Some(d)) => json!((d.as_secs_f64() * 1000.0).round() / 1000.0),
         }
     }
 
     fn is_numeric(&self) -> bool {
-        matches!(self, Cell::Count(_) | Cell::Bytes(_) | Cell::Seconds(_))
+        matches!(
+            self,
+            Cell::Count(_) | Cell::Bytes(_) | Cell::Seconds(_) | Cell::Duration(_)
+        )
     }
 }
 
-/// A CSV field by RFC 4180: quoted when it holds a comma, quote or line break. A leading
-/// `=`, `+`, `-` or `@` is prefixed with `'` so a spreadsheet never runs text from mail as
-/// a formula.
+/// A CSV field by RFC 4180: quoted when it holds a comma, quote or line break. Control
+/// characters are shown escaped (CSV is often read on a terminal), and a leading `=`, `+`,
+/// `-` or `@` is prefixed with `'` so a spreadsheet never runs text from mail as a formula.
 pub fn csv_field(s: &str) -> String {
+    let s = for_terminal(s);
     let guarded = if s.starts_with(['=', '+', '-', '@']) {
         format!("'{s}")
     } else {
-        s.to_string()
+        s
     };
     if guarded.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", guarded.replace('"', "\"\""))

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod audit;
 mod cli_ingest;
 mod cli_report;
 mod cli_run;
@@ -12,4 +13,6 @@ mod deliver_smtp;
 mod dsn;
 mod exit_codes;
 mod postfix;
+mod report_golden;
+mod report_html;
 mod spool;
