@@ -27,8 +27,8 @@ make_ledger() { # $1 ledger path, $2 recipients (two per message)
     printf 'Subject: x\r\n\r\nx\r\n' > "$WORK/spool/seed.eml"
     printf '{"sender": "s@example.org", "recipients": ["r@example.net"], "arrival": "2023-01-23T10:00:00+01:00"}' \
         > "$WORK/spool/seed.json"
-    "$BIN" --ledger "$ledger" -q ingest --format eml "$WORK/spool"
-    sqlite3 "$ledger" <<SQL
+    "$BIN" --ledger "$ledger" -q ingest --format eml "$WORK/spool" >/dev/null
+    sqlite3 "$ledger" >/dev/null <<SQL
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = OFF;
 BEGIN;
