@@ -59,7 +59,10 @@ pub enum Command {
 
     /// Dry run: what `run` would do, per window and disposition; changes nothing
     #[command(
-        after_help = "Example:\n  spoolreplay report --incident fixtures/incident.toml --now 2023-01-27T09:00:00+01:00"
+        after_help = "Example:\n  spoolreplay report --incident fixtures/incident.toml --now 2023-01-27T09:00:00+01:00\n  \
+            spoolreplay report --incident fixtures/incident.toml --format csv > plan.csv\n  \
+            spoolreplay report --incident fixtures/incident.toml --html incident.html\n  \
+            spoolreplay report --affected --format csv > affected.csv"
     )]
     Report(ReportArgs),
 
@@ -80,6 +83,13 @@ pub enum Command {
         after_help = "Example:\n  spoolreplay bounces\n  spoolreplay bounces --show 3\n  spoolreplay bounces send --relay smtp://127.0.0.1:25"
     )]
     Bounces(BouncesArgs),
+
+    /// Export the audit trail: one JSON line per recipient with every state change
+    #[command(
+        after_help = "Example:\n  spoolreplay audit > audit.jsonl\n  spoolreplay audit --recipient anna.schmidt@example.net\n  \
+            spoolreplay audit --window rejected-550 --state bounced"
+    )]
+    Audit(AuditArgs),
 }
 
 #[derive(Debug, Args)]
@@ -129,9 +139,9 @@ pub struct Pace {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// The incident file (TOML)
-    #[arg(long, value_name = "FILE")]
-    pub incident: PathBuf,
+    /// The incident file (TOML); not needed with --affected
+    #[arg(long, value_name = "FILE", required_unless_present = "affected")]
+    pub incident: Option<PathBuf>,
 
     #[command(flatten)]
     pub clock: Clock,
@@ -139,9 +149,45 @@ pub struct ReportArgs {
     #[command(flatten)]
     pub pace: Pace,
 
-    /// How many rows of the domain and quarantine lists to show
+    /// How many rows of the domain, age, anomaly and quarantine lists to show
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
+
+    /// Output format: table, json (JSON Lines, like --json) or csv
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+
+    /// Affected mailboxes (delivered late, bounced, held, pending, uncertain) and the sender
+    /// domains that were sent bounces, instead of the plan
+    #[arg(long)]
+    pub affected: bool,
+
+    /// Also write a self-contained HTML incident report (charts, no JavaScript) to FILE
+    #[arg(long, value_name = "FILE", conflicts_with = "affected")]
+    pub html: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only recipients of messages in this window (as the last `run` classified them)
+    #[arg(long, value_name = "NAME")]
+    pub window: Option<String>,
+
+    /// Only recipients now in this state (pending, delivered, bounced, held, …)
+    #[arg(long, value_name = "STATE")]
+    pub state: Option<String>,
+
+    /// Only this recipient address (case-insensitive)
+    #[arg(long, value_name = "ADDRESS")]
+    pub recipient: Option<String>,
+
+    /// Only mail from this envelope sender (case-insensitive; "" or "<>" is the null sender)
+    #[arg(long, value_name = "ADDRESS")]
+    pub sender: Option<String>,
+
+    /// Only the message with this queue id
+    #[arg(long, value_name = "ID")]
+    pub queue_id: Option<String>,
 }
 
 #[derive(Debug, Args)]

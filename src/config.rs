@@ -12,7 +12,10 @@ use crate::deliver::lmtp::LmtpTarget;
 use crate::deliver::smtp::{SmtpCredentials, SmtpTarget};
 use crate::exit::{Exit, Failure};
 use crate::incident::{self, Incident};
+use crate::ledger::RcptState;
+use crate::ledger::queries::AuditFilter;
 use crate::replay::{RetryPolicy, UncertainPolicy};
+use crate::report::sheet::Format;
 use crate::spool::SpoolFormat;
 use crate::throttle::RateSpec;
 
@@ -50,6 +53,7 @@ pub enum CommandConfig {
     Run(Box<RunConfig>),
     Status { message: Option<String> },
     Bounces(BouncesConfig),
+    Audit(AuditConfig),
 }
 
 #[derive(Debug)]
@@ -71,10 +75,20 @@ pub struct PaceConfig {
 
 #[derive(Debug)]
 pub struct ReportConfig {
-    pub incident: Incident,
+    /// Always present for the plan; `None` only with `--affected`.
+    pub incident: Option<Incident>,
     pub now: DateTime<FixedOffset>,
     pub pace: PaceConfig,
     pub top: usize,
+    pub format: Format,
+    pub affected: bool,
+    pub html: Option<PathBuf>,
+}
+
+/// The filters of `audit`.
+#[derive(Debug)]
+pub struct AuditConfig {
+    pub filter: AuditFilter,
 }
 
 /// Where `run` delivers.
@@ -181,10 +195,13 @@ impl Config {
                 spool: a.spool,
             }),
             cli::Command::Report(a) => CommandConfig::Report(ReportConfig {
-                incident: incident::load(&a.incident)?,
+                format: report_format(a.format.as_deref(), cli.json)?,
+                incident: a.incident.as_deref().map(incident::load).transpose()?,
                 now: parse_now(a.clock.now.as_deref())?,
                 pace: pace(&a.pace)?,
                 top: a.top,
+                affected: a.affected,
+                html: a.html,
             }),
             cli::Command::Run(a) => {
                 let a = *a;
@@ -246,6 +263,16 @@ impl Config {
             }
             cli::Command::Status(a) => CommandConfig::Status { message: a.message },
             cli::Command::Bounces(a) => CommandConfig::Bounces(bounces(a)?),
+            cli::Command::Audit(a) => CommandConfig::Audit(AuditConfig {
+                filter: AuditFilter {
+                    state: a.state.as_deref().map(parse_state_option).transpose()?,
+                    window: a.window,
+                    recipient: a.recipient,
+                    // `<>` is how people write the null sender; the ledger stores "".
+                    sender: a.sender.map(|s| if s == "<>" { String::new() } else { s }),
+                    queue_id: a.queue_id,
+                },
+            }),
         };
         Ok(Config {
             ledger: cli.ledger,
@@ -296,6 +323,35 @@ fn bounces(a: cli::BouncesArgs) -> Result<BouncesConfig> {
         },
         (None, Some(A::Write { outbox })) => BouncesConfig::Write { outbox },
     })
+}
+
+fn parse_state_option(s: &str) -> Result<RcptState> {
+    s.parse::<RcptState>().map_err(|_| {
+        let names: Vec<&str> = crate::ledger::state::ALL_STATES
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        usage(
+            "--state",
+            format!("`{s}` is not one of {}", names.join(", ")),
+        )
+    })
+}
+
+/// `--format`, with `--json` as an alias of `--format json`.
+fn report_format(format: Option<&str>, json: bool) -> Result<Format> {
+    let parsed = format
+        .map(|f| f.parse::<Format>().map_err(|e| usage("--format", e)))
+        .transpose()?;
+    match (parsed, json) {
+        (Some(f), true) if f != Format::Json => Err(usage(
+            "--format",
+            format!("`{}` conflicts with --json", format.unwrap_or_default()),
+        )),
+        (_, true) => Ok(Format::Json),
+        (Some(f), false) => Ok(f),
+        (None, false) => Ok(Format::Table),
+    }
 }
 
 fn parse_now(now: Option<&str>) -> Result<DateTime<FixedOffset>> {

@@ -55,6 +55,9 @@ pub struct Window {
     pub status: String,
     /// Diagnostic text for DSNs of `bounce` windows.
     pub reason: Option<String>,
+    /// False for a phase in which nothing should have been accepted (SMTP stopped): mail
+    /// found there is reported as an anomaly. Default true.
+    pub expect_mail: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -107,6 +110,8 @@ struct RawWindow {
     status: Option<Spanned<String>>,
     #[serde(default)]
     reason: Option<String>,
+    #[serde(default)]
+    expect_mail: Option<bool>,
 }
 
 /// Reads and validates an incident file. Errors are `Failure`s with exit code 78 (66 when
@@ -226,6 +231,7 @@ pub fn parse(text: &str) -> Result<Incident, String> {
                 note: w.note.clone(),
                 status,
                 reason: w.reason.clone(),
+                expect_mail: w.expect_mail.unwrap_or(true),
             },
         ));
     }
@@ -408,6 +414,26 @@ status = "5.2.1"
         check_err(
             &GOOD.replace("\"5.2.1\"", "\"2.0.0\""),
             "`status` on line 18",
+        );
+    }
+
+    #[test]
+    fn expect_mail_defaults_to_true() {
+        let inc = parse(GOOD).unwrap();
+        assert!(inc.windows.iter().all(|w| w.expect_mail));
+        let stopped = GOOD.replace(
+            "action = \"bounce\"",
+            "action = \"bounce\"\nexpect_mail = false",
+        );
+        let inc = parse(&stopped).unwrap();
+        assert!(inc.windows[0].expect_mail);
+        assert!(!inc.windows[1].expect_mail);
+        check_err(
+            &GOOD.replace(
+                "action = \"bounce\"",
+                "action = \"bounce\"\nexpect_mail = \"no\"",
+            ),
+            "line 18",
         );
     }
 

@@ -2,6 +2,10 @@
 //! recipient, aggregated per window and disposition, per domain and per hour. Built from a
 //! stream of ledger rows; memory grows with the number of windows, domains and hours, never
 //! with the number of messages.
+//!
+//! Besides the plan proper it keeps a qshape-style age histogram per recipient domain and
+//! the anomalies an operator must look at: mail outside every window, and mail in a window
+//! where nothing should have been accepted (`expect_mail = false`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -35,6 +39,54 @@ pub struct DomainCounts {
     pub bounce: u64,
     pub hold: u64,
     pub drop: u64,
+    /// Open recipients per age bucket (see `AGE_BUCKETS`).
+    pub ages: [u64; AGE_BUCKETS.len() + 1],
+}
+
+/// Upper bounds (minutes, exclusive) of the age buckets, doubling as in Postfix's `qshape`;
+/// one more bucket holds everything older than the last bound.
+pub const AGE_BUCKETS: [i64; 9] = [5, 10, 20, 40, 80, 160, 320, 640, 1280];
+
+/// The column labels of the age buckets: `5m` holds ages under 5 minutes, `10m` ages from
+/// 5 to under 10 minutes, …, `1280m+` everything older.
+pub fn age_labels() -> Vec<String> {
+    AGE_BUCKETS
+        .iter()
+        .map(|m| format!("{m}m"))
+        .chain(std::iter::once(format!(
+            "{}m+",
+            AGE_BUCKETS[AGE_BUCKETS.len() - 1]
+        )))
+        .collect()
+}
+
+/// The bucket of a message that arrived at `arrival`, seen at `now` (mail from the future
+/// counts as new).
+pub fn age_bucket(arrival: DateTime<FixedOffset>, now: DateTime<FixedOffset>) -> usize {
+    let minutes = (now - arrival).num_minutes();
+    AGE_BUCKETS
+        .iter()
+        .position(|bound| minutes < *bound)
+        .unwrap_or(AGE_BUCKETS.len())
+}
+
+/// Messages of one anomaly kind, with the first few queue ids as examples.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Anomaly {
+    pub messages: u64,
+    pub examples: Vec<String>,
+}
+
+/// How many example queue ids an anomaly keeps.
+pub const EXAMPLES: usize = 5;
+
+impl Anomaly {
+    fn add(&mut self, queue_id: &str) {
+        self.messages += 1;
+        if self.examples.len() < EXAMPLES {
+            self.examples.push(queue_id.to_string());
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +106,10 @@ pub struct Plan {
     pub dsn_senders: HashSet<String>,
     /// Messages `run` would hand to the store.
     pub deliveries: u64,
+    /// All messages outside every window, settled or not.
+    pub outside: Anomaly,
+    /// Per window index with `expect_mail = false`: all messages that arrived in it.
+    pub unexpected: BTreeMap<usize, Anomaly>,
 }
 
 pub const OUTSIDE_INDEX: usize = usize::MAX;
@@ -71,6 +127,11 @@ impl Plan {
         self.messages += 1;
         let hour = hour_start(m.arrival.with_timezone(incident.restored_at.offset()));
         *self.arrivals.entry((hour, window)).or_default() += 1;
+        if window == OUTSIDE_INDEX {
+            self.outside.add(&m.queue_id);
+        } else if !incident.windows[window].expect_mail {
+            self.unexpected.entry(window).or_default().add(&m.queue_id);
+        }
         self.oldest = Some(self.oldest.map_or(m.arrival, |o| o.min(m.arrival)));
         self.newest = Some(self.newest.map_or(m.arrival, |n| n.max(m.arrival)));
         for r in recipients {
@@ -102,9 +163,11 @@ impl Plan {
             }
             Disposition::Hold | Disposition::Drop => {}
         }
+        let age = age_bucket(m.arrival, now);
         for r in open {
             let d = self.by_domain.entry(r.domain.clone()).or_default();
             d.recipients += 1;
+            d.ages[age] += 1;
             match c.disposition {
                 Disposition::Deliver => d.deliver += 1,
                 Disposition::Expire | Disposition::Bounce => d.bounce += 1,
@@ -124,6 +187,17 @@ impl Plan {
         v.sort_by(|a, b| b.1.recipients.cmp(&a.1.recipients).then(a.0.cmp(b.0)));
         v.truncate(n);
         v
+    }
+
+    /// The age histogram of all open recipients (qshape's TOTAL row).
+    pub fn total_ages(&self) -> [u64; AGE_BUCKETS.len() + 1] {
+        let mut total = [0; AGE_BUCKETS.len() + 1];
+        for d in self.by_domain.values() {
+            for (t, n) in total.iter_mut().zip(d.ages) {
+                *t += n;
+            }
+        }
+        total
     }
 
     /// How long `run` would take to hand over the deliveries at `pace` (the store's own
@@ -147,4 +221,31 @@ fn hour_start(t: DateTime<FixedOffset>) -> DateTime<FixedOffset> {
         .and_then(|t| t.with_second(0))
         .and_then(|t| t.with_nanosecond(0))
         .unwrap_or(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<FixedOffset> {
+        DateTime::parse_from_rfc3339(s).unwrap()
+    }
+
+    #[test]
+    fn age_buckets_double_like_qshape() {
+        let now = t("2023-01-28T06:00:00+01:00");
+        let ago = |minutes: i64| now - chrono::TimeDelta::minutes(minutes);
+        assert_eq!(age_bucket(ago(0), now), 0);
+        assert_eq!(age_bucket(ago(4), now), 0);
+        assert_eq!(age_bucket(ago(5), now), 1);
+        assert_eq!(age_bucket(ago(639), now), 7);
+        assert_eq!(age_bucket(ago(640), now), 8);
+        assert_eq!(age_bucket(ago(1279), now), 8);
+        assert_eq!(age_bucket(ago(1280), now), 9);
+        assert_eq!(age_bucket(ago(100_000), now), 9);
+        // Mail stamped in the future (a skewed clock) is new, not an error.
+        assert_eq!(age_bucket(ago(-30), now), 0);
+        assert_eq!(age_labels().len(), AGE_BUCKETS.len() + 1);
+        assert_eq!(age_labels()[9], "1280m+");
+    }
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand: glue that builds options, calls domain code and renders.
 
+pub mod audit;
 pub mod bounces;
 pub mod ingest;
 pub mod report;

@@ -1,205 +1,395 @@
 //! `spoolreplay report`: the dry run. Reads the ledger, classifies against the incident,
-//! prints the plan; writes nothing.
+//! prints the plan (as a table, JSON Lines or CSV), optionally writes the HTML incident
+//! report; with `--affected`, lists the affected mailboxes and the sender domains that were
+//! sent bounces instead. Writes nothing to the ledger.
 
-use anyhow::Result;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::classify::ALL_DISPOSITIONS;
 use crate::config::{Output, ReportConfig};
-use crate::exit::Exit;
+use crate::exit::{Exit, Failure};
 use crate::incident::Incident;
-use crate::ledger::Ledger;
-use crate::plan::{OUTSIDE_INDEX, Plan, projected_duration};
-use crate::report::table::{Table, human_bytes};
+use crate::ledger::queries::DuplicateGroup;
+use crate::ledger::{Ledger, QuarantineRow, RcptState};
+use crate::plan::{OUTSIDE_INDEX, Plan, age_labels, projected_duration};
+use crate::report::html::{self, AnomalyLine, DELAY_BUCKETS, DomainOutcomes, HtmlReport};
+use crate::report::sheet::{Cell, Format, SheetWriter};
 use crate::report::{Printer, json as events};
 use crate::sanitize::for_terminal;
-use crate::throttle::format_duration;
+use crate::throttle::{RateSpec, format_duration};
 
-pub fn run(ledger_path: &std::path::Path, output: Output, cfg: ReportConfig) -> Result<Exit> {
+pub fn run(ledger_path: &Path, output: Output, cfg: ReportConfig) -> Result<Exit> {
     let printer = Printer::new(output);
     let ledger = Ledger::open_read(ledger_path)?;
-    let mut plan = Plan::default();
-    ledger.for_each_message(|m, r| {
-        plan.add(&cfg.incident, cfg.now, m, r);
-        Ok(())
-    })?;
-    let (quarantined, q_rows) = ledger.quarantined(cfg.top)?;
-    let inc = &cfg.incident;
-
-    if printer.json_mode() {
-        emit_json(&printer, &cfg, &plan, quarantined, &q_rows)?;
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    if cfg.affected {
+        affected(&ledger, cfg.format, &mut out)?;
+        out.flush()?;
         return Ok(Exit::Done);
     }
-    let mut out = String::new();
-    out.push_str(&format!(
-        "Plan for \"{}\" at {} ({} messages in the ledger)\n\n",
-        for_terminal(&inc.name),
-        cfg.now.to_rfc3339(),
-        plan.messages
-    ));
-    let mut t = Table::new(&[
-        "window",
-        "action",
-        "disposition",
-        "messages#",
-        "recipients#",
-        "bytes#",
-    ]);
-    for ((w, d), c) in &plan.by_window {
-        t.row(vec![
-            window_name(inc, *w),
-            window_action(inc, *w).to_string(),
-            d.as_str().to_string(),
-            c.messages.to_string(),
-            c.recipients.to_string(),
-            human_bytes(c.bytes),
-        ]);
+    let Some(inc) = cfg.incident.as_ref() else {
+        return Err(anyhow::Error::new(Failure::new(
+            Exit::Usage,
+            "--incident: the plan needs the incident file",
+        )));
+    };
+    let mut plan = Plan::default();
+    ledger.for_each_message(|m, r| {
+        plan.add(inc, cfg.now, m, r);
+        Ok(())
+    })?;
+    let facts = Facts {
+        quarantine: ledger.quarantined(cfg.top)?,
+        duplicates: ledger.duplicates(cfg.top)?,
+    };
+    write_plan(&mut out, &cfg, inc, &plan, &facts)?;
+    out.flush()?;
+    if let Some(path) = &cfg.html {
+        let page = html::render(&html_report(&ledger, &cfg, inc, &plan, &facts)?);
+        write_html(path, &page)?;
+        printer.note(&format!(
+            "wrote the HTML report to `{}`",
+            for_terminal(&path.display().to_string())
+        ));
     }
-    if t.is_empty() {
-        out.push_str("Nothing left to do: every recipient is settled.\n");
-    } else {
-        out.push_str(&t.render());
+    Ok(Exit::Done)
+}
+
+/// What the plan shows besides the plan itself, read from the ledger.
+struct Facts {
+    /// Open quarantine items: total, and the first `--top`.
+    quarantine: (u64, Vec<QuarantineRow>),
+    /// Duplicate groups, extra copies, and the first `--top` groups.
+    duplicates: (u64, u64, Vec<DuplicateGroup>),
+}
+
+fn write_plan(
+    out: &mut dyn Write,
+    cfg: &ReportConfig,
+    inc: &Incident,
+    plan: &Plan,
+    facts: &Facts,
+) -> Result<()> {
+    let f = cfg.format;
+    if f == Format::Table {
+        writeln!(
+            out,
+            "Plan for \"{}\" at {} ({} messages in the ledger)",
+            for_terminal(&inc.name),
+            cfg.now.to_rfc3339(),
+            plan.messages
+        )?;
     }
-    out.push_str(&format!(
-        "\nDSNs for expired and bounced mail: {} (to {} distinct senders); refusals by the store may add more\n",
+    let mut w = SheetWriter::begin(
+        out,
+        f,
+        "plan",
+        "Per window and disposition (open recipients)",
+        &[
+            "window",
+            "action",
+            "disposition",
+            "messages",
+            "recipients",
+            "bytes",
+        ],
+    )?;
+    for ((win, d), c) in &plan.by_window {
+        w.row(vec![
+            Cell::text(window_name(inc, *win)),
+            Cell::text(window_action(inc, *win)),
+            Cell::text(d.as_str()),
+            Cell::Count(c.messages),
+            Cell::Count(c.recipients),
+            Cell::Bytes(c.bytes),
+        ])?;
+    }
+    w.finish()?;
+    if f == Format::Table {
+        summary_prose(out, cfg, plan)?;
+    }
+
+    let mut w = SheetWriter::begin(
+        out,
+        f,
+        "domain",
+        "Top recipient domains (open recipients)",
+        &["domain", "recipients", "deliver", "bounce", "hold", "drop"],
+    )?;
+    for (d, c) in plan.top_domains(cfg.top) {
+        w.row(vec![
+            Cell::text(d),
+            Cell::Count(c.recipients),
+            Cell::Count(c.deliver),
+            Cell::Count(c.bounce),
+            Cell::Count(c.hold),
+            Cell::Count(c.drop),
+        ])?;
+    }
+    w.finish()?;
+
+    let labels = age_labels();
+    let mut columns = vec!["domain", "total"];
+    columns.extend(labels.iter().map(String::as_str));
+    let mut w = SheetWriter::begin(
+        out,
+        f,
+        "age",
+        &format!(
+            "Age of open mail at {} per domain, in minutes (as Postfix qshape: 5m = under 5 minutes)",
+            cfg.now.to_rfc3339()
+        ),
+        &columns,
+    )?;
+    let age_row = |name: &str, total: u64, ages: &[u64]| {
+        let mut row = vec![Cell::text(name), Cell::Count(total)];
+        row.extend(ages.iter().map(|n| Cell::Count(*n)));
+        row
+    };
+    let totals = plan.total_ages();
+    if totals.iter().sum::<u64>() > 0 {
+        w.row(age_row("TOTAL", totals.iter().sum(), &totals))?;
+    }
+    for (d, c) in plan.top_domains(cfg.top) {
+        w.row(age_row(d, c.recipients, &c.ages))?;
+    }
+    w.finish()?;
+
+    let mut w = SheetWriter::begin(
+        out,
+        f,
+        "arrivals",
+        &format!("Arrivals per hour ({})", inc.restored_at.offset()),
+        &["hour", "window", "messages"],
+    )?;
+    for ((hour, win), n) in &plan.arrivals {
+        let hour = match f {
+            Format::Table => hour.format("%Y-%m-%d %H:00").to_string(),
+            _ => hour.to_rfc3339(),
+        };
+        w.row(vec![
+            Cell::Text(hour),
+            Cell::text(window_name(inc, *win)),
+            Cell::Count(*n),
+        ])?;
+    }
+    w.finish()?;
+
+    let mut w = SheetWriter::begin(
+        out,
+        f,
+        "anomaly",
+        "Anomalies (all messages, settled or not)",
+        &["kind", "window", "messages", "examples"],
+    )?;
+    for a in anomalies(inc, plan, facts) {
+        w.row(vec![
+            Cell::text(a.kind),
+            Cell::MaybeText(a.window),
+            Cell::Count(a.messages),
+            Cell::Text(a.examples.join(" ")),
+        ])?;
+    }
+    w.finish()?;
+
+    quarantine_section(out, f, facts)?;
+    projection_section(out, f, cfg, plan)?;
+    match f {
+        Format::Json => {
+            serde_json::to_writer(&mut *out, &summary_event(cfg, inc, plan, facts))?;
+            out.write_all(b"\n")?;
+        }
+        Format::Csv => summary_csv(out, cfg, inc, plan, facts)?,
+        Format::Table => {}
+    }
+    Ok(())
+}
+
+/// The lines under the plan table: DSNs, deliveries and their projected duration, the
+/// oldest and newest arrival, recipients per state.
+fn summary_prose(out: &mut dyn Write, cfg: &ReportConfig, plan: &Plan) -> Result<()> {
+    if plan.by_window.is_empty() {
+        writeln!(out, "Nothing left to do: every recipient is settled.")?;
+    }
+    writeln!(
+        out,
+        "\nDSNs for expired and bounced mail: {} (to {} distinct senders); refusals by the store may add more",
         plan.dsns,
         plan.dsn_senders.len()
-    ));
-    out.push_str(&format!(
-        "Messages that would be delivered: {}",
-        plan.deliveries
-    ));
+    )?;
+    write!(out, "Messages that would be delivered: {}", plan.deliveries)?;
     match plan.projected(&cfg.pace) {
-        Some(d) => out.push_str(&format!(
-            ", taking at least {} at {} (batches of {}, pause {})\n",
+        Some(d) => writeln!(
+            out,
+            ", taking at least {} at {} (batches of {}, pause {})",
             format_duration(d),
             cfg.pace.rate.map(|r| r.to_string()).unwrap_or_default(),
             cfg.pace.batch_size,
             format_duration(cfg.pace.pause)
-        )),
-        None => out.push_str(
-            " (unthrottled: as fast as the store takes them; pass --rate N/s for a projection)\n",
-        ),
+        )?,
+        None => writeln!(
+            out,
+            " (unthrottled: as fast as the store takes them; pass --rate N/s for a projection)"
+        )?,
     }
-    for rate in what_if_rates(&cfg) {
-        let mut pace = cfg.pace;
-        pace.rate = Some(rate);
-        if let Some(d) = projected_duration(plan.deliveries, &pace) {
-            out.push_str(&format!("  at {rate}: {}\n", format_duration(d)));
-        }
+    for (rate, d) in what_if(cfg, plan) {
+        writeln!(out, "  at {rate}: {}", format_duration(d))?;
     }
     if let (Some(o), Some(n)) = (plan.oldest, plan.newest) {
-        out.push_str(&format!(
-            "Oldest arrival: {}\nNewest arrival: {}\n",
+        writeln!(
+            out,
+            "Oldest arrival: {}\nNewest arrival: {}",
             o.to_rfc3339(),
             n.to_rfc3339()
-        ));
+        )?;
     }
-    let settled: Vec<String> = plan
+    let states: Vec<String> = plan
         .states
         .iter()
         .map(|(s, n)| format!("{s} {n}"))
         .collect();
-    out.push_str(&format!(
-        "Recipients by state now: {}\n",
-        if settled.is_empty() {
+    writeln!(
+        out,
+        "Recipients by state now: {}",
+        if states.is_empty() {
             "none".into()
         } else {
-            settled.join(", ")
+            states.join(", ")
         }
-    ));
-
-    out.push_str("\nTop recipient domains (open recipients)\n");
-    let mut t = Table::new(&[
-        "domain",
-        "recipients#",
-        "deliver#",
-        "bounce#",
-        "hold#",
-        "drop#",
-    ]);
-    for (d, c) in plan.top_domains(cfg.top) {
-        t.row(vec![
-            for_terminal(d),
-            c.recipients.to_string(),
-            c.deliver.to_string(),
-            c.bounce.to_string(),
-            c.hold.to_string(),
-            c.drop.to_string(),
-        ]);
-    }
-    out.push_str(&t.render());
-
-    out.push_str(&format!(
-        "\nArrivals per hour ({})\n",
-        inc.restored_at.offset()
-    ));
-    let mut t = Table::new(&["hour", "window", "messages#"]);
-    for ((hour, w), n) in &plan.arrivals {
-        t.row(vec![
-            hour.format("%Y-%m-%d %H:00").to_string(),
-            window_name(inc, *w),
-            n.to_string(),
-        ]);
-    }
-    out.push_str(&t.render());
-
-    out.push_str(&format!("\nQuarantined items: {quarantined}\n"));
-    for q in &q_rows {
-        out.push_str(&format!(
-            "  {}{}: {}\n",
-            for_terminal(&q.source_path),
-            if q.source_format == "mbox" {
-                format!(" (byte {})", q.source_offset)
-            } else {
-                String::new()
-            },
-            for_terminal(&q.reason)
-        ));
-    }
-    if quarantined > q_rows.len() as u64 {
-        out.push_str(&format!(
-            "  … and {} more (--top N shows more)\n",
-            quarantined - q_rows.len() as u64
-        ));
-    }
-    printer.data(&out)?;
-    Ok(Exit::Done)
+    )?;
+    Ok(())
 }
 
-fn emit_json(
-    printer: &Printer,
+/// Mail outside every window, mail where none was expected, and duplicate content.
+fn anomalies(inc: &Incident, plan: &Plan, facts: &Facts) -> Vec<AnomalyLine> {
+    let mut out = Vec::new();
+    if plan.outside.messages > 0 {
+        out.push(AnomalyLine {
+            kind: "outside".into(),
+            window: Some(crate::classify::OUTSIDE.into()),
+            messages: plan.outside.messages,
+            examples: plan.outside.examples.clone(),
+        });
+    }
+    for (w, a) in &plan.unexpected {
+        out.push(AnomalyLine {
+            kind: "unexpected".into(),
+            window: Some(inc.windows[*w].name.clone()),
+            messages: a.messages,
+            examples: a.examples.clone(),
+        });
+    }
+    for g in &facts.duplicates.2 {
+        out.push(AnomalyLine {
+            kind: "duplicate".into(),
+            window: None,
+            messages: g.queue_ids.len() as u64,
+            examples: g.queue_ids.clone(),
+        });
+    }
+    out
+}
+
+fn quarantine_section(out: &mut dyn Write, f: Format, facts: &Facts) -> Result<()> {
+    let (total, rows) = &facts.quarantine;
+    if f == Format::Table {
+        // A list, not a padded table: spool paths are long and vary by machine.
+        writeln!(out, "\nQuarantined items: {total}")?;
+        for q in rows {
+            writeln!(
+                out,
+                "  {}{}: {}",
+                for_terminal(&q.source_path),
+                if q.source_format == "mbox" {
+                    format!(" (byte {})", q.source_offset)
+                } else {
+                    String::new()
+                },
+                for_terminal(&q.reason)
+            )?;
+        }
+        if *total > rows.len() as u64 {
+            writeln!(
+                out,
+                "  … and {} more (--top N shows more)",
+                total - rows.len() as u64
+            )?;
+        }
+        return Ok(());
+    }
+    if f == Format::Json {
+        for q in rows {
+            serde_json::to_writer(&mut *out, &events::quarantined(q))?;
+            out.write_all(b"\n")?;
+        }
+        return Ok(());
+    }
+    let mut w = SheetWriter::begin(
+        out,
+        f,
+        "quarantined",
+        "Quarantined items",
+        &["format", "path", "offset", "reason", "first_seen"],
+    )?;
+    for q in rows {
+        w.row(vec![
+            Cell::text(q.source_format.as_str()),
+            Cell::text(q.source_path.as_str()),
+            Cell::Count(q.source_offset.max(0) as u64),
+            Cell::text(q.reason.as_str()),
+            Cell::text(q.first_seen.as_str()),
+        ])?;
+    }
+    w.finish()?;
+    Ok(())
+}
+
+/// The projection as rows (JSON and CSV; the table says it in prose): the chosen pace
+/// first, then the what-if rates.
+fn projection_section(
+    out: &mut dyn Write,
+    f: Format,
     cfg: &ReportConfig,
     plan: &Plan,
-    quarantined: u64,
-    q_rows: &[crate::ledger::QuarantineRow],
 ) -> Result<()> {
-    let inc = &cfg.incident;
-    for ((w, d), c) in &plan.by_window {
-        printer.event(&json!({
-            "type": "plan",
-            "window": window_name(inc, *w),
-            "action": window_action(inc, *w),
-            "disposition": d.as_str(),
-            "messages": c.messages,
-            "recipients": c.recipients,
-            "bytes": c.bytes,
-        }))?;
+    if f == Format::Table {
+        return Ok(());
     }
-    for (d, c) in plan.top_domains(cfg.top) {
-        printer.event(&json!({
-            "type": "domain", "domain": d, "recipients": c.recipients,
-            "deliver": c.deliver, "bounce": c.bounce, "hold": c.hold, "drop": c.drop,
-        }))?;
+    let mut w = SheetWriter::begin(
+        out,
+        f,
+        "projection",
+        "Projected duration",
+        &["rate", "selected", "messages", "seconds"],
+    )?;
+    w.row(vec![
+        Cell::MaybeText(cfg.pace.rate.map(|r| r.to_string())),
+        Cell::text("yes"),
+        Cell::Count(plan.deliveries),
+        Cell::Duration(plan.projected(&cfg.pace)),
+    ])?;
+    for (rate, d) in what_if(cfg, plan) {
+        w.row(vec![
+            Cell::Text(rate.to_string()),
+            Cell::text("no"),
+            Cell::Count(plan.deliveries),
+            Cell::Duration(Some(d)),
+        ])?;
     }
-    for ((hour, w), n) in &plan.arrivals {
-        printer.event(&json!({
-            "type": "arrivals", "hour": hour.to_rfc3339(), "window": window_name(inc, *w), "messages": n,
-        }))?;
-    }
-    for q in q_rows {
-        printer.event(&events::quarantined(q))?;
-    }
+    w.finish()?;
+    Ok(())
+}
+
+fn summary_event(
+    cfg: &ReportConfig,
+    inc: &Incident,
+    plan: &Plan,
+    facts: &Facts,
+) -> serde_json::Value {
     let states: serde_json::Map<String, serde_json::Value> = plan
         .states
         .iter()
@@ -217,7 +407,7 @@ fn emit_json(
             (d.as_str().to_string(), json!(n))
         })
         .collect();
-    printer.event(&json!({
+    json!({
         "type": "report_summary",
         "incident": inc.name,
         "now": cfg.now.to_rfc3339(),
@@ -230,26 +420,233 @@ fn emit_json(
         "projected_seconds": plan.projected(&cfg.pace).map(|d| d.as_secs_f64()),
         "oldest": plan.oldest.map(|t| t.to_rfc3339()),
         "newest": plan.newest.map(|t| t.to_rfc3339()),
-        "quarantined": quarantined,
-    }))?;
+        "quarantined": facts.quarantine.0,
+        "outside": plan.outside.messages,
+        "unexpected": plan.unexpected.values().map(|a| a.messages).sum::<u64>(),
+        "duplicates": facts.duplicates.1,
+    })
+}
+
+/// The summary as `key,value` rows.
+fn summary_csv(
+    out: &mut dyn Write,
+    cfg: &ReportConfig,
+    inc: &Incident,
+    plan: &Plan,
+    facts: &Facts,
+) -> Result<()> {
+    let mut w = SheetWriter::begin(out, Format::Csv, "summary", "", &["key", "value"])?;
+    let mut kv = |k: &str, v: Cell| w.row(vec![Cell::text(k), v]);
+    kv("incident", Cell::text(inc.name.as_str()))?;
+    kv("now", Cell::Text(cfg.now.to_rfc3339()))?;
+    kv("messages", Cell::Count(plan.messages))?;
+    kv("deliveries", Cell::Count(plan.deliveries))?;
+    kv("dsns", Cell::Count(plan.dsns))?;
+    kv("dsn_senders", Cell::Count(plan.dsn_senders.len() as u64))?;
+    kv(
+        "oldest",
+        Cell::MaybeText(plan.oldest.map(|t| t.to_rfc3339())),
+    )?;
+    kv(
+        "newest",
+        Cell::MaybeText(plan.newest.map(|t| t.to_rfc3339())),
+    )?;
+    kv("quarantined", Cell::Count(facts.quarantine.0))?;
+    kv("outside", Cell::Count(plan.outside.messages))?;
+    kv(
+        "unexpected",
+        Cell::Count(plan.unexpected.values().map(|a| a.messages).sum()),
+    )?;
+    kv("duplicates", Cell::Count(facts.duplicates.1))?;
+    for (s, n) in &plan.states {
+        kv(&format!("state_{}", s.as_str()), Cell::Count(*n))?;
+    }
+    w.finish()?;
     Ok(())
 }
 
-/// A few other rates to compare, around the chosen one (or common ones when unthrottled).
-fn what_if_rates(cfg: &ReportConfig) -> Vec<crate::throttle::RateSpec> {
-    let candidates: &[&str] = &["50/s", "200/s", "1000/s"];
-    candidates
+/// A few other rates to compare, around the chosen one (or common ones when unthrottled),
+/// with the time each would take.
+fn what_if(cfg: &ReportConfig, plan: &Plan) -> Vec<(RateSpec, std::time::Duration)> {
+    ["50/s", "200/s", "1000/s"]
         .iter()
-        .filter_map(|s| s.parse().ok())
+        .filter_map(|s| s.parse::<RateSpec>().ok())
         .filter(|r| Some(*r) != cfg.pace.rate)
+        .filter_map(|rate| {
+            let mut pace = cfg.pace;
+            pace.rate = Some(rate);
+            projected_duration(plan.deliveries, &pace).map(|d| (rate, d))
+        })
         .collect()
+}
+
+/// `--affected`: one row per affected mailbox, then one per sender domain sent bounces.
+fn affected(ledger: &Ledger, f: Format, out: &mut dyn Write) -> Result<()> {
+    if f == Format::Table {
+        writeln!(
+            out,
+            "Affected mailboxes in `{}`",
+            for_terminal(&ledger.path().display().to_string())
+        )?;
+    }
+    let mut w = SheetWriter::begin(
+        out,
+        f,
+        "mailbox",
+        "Mailboxes (worst delay: arrival to delivery; bounced includes DSNs still owed; pending includes deferred)",
+        &[
+            "mailbox",
+            "messages",
+            "delivered_late",
+            "worst_delay_seconds",
+            "bounced",
+            "dropped",
+            "held",
+            "pending",
+            "uncertain",
+        ],
+    )?;
+    ledger.for_each_affected_mailbox(|m| {
+        w.row(vec![
+            Cell::text(m.mailbox.as_str()),
+            Cell::Count(m.messages),
+            Cell::Count(m.delivered_late),
+            Cell::Seconds(m.worst_delay_seconds),
+            Cell::Count(m.bounced),
+            Cell::Count(m.dropped),
+            Cell::Count(m.held),
+            Cell::Count(m.pending),
+            Cell::Count(m.uncertain),
+        ])
+        .context("cannot write the report")
+    })?;
+    w.finish()?;
+    let mut w = SheetWriter::begin(
+        out,
+        f,
+        "sender_domain",
+        "Sender domains sent bounces",
+        &["sender_domain", "dsns", "senders", "recipients"],
+    )?;
+    ledger.for_each_bounced_sender_domain(|d| {
+        w.row(vec![
+            Cell::text(d.sender_domain.as_str()),
+            Cell::Count(d.dsns),
+            Cell::Count(d.senders),
+            Cell::Count(d.recipients),
+        ])
+        .context("cannot write the report")
+    })?;
+    w.finish()?;
+    Ok(())
+}
+
+fn html_report<'a>(
+    ledger: &Ledger,
+    cfg: &ReportConfig,
+    inc: &'a Incident,
+    plan: &'a Plan,
+    facts: &Facts,
+) -> Result<HtmlReport<'a>> {
+    let count = |states: &[RcptState]| -> u64 {
+        states
+            .iter()
+            .map(|s| plan.states.get(s).copied().unwrap_or(0))
+            .sum()
+    };
+    let outcomes = vec![
+        ("delivered".to_string(), count(&[RcptState::Delivered])),
+        (
+            "bounced".to_string(),
+            count(&[RcptState::Bounced, RcptState::Failed]),
+        ),
+        ("dropped".to_string(), count(&[RcptState::Dropped])),
+        ("held".to_string(), count(&[RcptState::Held])),
+        (
+            "pending".to_string(),
+            count(&[RcptState::Pending, RcptState::InFlight, RcptState::Deferred]),
+        ),
+        ("uncertain".to_string(), count(&[RcptState::Uncertain])),
+    ];
+    let mut delays = [0u64; DELAY_BUCKETS];
+    ledger.for_each_delivery_delay(|d| delays[html::delay_bucket(d)] += 1)?;
+    let projection = match plan.projected(&cfg.pace) {
+        Some(d) => format!(
+            "{} messages would be delivered, taking at least {} at {} (batches of {}, pause {}).",
+            plan.deliveries,
+            format_duration(d),
+            cfg.pace.rate.map(|r| r.to_string()).unwrap_or_default(),
+            cfg.pace.batch_size,
+            format_duration(cfg.pace.pause)
+        ),
+        None => format!(
+            "{} messages would be delivered, unthrottled (as fast as the store takes them).",
+            plan.deliveries
+        ),
+    };
+    Ok(HtmlReport {
+        incident: inc,
+        now: cfg.now,
+        plan,
+        outcomes,
+        delays,
+        domains: top_domain_outcomes(ledger, cfg.top)?,
+        projection,
+        what_if: what_if(cfg, plan)
+            .into_iter()
+            .map(|(r, d)| (r.to_string(), d))
+            .collect(),
+        anomalies: anomalies(inc, plan, facts),
+        quarantined: facts.quarantine.0,
+    })
+}
+
+/// Domains by all their recipients (settled or not), most first, at most `n`.
+fn top_domain_outcomes(ledger: &Ledger, n: usize) -> Result<Vec<DomainOutcomes>> {
+    let mut domains: Vec<DomainOutcomes> = Vec::new();
+    for (domain, state, count) in ledger.domain_state_counts()? {
+        if domains.last().is_none_or(|d| d.domain != domain) {
+            domains.push(DomainOutcomes {
+                domain,
+                ..DomainOutcomes::default()
+            });
+        }
+        let Some(d) = domains.last_mut() else {
+            continue;
+        };
+        d.total += count;
+        match state {
+            RcptState::Delivered | RcptState::DeliveredBefore => d.delivered += count,
+            RcptState::Bounced | RcptState::Failed => d.bounced += count,
+            RcptState::Held => d.held += count,
+            RcptState::Pending | RcptState::InFlight | RcptState::Deferred => d.pending += count,
+            RcptState::Uncertain => d.uncertain += count,
+            RcptState::Dropped => {}
+        }
+    }
+    domains.sort_by(|a, b| b.total.cmp(&a.total).then(a.domain.cmp(&b.domain)));
+    domains.truncate(n);
+    Ok(domains)
+}
+
+/// Writes the page next to its final name and renames it, so a reader never sees half.
+fn write_html(path: &Path, page: &str) -> Result<()> {
+    let tmp = path.with_extension("html.tmp");
+    let cant = |e: std::io::Error| {
+        anyhow::Error::new(e).context(Failure::new(
+            Exit::CantCreate,
+            format!("cannot write the HTML report `{}`", path.display()),
+        ))
+    };
+    std::fs::write(&tmp, page).map_err(cant)?;
+    std::fs::rename(&tmp, path).map_err(cant)
 }
 
 pub fn window_name(inc: &Incident, index: usize) -> String {
     if index == OUTSIDE_INDEX {
         crate::classify::OUTSIDE.to_string()
     } else {
-        for_terminal(&inc.windows[index].name)
+        inc.windows[index].name.clone()
     }
 }
 

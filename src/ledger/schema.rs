@@ -102,6 +102,12 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX dsns_send_state ON dsns (send_state);
     ALTER TABLE recipients ADD COLUMN delay_dsn_id INTEGER REFERENCES dsns (id);
     "#,
+    // 5: mailbox and sender look-ups for `report --affected` and `audit --recipient/--sender`
+    // (addresses compare case-insensitively, so the index is on lower()).
+    r#"
+    CREATE INDEX recipients_mailbox ON recipients (lower(address));
+    CREATE INDEX messages_sender ON messages (lower(sender));
+    "#,
 ];
 
 pub fn latest_version() -> i64 {

@@ -4,8 +4,11 @@
 //! The JSON Lines format: one object per line on stdout, each with a `"type"` field; times
 //! are RFC 3339. The types are listed in README ("JSON events") and built only in `json.rs`.
 
+pub mod html;
 pub mod json;
 pub mod progress;
+pub mod sheet;
+pub mod svg;
 pub mod table;
 
 use std::io::{self, Write};

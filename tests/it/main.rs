@@ -2,6 +2,7 @@
 
 mod support;
 
+mod audit;
 mod bounces;
 mod cli_ingest;
 mod cli_report;
@@ -14,4 +15,6 @@ mod dsn;
 mod exim;
 mod exit_codes;
 mod postfix;
+mod report_golden;
+mod report_html;
 mod spool;

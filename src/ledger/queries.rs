@@ -1,0 +1,445 @@
+//! Read-only queries behind `report` (affected mailboxes, delays, duplicates, the HTML
+//! report) and `audit`. Each either aggregates in SQL or streams rows through a callback or
+//! in keyset pages, so memory never grows with the size of the ledger.
+
+use anyhow::{Context, Result};
+use rusqlite::{ToSql, params};
+
+use super::{Ledger, RcptState, parse_state};
+
+/// Which recipients `audit` exports; every field narrows the selection.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// The window of the message's last classification by `run`.
+    pub window: Option<String>,
+    pub state: Option<RcptState>,
+    /// Compared case-insensitively.
+    pub recipient: Option<String>,
+    /// Compared case-insensitively; `""` is the null sender.
+    pub sender: Option<String>,
+    pub queue_id: Option<String>,
+}
+
+/// One recipient as `audit` shows it.
+#[derive(Debug, Clone)]
+pub struct AuditRecipient {
+    pub id: i64,
+    pub message_id: i64,
+    pub queue_id: String,
+    pub sender: String,
+    pub address: String,
+    pub arrival: String,
+    pub window: Option<String>,
+    pub disposition: Option<String>,
+    pub state: RcptState,
+    pub status: Option<String>,
+    pub reply: Option<String>,
+    pub dsn_id: Option<i64>,
+}
+
+/// One state change from the audit trail.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub at: String,
+    pub from: Option<RcptState>,
+    pub to: RcptState,
+    pub detail: Option<String>,
+}
+
+/// One recipient mailbox (lowercased address) and what happened to its mail.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MailboxRow {
+    pub mailbox: String,
+    /// Messages addressed to it (one per recipient row).
+    pub messages: u64,
+    /// Delivered by spoolreplay, so after the outage (not by the MTA before the copy).
+    pub delivered_late: u64,
+    /// Longest time from arrival to delivery among those, in seconds.
+    pub worst_delay_seconds: Option<i64>,
+    /// Bounced, or failed with a DSN still to make.
+    pub bounced: u64,
+    /// Not delivered and no DSN (null sender, NOTIFY=NEVER, cancelled in the MTA).
+    pub dropped: u64,
+    pub held: u64,
+    /// Pending, in flight or deferred.
+    pub pending: u64,
+    pub uncertain: u64,
+}
+
+/// One sender domain that was sent DSNs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SenderDomainRow {
+    pub sender_domain: String,
+    pub dsns: u64,
+    /// Distinct envelope senders in that domain.
+    pub senders: u64,
+    /// Recipients reported in those DSNs.
+    pub recipients: u64,
+}
+
+/// Messages whose content hash occurs more than once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DuplicateGroup {
+    pub content_hash: String,
+    /// Queue ids, in ledger order (the first is the original).
+    pub queue_ids: Vec<String>,
+}
+
+/// The last part of an address after its last `@`, lowercased, in SQL (rtrim strips every
+/// character that is not `@` from the end, leaving the part up to the last `@`).
+const DOMAIN_OF_ENVELOPE_TO: &str = "lower(substr(d.envelope_to, \
+     length(rtrim(d.envelope_to, replace(d.envelope_to, '@', ''))) + 1))";
+
+/// The unix time a recipient was delivered by a run (the ingest-time `delivered` of mail the
+/// MTA had already delivered has no `from_state`, and is not a late delivery).
+const DELIVERED_AT: &str = "(SELECT CAST(strftime('%s', min(e.at)) AS INTEGER) FROM events e \
+     WHERE e.recipient_id = r.id AND e.to_state = 'delivered' AND e.from_state IS NOT NULL)";
+
+impl Ledger {
+    /// Recipients matching `filter`, in id order after `after_id`, at most `limit`.
+    pub fn audit_page(
+        &self,
+        filter: &AuditFilter,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecipient>> {
+        let mut sql = String::from(
+            "SELECT r.id, r.message_id, m.queue_id, m.sender, r.address, m.arrival, m.window, \
+             m.disposition, r.state, r.status, r.reply, r.dsn_id \
+             FROM recipients r JOIN messages m ON m.id = r.message_id WHERE r.id > ?",
+        );
+        let mut args: Vec<&dyn ToSql> = vec![&after_id];
+        if let Some(a) = &filter.recipient {
+            sql.push_str(" AND lower(r.address) = lower(?)");
+            args.push(a);
+        }
+        if let Some(s) = &filter.sender {
+            sql.push_str(" AND lower(m.sender) = lower(?)");
+            args.push(s);
+        }
+        if let Some(q) = &filter.queue_id {
+            sql.push_str(" AND m.queue_id = ?");
+            args.push(q);
+        }
+        if let Some(w) = &filter.window {
+            sql.push_str(" AND m.window = ?");
+            args.push(w);
+        }
+        let state = filter.state.map(RcptState::as_str);
+        if let Some(s) = &state {
+            // `+` keeps SQLite on the id order instead of the state index, which would
+            // sort every matching row again for each page.
+            sql.push_str(" AND +r.state = ?");
+            args.push(s);
+        }
+        let limit = limit as i64;
+        sql.push_str(" ORDER BY r.id LIMIT ?");
+        args.push(&limit);
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt
+            .query_map(args.as_slice(), |r| {
+                let state: String = r.get(8)?;
+                Ok((
+                    state,
+                    AuditRecipient {
+                        id: r.get(0)?,
+                        message_id: r.get(1)?,
+                        queue_id: r.get(2)?,
+                        sender: r.get(3)?,
+                        address: r.get(4)?,
+                        arrival: r.get(5)?,
+                        window: r.get(6)?,
+                        disposition: r.get(7)?,
+                        state: RcptState::Pending,
+                        status: r.get(9)?,
+                        reply: r.get(10)?,
+                        dsn_id: r.get(11)?,
+                    },
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .with_context(|| format!("cannot read ledger `{}`", self.path.display()))?;
+        rows.into_iter()
+            .map(|(state, mut row)| {
+                row.state = parse_state(&state)
+                    .with_context(|| format!("recipient {} in the ledger", row.id))?;
+                Ok(row)
+            })
+            .collect()
+    }
+
+    /// Every state change of one recipient, oldest first.
+    pub fn events_of(&self, recipient_id: i64) -> Result<Vec<EventRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT at, from_state, to_state, detail FROM events WHERE recipient_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map(params![recipient_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(at, from, to, detail)| {
+                let context = || format!("an event of recipient {recipient_id} in the ledger");
+                Ok(EventRow {
+                    at,
+                    from: from
+                        .as_deref()
+                        .map(parse_state)
+                        .transpose()
+                        .with_context(context)?,
+                    to: parse_state(&to).with_context(context)?,
+                    detail,
+                })
+            })
+            .collect()
+    }
+
+    /// Calls `f` for every mailbox with mail that was affected (delivered late, bounced,
+    /// dropped, held, pending or uncertain), in mailbox order. SQLite groups on the
+    /// `lower(address)` index, so rows stream.
+    pub fn for_each_affected_mailbox(
+        &self,
+        mut f: impl FnMut(&MailboxRow) -> Result<()>,
+    ) -> Result<()> {
+        let sql = format!(
+            "SELECT lower(r.address) AS mailbox, count(*), \
+               sum(CASE WHEN r.state = 'delivered' THEN {DELIVERED_AT} IS NOT NULL ELSE 0 END), \
+               max(CASE WHEN r.state = 'delivered' THEN {DELIVERED_AT} - m.arrival_unix END), \
+               sum(r.state IN ('bounced', 'failed')), sum(r.state = 'dropped'), \
+               sum(r.state = 'held'), sum(r.state IN ('pending', 'in_flight', 'deferred')), \
+               sum(r.state = 'uncertain') \
+             FROM recipients r JOIN messages m ON m.id = r.message_id \
+             GROUP BY lower(r.address) ORDER BY lower(r.address)"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let n = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)?.max(0) as u64) };
+            let row = MailboxRow {
+                mailbox: r.get(0)?,
+                messages: n(1)?,
+                delivered_late: n(2)?,
+                worst_delay_seconds: r.get(3)?,
+                bounced: n(4)?,
+                dropped: n(5)?,
+                held: n(6)?,
+                pending: n(7)?,
+                uncertain: n(8)?,
+            };
+            let affected = row.delivered_late
+                + row.bounced
+                + row.dropped
+                + row.held
+                + row.pending
+                + row.uncertain;
+            if affected > 0 {
+                f(&row)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sender domains that were sent DSNs, most DSNs first (ties by name).
+    pub fn for_each_bounced_sender_domain(
+        &self,
+        mut f: impl FnMut(&SenderDomainRow) -> Result<()>,
+    ) -> Result<()> {
+        let sql = format!(
+            "SELECT {DOMAIN_OF_ENVELOPE_TO} AS domain, count(*), count(DISTINCT lower(d.envelope_to)), \
+               sum((SELECT count(*) FROM recipients r WHERE r.dsn_id = d.id AND r.message_id = d.message_id)) \
+             FROM dsns d GROUP BY domain ORDER BY count(*) DESC, domain"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let row = SenderDomainRow {
+                sender_domain: r.get(0)?,
+                dsns: r.get::<_, i64>(1)? as u64,
+                senders: r.get::<_, i64>(2)? as u64,
+                recipients: r.get::<_, i64>(3)? as u64,
+            };
+            f(&row)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with the delay (seconds from arrival to delivery) of every recipient a run
+    /// delivered.
+    pub fn for_each_delivery_delay(&self, mut f: impl FnMut(i64)) -> Result<()> {
+        let mut stmt = self.conn.prepare(
+            "SELECT CAST(strftime('%s', e.at) AS INTEGER) - m.arrival_unix \
+             FROM events e JOIN recipients r ON r.id = e.recipient_id \
+             JOIN messages m ON m.id = r.message_id \
+             WHERE e.to_state = 'delivered' AND e.from_state IS NOT NULL",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            if let Some(delay) = r.get::<_, Option<i64>>(0)? {
+                f(delay);
+            }
+        }
+        Ok(())
+    }
+
+    /// Groups of messages with the same content: how many groups, how many extra copies,
+    /// and the first `limit` groups.
+    pub fn duplicates(&self, limit: usize) -> Result<(u64, u64, Vec<DuplicateGroup>)> {
+        let mut stmt = self.conn.prepare(
+            "SELECT content_hash, count(*), group_concat(queue_id, char(10)) FROM \
+             (SELECT content_hash, queue_id, id FROM messages ORDER BY content_hash, id) \
+             GROUP BY content_hash HAVING count(*) > 1 ORDER BY min(id)",
+        )?;
+        let mut rows = stmt.query([])?;
+        let (mut groups, mut extra, mut shown) = (0u64, 0u64, Vec::new());
+        while let Some(r) = rows.next()? {
+            groups += 1;
+            extra += (r.get::<_, i64>(1)? - 1).max(0) as u64;
+            if shown.len() < limit {
+                let ids: String = r.get(2)?;
+                shown.push(DuplicateGroup {
+                    content_hash: r.get(0)?,
+                    queue_ids: ids.split('\n').map(str::to_string).collect(),
+                });
+            }
+        }
+        Ok((groups, extra, shown))
+    }
+
+    /// Recipients per (domain, state), for the HTML report's domain table.
+    pub fn domain_state_counts(&self) -> Result<Vec<(String, RcptState, u64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT domain, state, count(*) FROM recipients GROUP BY domain, state ORDER BY domain, state",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(d, s, n)| Ok((d, parse_state(&s)?, n as u64)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ledger with three messages written by plain SQL, as a run would leave them.
+    fn ledger() -> (tempfile::TempDir, Ledger) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let w = Ledger::open_for_write(&path, "test").unwrap();
+        w.conn
+            .execute_batch(
+                "INSERT INTO messages (id, content_hash, source_format, source_path, source_offset, source_len, \
+                   queue_id, size, sender, sender_from, recipients_from, arrival, arrival_unix, arrival_from, ingested_at) VALUES \
+                 (1, 'h1', 'eml', '/s/1', 0, 1, 'q1', 10, 'a@Sender.example', 'sidecar', 'sidecar', '2023-01-01T00:00:00Z', 1672531200, 'sidecar', 'x'), \
+                 (2, 'h1', 'eml', '/s/2', 0, 1, 'q2', 10, 'b@sender.example', 'sidecar', 'sidecar', '2023-01-01T01:00:00Z', 1672534800, 'sidecar', 'x'), \
+                 (3, 'h3', 'eml', '/s/3', 0, 1, 'q3', 10, '', 'sidecar', 'sidecar', '2023-01-01T02:00:00Z', 1672538400, 'sidecar', 'x');
+                 INSERT INTO dsns (id, message_id, envelope_to, rfc_message_id, created_at, content) VALUES \
+                 (7, 2, 'b@x@Sender.Example', '<d>', 'x', x'00');
+                 INSERT INTO recipients (id, message_id, address, domain, state, dsn_id, updated_at) VALUES \
+                 (1, 1, 'Bob@Rcpt.example', 'rcpt.example', 'delivered', NULL, 'x'), \
+                 (2, 2, 'bob@rcpt.example', 'rcpt.example', 'bounced', 7, 'x'), \
+                 (3, 3, 'carol@rcpt.example', 'rcpt.example', 'delivered', NULL, 'x'), \
+                 (4, 3, 'dave@rcpt.example', 'rcpt.example', 'held', NULL, 'x');
+                 INSERT INTO events (recipient_id, at, from_state, to_state, detail) VALUES \
+                 (1, '2026-01-01T00:00:00.000Z', NULL, 'pending', 'ingested'), \
+                 (1, '2023-01-02T00:00:00.000Z', 'in_flight', 'delivered', 'ok'), \
+                 (2, '2023-01-02T00:00:00.000Z', 'failed', 'bounced', 'dsn 7'), \
+                 (3, '2023-01-01T00:00:00.000Z', NULL, 'delivered', 'delivered by the MTA before the spool was copied'), \
+                 (4, '2023-01-01T00:00:00.000Z', NULL, 'pending', 'ingested');",
+            )
+            .unwrap();
+        drop(w);
+        (dir, Ledger::open_read(&path).unwrap())
+    }
+
+    #[test]
+    fn mailboxes_are_grouped_case_insensitively_with_the_worst_delay() {
+        let (_dir, l) = ledger();
+        let mut rows = Vec::new();
+        l.for_each_affected_mailbox(|r| {
+            rows.push(r.clone());
+            Ok(())
+        })
+        .unwrap();
+        // carol's only mail was delivered by the MTA before the outage copy: not affected.
+        let names: Vec<&str> = rows.iter().map(|r| r.mailbox.as_str()).collect();
+        assert_eq!(names, ["bob@rcpt.example", "dave@rcpt.example"]);
+        assert_eq!(rows[0].messages, 2);
+        assert_eq!(rows[0].delivered_late, 1);
+        assert_eq!(rows[0].worst_delay_seconds, Some(86_400));
+        assert_eq!(rows[0].bounced, 1);
+        assert_eq!(rows[1].held, 1);
+        assert_eq!(rows[1].worst_delay_seconds, None);
+    }
+
+    #[test]
+    fn sender_domain_is_after_the_last_at() {
+        let (_dir, l) = ledger();
+        let mut rows = Vec::new();
+        l.for_each_bounced_sender_domain(|r| {
+            rows.push(r.clone());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            rows,
+            [SenderDomainRow {
+                sender_domain: "sender.example".into(),
+                dsns: 1,
+                senders: 1,
+                recipients: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn duplicates_and_delays() {
+        let (_dir, l) = ledger();
+        let (groups, extra, shown) = l.duplicates(10).unwrap();
+        assert_eq!((groups, extra), (1, 1));
+        assert_eq!(shown[0].queue_ids, ["q1", "q2"]);
+        let mut delays = Vec::new();
+        l.for_each_delivery_delay(|d| delays.push(d)).unwrap();
+        assert_eq!(delays, [86_400]);
+    }
+
+    #[test]
+    fn audit_filters_and_pages() {
+        let (_dir, l) = ledger();
+        let all = l.audit_page(&AuditFilter::default(), 0, 2).unwrap();
+        assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2]);
+        let rest = l.audit_page(&AuditFilter::default(), 2, 10).unwrap();
+        assert_eq!(rest.iter().map(|r| r.id).collect::<Vec<_>>(), [3, 4]);
+        let bob = AuditFilter {
+            recipient: Some("BOB@rcpt.example".into()),
+            state: Some(RcptState::Bounced),
+            ..AuditFilter::default()
+        };
+        let rows = l.audit_page(&bob, 0, 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].dsn_id, Some(7));
+        let null_sender = AuditFilter {
+            sender: Some(String::new()),
+            ..AuditFilter::default()
+        };
+        assert_eq!(l.audit_page(&null_sender, 0, 10).unwrap().len(), 2);
+        let events = l.events_of(1).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1].from, Some(RcptState::InFlight));
+        assert_eq!(events[1].to, RcptState::Delivered);
+    }
+}
