@@ -13,3 +13,5 @@ mod dsn;
 mod exit_codes;
 mod postfix;
 mod spool;
+mod run_lmtp;
+mod run_smtp;

@@ -4,6 +4,9 @@
 #![allow(dead_code)] // each test module uses a different part
 
 pub mod dovecot;
+pub mod mailhost;
+pub mod minispool;
+pub mod smtp_peer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;

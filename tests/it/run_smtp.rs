@@ -1,0 +1,1 @@
+//! `spoolreplay run` against a scripted SMTP peer.
