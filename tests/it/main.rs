@@ -12,6 +12,6 @@ mod deliver_smtp;
 mod dsn;
 mod exit_codes;
 mod postfix;
-mod spool;
 mod run_lmtp;
 mod run_smtp;
+mod spool;

@@ -34,7 +34,8 @@ fn mailbox_addresses(rows: &[LedgerRecipient]) -> BTreeSet<String> {
         .map(|r| r.address.to_ascii_lowercase())
         .filter(|a| {
             !a.chars().any(|c| c.is_control() || c == '/')
-                && a.split_once('@').is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+                && a.split_once('@')
+                    .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
         })
         .collect()
 }
@@ -66,7 +67,7 @@ fn assert_mailboxes_match_ledger(host: &MailHost, rows: &[LedgerRecipient]) -> u
     }
     let mut checked = 0;
     for address in mailbox_addresses(rows) {
-        let mut want = expected.remove(&address).unwrap_or_default();
+        let want = expected.remove(&address).unwrap_or_default();
         let mut got: Vec<Vec<u8>> = host
             .delivered(&address)
             .iter()
@@ -121,8 +122,10 @@ fn dsn_fields(outbox: &Path, queue_id: &str, address: &str) -> BTreeMap<String, 
         .filter(|d| d.contains(&marker))
         .flat_map(|d| dsn_recipient_fields(d))
         .filter(|f| {
-            f.get("final-recipient")
-                .is_some_and(|v| v.to_ascii_lowercase().ends_with(&address.to_ascii_lowercase()))
+            f.get("final-recipient").is_some_and(|v| {
+                v.to_ascii_lowercase()
+                    .ends_with(&address.to_ascii_lowercase())
+            })
         })
         .collect();
     assert_eq!(
@@ -235,34 +238,6 @@ fn run_lmtp_sample_into_dovecot_bounces_unknown_and_expires_the_full_mailbox() {
     assert!(host.delivered(FULL).is_empty(), "over quota, yet stored");
 }
 
-/// A mini spool's run arguments: `--incident` (one deliver window), `--outbox`, `--now`.
-fn mini_run_args(cli: &Cli, store: &str, extra: &[&str]) -> Vec<String> {
-    let incident = minispool::write_incident(cli.path(), None);
-    let mut args: Vec<String> = [
-        "--json",
-        "run",
-        "--incident",
-        &incident.display().to_string(),
-        "--store",
-        store,
-        "--outbox",
-        &cli.outbox().display().to_string(),
-        "--now",
-        NOW,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-#[track_caller]
-fn ingest_mini(cli: &Cli, mails: &[Mail]) {
-    let spool = minispool::write_spool(&cli.at("spool"), mails);
-    check(&cli.run(&["ingest".as_ref(), spool.as_os_str()]), 0);
-}
-
 #[test]
 fn run_lmtp_over_the_unix_socket_delivers_and_bounces_the_unknown_user() {
     let users = ["ana@example.test", "ben@example.test", "cem@example.test"];
@@ -278,8 +253,8 @@ fn run_lmtp_over_the_unix_socket_delivers_and_bounces_the_unknown_user() {
         }
         r
     });
-    ingest_mini(&cli, &mails);
-    let out = cli.run(&mini_run_args(&cli, &host.socket_store(), &[]));
+    minispool::ingest(&cli, &mails);
+    let out = cli.run(&minispool::run_args(&cli, &host.socket_store(), &[]));
     check(&out, 0);
     assert!(host.socket_store().starts_with("lmtp:/"));
     let rows = ledger_recipients(&cli.ledger);
@@ -310,7 +285,9 @@ fn run_lmtp_over_the_unix_socket_delivers_and_bounces_the_unknown_user() {
 const KILL_MESSAGES: usize = 40;
 
 fn kill_users(trial: usize) -> Vec<String> {
-    (0..4).map(|k| format!("t{trial}u{k}@example.test")).collect()
+    (0..4)
+        .map(|k| format!("t{trial}u{k}@example.test"))
+        .collect()
 }
 
 /// Starts a paced LMTP run of a fresh mini spool, SIGKILLs it after `delay`, then runs
@@ -321,9 +298,9 @@ fn kill_then_rerun(host: &MailHost, trial: usize, delay: Duration, policy: &str)
     let mails = minispool::plain_spool(KILL_MESSAGES, |i| {
         vec![users[i % 4].clone(), users[(i + 1) % 4].clone()]
     });
-    ingest_mini(&cli, &mails);
+    minispool::ingest(&cli, &mails);
     let store = host.tcp_store();
-    let mut child = cli.spawn(&mini_run_args(
+    let mut child = cli.spawn(&minispool::run_args(
         &cli,
         &store,
         &["--rate", "20/s", "--batch-size", "5"],
@@ -336,13 +313,17 @@ fn kill_then_rerun(host: &MailHost, trial: usize, delay: Duration, policy: &str)
         Some(9),
         "trial {trial}: the run ended before the kill after {delay:?}"
     );
-    let out = cli.run(&mini_run_args(&cli, &store, &["--uncertain", policy]));
+    let out = cli.run(&minispool::run_args(&cli, &store, &["--uncertain", policy]));
     check(&out, 0);
     cli
 }
 
 /// Per recipient: copies in Dovecot, and whether its events went through `uncertain`.
-fn copies_and_uncertainty(host: &MailHost, cli: &Cli, trial: usize) -> Vec<(String, usize, bool, String)> {
+fn copies_and_uncertainty(
+    host: &MailHost,
+    cli: &Cli,
+    trial: usize,
+) -> Vec<(String, usize, bool, String)> {
     let users = kill_users(trial);
     let paths = state_paths(&cli.ledger);
     let rows = ledger_recipients(&cli.ledger);
@@ -354,7 +335,12 @@ fn copies_and_uncertainty(host: &MailHost, cli: &Cli, trial: usize) -> Vec<(Stri
             let copies = copies_of(&host.delivered(&r.address), &message_id(n));
             let path = &paths[&(r.queue_id.clone(), r.address.clone())];
             let uncertain = path.iter().any(|s| s == "uncertain");
-            (format!("{} {}", r.queue_id, r.address), copies, uncertain, r.state.clone())
+            (
+                format!("{} {}", r.queue_id, r.address),
+                copies,
+                uncertain,
+                r.state.clone(),
+            )
         })
         .collect()
 }
@@ -373,7 +359,11 @@ fn run_lmtp_kill_9_then_redeliver_duplicates_only_uncertain_recipients() {
         let delay = Duration::from_millis(250 + rng.below(1000));
         let cli = kill_then_rerun(&host, trial, delay, "redeliver");
         let status = cli.status();
-        assert_eq!(status["states"]["delivered"], (KILL_MESSAGES * 2) as u64, "{status}");
+        assert_eq!(
+            status["states"]["delivered"],
+            (KILL_MESSAGES * 2) as u64,
+            "{status}"
+        );
         for (who, copies, uncertain, state) in copies_and_uncertainty(&host, &cli, trial) {
             assert_eq!(state, "delivered", "trial {trial} ({delay:?}): {who}");
             assert!(
@@ -387,7 +377,10 @@ fn run_lmtp_kill_9_then_redeliver_duplicates_only_uncertain_recipients() {
             uncertain_seen += usize::from(uncertain);
         }
     }
-    assert!(uncertain_seen > 0, "no kill landed while a delivery was in flight");
+    assert!(
+        uncertain_seen > 0,
+        "no kill landed while a delivery was in flight"
+    );
 }
 
 #[test]
@@ -423,5 +416,8 @@ fn run_lmtp_kill_9_then_hold_reports_uncertain_and_duplicates_nothing() {
         );
         uncertain_seen += uncertain_now;
     }
-    assert!(uncertain_seen > 0, "no kill landed while a delivery was in flight");
+    assert!(
+        uncertain_seen > 0,
+        "no kill landed while a delivery was in flight"
+    );
 }

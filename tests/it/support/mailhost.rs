@@ -79,7 +79,11 @@ impl MailHost {
             .status()
             .expect("run dovecot");
         let host = MailHost { dir, conf, port };
-        assert!(status.success(), "dovecot did not start: {}", host.diagnostics());
+        assert!(
+            status.success(),
+            "dovecot did not start: {}",
+            host.diagnostics()
+        );
         host.wait_ready();
         host
     }

@@ -105,6 +105,34 @@ pub fn write_incident(dir: &Path, text: Option<&str>) -> PathBuf {
     path
 }
 
+/// A mini spool's run arguments: `--json run`, `--incident` ([`INCIDENT`], written into
+/// the temp dir), `--store`, `--outbox`, `--now`, then `extra`.
+pub fn run_args(cli: &super::Cli, store: &str, extra: &[&str]) -> Vec<String> {
+    let incident = write_incident(cli.path(), None);
+    let mut args: Vec<String> = vec![
+        "--json".into(),
+        "run".into(),
+        "--incident".into(),
+        incident.display().to_string(),
+        "--store".into(),
+        store.into(),
+        "--outbox".into(),
+        cli.outbox().display().to_string(),
+        "--now".into(),
+        super::NOW.into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Writes `mails` into `spool/` of the temp dir and ingests them (expected to succeed).
+#[track_caller]
+pub fn ingest(cli: &super::Cli, mails: &[Mail]) {
+    let spool = write_spool(&cli.at("spool"), mails);
+    let out = cli.run(&["ingest".as_ref(), spool.as_os_str()]);
+    super::check(&out, 0);
+}
+
 /// How many of `files` contain `needle` (a Message-ID).
 pub fn copies_of(files: &[Vec<u8>], needle: &str) -> usize {
     files
