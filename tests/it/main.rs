@@ -17,4 +17,6 @@ mod exit_codes;
 mod postfix;
 mod report_golden;
 mod report_html;
+mod run_lmtp;
+mod run_smtp;
 mod spool;

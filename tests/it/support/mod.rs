@@ -5,6 +5,9 @@
 
 pub mod dovecot;
 pub mod sink;
+pub mod mailhost;
+pub mod minispool;
+pub mod smtp_peer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
