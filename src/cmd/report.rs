@@ -621,7 +621,7 @@ fn top_domain_outcomes(ledger: &Ledger, n: usize) -> Result<Vec<DomainOutcomes>>
             RcptState::Held => d.held += count,
             RcptState::Pending | RcptState::InFlight | RcptState::Deferred => d.pending += count,
             RcptState::Uncertain => d.uncertain += count,
-            RcptState::Dropped => {}
+            RcptState::Dropped | RcptState::Duplicate => {}
         }
     }
     domains.sort_by(|a, b| b.total.cmp(&a.total).then(a.domain.cmp(&b.domain)));

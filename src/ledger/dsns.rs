@@ -154,27 +154,6 @@ impl Ledger {
             })
             .optional()?)
     }
-
-    /// If an earlier message with the same content already bounced `address`, its DSN id
-    /// and queue id.
-    pub fn earlier_copy_dsn(
-        &self,
-        content_hash: &str,
-        message_id: i64,
-        address: &str,
-    ) -> Result<Option<(i64, String)>> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT r.dsn_id, m.queue_id FROM messages m JOIN recipients r ON r.message_id = m.id \
-                 WHERE m.content_hash = ?1 AND m.id < ?2 AND r.address = ?3 AND r.state = 'bounced' \
-                 AND r.dsn_id IS NOT NULL ORDER BY m.id LIMIT 1",
-            )?
-            .query_row(params![content_hash, message_id, address], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?)
-    }
 }
 
 impl Tx<'_> {

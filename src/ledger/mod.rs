@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::address::ReversePath;
 use crate::exit::{Exit, Failure, failure};
@@ -544,14 +544,22 @@ impl Tx<'_> {
                 .map(|(_, d)| d.to_ascii_lowercase())
                 .unwrap_or_default();
             let notify = rcpt.notify.map(notify_name);
-            // What the MTA already did is recorded as settled and never replayed.
-            let (state, note) = match rcpt.prior {
-                None => (RcptState::Pending, None),
-                Some(Prior::Delivered) => (
+            // What the MTA already did is recorded as settled and never replayed; an exact
+            // copy of mail already in the ledger for this recipient is settled by that copy.
+            let earlier = self.earlier_copy(&hash, message_id, &rcpt.address)?;
+            let duplicate_note = earlier.as_ref().map(|q| {
+                format!("exact copy of {q} (same content): that copy's delivery covers it")
+            });
+            let (state, note) = match (rcpt.prior, &duplicate_note) {
+                (None, Some(note)) => (RcptState::Duplicate, Some(note.as_str())),
+                (None, None) => (RcptState::Pending, None),
+                (Some(Prior::Delivered), _) => (
                     RcptState::DeliveredBefore,
                     Some("delivered by the MTA before the spool was copied"),
                 ),
-                Some(Prior::Cancelled) => (RcptState::Dropped, Some("cancelled in the MTA queue")),
+                (Some(Prior::Cancelled), _) => {
+                    (RcptState::Dropped, Some("cancelled in the MTA queue"))
+                }
             };
             if insert.execute(params![
                 message_id,
@@ -573,6 +581,18 @@ impl Tx<'_> {
             params![now, msg.source.path.to_string_lossy(), msg.source.offset as i64],
         )?;
         Ok(Inserted::New)
+    }
+
+    /// The queue id of an earlier message with the same content and this recipient.
+    fn earlier_copy(&self, hash: &str, message_id: i64, address: &str) -> Result<Option<String>> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT m.queue_id FROM messages m JOIN recipients r ON r.message_id = m.id \
+                 WHERE m.content_hash = ?1 AND m.id < ?2 AND r.address = ?3 ORDER BY m.id LIMIT 1",
+            )?
+            .query_row(params![hash, message_id, address], |r| r.get(0))
+            .optional()?)
     }
 
     /// Records a quarantined item; returns false when it was already recorded.

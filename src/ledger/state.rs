@@ -24,6 +24,9 @@ pub enum RcptState {
     Held,
     /// Failed, but no DSN is sent (null sender); recorded only.
     Dropped,
+    /// An exact copy (same content) of a message already in the ledger for this recipient
+    /// (spooled twice, or copied from two MX hosts): the first copy's fate covers it.
+    Duplicate,
     /// The MTA had delivered it before the spool was copied (Postfix `D` record, Exim
     /// delivered list): recorded, never replayed.
     DeliveredBefore,
@@ -32,7 +35,7 @@ pub enum RcptState {
     Uncertain,
 }
 
-pub const ALL_STATES: [RcptState; 10] = [
+pub const ALL_STATES: [RcptState; 11] = [
     RcptState::Pending,
     RcptState::InFlight,
     RcptState::Delivered,
@@ -43,6 +46,7 @@ pub const ALL_STATES: [RcptState; 10] = [
     RcptState::Dropped,
     RcptState::Uncertain,
     RcptState::DeliveredBefore,
+    RcptState::Duplicate,
 ];
 
 /// Illegal state change: a bug, or a ledger edited by hand.
@@ -66,6 +70,7 @@ impl RcptState {
             RcptState::Dropped => "dropped",
             RcptState::Uncertain => "uncertain",
             RcptState::DeliveredBefore => "delivered_before",
+            RcptState::Duplicate => "duplicate",
         }
     }
 
@@ -96,7 +101,7 @@ impl RcptState {
             Failed => matches!(to, Bounced | Dropped),
             // Redelivered (a possible duplicate) or kept for the operator, per --uncertain.
             Uncertain => matches!(to, Pending | Held),
-            Delivered | Bounced | Dropped | DeliveredBefore => false,
+            Delivered | Bounced | Dropped | DeliveredBefore | Duplicate => false,
         };
         if allowed {
             Ok(())
@@ -134,6 +139,7 @@ mod tests {
             RcptState::Bounced,
             RcptState::Dropped,
             RcptState::DeliveredBefore,
+            RcptState::Duplicate,
         ] {
             for to in ALL_STATES {
                 assert!(from.check_transition(to).is_err(), "{from} -> {to}");

@@ -113,23 +113,6 @@ impl Replay<'_> {
                 r.notify.as_deref().unwrap_or_default()
             )
         })?;
-        // An exact copy of this message (same content, ingested twice or from two MX hosts)
-        // may already have bounced the same recipient: its DSN covers this one too.
-        let mut owed_fresh = Vec::with_capacity(owed.len());
-        for r in owed {
-            match self
-                .ledger
-                .earlier_copy_dsn(&m.content_hash, m.id, &r.address)?
-            {
-                Some((dsn_id, queue_id)) => {
-                    let detail = format!("dsn {dsn_id}, made for the identical copy {queue_id}");
-                    self.ledger
-                        .write(|tx| tx.cover_by_dsn(&r, dsn_id, &detail))?;
-                }
-                None => owed_fresh.push(r),
-            }
-        }
-        let owed = owed_fresh;
         if owed.is_empty() {
             return Ok(());
         }

@@ -4,9 +4,9 @@
 #![allow(dead_code)] // each test module uses a different part
 
 pub mod dovecot;
-pub mod sink;
 pub mod mailhost;
 pub mod minispool;
+pub mod sink;
 pub mod smtp_peer;
 
 use std::collections::{BTreeMap, BTreeSet};
