@@ -241,6 +241,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub insecure_tls: bool,
 
+    /// SMTP/LMTP: how long to wait for a connection
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub connect_timeout: String,
+
+    /// SMTP/LMTP: how long to wait for a reply (the reply after the message's final dot
+    /// gets twice as long); RFC 5321 asks for 5 minutes
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub reply_timeout: String,
+
     /// How long the store may stay unreachable mid-run before the run stops (exit 75)
     #[arg(long, value_name = "DURATION", default_value = "5m")]
     pub store_timeout: String,

@@ -10,6 +10,7 @@ use chrono::{DateTime, FixedOffset};
 use crate::cli::{self, Cli};
 use crate::deliver::lmtp::LmtpTarget;
 use crate::deliver::smtp::{SmtpCredentials, SmtpTarget};
+use crate::deliver::wire::Timeouts;
 use crate::exit::{Exit, Failure};
 use crate::incident::{self, Incident};
 use crate::ledger::RcptState;
@@ -148,6 +149,8 @@ pub struct RunConfig {
     pub insecure_tls: bool,
     pub warn_after: Option<Duration>,
     pub postmaster: Option<String>,
+    /// SMTP/LMTP connect and reply timeouts.
+    pub timeouts: Timeouts,
 }
 
 #[derive(Debug)]
@@ -234,6 +237,14 @@ impl Config {
                         ))
                     })?,
                     insecure_tls: a.insecure_tls,
+                    timeouts: {
+                        let reply = duration("--reply-timeout", &a.reply_timeout)?;
+                        Timeouts {
+                            connect: duration("--connect-timeout", &a.connect_timeout)?,
+                            command: reply,
+                            data_end: reply.saturating_mul(2),
+                        }
+                    },
                     warn_after: a
                         .warn_after
                         .as_deref()

@@ -221,17 +221,21 @@ fn stop_text(stop: &Stop) -> String {
 
 /// A constructor of store connections, one per worker.
 fn store_factory(cfg: &RunConfig) -> Box<StoreFactory<'static>> {
+    let client = ClientOptions {
+        timeouts: cfg.timeouts,
+        ..ClientOptions::default()
+    };
     match cfg.store.clone() {
         StoreTarget::Maildir(dir) => {
             Box::new(move || MaildirStore::new(&dir).map(|s| Box::new(s) as Box<dyn Deliverer>))
         }
         StoreTarget::Lmtp(target) => Box::new(move || {
-            LmtpStore::connect(target.clone(), ClientOptions::default())
+            LmtpStore::connect(target.clone(), client.clone())
                 .map(|s| Box::new(s) as Box<dyn Deliverer>)
         }),
         StoreTarget::Smtp(target) => {
             let options = SmtpOptions {
-                client: ClientOptions::default(),
+                client,
                 credentials: cfg.credentials.clone(),
                 insecure: cfg.insecure_tls,
             };

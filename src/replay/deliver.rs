@@ -1,10 +1,10 @@
-//! The delivery loop. Each batch is marked in flight in one transaction (intent first),
-//! then handed message by message, at the adaptive pace, to worker threads that each own
-//! one store connection; each outcome is recorded as soon as it comes back, so the
-//! in-flight window is one message per worker. Deferred recipients are retried with
-//! backoff within the run until their message's deadline.
+//! The delivery loop. Messages are handed one at a time, at the adaptive pace, to worker
+//! threads that each own one store connection; each message is recorded in flight just
+//! before it is handed over (intent first) and its outcome as soon as it comes back, so
+//! the in-flight window is the message each worker is sending. Deferred recipients are
+//! retried with backoff within the run until their message's deadline.
 
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -148,7 +148,9 @@ impl Replay<'_> {
     pub(super) fn deliver_all(&mut self) -> Result<()> {
         let workers = self.settings.concurrency.max(1);
         let factory = self.store;
-        let (job_tx, job_rx) = mpsc::sync_channel::<MessageWork>(workers);
+        // A rendezvous channel: a message is handed over only when a worker is free to
+        // take it, so nothing in flight waits in a queue.
+        let (job_tx, job_rx) = mpsc::sync_channel::<MessageWork>(0);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let (done_tx, done_rx) = mpsc::channel::<Done>();
         std::thread::scope(|scope| {
@@ -207,29 +209,31 @@ impl Replay<'_> {
             };
             after = last.message.id;
             let batch = self.expire_due(batch)?;
-            if batch.is_empty() {
-                continue;
-            }
-            let batch = self.mark_in_flight(&batch)?;
-            test_hook("after-in-flight");
             let mut health = Health::Fine;
             for work in batch {
-                // Ctrl-C finishes the batch: its recipients are already in flight.
-                let wait = d.pace.wait(self.started.elapsed(), work.message.size);
-                if !wait.is_zero() {
-                    std::thread::sleep(wait);
+                // Stop handing out work when the store is down or full, or on Ctrl-C: what
+                // is not handed out stays pending, untouched.
+                if health != Health::Fine || self.is_interrupted() {
+                    after = work.message.id - 1;
+                    break;
                 }
+                // Wait for the pace while recording whatever comes back meanwhile, so an
+                // accepted message never waits in flight for the next one's turn.
+                let wait = d.pace.wait(self.started.elapsed(), work.message.size);
+                health = worst(health, self.collect(done, &mut d, Instant::now() + wait)?);
+                if health != Health::Fine {
+                    after = work.message.id - 1;
+                    break;
+                }
+                // Intent first, one message at a time: the in-flight window is the message
+                // a worker is handing over, nothing more.
+                let Some(work) = self.mark_in_flight(&[work])?.pop() else {
+                    continue;
+                };
+                test_hook("after-in-flight");
                 jobs.send(work).context("the delivery workers stopped")?;
                 d.outstanding += 1;
-                loop {
-                    match done.try_recv() {
-                        Ok(result) => health = worst(health, self.settle(result, &mut d)?),
-                        Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Disconnected) => {
-                            anyhow::bail!("the delivery workers stopped")
-                        }
-                    }
-                }
+                health = worst(health, self.collect(done, &mut d, Instant::now())?);
             }
             while d.outstanding > 0 {
                 let result = done.recv().context("the delivery workers stopped")?;
@@ -244,6 +248,41 @@ impl Replay<'_> {
                 Health::Full => return Ok(()),
                 Health::Down => self.wait_for_store(&mut d),
             }
+        }
+    }
+
+    /// Records results as they arrive until `until` (at least those already there).
+    fn collect(
+        &mut self,
+        done: &Receiver<Done>,
+        d: &mut Dispatch,
+        until: Instant,
+    ) -> Result<Health> {
+        let mut health = Health::Fine;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let result = if left.is_zero() || d.outstanding == 0 {
+                match done.try_recv() {
+                    Ok(r) => r,
+                    Err(TryRecvError::Empty) if d.outstanding == 0 && !left.is_zero() => {
+                        std::thread::sleep(left);
+                        return Ok(health);
+                    }
+                    Err(TryRecvError::Empty) => return Ok(health),
+                    Err(TryRecvError::Disconnected) => {
+                        anyhow::bail!("the delivery workers stopped")
+                    }
+                }
+            } else {
+                match done.recv_timeout(left) {
+                    Ok(r) => r,
+                    Err(RecvTimeoutError::Timeout) => return Ok(health),
+                    Err(RecvTimeoutError::Disconnected) => {
+                        anyhow::bail!("the delivery workers stopped")
+                    }
+                }
+            };
+            health = worst(health, self.settle(result, d)?);
         }
     }
 
@@ -286,7 +325,7 @@ impl Replay<'_> {
         })
     }
 
-    /// Records intent: every recipient of the batch goes in flight in one transaction.
+    /// Records intent: the recipients go in flight in one transaction.
     fn mark_in_flight(&mut self, batch: &[MessageWork]) -> Result<Vec<MessageWork>> {
         let detail = "handed to the store";
         self.ledger.write(|tx| {
@@ -514,8 +553,8 @@ fn signal_of(result: &Attempt) -> Option<Signal> {
             ..
         } => {
             let pushback = outcomes.iter().find_map(|o| match o {
-                Outcome::Deferred { reply, .. } => {
-                    reply_code(reply).filter(|c| matches!(c, 421 | 451 | 452))
+                Outcome::Deferred { reply, .. } if store_is_pushing_back(reply) => {
+                    reply_code(reply)
                 }
                 _ => None,
             });
@@ -528,6 +567,18 @@ fn signal_of(result: &Attempt) -> Option<Signal> {
                 (None, false) => Signal::Healthy { latency: *latency },
             })
         }
+    }
+}
+
+/// Whether a transient reply speaks of the store as a whole (421, 451, 452 for system
+/// storage) rather than of one mailbox: a full mailbox (x.2.x, RFC 3463) must not slow the
+/// run for everyone else.
+fn store_is_pushing_back(reply: &str) -> bool {
+    let enhanced = reply.split_whitespace().nth(1).unwrap_or("");
+    match reply_code(reply) {
+        Some(421 | 451) => true,
+        Some(452) => !enhanced.starts_with("4.2."),
+        _ => false,
     }
 }
 
@@ -551,6 +602,19 @@ fn worst(a: Health, b: Health) -> Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_mailbox_is_not_the_store_pushing_back() {
+        assert!(store_is_pushing_back("421 4.4.2 closing"));
+        assert!(store_is_pushing_back("451 4.3.0 try later"));
+        assert!(store_is_pushing_back(
+            "452 4.3.1 insufficient system storage"
+        ));
+        assert!(store_is_pushing_back("452 too many recipients"));
+        assert!(!store_is_pushing_back("452 4.2.2 <a@b> Quota exceeded"));
+        assert!(!store_is_pushing_back("450 4.2.1 mailbox busy"));
+        assert!(!store_is_pushing_back("cannot write"));
+    }
 
     #[test]
     fn reply_codes() {

@@ -236,9 +236,17 @@ fn run_smtp_stalled_greeting_gives_up_and_exits_69() {
     let mut child = cli.spawn(&minispool::run_args(
         &cli,
         &peer.url(),
-        &["--store-timeout", "3s"],
+        &[
+            "--store-timeout",
+            "3s",
+            "--connect-timeout",
+            "2s",
+            "--reply-timeout",
+            "2s",
+        ],
     ));
-    let limit = Duration::from_secs(45);
+    // The greeting must be given up after the timeouts set on the command line.
+    let limit = Duration::from_secs(15);
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
             break status;
