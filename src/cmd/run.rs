@@ -168,6 +168,8 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         "dsns_written": written,
         "dsns_unwritten": unwritten,
         "remaining": remaining,
+        "uncertain": stats.uncertain,
+        "messages": stats.messages,
         "seconds": elapsed.as_secs_f64(),
         "stopped": stats.stop.as_ref().map(stop_text),
         "exit": exit.code(),
@@ -178,6 +180,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         ("already in the store", stats.already_there),
         ("deferred", stats.deferred),
         ("failed (DSN owed or dropped)", stats.failed),
+        ("uncertain (see --uncertain)", stats.uncertain),
         ("held", stats.held),
         ("dropped (no DSN: null sender or NOTIFY)", stats.dropped),
     ] {
@@ -185,12 +188,13 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     }
     let mut summary = t.render();
     summary.push_str(&format!(
-        "DSNs made {} (and {} delay warnings), written {}{}\nTime {}; ledger now: delivered {}, bounced {}, held {}, remaining {remaining}\n",
+        "DSNs made {} (and {} delay warnings), written {}{}\nTime {}, average pace {} messages/s; ledger now: delivered {}, bounced {}, held {}, remaining {remaining}\n",
         stats.dsns,
         stats.delay_warnings,
         written,
         if unwritten > 0 { format!(", {unwritten} not written (pass --outbox DIR)") } else { String::new() },
         format_duration(elapsed),
+        average_pace(stats.messages, elapsed),
         count(RcptState::Delivered),
         count(RcptState::Bounced),
         count(RcptState::Held),
@@ -206,6 +210,15 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         printer.data(&summary)?;
     }
     Ok(exit)
+}
+
+/// Messages handed to the store per second over the whole run, for the summary.
+fn average_pace(messages: u64, elapsed: std::time::Duration) -> String {
+    let secs = elapsed.as_secs_f64();
+    if messages == 0 || secs <= 0.0 {
+        return "0".into();
+    }
+    format!("{:.1}", messages as f64 / secs)
 }
 
 fn stop_text(stop: &Stop) -> String {

@@ -351,6 +351,7 @@ impl Replay<'_> {
     fn settle(&mut self, done: Done, d: &mut Dispatch) -> Result<Health> {
         d.outstanding -= 1;
         d.handled += 1;
+        self.stats.messages += 1;
         test_hook("after-store");
         let signal = signal_of(&done.result);
         let health = self.record(done)?;

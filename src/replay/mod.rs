@@ -118,6 +118,8 @@ pub struct Stats {
     pub held: u64,
     pub dropped: u64,
     pub uncertain: u64,
+    /// Messages handed to the store.
+    pub messages: u64,
     pub dsns: u64,
     pub delay_warnings: u64,
     pub stop: Option<Stop>,
