@@ -70,6 +70,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
                 ))
             })?;
             let interrupted = AtomicBool::new(false);
+            let started = std::time::Instant::now();
             let mut on_sent = |s: Sent<'_>| {
                 printer.verbose(&format!(
                     "dsn {} to <{}>: {}: {}",
@@ -108,21 +109,41 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
                 "recovered_uncertain": stats.recovered_uncertain, "unsent": unsent,
                 "stopped": stats.stopped, "exit": exit.code(),
             }))?;
-            printer.data(&format!(
-                "sent {}, deferred {}, refused {}, uncertain {} ({} left uncertain by an interrupted send); {unsent} still to send{}\nExit {}: {}",
-                stats.sent,
-                stats.deferred,
-                stats.failed,
-                stats.uncertain,
-                stats.recovered_uncertain,
-                stats
-                    .stopped
-                    .as_deref()
-                    .map(|s| format!("; stopped: {}", for_terminal(s)))
-                    .unwrap_or_default(),
+            let mut t = Table::new(&["DSNs", "count#"]);
+            for (label, n) in [
+                ("sent", stats.sent),
+                (
+                    "deferred by the relay (sent again next time)",
+                    stats.deferred,
+                ),
+                (
+                    "refused by the relay (recorded, never bounced)",
+                    stats.failed,
+                ),
+                (
+                    "uncertain (sent again only with --resend-uncertain)",
+                    stats.uncertain,
+                ),
+                (
+                    "left uncertain by an interrupted send",
+                    stats.recovered_uncertain,
+                ),
+                ("still to send", unsent as u64),
+            ] {
+                t.row(vec![label.to_string(), n.to_string()]);
+            }
+            let mut summary = t.render();
+            if let Some(why) = &stats.stopped {
+                summary.push_str(&format!("Stopped early: {}\n", for_terminal(why)));
+            }
+            summary.push_str(&format!(
+                "Time {}, average pace {}/s\nExit {}: {}\n",
+                crate::throttle::format_duration(started.elapsed()),
+                crate::report::table::per_second(stats.sent, started.elapsed()),
                 exit.code(),
                 exit.meaning()
-            ))?;
+            ));
+            printer.data(&summary)?;
             Ok(exit)
         }
     }

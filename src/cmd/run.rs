@@ -194,7 +194,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         written,
         if unwritten > 0 { format!(", {unwritten} not written (pass --outbox DIR)") } else { String::new() },
         format_duration(elapsed),
-        average_pace(stats.messages, elapsed),
+        crate::report::table::per_second(stats.messages, elapsed),
         count(RcptState::Delivered),
         count(RcptState::Bounced),
         count(RcptState::Held),
@@ -210,15 +210,6 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         printer.data(&summary)?;
     }
     Ok(exit)
-}
-
-/// Messages handed to the store per second over the whole run, for the summary.
-fn average_pace(messages: u64, elapsed: std::time::Duration) -> String {
-    let secs = elapsed.as_secs_f64();
-    if messages == 0 || secs <= 0.0 {
-        return "0".into();
-    }
-    format!("{:.1}", messages as f64 / secs)
 }
 
 fn stop_text(stop: &Stop) -> String {

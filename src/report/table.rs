@@ -85,6 +85,16 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// `n` things over `elapsed`, per second, for summaries (`0` when nothing happened).
+pub fn per_second(n: u64, elapsed: std::time::Duration) -> String {
+    let secs = elapsed.as_secs_f64();
+    if n == 0 || secs <= 0.0 {
+        "0".into()
+    } else {
+        format!("{:.1}", n as f64 / secs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -484,3 +484,63 @@ fn status_of_one_message_by_queue_id() {
 
     check(&cli.run(&["status", "--message", "no-such-id"]), 66);
 }
+
+/// Every DSN the sample run wrote reads back through Sisimai (the bounce parser operators
+/// use) via its generic RFC 3464 engine, recipient by recipient, with our Status.
+#[test]
+fn every_dsn_of_the_sample_run_reads_through_sisimai() {
+    let cli = Cli::new();
+    full_run(&cli);
+    // Sisimai reads a folder of messages in one go: give it the .eml files alone.
+    let folder = cli.at("dsns-only");
+    std::fs::create_dir_all(&folder).expect("folder");
+    let mut expected = BTreeMap::new();
+    for name in list_files(&cli.outbox()) {
+        if !name.ends_with(".eml") {
+            continue;
+        }
+        let bytes = std::fs::read(cli.outbox().join(&name)).expect("read DSN");
+        std::fs::write(folder.join(&name), &bytes).expect("copy DSN");
+        let msg = MessageParser::default().parse(&bytes).expect("DSN parses");
+        let parts = msg.root_part().sub_parts().expect("multipart").to_vec();
+        let part2 = std::str::from_utf8(msg.parts[parts[1] as usize].contents())
+            .expect("part 2 is text")
+            .to_string();
+        for group in status_groups(&part2).iter().skip(1) {
+            let recipient = field(group, "Final-Recipient").concat();
+            let address = recipient.trim_start_matches("rfc822;").trim().to_string();
+            let status = field(group, "Status").concat();
+            expected.insert((name.clone(), address), status);
+        }
+    }
+    assert!(expected.len() > 60, "{expected:?}");
+    let parsed = crate::dsn::sisimai_dump(&folder);
+    let mut seen = BTreeMap::new();
+    for item in &parsed {
+        let origin = item["origin"].as_str().unwrap_or("");
+        let name = Path::new(origin)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
+        assert_eq!(item["smtpagent"], "RFC3464", "{item}");
+        assert_eq!(item["action"], "failed", "{item}");
+        let address = item["recipient"].as_str().unwrap_or("").to_string();
+        seen.insert(
+            (name, address),
+            item["deliverystatus"].as_str().unwrap_or("").to_string(),
+        );
+    }
+    // Sisimai drops addresses it cannot parse as mailboxes: the two hostile ones (the
+    // path-traversal local part, and the ESC one that the DSN carries as utf-8 xtext).
+    // Every other recipient must come back with our status.
+    let hostile_in_dsn = |a: &str| a.starts_with("../") || a.contains("\\x{1B}");
+    let readable: BTreeMap<_, _> = expected
+        .into_iter()
+        .filter(|((_, address), _)| !hostile_in_dsn(address))
+        .collect();
+    assert!(readable.len() >= 60, "{readable:?}");
+    for (key, status) in &readable {
+        assert_eq!(seen.get(key), Some(status), "{key:?} in Sisimai's reading");
+    }
+}

@@ -218,8 +218,8 @@ fn expected_reason(status: &str) -> Option<&'static str> {
 const INSTALL_HINT: &str = "install libsisimai-perl (apt-get install libsisimai-perl); \
     the DSN interop test needs perl with the Sisimai module";
 
-/// Runs `Sisimai->dump` on a file and returns its JSON array.
-fn sisimai_dump(path: &Path) -> Vec<Value> {
+/// Runs `Sisimai->dump` on a file (or a folder of messages) and returns its JSON array.
+pub fn sisimai_dump(path: &Path) -> Vec<Value> {
     let output = Command::new("perl")
         .args([
             "-MSisimai",
