@@ -528,6 +528,18 @@ fn send_body(
             false,
         );
     }
+    // lettre writes the terminator in a write of its own, which Nagle holds back until the
+    // server acknowledges the body: up to 40 ms per message (measured: 24 msg/s). lettre
+    // gives no access to its socket to set TCP_NODELAY, so a UTF-8 (or ASCII) message goes
+    // out dot-stuffed, terminator included, in one command write. Its result cannot tell a
+    // write from a read failure, so a broken connection there counts as uncertain: the
+    // safe side.
+    let mut stuffed = wire::data_body(content);
+    stuffed.extend_from_slice(wire::DATA_END);
+    if let Ok(whole) = String::from_utf8(stuffed) {
+        let result = session.conn.command(RawData(whole)).map_err(|e| failure(&e));
+        return (result, true);
+    }
     let normalized = wire::normalize_line_ends(content);
     // lettre writes the CRLF before the final dot itself.
     let body = normalized.strip_suffix(b"\r\n").unwrap_or(&normalized);
@@ -538,6 +550,15 @@ fn send_body(
     }));
     let result = session.conn.message_iter(parts).map_err(|e| failure(&e));
     (result, sent.get())
+}
+
+/// A message already dot-stuffed and terminated, written as one "command".
+struct RawData(String);
+
+impl std::fmt::Display for RawData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 fn lost(why: &str, step: &str) -> Outcome {
