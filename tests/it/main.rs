@@ -11,5 +11,6 @@ mod deliver_maildir;
 mod deliver_smtp;
 mod dsn;
 mod exit_codes;
+mod faults;
 mod postfix;
 mod spool;
