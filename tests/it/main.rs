@@ -14,6 +14,7 @@ mod deliver_smtp;
 mod dsn;
 mod exim;
 mod exit_codes;
+mod faults;
 mod postfix;
 mod report_golden;
 mod report_html;
