@@ -48,7 +48,7 @@ where
     };
     match Config::from_cli(cli).and_then(dispatch) {
         Ok(code) => code,
-        Err(err) => render_error(&err),
+        Err(err) => render_error(&ledger::explain_corruption(err)),
     }
 }
 

@@ -537,7 +537,10 @@ fn send_body(
     let mut stuffed = wire::data_body(content);
     stuffed.extend_from_slice(wire::DATA_END);
     if let Ok(whole) = String::from_utf8(stuffed) {
-        let result = session.conn.command(RawData(whole)).map_err(|e| failure(&e));
+        let result = session
+            .conn
+            .command(RawData(whole))
+            .map_err(|e| failure(&e));
         return (result, true);
     }
     let normalized = wire::normalize_line_ends(content);

@@ -165,9 +165,10 @@ impl Tx<'_> {
         rfc_message_id: &str,
         content: &[u8],
     ) -> Result<i64> {
-        self.tx.execute(
+        self.tx.prepare_cached(
             "INSERT INTO dsns (message_id, kind, envelope_to, rfc_message_id, created_at, content) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?.execute(
             params![
                 message_id,
                 kind.as_str(),
@@ -228,10 +229,9 @@ impl Tx<'_> {
                 ..Change::default()
             };
             self.set_state(rcpt, RcptState::Dropped, change)?;
-            self.tx.execute(
-                "UPDATE recipients SET dsn_id = ?1 WHERE id = ?2",
-                params![dsn_id, rcpt.id],
-            )?;
+            self.tx
+                .prepare_cached("UPDATE recipients SET dsn_id = ?1 WHERE id = ?2")?
+                .execute(params![dsn_id, rcpt.id])?;
         }
         Ok(dsn_id)
     }
@@ -254,8 +254,9 @@ impl Tx<'_> {
             content,
         )?;
         for rcpt in warned {
-            let changed = self.tx.execute(
+            let changed = self.tx.prepare_cached(
                 "UPDATE recipients SET delay_dsn_id = ?1 WHERE id = ?2 AND delay_dsn_id IS NULL",
+            )?.execute(
                 params![dsn_id, rcpt.id],
             )?;
             anyhow::ensure!(
@@ -286,18 +287,16 @@ impl Tx<'_> {
                 ..Change::default()
             },
         )?;
-        self.tx.execute(
-            "UPDATE recipients SET dsn_id = ?1 WHERE id = ?2",
-            params![dsn_id, rcpt.id],
-        )?;
+        self.tx
+            .prepare_cached("UPDATE recipients SET dsn_id = ?1 WHERE id = ?2")?
+            .execute(params![dsn_id, rcpt.id])?;
         Ok(())
     }
 
     pub fn mark_dsn_written(&self, dsn_id: i64, path: &Path) -> Result<()> {
-        self.tx.execute(
-            "UPDATE dsns SET written_path = ?1, written_at = ?2 WHERE id = ?3",
-            params![path.to_string_lossy(), timestamp(), dsn_id],
-        )?;
+        self.tx
+            .prepare_cached("UPDATE dsns SET written_path = ?1, written_at = ?2 WHERE id = ?3")?
+            .execute(params![path.to_string_lossy(), timestamp(), dsn_id])?;
         Ok(())
     }
 
@@ -311,11 +310,13 @@ impl Tx<'_> {
         reply: Option<&str>,
     ) -> Result<()> {
         let sent_at = (to == SendState::Sent).then(timestamp);
-        let changed = self.tx.execute(
-            "UPDATE dsns SET send_state = ?1, send_reply = coalesce(?2, send_reply), \
+        let changed = self
+            .tx
+            .prepare_cached(
+                "UPDATE dsns SET send_state = ?1, send_reply = coalesce(?2, send_reply), \
              sent_at = coalesce(?3, sent_at) WHERE id = ?4 AND send_state = ?5",
-            params![to.as_str(), reply, sent_at, dsn_id, from.as_str()],
-        )?;
+            )?
+            .execute(params![to.as_str(), reply, sent_at, dsn_id, from.as_str()])?;
         anyhow::ensure!(
             changed == 1,
             "DSN {dsn_id} is no longer {} in the ledger (changed by another process?)",

@@ -94,6 +94,28 @@ pub enum Inserted {
     Known,
 }
 
+const CORRUPT_HINT: &str = "restore it from a backup, or pass --ledger NEW_PATH and ingest again";
+
+/// Damage met in the middle of a command (a page no earlier check read) is bad data, not
+/// I/O trouble: give it exit 65 and the same words as damage found at open.
+pub fn explain_corruption(err: anyhow::Error) -> anyhow::Error {
+    let corrupt = err.chain().any(|c| {
+        c.downcast_ref::<rusqlite::Error>().is_some_and(|e| {
+            matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            )
+        })
+    });
+    let typed = err
+        .downcast_ref::<Failure>()
+        .is_some_and(|f| f.exit == Exit::DataErr);
+    if !corrupt || typed {
+        return err;
+    }
+    err.context(Failure::new(Exit::DataErr, "the ledger is corrupted").with_hint(CORRUPT_HINT))
+}
+
 /// The ledger's clock for the audit trail: real time, never the `--now` of a what-if.
 pub fn timestamp() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -115,8 +137,28 @@ impl Ledger {
             _lock: Some(lock),
         };
         ledger.configure()?;
+        ledger.check_integrity()?;
         ledger.migrate()?;
         Ok(ledger)
+    }
+
+    /// A writer must not build on a damaged file: SQLite notices damage only on the pages a
+    /// query happens to read, so check them all (cheap next to the work a writer does).
+    fn check_integrity(&self) -> Result<()> {
+        let verdict: String = self
+            .conn
+            .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+            .map_err(|e| self.corrupt_or(e, "cannot check ledger"))?;
+        if verdict == "ok" {
+            return Ok(());
+        }
+        Err(anyhow::Error::new(
+            Failure::new(
+                Exit::DataErr,
+                format!("ledger `{}` is corrupted: {verdict}", self.path.display()),
+            )
+            .with_hint(CORRUPT_HINT),
+        ))
     }
 
     /// Opens an existing ledger to read it; no lock, no migration.
@@ -165,10 +207,13 @@ impl Ledger {
     fn configure(&self) -> Result<()> {
         self.set_busy_timeout()?;
         // WAL: readers (report, status) work while a run writes; synchronous=FULL so a
-        // committed checkpoint survives a power cut, not just a process crash.
+        // committed checkpoint survives a power cut, not just a process crash. A 32 MB page
+        // cache (SQLite's default is 2 MB) keeps the hash-keyed indexes of a big ledger in
+        // memory: with 2 MB, ingest slows down as the ledger grows (measured: 2.2x at 100k).
         self.conn
             .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+                 PRAGMA cache_size = -32768;",
             )
             .map_err(|e| self.corrupt_or(e, "cannot configure ledger"))
     }
@@ -186,7 +231,7 @@ impl Ledger {
                     Exit::DataErr,
                     format!("{msg}: it is corrupted or not a ledger"),
                 )
-                .with_hint("restore it from a backup, or pass --ledger NEW_PATH and ingest again"),
+                .with_hint(CORRUPT_HINT),
             )
         } else {
             anyhow::Error::new(e).context(msg)
@@ -503,11 +548,12 @@ impl Tx<'_> {
     pub fn insert_message(&self, msg: &QueuedMessage, now: &str) -> Result<Inserted> {
         let hash = msg.content_hash().to_hex();
         let env = &msg.envelope;
-        let changed = self.tx.execute(
+        let changed = self.tx.prepare_cached(
             "INSERT OR IGNORE INTO messages (content_hash, source_format, source_path, source_offset, \
              source_len, queue_id, size, sender, sender_from, recipients_from, arrival, arrival_unix, \
              arrival_from, envid, ret, ingested_at, queue_name, mta_hold) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+        )?.execute(
             params![
                 hash,
                 msg.source.format.as_str(),
@@ -576,8 +622,9 @@ impl Tx<'_> {
                 self.event(rid, None, state, Some(note.unwrap_or("ingested")), now)?;
             }
         }
-        self.tx.execute(
+        self.tx.prepare_cached(
             "UPDATE quarantine SET resolved_at = ?1 WHERE source_path = ?2 AND source_offset = ?3 AND resolved_at IS NULL",
+        )?.execute(
             params![now, msg.source.path.to_string_lossy(), msg.source.offset as i64],
         )?;
         Ok(Inserted::New)
@@ -597,9 +644,10 @@ impl Tx<'_> {
 
     /// Records a quarantined item; returns false when it was already recorded.
     pub fn insert_quarantine(&self, item: &Quarantined, now: &str) -> Result<bool> {
-        let changed = self.tx.execute(
+        let changed = self.tx.prepare_cached(
             "INSERT OR IGNORE INTO quarantine (source_format, source_path, source_offset, reason, first_seen) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?.execute(
             params![
                 item.source.format.as_str(),
                 item.source.path.to_string_lossy(),
@@ -622,13 +670,16 @@ impl Tx<'_> {
         } else {
             change.detail
         };
-        let updated = self.tx.execute(
-            "UPDATE recipients SET state = ?1, updated_at = ?2, \
+        let updated = self
+            .tx
+            .prepare_cached(
+                "UPDATE recipients SET state = ?1, updated_at = ?2, \
              reply = coalesce(?3, reply), status = coalesce(?4, status), \
              attempts = attempts + ?5, last_attempt = coalesce(?6, last_attempt), \
              next_attempt = ?9, remote = CASE WHEN ?3 IS NULL THEN remote ELSE ?10 END \
              WHERE id = ?7 AND state = ?8",
-            params![
+            )?
+            .execute(params![
                 to.as_str(),
                 now,
                 reply,
@@ -639,8 +690,7 @@ impl Tx<'_> {
                 rcpt.state.as_str(),
                 change.next_attempt,
                 change.remote,
-            ],
-        )?;
+            ])?;
         if updated != 1 {
             anyhow::bail!(
                 "recipient {} of message {} is no longer {} in the ledger (changed by another process?)",
