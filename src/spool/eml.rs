@@ -56,93 +56,44 @@ pub fn read(path: &Path) -> Result<EmlReader, SpoolError> {
             why: "an eml spool must be a directory of `.eml` files".into(),
         });
     }
-    let mut files = Vec::new();
-    let mut unlistable = Vec::new();
-    let entries = std::fs::read_dir(&root).map_err(|source| SpoolError::Io {
+    let top = list_folder(&root).map_err(|source| SpoolError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    walk(&root, entries, &mut files, &mut unlistable);
-    let jobs = plan(&root, files, unlistable);
     Ok(EmlReader {
-        jobs: jobs.into_iter(),
+        root,
+        folders: vec![top],
     })
 }
 
-/// Collects every non-hidden file below a folder; folders that cannot be listed are kept
-/// with their error so they can be quarantined, not silently skipped.
-fn walk(
-    dir: &Path,
-    entries: std::fs::ReadDir,
-    files: &mut Vec<PathBuf>,
-    unlistable: &mut Vec<Job>,
-) {
-    for entry in entries {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) => {
-                unlistable.push(Job::Unlistable {
-                    path: dir.to_path_buf(),
-                    reason: format!("cannot list folder: {e}"),
-                });
-                return;
-            }
-        };
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        let is_real_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        if !is_real_dir {
-            files.push(path);
-            continue;
-        }
-        match std::fs::read_dir(&path) {
-            Ok(sub) => walk(&path, sub, files, unlistable),
-            Err(e) => unlistable.push(Job::Unlistable {
-                reason: format!("cannot list folder: {e}"),
-                path,
-            }),
+/// One folder being read: its entries in name order (names only, so a folder of a
+/// million messages costs tens of megabytes, not the whole tree's paths).
+struct Folder {
+    dir: PathBuf,
+    names: std::vec::IntoIter<std::ffi::OsString>,
+    /// Stems of this folder's `.eml` files, to find sidecars without one.
+    eml_stems: HashSet<std::ffi::OsString>,
+}
+
+fn list_folder(dir: &Path) -> std::io::Result<Folder> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if !name.to_string_lossy().starts_with('.') {
+            names.push(name);
         }
     }
-}
-
-#[derive(Debug)]
-enum Job {
-    Message { path: PathBuf, queue_id: String },
-    OrphanSidecar(PathBuf),
-    Unlistable { path: PathBuf, reason: String },
-}
-
-impl Job {
-    fn path(&self) -> &Path {
-        match self {
-            Job::Message { path, .. } | Job::OrphanSidecar(path) | Job::Unlistable { path, .. } => {
-                path
-            }
-        }
-    }
-}
-
-fn plan(root: &Path, files: Vec<PathBuf>, unlistable: Vec<Job>) -> Vec<Job> {
-    let eml_stems: HashSet<PathBuf> = files
+    names.sort();
+    let eml_stems = names
         .iter()
-        .filter(|p| has_extension(p, "eml"))
-        .map(|p| p.with_extension(""))
+        .filter(|n| has_extension(Path::new(n), "eml"))
+        .filter_map(|n| Path::new(n).file_stem().map(|s| s.to_os_string()))
         .collect();
-    let mut jobs = unlistable;
-    for path in files {
-        if has_extension(&path, "eml") {
-            let queue_id = queue_id(root, &path);
-            jobs.push(Job::Message { path, queue_id });
-        } else if path.extension() == Some(OsStr::new("json"))
-            && !eml_stems.contains(&path.with_extension(""))
-        {
-            jobs.push(Job::OrphanSidecar(path));
-        }
-    }
-    jobs.sort_by(|a, b| a.path().cmp(b.path()));
-    jobs
+    Ok(Folder {
+        dir: dir.to_path_buf(),
+        names: names.into_iter(),
+        eml_stems,
+    })
 }
 
 /// The path below the spool folder, without `.eml`, with `/` separators.
@@ -155,27 +106,47 @@ fn queue_id(root: &Path, path: &Path) -> String {
         .join("/")
 }
 
-/// Streams the messages of one eml folder.
+/// Streams the messages of one eml folder, depth first in path order, one folder listing
+/// per level in memory. Folders that cannot be listed are quarantined, not skipped.
 pub struct EmlReader {
-    jobs: std::vec::IntoIter<Job>,
+    root: PathBuf,
+    folders: Vec<Folder>,
 }
 
 impl Iterator for EmlReader {
     type Item = SpoolItem;
 
     fn next(&mut self) -> Option<SpoolItem> {
-        Some(match self.jobs.next()? {
-            Job::Message { path, queue_id } => message(&path, queue_id),
-            Job::OrphanSidecar(path) => quarantine(
-                &path,
-                "sidecar has no matching `.eml` file (check its name)".into(),
-            ),
-            Job::Unlistable { path, reason } => quarantine(&path, reason),
-        })
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.jobs.size_hint()
+        loop {
+            let folder = self.folders.last_mut()?;
+            let Some(name) = folder.names.next() else {
+                self.folders.pop();
+                continue;
+            };
+            let path = folder.dir.join(&name);
+            // Symlinked folders are not followed: `symlink_metadata` sees the link itself.
+            let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+            if is_dir {
+                match list_folder(&path) {
+                    Ok(sub) => self.folders.push(sub),
+                    Err(e) => return Some(quarantine(&path, format!("cannot list folder: {e}"))),
+                }
+                continue;
+            }
+            if has_extension(&path, "eml") {
+                let queue_id = queue_id(&self.root, &path);
+                return Some(message(&path, queue_id));
+            }
+            let stem = Path::new(&name).file_stem().map(|s| s.to_os_string());
+            if path.extension() == Some(OsStr::new("json"))
+                && !stem.is_some_and(|s| folder.eml_stems.contains(&s))
+            {
+                return Some(quarantine(
+                    &path,
+                    "sidecar has no matching `.eml` file (check its name)".into(),
+                ));
+            }
+        }
     }
 }
 
