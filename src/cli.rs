@@ -124,7 +124,7 @@ pub struct Pace {
     #[arg(long, value_name = "N/s")]
     pub rate: Option<String>,
 
-    /// Messages per batch (one ledger checkpoint each)
+    /// Messages taken from the ledger at a time (each is recorded as soon as the store answers)
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub batch_size: usize,
 
