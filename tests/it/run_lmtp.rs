@@ -292,7 +292,18 @@ fn kill_users(trial: usize) -> Vec<String> {
 
 /// Starts a paced LMTP run of a fresh mini spool, SIGKILLs it after `delay`, then runs
 /// again with `policy`; returns the ledger's dir and what status says.
-fn kill_then_rerun(host: &MailHost, trial: usize, delay: Duration, policy: &str) -> Cli {
+/// How a trial's first run dies.
+#[derive(Debug, Clone, Copy)]
+enum Kill {
+    /// SIGKILL after a delay: wherever the run happens to be.
+    After(Duration),
+    /// Abort right after the store accepted the Nth message and before the ledger heard
+    /// of it: the widest in-flight window there is, hit on purpose (the random kills
+    /// rarely land in it, since each message is in flight only while it is handed over).
+    AfterStore(u32),
+}
+
+fn kill_then_rerun(host: &MailHost, trial: usize, kill: Kill, policy: &str) -> Cli {
     let cli = Cli::new();
     let users = kill_users(trial);
     let mails = minispool::plain_spool(KILL_MESSAGES, |i| {
@@ -300,22 +311,42 @@ fn kill_then_rerun(host: &MailHost, trial: usize, delay: Duration, policy: &str)
     });
     minispool::ingest(&cli, &mails);
     let store = host.tcp_store();
-    let mut child = cli.spawn(&minispool::run_args(
-        &cli,
-        &store,
-        &["--rate", "20/s", "--batch-size", "5"],
-    ));
-    std::thread::sleep(delay);
-    child.kill().expect("kill -9");
-    let status = child.wait().expect("wait");
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(9),
-        "trial {trial}: the run ended before the kill after {delay:?}"
-    );
+    let args = minispool::run_args(&cli, &store, &["--rate", "20/s", "--batch-size", "5"]);
+    match kill {
+        Kill::After(delay) => {
+            let mut child = cli.spawn(&args);
+            std::thread::sleep(delay);
+            child.kill().expect("kill -9");
+            let status = child.wait().expect("wait");
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(9),
+                "trial {trial}: the run ended before the kill after {delay:?}"
+            );
+        }
+        Kill::AfterStore(n) => {
+            let spec = format!("after-store:{n}");
+            let out = cli.run_env(&args, &[("SPOOLREPLAY_CRASH_AT", &spec)]);
+            assert!(
+                out.signal.is_some(),
+                "trial {trial}: {spec} did not crash: {out:?}"
+            );
+        }
+    }
     let out = cli.run(&minispool::run_args(&cli, &store, &["--uncertain", policy]));
     check(&out, 0);
     cli
+}
+
+/// Trial 0 crashes in the in-flight window on purpose; the others are killed at seeded
+/// random moments.
+fn kill_for(trial: usize, rng: &mut Rng) -> Kill {
+    let delay = Duration::from_millis(250 + rng.below(1000));
+    if trial == 0 {
+        Kill::AfterStore(3)
+    } else {
+        Kill::After(delay)
+    }
 }
 
 /// Per recipient: copies in Dovecot, and whether its events went through `uncertain`.
@@ -356,7 +387,7 @@ fn run_lmtp_kill_9_then_redeliver_duplicates_only_uncertain_recipients() {
     let mut rng = Rng::new(4_2023);
     let mut uncertain_seen = 0;
     for trial in 0..3 {
-        let delay = Duration::from_millis(250 + rng.below(1000));
+        let delay = kill_for(trial, &mut rng);
         let cli = kill_then_rerun(&host, trial, delay, "redeliver");
         let status = cli.status();
         assert_eq!(
@@ -394,7 +425,7 @@ fn run_lmtp_kill_9_then_hold_reports_uncertain_and_duplicates_nothing() {
     let mut rng = Rng::new(9_2023);
     let mut uncertain_seen = 0;
     for trial in 0..3 {
-        let delay = Duration::from_millis(250 + rng.below(1000));
+        let delay = kill_for(trial, &mut rng);
         let cli = kill_then_rerun(&host, trial, delay, "hold");
         let status = cli.status();
         let mut uncertain_now = 0;
