@@ -14,10 +14,36 @@ use spoolreplay::deliver::lmtp::LmtpTarget;
 
 /// The unprivileged owner of delivered mail.
 const MAIL_UID: u32 = 5000;
-pub const HOSTNAME: &str = "mx.example.test";
+/// The name Dovecot greets with (and so the DSNs' `Remote-MTA`).
+pub const HOSTNAME: &str = "store.example.test";
 
 /// One install attempt at a time across the test threads.
 static INSTALL: Mutex<()> = Mutex::new(());
+
+/// One mailbox Dovecot knows.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// Lowercased `local@domain`.
+    pub address: String,
+    /// A Dovecot quota rule value (`1K`), or none.
+    pub quota: Option<String>,
+}
+
+impl User {
+    pub fn new(address: &str) -> User {
+        User {
+            address: address.to_ascii_lowercase(),
+            quota: None,
+        }
+    }
+
+    pub fn with_quota(address: &str, quota: &str) -> User {
+        User {
+            quota: Some(quota.to_string()),
+            ..User::new(address)
+        }
+    }
+}
 
 pub struct Dovecot {
     dir: tempfile::TempDir,
@@ -29,6 +55,18 @@ impl Dovecot {
     /// Starts a Dovecot with users alice, bob, carol and `full` (20K quota, tempfail).
     #[track_caller]
     pub fn start() -> Dovecot {
+        Dovecot::start_with(&[
+            User::new("alice@example.test"),
+            User::new("bob@example.test"),
+            User::new("carol@example.test"),
+            User::with_quota("full@example.test", "20K"),
+        ])
+    }
+
+    /// Starts a Dovecot knowing `users`, with `quota_full_tempfail = yes` so a full
+    /// mailbox answers 452 4.2.2.
+    #[track_caller]
+    pub fn start_with(users: &[User]) -> Dovecot {
         ensure_installed();
         let dir = tempfile::tempdir().expect("temp dir for dovecot");
         // Dovecot's processes run as other users: they must reach the folder.
@@ -39,15 +77,7 @@ impl Dovecot {
         std::fs::create_dir(&mail).expect("mail folder");
         std::os::unix::fs::chown(&mail, Some(MAIL_UID), Some(MAIL_UID)).expect("chown mail folder");
         let port = free_port();
-        let users = root.join("users");
-        std::fs::write(
-            &users,
-            "alice@example.test:{PLAIN}secret::::::\n\
-             bob@example.test:{PLAIN}secret::::::\n\
-             carol@example.test:{PLAIN}secret::::::\n\
-             full@example.test:{PLAIN}secret::::::userdb_quota_rule=*:storage=20K\n",
-        )
-        .expect("users file");
+        std::fs::write(root.join("users"), users_file(users)).expect("users file");
         let conf = root.join("dovecot.conf");
         std::fs::write(&conf, config(root, port)).expect("dovecot.conf");
         let stderr = std::fs::File::create(root.join("dovecot.stderr")).expect("stderr file");
@@ -153,6 +183,19 @@ impl Drop for Dovecot {
     }
 }
 
+fn users_file(users: &[User]) -> String {
+    users
+        .iter()
+        .map(|u| match &u.quota {
+            Some(q) => format!(
+                "{}:{{PLAIN}}secret::::::userdb_quota_rule=*:storage={q}\n",
+                u.address
+            ),
+            None => format!("{}:{{PLAIN}}secret::::::\n", u.address),
+        })
+        .collect()
+}
+
 fn config(root: &Path, port: u16) -> String {
     let r = root.display();
     format!(
@@ -167,6 +210,8 @@ hostname = {HOSTNAME}
 first_valid_uid = 1
 mail_location = maildir:~/Maildir
 mail_plugins = quota
+# Test mail need not survive a power cut; fsync per delivery only slows the tests.
+mail_fsync = never
 quota_full_tempfail = yes
 recipient_delimiter = +
 passdb {{
@@ -183,6 +228,7 @@ plugin {{
   quota_vsizes = yes
 }}
 service lmtp {{
+  process_min_avail = 1
   inet_listener lmtp {{
     address = 127.0.0.1
     port = {port}
