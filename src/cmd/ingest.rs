@@ -9,13 +9,21 @@ use crate::ledger::{self, Inserted, Ledger};
 use crate::report::progress::Progress;
 use crate::report::{Printer, json as events};
 use crate::sanitize::for_terminal;
-use crate::spool::{self, SpoolError, SpoolItem};
+use crate::spool::{self, ContentHash, Quarantined, QueuedMessage, SpoolError, SpoolItem};
 
 /// Items per ledger transaction: big enough to be fast, small enough that a crash loses
 /// little work (ingest is idempotent, so lost work is only redone).
 const ITEMS_PER_COMMIT: usize = 1000;
 /// ... or this many message bytes, whichever comes first.
 const BYTES_PER_COMMIT: usize = 64 << 20;
+/// Items read ahead of the ledger writer.
+const READ_AHEAD: usize = 8;
+
+/// An item from the spool; a message comes with its content hash.
+enum Read {
+    Message(Box<QueuedMessage>, ContentHash),
+    Quarantined(Quarantined),
+}
 
 #[derive(Debug, Default)]
 struct Tally {
@@ -49,49 +57,68 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
 
     let mut tally = Tally::default();
     let mut progress = Progress::new(&output, "items", 0);
-    let mut reader = reader.peekable();
-    while reader.peek().is_some() {
-        let now = ledger::timestamp();
-        // One transaction per chunk, items consumed one at a time: memory holds one
-        // message, however many the chunk commits.
-        let (items, fresh) = ledger.write(|tx| {
-            let (mut items, mut bytes, mut fresh) = (0usize, 0usize, Vec::new());
-            while items < ITEMS_PER_COMMIT && bytes < BYTES_PER_COMMIT {
-                let Some(item) = reader.next() else { break };
-                items += 1;
-                match item {
+    // Reading, parsing and hashing run on their own thread while this one writes the
+    // ledger; the channel holds a few items, so memory stays a few messages deep.
+    let (items_tx, items_rx) = std::sync::mpsc::sync_channel::<Read>(READ_AHEAD);
+    std::thread::scope(|scope| -> Result<()> {
+        scope.spawn(move || {
+            for item in reader {
+                let read = match item {
                     SpoolItem::Message(m) => {
-                        tally.messages += 1;
-                        bytes += m.content.len();
-                        match tx.insert_message(&m, &now)? {
-                            Inserted::New => {
-                                tally.new += 1;
-                                tally.recipients += m.envelope.recipients.len() as u64;
-                            }
-                            Inserted::Known => tally.known += 1,
-                        }
+                        let hash = m.content_hash();
+                        Read::Message(Box::new(m), hash)
                     }
-                    SpoolItem::Quarantined(q) => {
-                        tally.quarantined += 1;
-                        if tx.insert_quarantine(&q, &now)? {
-                            tally.new_quarantined += 1;
-                            fresh.push(q);
+                    SpoolItem::Quarantined(q) => Read::Quarantined(q),
+                };
+                if items_tx.send(read).is_err() {
+                    return; // the writer stopped (an error): nothing left to do
+                }
+            }
+        });
+        let mut items = items_rx.iter().peekable();
+        while items.peek().is_some() {
+            let now = ledger::timestamp();
+            // One transaction per chunk, items consumed one at a time.
+            let (count, fresh) = ledger.write(|tx| {
+                let (mut count, mut bytes, mut fresh) = (0usize, 0usize, Vec::new());
+                while count < ITEMS_PER_COMMIT && bytes < BYTES_PER_COMMIT {
+                    let Some(read) = items.next() else { break };
+                    count += 1;
+                    match read {
+                        Read::Message(m, hash) => {
+                            tally.messages += 1;
+                            bytes += m.content.len();
+                            match tx.insert_message(&m, &hash, &now)? {
+                                Inserted::New => {
+                                    tally.new += 1;
+                                    tally.recipients += m.envelope.recipients.len() as u64;
+                                }
+                                Inserted::Known => tally.known += 1,
+                            }
+                        }
+                        Read::Quarantined(q) => {
+                            tally.quarantined += 1;
+                            if tx.insert_quarantine(&q, &now)? {
+                                tally.new_quarantined += 1;
+                                fresh.push(q);
+                            }
                         }
                     }
                 }
+                Ok((count, fresh))
+            })?;
+            for q in &fresh {
+                printer.warn(&format!(
+                    "quarantined {}: {}",
+                    for_terminal(&q.source.to_string()),
+                    for_terminal(&q.reason)
+                ));
+                printer.event(&events::quarantined_item(q))?;
             }
-            Ok((items, fresh))
-        })?;
-        for q in &fresh {
-            printer.warn(&format!(
-                "quarantined {}: {}",
-                for_terminal(&q.source.to_string()),
-                for_terminal(&q.reason)
-            ));
-            printer.event(&events::quarantined_item(q))?;
+            progress.add(count as u64, "");
         }
-        progress.add(items as u64, "");
-    }
+        Ok(())
+    })?;
     progress.finish();
 
     printer.event(&json!({

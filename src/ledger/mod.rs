@@ -20,7 +20,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::address::ReversePath;
 use crate::exit::{Exit, Failure, failure};
-use crate::spool::{Prior, Quarantined, QueuedMessage, SourceRef, SpoolFormat};
+use crate::spool::{ContentHash, Prior, Quarantined, QueuedMessage, SourceRef, SpoolFormat};
 pub use dsns::{DsnFilter, DsnKind, DsnRow, SendState};
 pub use state::RcptState;
 
@@ -545,8 +545,15 @@ pub struct Change<'a> {
 impl Tx<'_> {
     /// Adds a message and its recipients (state pending), unless the same content from the
     /// same source is already there. Clears a quarantine entry for that source.
-    pub fn insert_message(&self, msg: &QueuedMessage, now: &str) -> Result<Inserted> {
-        let hash = msg.content_hash().to_hex();
+    /// `hash` is `msg.content_hash()`, taken by the caller (ingest hashes on its reader
+    /// thread, while this thread writes).
+    pub fn insert_message(
+        &self,
+        msg: &QueuedMessage,
+        hash: &ContentHash,
+        now: &str,
+    ) -> Result<Inserted> {
+        let hash = hash.to_hex();
         let env = &msg.envelope;
         let changed = self.tx.prepare_cached(
             "INSERT OR IGNORE INTO messages (content_hash, source_format, source_path, source_offset, \

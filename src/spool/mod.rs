@@ -228,7 +228,7 @@ pub enum SpoolItem {
 }
 
 /// A stream of spool items. Boxed so `cmd::ingest` does not care about the format.
-pub type SpoolReader = Box<dyn Iterator<Item = SpoolItem>>;
+pub type SpoolReader = Box<dyn Iterator<Item = SpoolItem> + Send>;
 
 /// Failures to open a spool at all (a single bad item is quarantined instead).
 #[derive(Debug, thiserror::Error)]
