@@ -80,25 +80,59 @@ impl Dovecot {
         std::fs::write(root.join("users"), users_file(users)).expect("users file");
         let conf = root.join("dovecot.conf");
         std::fs::write(&conf, config(root, port)).expect("dovecot.conf");
+        let d = Dovecot { dir, conf, port };
+        d.launch();
+        d
+    }
+
+    /// Starts the daemon with this instance's config and waits until LMTP answers.
+    #[track_caller]
+    fn launch(&self) {
+        let root = self.root();
         let stderr = std::fs::File::create(root.join("dovecot.stderr")).expect("stderr file");
         let stdout = stderr.try_clone().expect("stderr file");
         // Dovecot's log child keeps stdout/stderr open: never a pipe.
         let status = Command::new("dovecot")
             .arg("-c")
-            .arg(&conf)
+            .arg(&self.conf)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .status()
             .expect("run dovecot");
-        let d = Dovecot { dir, conf, port };
         assert!(
             status.success(),
             "dovecot did not start: {}",
-            d.diagnostics()
+            self.diagnostics()
         );
-        d.wait_ready();
-        d
+        self.wait_ready();
+    }
+
+    /// Stops the daemon (the store goes away); `restart` brings it back on the same port,
+    /// with the same mailboxes.
+    #[track_caller]
+    pub fn stop(&self) {
+        let status = Command::new("doveadm")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("stop")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run doveadm stop");
+        assert!(status.success(), "doveadm stop failed");
+        // Until nothing listens any more.
+        let until = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(Instant::now() < until, "dovecot still listens after stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    #[track_caller]
+    pub fn restart(&self) {
+        self.launch();
     }
 
     pub fn root(&self) -> &Path {

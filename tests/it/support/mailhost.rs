@@ -62,6 +62,16 @@ impl MailHost {
     pub fn log(&self) -> String {
         self.dovecot.log()
     }
+
+    /// The store goes away mid-run…
+    pub fn stop(&self) {
+        self.dovecot.stop();
+    }
+
+    /// …and comes back on the same port.
+    pub fn restart(&self) {
+        self.dovecot.restart();
+    }
 }
 
 /// The message as stored, without the trace headers Dovecot's LMTP prepends: one
