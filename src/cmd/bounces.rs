@@ -1,6 +1,5 @@
 //! `spoolreplay bounces`: the DSNs made and owed; show, preview, send or write them.
 
-use std::io::Write;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
@@ -25,7 +24,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
     let printer = Printer::new(output);
     match cfg {
         BouncesConfig::List => list(&printer, &Ledger::open_read(ledger_path)?),
-        BouncesConfig::Show(id) => show(&Ledger::open_read(ledger_path)?, id),
+        BouncesConfig::Show(id) => show(&printer, &Ledger::open_read(ledger_path)?, id),
         BouncesConfig::Preview {
             queue_id,
             incident,
@@ -149,17 +148,14 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
     }
 }
 
-fn show(ledger: &Ledger, id: i64) -> Result<Exit> {
+fn show(printer: &Printer, ledger: &Ledger, id: i64) -> Result<Exit> {
     let Some(bytes) = ledger.dsn_content(id)? else {
         return Err(failure(
             Exit::NoInput,
             format!("there is no DSN {id} in the ledger"),
         ));
     };
-    // The DSN is our own output, built 7-bit clean (or UTF-8 for SMTPUTF8 originals) with
-    // untrusted text escaped, so it goes out byte for byte.
-    let mut out = std::io::stdout().lock();
-    out.write_all(&bytes)?;
+    printer.message(&bytes)?;
     Ok(Exit::Done)
 }
 
@@ -295,7 +291,7 @@ fn preview(
             work.message.sender.as_str(),
             Local::now().fixed_offset(),
         )?;
-        std::io::stdout().lock().write_all(&bytes)?;
+        printer.message(&bytes)?;
     }
     Ok(Exit::Done)
 }

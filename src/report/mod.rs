@@ -52,6 +52,17 @@ impl Printer {
         Ok(())
     }
 
+    /// A whole message (a DSN) on stdout: byte for byte into a pipe or file, for tools; on
+    /// a terminal line by line through the sanitizer, since the returned original carries
+    /// a stranger's headers, which may hold terminal escapes.
+    pub fn message(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        if !io::IsTerminal::is_terminal(&out) {
+            return out.write_all(bytes);
+        }
+        out.write_all(message_for_terminal(bytes).as_bytes())
+    }
+
     /// A note for people on stderr (not with `--quiet`).
     pub fn note(&self, text: &str) {
         if !self.output.quiet() {
@@ -71,5 +82,26 @@ impl Printer {
         if matches!(self.output.verbosity, crate::config::Verbosity::Verbose(_)) {
             eprintln!("{text}");
         }
+    }
+}
+
+/// A message made safe to show: each line through the sanitizer, line ends kept.
+pub fn message_for_terminal(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for line in bytes.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        out.push_str(&crate::sanitize::bytes_for_terminal(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_message_on_a_terminal_keeps_its_lines_but_loses_its_escapes() {
+        let shown = super::message_for_terminal(b"Subject: \x1b[2Jhi\r\nX: \x9b1m\r\n\r\nbody");
+        assert_eq!(shown, "Subject: \\x1b[2Jhi\nX: \\x9b1m\n\nbody\n");
+        assert!(!shown.contains('\x1b'));
     }
 }
