@@ -2,10 +2,11 @@
 //! and never twice, even across kill -9; delay warnings; postmaster copies; preview; write.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::support::sink::{Sink, header};
-use crate::support::{Cli, check, sha256_file};
+use crate::support::{Cli, Rng, check, drill_trials, run_trials, sha256_file};
 
 /// Runs the sample without an outbox: DSNs are made and kept in the ledger (exit 75).
 fn run_without_outbox(cli: &Cli) {
@@ -174,6 +175,102 @@ fn kill_during_send_never_sends_a_dsn_twice_and_reports_the_uncertain() {
             );
         }
     }
+}
+
+/// A ledger whose run made DSNs but sent none, copied once per trial (ledger file and WAL)
+/// so that twenty trials do not ingest and run twenty times.
+fn unsent_dsns() -> Cli {
+    static PREPARED: std::sync::OnceLock<Vec<(&'static str, Vec<u8>)>> = std::sync::OnceLock::new();
+    let files = PREPARED.get_or_init(|| {
+        let cli = Cli::new();
+        run_without_outbox(&cli);
+        ["", "-wal"]
+            .into_iter()
+            .filter_map(|suffix| {
+                let path = PathBuf::from(format!("{}{suffix}", cli.ledger.display()));
+                path.exists()
+                    .then(|| (suffix, std::fs::read(&path).expect("read the ledger")))
+            })
+            .collect()
+    });
+    let cli = Cli::new();
+    for (suffix, bytes) in files {
+        let to = PathBuf::from(format!("{}{suffix}", cli.ledger.display()));
+        std::fs::write(&to, bytes).expect("copy the prepared ledger");
+    }
+    cli
+}
+
+/// `kill -9` at seeded random moments of a paced `bounces send` (20 trials in CI, more with
+/// `SPOOLREPLAY_DRILL_TRIALS`): sending again never sends a DSN twice; the one DSN that
+/// may have been in flight is uncertain, reported by the next send, and sent again only
+/// when the operator asks.
+#[test]
+fn kill_9_at_random_moments_of_send_never_sends_a_dsn_twice() {
+    run_trials(drill_trials(20), 4, |trial| {
+        let cli = unsent_dsns();
+        let ids = dsn_message_ids(&cli);
+        let sink = Sink::start(&cli.at("sink"));
+        let mut rng = Rng::new(3464 + trial as u64);
+        // 50 DSNs a second: the whole send takes longer than the latest kill.
+        let delay = Duration::from_millis(50 + rng.below(ids.len() as u64 * 20 - 100));
+        let mut child = cli.spawn(&["bounces", "send", "--rate", "50/s", "--relay", &sink.url()]);
+        std::thread::sleep(delay);
+        child.kill().expect("kill -9");
+        let status = child.wait().expect("wait");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "trial {trial}: the send ended before the kill after {delay:?}"
+        );
+
+        let again = cli.run(&["--json", "bounces", "send", "--relay", &sink.url()]);
+        check(&again, 0);
+        let states = send_states(&cli);
+        let got = received(&sink);
+        let uncertain: Vec<i64> = states
+            .iter()
+            .filter(|(_, s)| s.as_str() == "uncertain")
+            .map(|(id, _)| *id)
+            .collect();
+        assert!(
+            uncertain.len() <= 1,
+            "trial {trial} ({delay:?}): more than the DSN in flight is uncertain: {states:?}"
+        );
+        assert_eq!(
+            again.event("send_summary")["recovered_uncertain"],
+            uncertain.len() as u64,
+            "trial {trial} ({delay:?}): the uncertain DSN is reported"
+        );
+        for (id, state) in &states {
+            let count = got.get(&ids[id]).copied().unwrap_or(0);
+            match state.as_str() {
+                "sent" => assert_eq!(count, 1, "trial {trial} ({delay:?}): DSN {id}"),
+                "uncertain" => assert!(count <= 1, "trial {trial} ({delay:?}): DSN {id}"),
+                other => panic!("trial {trial} ({delay:?}): DSN {id} left {other}"),
+            }
+        }
+
+        check(
+            &cli.run(&[
+                "bounces",
+                "send",
+                "--relay",
+                &sink.url(),
+                "--resend-uncertain",
+            ]),
+            0,
+        );
+        let got = received(&sink);
+        for (id, message_id) in &ids {
+            let count = got.get(message_id).copied().unwrap_or(0);
+            let limit = if uncertain.contains(id) { 2 } else { 1 };
+            assert!(
+                (1..=limit).contains(&count),
+                "trial {trial} ({delay:?}): DSN {id} arrived {count} times"
+            );
+        }
+    });
 }
 
 /// A small spool in `dir`: (name, sidecar JSON, message).

@@ -5,16 +5,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta};
+use serde_json::Value;
 
 use crate::support::mailhost::{HOSTNAME, MailHost, User, as_stored, without_trace};
 use crate::support::minispool::{
     self, Mail, copies_of, dsn_recipient_fields, message_id, outbox_dsns, state_paths,
 };
 use crate::support::{
-    Cli, LedgerRecipient, NOW, Rng, check, incident, ingested, ledger_recipients,
+    Cli, LedgerRecipient, NOW, Rng, check, drill_trials, incident, ingested, ledger_recipients,
+    run_trials,
 };
 
 /// Left out of Dovecot's users: their mail is refused with 550 5.1.1.
@@ -290,8 +293,6 @@ fn kill_users(trial: usize) -> Vec<String> {
         .collect()
 }
 
-/// Starts a paced LMTP run of a fresh mini spool, SIGKILLs it after `delay`, then runs
-/// again with `policy`; returns the ledger's dir and what status says.
 /// How a trial's first run dies.
 #[derive(Debug, Clone, Copy)]
 enum Kill {
@@ -303,7 +304,24 @@ enum Kill {
     AfterStore(u32),
 }
 
-fn kill_then_rerun(host: &MailHost, trial: usize, kill: Kill, policy: &str) -> Cli {
+/// Seeded kill trials per policy: 20 in CI, `SPOOLREPLAY_DRILL_TRIALS` in a slow pass.
+fn lmtp_trials() -> usize {
+    drill_trials(20)
+}
+
+/// One Dovecot with the users of every trial.
+fn kill_host() -> MailHost {
+    MailHost::start(
+        &(0..lmtp_trials())
+            .flat_map(kill_users)
+            .map(|a| User::new(&a))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Starts a paced LMTP run of a fresh mini spool, kills it as `kill` says, then runs again
+/// with `policy`; returns the ledger's dir and the second run's summary.
+fn kill_then_rerun(host: &MailHost, trial: usize, kill: Kill, policy: &str) -> (Cli, Value) {
     let cli = Cli::new();
     let users = kill_users(trial);
     let mails = minispool::plain_spool(KILL_MESSAGES, |i| {
@@ -335,12 +353,14 @@ fn kill_then_rerun(host: &MailHost, trial: usize, kill: Kill, policy: &str) -> C
     }
     let out = cli.run(&minispool::run_args(&cli, &store, &["--uncertain", policy]));
     check(&out, 0);
-    cli
+    let summary = out.event("run_summary");
+    (cli, summary)
 }
 
 /// Trial 0 crashes in the in-flight window on purpose; the others are killed at seeded
-/// random moments.
-fn kill_for(trial: usize, rng: &mut Rng) -> Kill {
+/// random moments (the seed is the drill's plus the trial number).
+fn kill_for(trial: usize, seed: u64) -> Kill {
+    let mut rng = Rng::new(seed + trial as u64);
     let delay = Duration::from_millis(250 + rng.below(1000));
     if trial == 0 {
         Kill::AfterStore(3)
@@ -376,79 +396,90 @@ fn copies_and_uncertainty(
         .collect()
 }
 
+/// The recipients a kill left uncertain lie within the in-flight window — with one
+/// worker, the message being handed over plus the one marked next (two recipients each)
+/// — and the run after the kill reports each of them, as recovered and as uncertain.
+#[track_caller]
+fn assert_uncertain_window_reported(trial: usize, kill: Kill, uncertain: u64, summary: &Value) {
+    assert!(
+        uncertain <= 4,
+        "trial {trial} ({kill:?}): {uncertain} recipients uncertain, more than the in-flight window"
+    );
+    assert_eq!(
+        summary["uncertain"], uncertain,
+        "trial {trial} ({kill:?}): {summary}"
+    );
+    assert_eq!(
+        summary["recovered_in_flight"], uncertain,
+        "trial {trial} ({kill:?}): {summary}"
+    );
+}
+
 #[test]
 fn run_lmtp_kill_9_then_redeliver_duplicates_only_uncertain_recipients() {
-    let host = MailHost::start(
-        &(0..3)
-            .flat_map(kill_users)
-            .map(|a| User::new(&a))
-            .collect::<Vec<_>>(),
-    );
-    let mut rng = Rng::new(4_2023);
-    let mut uncertain_seen = 0;
-    for trial in 0..3 {
-        let delay = kill_for(trial, &mut rng);
-        let cli = kill_then_rerun(&host, trial, delay, "redeliver");
+    let host = kill_host();
+    let uncertain_seen = AtomicU64::new(0);
+    run_trials(lmtp_trials(), 4, |trial| {
+        let kill = kill_for(trial, 4_2023);
+        let (cli, summary) = kill_then_rerun(&host, trial, kill, "redeliver");
         let status = cli.status();
         assert_eq!(
             status["states"]["delivered"],
             (KILL_MESSAGES * 2) as u64,
             "{status}"
         );
+        let mut uncertain_now = 0;
         for (who, copies, uncertain, state) in copies_and_uncertainty(&host, &cli, trial) {
-            assert_eq!(state, "delivered", "trial {trial} ({delay:?}): {who}");
+            assert_eq!(state, "delivered", "trial {trial} ({kill:?}): {who}");
             assert!(
                 (1..=2).contains(&copies),
-                "trial {trial} ({delay:?}): {who} has {copies} copies"
+                "trial {trial} ({kill:?}): {who} has {copies} copies"
             );
             assert!(
                 copies == 1 || uncertain,
-                "trial {trial} ({delay:?}): {who} has two copies but was never uncertain"
+                "trial {trial} ({kill:?}): {who} has two copies but was never uncertain"
             );
-            uncertain_seen += usize::from(uncertain);
+            uncertain_now += u64::from(uncertain);
         }
-    }
+        assert_uncertain_window_reported(trial, kill, uncertain_now, &summary);
+        uncertain_seen.fetch_add(uncertain_now, Ordering::SeqCst);
+    });
     assert!(
-        uncertain_seen > 0,
+        uncertain_seen.into_inner() > 0,
         "no kill landed while a delivery was in flight"
     );
 }
 
 #[test]
 fn run_lmtp_kill_9_then_hold_reports_uncertain_and_duplicates_nothing() {
-    let host = MailHost::start(
-        &(0..3)
-            .flat_map(kill_users)
-            .map(|a| User::new(&a))
-            .collect::<Vec<_>>(),
-    );
-    let mut rng = Rng::new(9_2023);
-    let mut uncertain_seen = 0;
-    for trial in 0..3 {
-        let delay = kill_for(trial, &mut rng);
-        let cli = kill_then_rerun(&host, trial, delay, "hold");
+    let host = kill_host();
+    let uncertain_seen = AtomicU64::new(0);
+    run_trials(lmtp_trials(), 4, |trial| {
+        let kill = kill_for(trial, 9_2023);
+        let (cli, summary) = kill_then_rerun(&host, trial, kill, "hold");
         let status = cli.status();
         let mut uncertain_now = 0;
         for (who, copies, uncertain, state) in copies_and_uncertainty(&host, &cli, trial) {
             if uncertain {
-                assert_eq!(state, "uncertain", "trial {trial} ({delay:?}): {who}");
+                assert_eq!(state, "uncertain", "trial {trial} ({kill:?}): {who}");
                 assert!(copies <= 1, "trial {trial}: {who} has {copies} copies");
                 uncertain_now += 1;
             } else {
-                assert_eq!(state, "delivered", "trial {trial} ({delay:?}): {who}");
-                assert_eq!(copies, 1, "trial {trial} ({delay:?}): {who}");
+                assert_eq!(state, "delivered", "trial {trial} ({kill:?}): {who}");
+                assert_eq!(copies, 1, "trial {trial} ({kill:?}): {who}");
             }
         }
+        assert_uncertain_window_reported(trial, kill, uncertain_now, &summary);
         assert_eq!(status["states"]["uncertain"], uncertain_now, "{status}");
         assert_eq!(
             status["states"]["delivered"],
-            (KILL_MESSAGES * 2 - uncertain_now as usize) as u64,
+            KILL_MESSAGES as u64 * 2 - uncertain_now,
             "{status}"
         );
-        uncertain_seen += uncertain_now;
-    }
+        uncertain_seen.fetch_add(uncertain_now, Ordering::SeqCst);
+    });
     assert!(
-        uncertain_seen > 0,
+        uncertain_seen.into_inner() > 0,
         "no kill landed while a delivery was in flight"
     );
 }

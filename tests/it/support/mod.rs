@@ -340,6 +340,46 @@ impl Rng {
     }
 }
 
+/// How many seeded trials a kill drill runs: `ci` by default (what CI runs, at least 20
+/// per command), or `SPOOLREPLAY_DRILL_TRIALS` for a slow, more thorough pass
+/// (README, "Fault drills").
+pub fn drill_trials(ci: usize) -> usize {
+    match std::env::var("SPOOLREPLAY_DRILL_TRIALS") {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("SPOOLREPLAY_DRILL_TRIALS={v:?} is not a number")),
+        Err(_) => ci,
+    }
+}
+
+/// Runs `trial(0..n)` on `parallel` threads. The drills are paced runs that mostly wait on
+/// the clock, so a few at a time keep the suite short without starving anyone; each trial
+/// has its own ledger, store and seed (derived from its number, so a failure names a trial
+/// that can be run alone). A panic in any trial fails the drill.
+pub fn run_trials(n: usize, parallel: usize, trial: impl Fn(usize) + Sync) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..parallel.max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    loop {
+                        let t = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if t >= n {
+                            return;
+                        }
+                        trial(t);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            if let Err(panic) = w.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
+}
+
 /// Asserts that `status --json` shows no open work: every recipient delivered, bounced,
 /// dropped or held, and every DSN written.
 #[track_caller]
