@@ -53,7 +53,8 @@ pub struct Cli {
 pub enum Command {
     /// Read a spool into the ledger (the spool is never modified)
     #[command(
-        after_help = "Example:\n  spoolreplay ingest fixtures/sample-spool\n  spoolreplay ingest --format mbox /backup/mx1/inbox.mbox"
+        after_help = "Example:\n  spoolreplay ingest fixtures/sample-spool\n  spoolreplay ingest --format mbox /backup/mx1/inbox.mbox\n  \
+            spoolreplay --ledger mx1-shard-2.db ingest --shard 2/4 /backup/mx1/postfix"
     )]
     Ingest(IngestArgs),
 
@@ -109,6 +110,11 @@ pub struct IngestArgs {
     /// The spool's format: auto, maildir, mbox or eml
     #[arg(long, default_value = "auto", value_name = "FORMAT")]
     pub format: String,
+
+    /// Read only shard I of N (1 <= I <= N), split by a stable key of each item (queue id,
+    /// file name, mbox offset), into a ledger that holds that shard alone
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
 }
 
 #[derive(Debug, Args)]

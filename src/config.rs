@@ -17,6 +17,7 @@ use crate::ledger::RcptState;
 use crate::ledger::queries::AuditFilter;
 use crate::replay::{RetryPolicy, UncertainPolicy};
 use crate::report::sheet::Format;
+use crate::shard::ShardSpec;
 use crate::spool::SpoolFormat;
 use crate::throttle::RateSpec;
 
@@ -62,6 +63,8 @@ pub struct IngestConfig {
     pub spool: PathBuf,
     /// `None`: detect.
     pub format: Option<SpoolFormat>,
+    /// `None`: the whole spool.
+    pub shard: Option<ShardSpec>,
 }
 
 /// Throttle settings shared by `run` and the projections of `report`.
@@ -195,6 +198,11 @@ impl Config {
                     "auto" => None,
                     other => Some(other.parse().map_err(|e| usage("--format", e))?),
                 },
+                shard: a
+                    .shard
+                    .as_deref()
+                    .map(|s| s.parse::<ShardSpec>().map_err(|e| usage("--shard", e)))
+                    .transpose()?,
                 spool: a.spool,
             }),
             cli::Command::Report(a) => CommandConfig::Report(ReportConfig {

@@ -20,6 +20,7 @@ pub mod relay;
 pub mod replay;
 pub mod report;
 pub mod sanitize;
+pub mod shard;
 pub mod spool;
 pub mod throttle;
 

@@ -8,6 +8,7 @@
 
 mod dsns;
 mod lock;
+mod meta;
 pub mod queries;
 mod schema;
 pub mod state;

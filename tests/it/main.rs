@@ -20,4 +20,5 @@ mod report_golden;
 mod report_html;
 mod run_lmtp;
 mod run_smtp;
+mod shard;
 mod spool;
