@@ -24,14 +24,16 @@ Exit codes:
     after_help = EXIT_CODES
 )]
 pub struct Cli {
-    /// The SQLite ledger that records every message and decision
+    /// The SQLite ledger that records every message and decision; `report` takes several
+    /// (--ledger a.db --ledger b.db) and reports on them as one
     #[arg(
         long,
         global = true,
         value_name = "PATH",
-        default_value = "spoolreplay.db"
+        default_value = "spoolreplay.db",
+        action = clap::ArgAction::Append
     )]
-    pub ledger: PathBuf,
+    pub ledger: Vec<PathBuf>,
 
     /// Print JSON Lines on stdout (one object per line, with a "type" field)
     #[arg(long, global = true)]
@@ -63,7 +65,8 @@ pub enum Command {
         after_help = "Example:\n  spoolreplay report --incident fixtures/incident.toml --now 2023-01-27T09:00:00+01:00\n  \
             spoolreplay report --incident fixtures/incident.toml --format csv > plan.csv\n  \
             spoolreplay report --incident fixtures/incident.toml --html incident.html\n  \
-            spoolreplay report --affected --format csv > affected.csv"
+            spoolreplay report --affected --format csv > affected.csv\n  \
+            spoolreplay --ledger mx1.db --ledger mx2.db report --incident fixtures/incident.toml"
     )]
     Report(ReportArgs),
 

@@ -79,6 +79,8 @@ pub struct PaceConfig {
 
 #[derive(Debug)]
 pub struct ReportConfig {
+    /// One or more; several are reported on as one (one per MX host, or per shard).
+    pub ledgers: Vec<PathBuf>,
     /// Always present for the plan; `None` only with `--affected`.
     pub incident: Option<Incident>,
     pub now: DateTime<FixedOffset>,
@@ -192,6 +194,7 @@ impl Config {
                 (false, n) => Verbosity::Verbose(n),
             },
         };
+        let ledger = one_ledger(&cli)?;
         let command = match cli.command {
             cli::Command::Ingest(a) => CommandConfig::Ingest(IngestConfig {
                 format: match a.format.as_str() {
@@ -206,6 +209,7 @@ impl Config {
                 spool: a.spool,
             }),
             cli::Command::Report(a) => CommandConfig::Report(ReportConfig {
+                ledgers: cli.ledger,
                 format: report_format(a.format.as_deref(), cli.json)?,
                 incident: a.incident.as_deref().map(incident::load).transpose()?,
                 now: parse_now(a.clock.now.as_deref())?,
@@ -294,10 +298,33 @@ impl Config {
             }),
         };
         Ok(Config {
-            ledger: cli.ledger,
+            ledger,
             output,
             command,
         })
+    }
+}
+
+/// The ledger of a command; only `report` combines several (it takes them all).
+fn one_ledger(cli: &Cli) -> Result<PathBuf> {
+    let name = match &cli.command {
+        cli::Command::Report(_) => None,
+        cli::Command::Ingest(_) => Some("ingest"),
+        cli::Command::Run(_) => Some("run"),
+        cli::Command::Status(_) => Some("status"),
+        cli::Command::Bounces(_) => Some("bounces"),
+        cli::Command::Audit(_) => Some("audit"),
+    };
+    match (cli.ledger.as_slice(), name) {
+        ([], _) => Err(usage("--ledger", "needs a path")),
+        ([_, _, ..], Some(name)) => Err(usage(
+            "--ledger",
+            format!(
+                "given {} times, but `{name}` works on one ledger; only `report` combines several",
+                cli.ledger.len()
+            ),
+        )),
+        ([first, ..], _) => Ok(first.clone()),
     }
 }
 

@@ -3,7 +3,7 @@
 //! refused.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -350,4 +350,16 @@ fn human_output_names_the_shard() {
         out.stdout
     );
     assert!(out.stderr.contains(", shard 3/3"), "{}", out.stderr);
+}
+
+/// The ledgers' paths, as `--ledger` arguments.
+pub fn ledger_args(clis: &[Cli]) -> Vec<String> {
+    clis.iter()
+        .flat_map(|c| ["--ledger".to_string(), c.ledger.display().to_string()])
+        .collect()
+}
+
+#[allow(dead_code)]
+pub fn ledger_paths(clis: &[Cli]) -> Vec<PathBuf> {
+    clis.iter().map(|c| c.ledger.clone()).collect()
 }
