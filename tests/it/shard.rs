@@ -3,7 +3,7 @@
 //! refused.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -357,9 +357,4 @@ pub fn ledger_args(clis: &[Cli]) -> Vec<String> {
     clis.iter()
         .flat_map(|c| ["--ledger".to_string(), c.ledger.display().to_string()])
         .collect()
-}
-
-#[allow(dead_code)]
-pub fn ledger_paths(clis: &[Cli]) -> Vec<PathBuf> {
-    clis.iter().map(|c| c.ledger.clone()).collect()
 }
