@@ -24,14 +24,16 @@ Exit codes:
     after_help = EXIT_CODES
 )]
 pub struct Cli {
-    /// The SQLite ledger that records every message and decision
+    /// The SQLite ledger that records every message and decision; `report` takes several
+    /// (--ledger a.db --ledger b.db) and reports on them as one
     #[arg(
         long,
         global = true,
         value_name = "PATH",
-        default_value = "spoolreplay.db"
+        default_value = "spoolreplay.db",
+        action = clap::ArgAction::Append
     )]
-    pub ledger: PathBuf,
+    pub ledger: Vec<PathBuf>,
 
     /// Print JSON Lines on stdout (one object per line, with a "type" field)
     #[arg(long, global = true)]
@@ -53,7 +55,8 @@ pub struct Cli {
 pub enum Command {
     /// Read a spool into the ledger (the spool is never modified)
     #[command(
-        after_help = "Example:\n  spoolreplay ingest fixtures/sample-spool\n  spoolreplay ingest --format mbox /backup/mx1/inbox.mbox"
+        after_help = "Example:\n  spoolreplay ingest fixtures/sample-spool\n  spoolreplay ingest --format mbox /backup/mx1/inbox.mbox\n  \
+            spoolreplay --ledger mx1-shard-2.db ingest --shard 2/4 /backup/mx1/postfix"
     )]
     Ingest(IngestArgs),
 
@@ -62,7 +65,8 @@ pub enum Command {
         after_help = "Example:\n  spoolreplay report --incident fixtures/incident.toml --now 2023-01-27T09:00:00+01:00\n  \
             spoolreplay report --incident fixtures/incident.toml --format csv > plan.csv\n  \
             spoolreplay report --incident fixtures/incident.toml --html incident.html\n  \
-            spoolreplay report --affected --format csv > affected.csv"
+            spoolreplay report --affected --format csv > affected.csv\n  \
+            spoolreplay --ledger mx1.db --ledger mx2.db report --incident fixtures/incident.toml"
     )]
     Report(ReportArgs),
 
@@ -109,6 +113,11 @@ pub struct IngestArgs {
     /// The spool's format: auto, maildir, mbox or eml
     #[arg(long, default_value = "auto", value_name = "FORMAT")]
     pub format: String,
+
+    /// Read only shard I of N (1 <= I <= N), split by a stable key of each item (queue id,
+    /// file name, mbox offset), into a ledger that holds that shard alone
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
 }
 
 #[derive(Debug, Args)]

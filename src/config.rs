@@ -17,6 +17,7 @@ use crate::ledger::RcptState;
 use crate::ledger::queries::AuditFilter;
 use crate::replay::{RetryPolicy, UncertainPolicy};
 use crate::report::sheet::Format;
+use crate::shard::ShardSpec;
 use crate::spool::SpoolFormat;
 use crate::throttle::RateSpec;
 
@@ -62,6 +63,8 @@ pub struct IngestConfig {
     pub spool: PathBuf,
     /// `None`: detect.
     pub format: Option<SpoolFormat>,
+    /// `None`: the whole spool.
+    pub shard: Option<ShardSpec>,
 }
 
 /// Throttle settings shared by `run` and the projections of `report`.
@@ -76,6 +79,8 @@ pub struct PaceConfig {
 
 #[derive(Debug)]
 pub struct ReportConfig {
+    /// One or more; several are reported on as one (one per MX host, or per shard).
+    pub ledgers: Vec<PathBuf>,
     /// Always present for the plan; `None` only with `--affected`.
     pub incident: Option<Incident>,
     pub now: DateTime<FixedOffset>,
@@ -189,15 +194,22 @@ impl Config {
                 (false, n) => Verbosity::Verbose(n),
             },
         };
+        let ledger = one_ledger(&cli)?;
         let command = match cli.command {
             cli::Command::Ingest(a) => CommandConfig::Ingest(IngestConfig {
                 format: match a.format.as_str() {
                     "auto" => None,
                     other => Some(other.parse().map_err(|e| usage("--format", e))?),
                 },
+                shard: a
+                    .shard
+                    .as_deref()
+                    .map(|s| s.parse::<ShardSpec>().map_err(|e| usage("--shard", e)))
+                    .transpose()?,
                 spool: a.spool,
             }),
             cli::Command::Report(a) => CommandConfig::Report(ReportConfig {
+                ledgers: cli.ledger,
                 format: report_format(a.format.as_deref(), cli.json)?,
                 incident: a.incident.as_deref().map(incident::load).transpose()?,
                 now: parse_now(a.clock.now.as_deref())?,
@@ -286,10 +298,33 @@ impl Config {
             }),
         };
         Ok(Config {
-            ledger: cli.ledger,
+            ledger,
             output,
             command,
         })
+    }
+}
+
+/// The ledger of a command; only `report` combines several (it takes them all).
+fn one_ledger(cli: &Cli) -> Result<PathBuf> {
+    let name = match &cli.command {
+        cli::Command::Report(_) => None,
+        cli::Command::Ingest(_) => Some("ingest"),
+        cli::Command::Run(_) => Some("run"),
+        cli::Command::Status(_) => Some("status"),
+        cli::Command::Bounces(_) => Some("bounces"),
+        cli::Command::Audit(_) => Some("audit"),
+    };
+    match (cli.ledger.as_slice(), name) {
+        ([], _) => Err(usage("--ledger", "needs a path")),
+        ([_, _, ..], Some(name)) => Err(usage(
+            "--ledger",
+            format!(
+                "given {} times, but `{name}` works on one ledger; only `report` combines several",
+                cli.ledger.len()
+            ),
+        )),
+        ([first, ..], _) => Ok(first.clone()),
     }
 }
 

@@ -20,6 +20,7 @@ pub mod relay;
 pub mod replay;
 pub mod report;
 pub mod sanitize;
+pub mod shard;
 pub mod spool;
 pub mod throttle;
 
@@ -56,7 +57,7 @@ fn dispatch(cfg: Config) -> anyhow::Result<Exit> {
     let ledger = cfg.ledger.as_path();
     match cfg.command {
         CommandConfig::Ingest(c) => cmd::ingest::run(ledger, cfg.output, c),
-        CommandConfig::Report(c) => cmd::report::run(ledger, cfg.output, c),
+        CommandConfig::Report(c) => cmd::report::run(cfg.output, c),
         CommandConfig::Run(c) => cmd::run::run(ledger, cfg.output, *c),
         CommandConfig::Status { message: None } => cmd::status::run(ledger, cfg.output),
         CommandConfig::Status { message: Some(q) } => cmd::status::message(ledger, cfg.output, &q),

@@ -9,7 +9,9 @@ use crate::ledger::{self, Inserted, Ledger};
 use crate::report::progress::Progress;
 use crate::report::{Printer, json as events};
 use crate::sanitize::for_terminal;
-use crate::spool::{self, ContentHash, Quarantined, QueuedMessage, SpoolError, SpoolItem};
+use crate::spool::{
+    self, ContentHash, Quarantined, QueuedMessage, Selection, SpoolError, SpoolItem,
+};
 
 /// Items per ledger transaction: big enough to be fast, small enough that a crash loses
 /// little work (ingest is idempotent, so lost work is only redone).
@@ -48,11 +50,17 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
             format!("cannot open spool `{}`", cfg.spool.display()),
         ))
     })?;
-    let (format, reader) = spool::open(&root, cfg.format).map_err(spool_failure)?;
+    let selection = cfg.shard.map_or_else(Selection::all, Selection::shard);
+    let (format, reader) =
+        spool::open_selected(&root, cfg.format, selection.clone()).map_err(spool_failure)?;
     let mut ledger = Ledger::open_for_write(ledger_path, "ingest")?;
+    ledger.claim_shard(cfg.shard)?;
     printer.note(&format!(
-        "reading {format} spool `{}`",
-        for_terminal(&root.display().to_string())
+        "reading {format} spool `{}`{}",
+        for_terminal(&root.display().to_string()),
+        cfg.shard
+            .map(|s| format!(", shard {s}"))
+            .unwrap_or_default()
     ));
 
     let mut tally = Tally::default();
@@ -132,6 +140,8 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
         "recipients": tally.recipients,
         "quarantined": tally.quarantined,
         "new_quarantined": tally.new_quarantined,
+        "shard": cfg.shard.map(|s| s.to_string()),
+        "other_shards": selection.skipped(),
     }))?;
     printer.data(&format!(
         "ingested {} messages from `{}`: {} new ({} recipients), {} already in the ledger; {} quarantined ({} new)",
@@ -143,6 +153,12 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
         tally.quarantined,
         tally.new_quarantined
     ))?;
+    if let Some(shard) = cfg.shard {
+        printer.data(&format!(
+            "took shard {shard}: {} items left to the other shards",
+            selection.skipped()
+        ))?;
+    }
     Ok(Exit::Done)
 }
 

@@ -2,6 +2,11 @@
 //! prints the plan (as a table, JSON Lines or CSV), optionally writes the HTML incident
 //! report; with `--affected`, lists the affected mailboxes and the sender domains that were
 //! sent bounces instead. Writes nothing to the ledger.
+//!
+//! Given several ledgers (one per MX host, or per shard of a spool) it reports on them as
+//! one: the plan is built from every ledger's rows in turn, counts that add are added, and
+//! what does not add (duplicate content, mailboxes and senders found in several ledgers)
+//! is merged by `ledger::combined`.
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -13,8 +18,8 @@ use crate::classify::ALL_DISPOSITIONS;
 use crate::config::{Output, ReportConfig};
 use crate::exit::{Exit, Failure};
 use crate::incident::Incident;
-use crate::ledger::queries::DuplicateGroup;
-use crate::ledger::{Ledger, QuarantineRow, RcptState};
+use crate::ledger::queries::{DuplicateGroup, MailboxRow, SenderDomainRow};
+use crate::ledger::{Ledger, QuarantineRow, RcptState, combined, describe_shard};
 use crate::plan::{OUTSIDE_INDEX, Plan, age_labels, projected_duration};
 use crate::report::html::{self, AnomalyLine, DELAY_BUCKETS, DomainOutcomes, HtmlReport};
 use crate::report::sheet::{Cell, Format, SheetWriter};
@@ -22,12 +27,12 @@ use crate::report::{Printer, json as events};
 use crate::sanitize::for_terminal;
 use crate::throttle::{RateSpec, format_duration};
 
-pub fn run(ledger_path: &Path, output: Output, cfg: ReportConfig) -> Result<Exit> {
+pub fn run(output: Output, cfg: ReportConfig) -> Result<Exit> {
     let printer = Printer::new(output);
-    let ledger = Ledger::open_read(ledger_path)?;
+    let ledgers = combined::open_all(&cfg.ledgers)?;
     let mut out = BufWriter::new(std::io::stdout().lock());
     if cfg.affected {
-        affected(&ledger, cfg.format, &mut out)?;
+        affected(&ledgers, cfg.format, &mut out)?;
         out.flush()?;
         return Ok(Exit::Done);
     }
@@ -38,18 +43,17 @@ pub fn run(ledger_path: &Path, output: Output, cfg: ReportConfig) -> Result<Exit
         )));
     };
     let mut plan = Plan::default();
-    ledger.for_each_message(|m, r| {
-        plan.add(inc, cfg.now, m, r);
-        Ok(())
-    })?;
-    let facts = Facts {
-        quarantine: ledger.quarantined(cfg.top)?,
-        duplicates: ledger.duplicates(cfg.top)?,
-    };
+    for ledger in &ledgers {
+        ledger.for_each_message(|m, r| {
+            plan.add(inc, cfg.now, m, r);
+            Ok(())
+        })?;
+    }
+    let facts = Facts::read(&ledgers, cfg.top)?;
     write_plan(&mut out, &cfg, inc, &plan, &facts)?;
     out.flush()?;
     if let Some(path) = &cfg.html {
-        let page = html::render(&html_report(&ledger, &cfg, inc, &plan, &facts)?);
+        let page = html::render(&html_report(&ledgers, &cfg, inc, &plan, &facts)?);
         write_html(path, &page)?;
         printer.note(&format!(
             "wrote the HTML report to `{}`",
@@ -65,6 +69,81 @@ struct Facts {
     quarantine: (u64, Vec<QuarantineRow>),
     /// Duplicate groups, extra copies, and the first `--top` groups.
     duplicates: (u64, u64, Vec<DuplicateGroup>),
+    /// The ledgers combined, when more than one: path, shard, messages.
+    combined: Vec<LedgerLine>,
+}
+
+/// One of several combined ledgers, as the report names it.
+struct LedgerLine {
+    path: String,
+    shard: String,
+    messages: u64,
+}
+
+impl Facts {
+    fn read(ledgers: &[Ledger], top: usize) -> Result<Facts> {
+        let [ledger] = ledgers else {
+            return Ok(Facts {
+                quarantine: quarantine_across(ledgers, top)?,
+                duplicates: combined::duplicates(ledgers, top)?,
+                combined: ledger_lines(ledgers)?,
+            });
+        };
+        Ok(Facts {
+            quarantine: ledger.quarantined(top)?,
+            duplicates: ledger.duplicates(top)?,
+            combined: Vec::new(),
+        })
+    }
+}
+
+/// Open quarantine items of every ledger: the total, and the `top` seen first.
+fn quarantine_across(ledgers: &[Ledger], top: usize) -> Result<(u64, Vec<QuarantineRow>)> {
+    let (mut total, mut rows) = (0, Vec::new());
+    for ledger in ledgers {
+        let (n, first) = ledger.quarantined(top)?;
+        total += n;
+        rows.extend(first);
+    }
+    rows.sort_by(|a, b| a.first_seen.cmp(&b.first_seen));
+    rows.truncate(top);
+    Ok((total, rows))
+}
+
+fn ledger_lines(ledgers: &[Ledger]) -> Result<Vec<LedgerLine>> {
+    ledgers
+        .iter()
+        .map(|l| {
+            Ok(LedgerLine {
+                path: l.path().display().to_string(),
+                shard: describe_shard(l.shard()?),
+                messages: l.message_count()?,
+            })
+        })
+        .collect()
+}
+
+/// The ledgers a combined report read (nothing for one ledger, whose report is unchanged).
+fn ledgers_section(out: &mut dyn Write, f: Format, lines: &[LedgerLine]) -> Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut w = SheetWriter::begin(
+        out,
+        f,
+        "ledger",
+        "Combined ledgers",
+        &["ledger", "shard", "messages"],
+    )?;
+    for l in lines {
+        w.row(vec![
+            Cell::text(l.path.as_str()),
+            Cell::text(l.shard.as_str()),
+            Cell::Count(l.messages),
+        ])?;
+    }
+    w.finish()?;
+    Ok(())
 }
 
 fn write_plan(
@@ -76,14 +155,19 @@ fn write_plan(
 ) -> Result<()> {
     let f = cfg.format;
     if f == Format::Table {
+        let source = match facts.combined.len() {
+            0 => "the ledger".to_string(),
+            n => format!("{n} ledgers"),
+        };
         writeln!(
             out,
-            "Plan for \"{}\" at {} ({} messages in the ledger)",
+            "Plan for \"{}\" at {} ({} messages in {source})",
             for_terminal(&inc.name),
             cfg.now.to_rfc3339(),
             plan.messages
         )?;
     }
+    ledgers_section(out, f, &facts.combined)?;
     let mut w = SheetWriter::begin(
         out,
         f,
@@ -407,7 +491,7 @@ fn summary_event(
             (d.as_str().to_string(), json!(n))
         })
         .collect();
-    json!({
+    let mut summary = json!({
         "type": "report_summary",
         "incident": inc.name,
         "now": cfg.now.to_rfc3339(),
@@ -424,7 +508,12 @@ fn summary_event(
         "outside": plan.outside.messages,
         "unexpected": plan.unexpected.values().map(|a| a.messages).sum::<u64>(),
         "duplicates": facts.duplicates.1,
-    })
+    });
+    if !facts.combined.is_empty() {
+        let paths: Vec<&str> = facts.combined.iter().map(|l| l.path.as_str()).collect();
+        summary["ledgers"] = json!(paths);
+    }
+    summary
 }
 
 /// The summary as `key,value` rows.
@@ -481,7 +570,10 @@ fn what_if(cfg: &ReportConfig, plan: &Plan) -> Vec<(RateSpec, std::time::Duratio
 }
 
 /// `--affected`: one row per affected mailbox, then one per sender domain sent bounces.
-fn affected(ledger: &Ledger, f: Format, out: &mut dyn Write) -> Result<()> {
+fn affected(ledgers: &[Ledger], f: Format, out: &mut dyn Write) -> Result<()> {
+    let [ledger] = ledgers else {
+        return affected_across(ledgers, f, out);
+    };
     if f == Format::Table {
         writeln!(
             out,
@@ -489,7 +581,35 @@ fn affected(ledger: &Ledger, f: Format, out: &mut dyn Write) -> Result<()> {
             for_terminal(&ledger.path().display().to_string())
         )?;
     }
-    let mut w = SheetWriter::begin(
+    let mut w = mailbox_sheet(out, f)?;
+    ledger.for_each_affected_mailbox(|m| mailbox_line(&mut w, m))?;
+    w.finish()?;
+    let mut w = sender_domain_sheet(out, f)?;
+    ledger.for_each_bounced_sender_domain(|d| sender_domain_line(&mut w, d))?;
+    w.finish()?;
+    Ok(())
+}
+
+/// `--affected` over several ledgers: a mailbox (or sender) found in several is one row.
+fn affected_across(ledgers: &[Ledger], f: Format, out: &mut dyn Write) -> Result<()> {
+    let lines = ledger_lines(ledgers)?;
+    if f == Format::Table {
+        writeln!(out, "Affected mailboxes in {} ledgers", lines.len())?;
+    }
+    ledgers_section(out, f, &lines)?;
+    let mut w = mailbox_sheet(out, f)?;
+    combined::for_each_affected_mailbox(ledgers, |m| mailbox_line(&mut w, m))?;
+    w.finish()?;
+    let mut w = sender_domain_sheet(out, f)?;
+    for d in combined::bounced_sender_domains(ledgers)? {
+        sender_domain_line(&mut w, &d)?;
+    }
+    w.finish()?;
+    Ok(())
+}
+
+fn mailbox_sheet(out: &mut dyn Write, f: Format) -> Result<SheetWriter<'_>> {
+    SheetWriter::begin(
         out,
         f,
         "mailbox",
@@ -505,44 +625,48 @@ fn affected(ledger: &Ledger, f: Format, out: &mut dyn Write) -> Result<()> {
             "pending",
             "uncertain",
         ],
-    )?;
-    ledger.for_each_affected_mailbox(|m| {
-        w.row(vec![
-            Cell::text(m.mailbox.as_str()),
-            Cell::Count(m.messages),
-            Cell::Count(m.delivered_late),
-            Cell::Seconds(m.worst_delay_seconds),
-            Cell::Count(m.bounced),
-            Cell::Count(m.dropped),
-            Cell::Count(m.held),
-            Cell::Count(m.pending),
-            Cell::Count(m.uncertain),
-        ])
-        .context("cannot write the report")
-    })?;
-    w.finish()?;
-    let mut w = SheetWriter::begin(
+    )
+    .context("cannot write the report")
+}
+
+fn mailbox_line(w: &mut SheetWriter<'_>, m: &MailboxRow) -> Result<()> {
+    w.row(vec![
+        Cell::text(m.mailbox.as_str()),
+        Cell::Count(m.messages),
+        Cell::Count(m.delivered_late),
+        Cell::Seconds(m.worst_delay_seconds),
+        Cell::Count(m.bounced),
+        Cell::Count(m.dropped),
+        Cell::Count(m.held),
+        Cell::Count(m.pending),
+        Cell::Count(m.uncertain),
+    ])
+    .context("cannot write the report")
+}
+
+fn sender_domain_sheet(out: &mut dyn Write, f: Format) -> Result<SheetWriter<'_>> {
+    SheetWriter::begin(
         out,
         f,
         "sender_domain",
         "Sender domains sent bounces",
         &["sender_domain", "dsns", "senders", "recipients"],
-    )?;
-    ledger.for_each_bounced_sender_domain(|d| {
-        w.row(vec![
-            Cell::text(d.sender_domain.as_str()),
-            Cell::Count(d.dsns),
-            Cell::Count(d.senders),
-            Cell::Count(d.recipients),
-        ])
-        .context("cannot write the report")
-    })?;
-    w.finish()?;
-    Ok(())
+    )
+    .context("cannot write the report")
+}
+
+fn sender_domain_line(w: &mut SheetWriter<'_>, d: &SenderDomainRow) -> Result<()> {
+    w.row(vec![
+        Cell::text(d.sender_domain.as_str()),
+        Cell::Count(d.dsns),
+        Cell::Count(d.senders),
+        Cell::Count(d.recipients),
+    ])
+    .context("cannot write the report")
 }
 
 fn html_report<'a>(
-    ledger: &Ledger,
+    ledgers: &[Ledger],
     cfg: &ReportConfig,
     inc: &'a Incident,
     plan: &'a Plan,
@@ -569,7 +693,9 @@ fn html_report<'a>(
         ("uncertain".to_string(), count(&[RcptState::Uncertain])),
     ];
     let mut delays = [0u64; DELAY_BUCKETS];
-    ledger.for_each_delivery_delay(|d| delays[html::delay_bucket(d)] += 1)?;
+    for ledger in ledgers {
+        ledger.for_each_delivery_delay(|d| delays[html::delay_bucket(d)] += 1)?;
+    }
     let projection = match plan.projected(&cfg.pace) {
         Some(d) => format!(
             "{} messages would be delivered, taking at least {} at {} (batches of {}, pause {}).",
@@ -590,7 +716,7 @@ fn html_report<'a>(
         plan,
         outcomes,
         delays,
-        domains: top_domain_outcomes(ledger, cfg.top)?,
+        domains: top_domain_outcomes(ledgers, cfg.top)?,
         projection,
         what_if: what_if(cfg, plan)
             .into_iter()
@@ -602,9 +728,13 @@ fn html_report<'a>(
 }
 
 /// Domains by all their recipients (settled or not), most first, at most `n`.
-fn top_domain_outcomes(ledger: &Ledger, n: usize) -> Result<Vec<DomainOutcomes>> {
+fn top_domain_outcomes(ledgers: &[Ledger], n: usize) -> Result<Vec<DomainOutcomes>> {
+    let counts = match ledgers {
+        [ledger] => ledger.domain_state_counts()?,
+        _ => combined::domain_state_counts(ledgers)?,
+    };
     let mut domains: Vec<DomainOutcomes> = Vec::new();
-    for (domain, state, count) in ledger.domain_state_counts()? {
+    for (domain, state, count) in counts {
         if domains.last().is_none_or(|d| d.domain != domain) {
             domains.push(DomainOutcomes {
                 domain,

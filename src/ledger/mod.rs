@@ -6,8 +6,10 @@
 //! Readers (`report`, `status`, `bounces`) open without the lock; WAL lets them read while
 //! a run writes.
 
+pub mod combined;
 mod dsns;
 mod lock;
+mod meta;
 pub mod queries;
 mod schema;
 pub mod state;
@@ -22,6 +24,7 @@ use crate::address::ReversePath;
 use crate::exit::{Exit, Failure, failure};
 use crate::spool::{ContentHash, Prior, Quarantined, QueuedMessage, SourceRef, SpoolFormat};
 pub use dsns::{DsnFilter, DsnKind, DsnRow, SendState};
+pub use meta::describe as describe_shard;
 pub use state::RcptState;
 
 pub struct Ledger {

@@ -66,6 +66,74 @@ pub struct MailboxRow {
     pub uncertain: u64,
 }
 
+impl MailboxRow {
+    /// Whether any of its mail was affected (mail the MTA delivered before is not).
+    pub fn is_affected(&self) -> bool {
+        self.delivered_late
+            + self.bounced
+            + self.dropped
+            + self.held
+            + self.pending
+            + self.uncertain
+            > 0
+    }
+
+    /// Adds the same mailbox's row from another ledger.
+    pub fn absorb(&mut self, other: &MailboxRow) {
+        self.messages += other.messages;
+        self.delivered_late += other.delivered_late;
+        self.worst_delay_seconds = match (self.worst_delay_seconds, other.worst_delay_seconds) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.bounced += other.bounced;
+        self.dropped += other.dropped;
+        self.held += other.held;
+        self.pending += other.pending;
+        self.uncertain += other.uncertain;
+    }
+}
+
+/// Every mailbox with its counts, in mailbox order (`mailbox_row` reads a row).
+pub(super) fn mailbox_sql() -> String {
+    format!(
+        "SELECT lower(r.address) AS mailbox, count(*), \
+           sum(CASE WHEN r.state = 'delivered' THEN {DELIVERED_AT} IS NOT NULL ELSE 0 END), \
+           max(CASE WHEN r.state = 'delivered' THEN {DELIVERED_AT} - m.arrival_unix END), \
+           sum(r.state IN ('bounced', 'failed')), sum(r.state = 'dropped'), \
+           sum(r.state = 'held'), sum(r.state IN ('pending', 'in_flight', 'deferred')), \
+           sum(r.state = 'uncertain') \
+         FROM recipients r JOIN messages m ON m.id = r.message_id \
+         GROUP BY lower(r.address) ORDER BY lower(r.address)"
+    )
+}
+
+pub(super) fn mailbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MailboxRow> {
+    let n = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)?.max(0) as u64) };
+    Ok(MailboxRow {
+        mailbox: r.get(0)?,
+        messages: n(1)?,
+        delivered_late: n(2)?,
+        worst_delay_seconds: r.get(3)?,
+        bounced: n(4)?,
+        dropped: n(5)?,
+        held: n(6)?,
+        pending: n(7)?,
+        uncertain: n(8)?,
+    })
+}
+
+/// Per sender domain and envelope sender (lowercased): DSNs and the recipients they
+/// report, in (domain, sender) order; the building block of sender domains across ledgers,
+/// where distinct senders do not add up.
+pub(super) fn sender_sql() -> String {
+    format!(
+        "SELECT {DOMAIN_OF_ENVELOPE_TO} AS domain, lower(d.envelope_to) AS sender, count(*), \
+           sum((SELECT count(*) FROM recipients r WHERE r.dsn_id = d.id AND r.message_id = d.message_id)) \
+         FROM dsns d GROUP BY domain, sender ORDER BY domain, sender"
+    )
+}
+
 /// One sender domain that was sent DSNs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SenderDomainRow {
@@ -78,7 +146,7 @@ pub struct SenderDomainRow {
 }
 
 /// Messages whose content hash occurs more than once.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DuplicateGroup {
     pub content_hash: String,
     /// Queue ids, in ledger order (the first is the original).
@@ -207,38 +275,11 @@ impl Ledger {
         &self,
         mut f: impl FnMut(&MailboxRow) -> Result<()>,
     ) -> Result<()> {
-        let sql = format!(
-            "SELECT lower(r.address) AS mailbox, count(*), \
-               sum(CASE WHEN r.state = 'delivered' THEN {DELIVERED_AT} IS NOT NULL ELSE 0 END), \
-               max(CASE WHEN r.state = 'delivered' THEN {DELIVERED_AT} - m.arrival_unix END), \
-               sum(r.state IN ('bounced', 'failed')), sum(r.state = 'dropped'), \
-               sum(r.state = 'held'), sum(r.state IN ('pending', 'in_flight', 'deferred')), \
-               sum(r.state = 'uncertain') \
-             FROM recipients r JOIN messages m ON m.id = r.message_id \
-             GROUP BY lower(r.address) ORDER BY lower(r.address)"
-        );
-        let mut stmt = self.conn.prepare(&sql)?;
+        let mut stmt = self.conn.prepare(&mailbox_sql())?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
-            let n = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)?.max(0) as u64) };
-            let row = MailboxRow {
-                mailbox: r.get(0)?,
-                messages: n(1)?,
-                delivered_late: n(2)?,
-                worst_delay_seconds: r.get(3)?,
-                bounced: n(4)?,
-                dropped: n(5)?,
-                held: n(6)?,
-                pending: n(7)?,
-                uncertain: n(8)?,
-            };
-            let affected = row.delivered_late
-                + row.bounced
-                + row.dropped
-                + row.held
-                + row.pending
-                + row.uncertain;
-            if affected > 0 {
+            let row = mailbox_row(r)?;
+            if row.is_affected() {
                 f(&row)?;
             }
         }

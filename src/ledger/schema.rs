@@ -114,6 +114,14 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     DROP INDEX messages_hash;
     "#,
+    // 7: facts about the ledger as a whole, as key/value pairs; first `shard`: the shard of
+    // its spools it holds (`I/N`, or `all`), written by the first ingest.
+    r#"
+    CREATE TABLE meta (
+        key    TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    "#,
 ];
 
 pub fn latest_version() -> i64 {

@@ -21,6 +21,10 @@
 //! silently drop data. A `.json` file with no matching `.eml` is quarantined for the same
 //! reason; other files are ignored. Values are taken literally: `envid` and `orcpt` are
 //! expected already xtext-decoded, as `Envelope` stores them.
+//!
+//! The shard key is the queue id (the path below the folder without the extension); an
+//! orphan sidecar has the key its `.eml` would have. A folder that cannot be listed has
+//! no key (see `shard`).
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -30,7 +34,9 @@ use chrono::DateTime;
 use serde_json::{Map, Value};
 
 use super::envelope::{self, GivenEnvelope};
-use super::{Quarantined, Recipient, SourceRef, SpoolError, SpoolFormat, SpoolItem, file_item};
+use super::{
+    Quarantined, Recipient, Selection, SourceRef, SpoolError, SpoolFormat, SpoolItem, file_item,
+};
 use crate::address::{Mailbox, Notify, ReturnContent, ReversePath};
 
 /// True for a file name ending in `.eml` (any case) that is not hidden.
@@ -46,6 +52,11 @@ fn has_extension(path: &Path, ext: &str) -> bool {
 
 /// Lists the `.eml` files under `path`; reading happens as the iterator advances.
 pub fn read(path: &Path) -> Result<EmlReader, SpoolError> {
+    read_selected(path, Selection::all())
+}
+
+/// Like `read`, yielding only the items `selection` takes.
+pub fn read_selected(path: &Path, selection: Selection) -> Result<EmlReader, SpoolError> {
     let root = std::path::absolute(path).map_err(|source| SpoolError::Io {
         path: path.to_path_buf(),
         source,
@@ -63,6 +74,7 @@ pub fn read(path: &Path) -> Result<EmlReader, SpoolError> {
     Ok(EmlReader {
         root,
         folders: vec![top],
+        selection,
     })
 }
 
@@ -111,6 +123,7 @@ fn queue_id(root: &Path, path: &Path) -> String {
 pub struct EmlReader {
     root: PathBuf,
     folders: Vec<Folder>,
+    selection: Selection,
 }
 
 impl Iterator for EmlReader {
@@ -129,17 +142,24 @@ impl Iterator for EmlReader {
             if is_dir {
                 match list_folder(&path) {
                     Ok(sub) => self.folders.push(sub),
-                    Err(e) => return Some(quarantine(&path, format!("cannot list folder: {e}"))),
+                    Err(e) if self.selection.takes_keyless() => {
+                        return Some(quarantine(&path, format!("cannot list folder: {e}")));
+                    }
+                    Err(_) => {}
                 }
                 continue;
             }
             if has_extension(&path, "eml") {
                 let queue_id = queue_id(&self.root, &path);
-                return Some(message(&path, queue_id));
+                if self.selection.takes(&queue_id) {
+                    return Some(message(&path, queue_id));
+                }
+                continue;
             }
             let stem = Path::new(&name).file_stem().map(|s| s.to_os_string());
             if path.extension() == Some(OsStr::new("json"))
                 && !stem.is_some_and(|s| folder.eml_stems.contains(&s))
+                && self.selection.takes(&queue_id(&self.root, &path))
             {
                 return Some(quarantine(
                     &path,

@@ -7,6 +7,9 @@
 //! the non-recipients tree or in a `-J` journal (left by an interrupted delivery) were
 //! delivered by Exim: they are recorded as `Prior::Delivered`, never replayed. Files are
 //! read in message-id order, one message at a time; only the list of names is collected.
+//!
+//! The shard key is the message id (the file name without `-H` or `-D`), the same whether
+//! the spool is flat or split. A split folder that cannot be listed has no key.
 
 mod header;
 
@@ -17,8 +20,8 @@ use chrono::{TimeZone, Utc};
 
 use self::header::{HeaderLine, SpoolHeader};
 use super::{
-    Envelope, FieldSource, Prior, Quarantined, QueuedMessage, Recipient, SourceRef, SpoolError,
-    SpoolFormat, SpoolItem,
+    Envelope, FieldSource, Prior, Quarantined, QueuedMessage, Recipient, Selection, SourceRef,
+    SpoolError, SpoolFormat, SpoolItem,
 };
 use crate::dsn::xtext_decode;
 
@@ -75,6 +78,11 @@ fn is_message_id(id: &str) -> bool {
 /// Lists the messages of the Exim spool (or `input/` folder) at `path`; reading happens as
 /// the iterator advances.
 pub fn read(path: &Path) -> Result<EximReader, SpoolError> {
+    read_selected(path, Selection::all())
+}
+
+/// Like `read`, yielding only the items `selection` takes.
+pub fn read_selected(path: &Path, selection: Selection) -> Result<EximReader, SpoolError> {
     let io_err = |source| SpoolError::Io {
         path: path.to_path_buf(),
         source,
@@ -104,6 +112,12 @@ pub fn read(path: &Path) -> Result<EximReader, SpoolError> {
         });
     };
     let mut entries = list_input(&input)?;
+    // Only names are known here: the other shards' messages are dropped before any file
+    // of theirs is opened.
+    entries.retain(|e| match e.shard_key() {
+        Some(key) => selection.takes(&key),
+        None => selection.takes_keyless(),
+    });
     entries.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     Ok(EximReader {
         entries: entries.into_iter(),
@@ -123,6 +137,14 @@ enum Entry {
 }
 
 impl Entry {
+    /// The message id of a message's file; `None` for a folder.
+    fn shard_key(&self) -> Option<String> {
+        match self {
+            Entry::Header(p) | Entry::OrphanData(p) => Some(sibling_name(p, "")),
+            Entry::Unreadable(..) => None,
+        }
+    }
+
     fn sort_key(&self) -> (String, &Path) {
         let path = match self {
             Entry::Header(p) | Entry::OrphanData(p) | Entry::Unreadable(p, _) => p.as_path(),

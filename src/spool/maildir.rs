@@ -5,13 +5,21 @@
 //! (`.Sent/` …: only the top folder is the spool). The queue id is the unique part of the
 //! file name, before any `:2,FLAGS` info. Files are read in path order (`cur/` before
 //! `new/`), one at a time; only the list of names is collected up front.
+//!
+//! The shard key is the queue id: it survives a flag change (`:2,S`) and a move from
+//! `new/` to `cur/`.
 
 use std::path::{Path, PathBuf};
 
-use super::{SpoolError, SpoolFormat, SpoolItem, file_item};
+use super::{Selection, SpoolError, SpoolFormat, SpoolItem, file_item};
 
 /// Lists the messages of the Maildir at `path`; reading happens as the iterator advances.
 pub fn read(path: &Path) -> Result<MaildirReader, SpoolError> {
+    read_selected(path, Selection::all())
+}
+
+/// Like `read`, yielding only the messages `selection` takes.
+pub fn read_selected(path: &Path, selection: Selection) -> Result<MaildirReader, SpoolError> {
     let io_err = |source| SpoolError::Io {
         path: path.to_path_buf(),
         source,
@@ -47,21 +55,27 @@ pub fn read(path: &Path) -> Result<MaildirReader, SpoolError> {
     files.sort();
     Ok(MaildirReader {
         files: files.into_iter(),
+        selection,
     })
 }
 
 /// Streams the messages of one Maildir folder.
 pub struct MaildirReader {
     files: std::vec::IntoIter<PathBuf>,
+    selection: Selection,
 }
 
 impl Iterator for MaildirReader {
     type Item = SpoolItem;
 
     fn next(&mut self) -> Option<SpoolItem> {
-        let path = self.files.next()?;
-        let queue_id = queue_id(&path);
-        Some(file_item(&path, SpoolFormat::Maildir, queue_id, None))
+        loop {
+            let path = self.files.next()?;
+            let queue_id = queue_id(&path);
+            if self.selection.takes(&queue_id) {
+                return Some(file_item(&path, SpoolFormat::Maildir, queue_id, None));
+            }
+        }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -15,6 +15,12 @@
 //! The file is read line by line through a `BufReader`, so memory is bounded by the
 //! largest message. Messages are numbered `mbox#1`, `mbox#2`, … in file order, quarantined
 //! ones included, so ids are stable across runs.
+//!
+//! The shard key of an item is `#` and its byte offset in the file (the offset of its
+//! content, after the `From ` line): the relative path part of the key is empty, as the
+//! spool is the one file, so a renamed copy of the mbox splits the same way. A shard still
+//! reads the whole file to find the separators, but keeps, parses and hashes only its own
+//! messages. A read error that stops the file has no key (see `shard`).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -23,10 +29,20 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, FixedOffset};
 
 use super::envelope::{self, Hints};
-use super::{Quarantined, QueuedMessage, SourceRef, SpoolError, SpoolFormat, SpoolItem};
+use super::{Quarantined, QueuedMessage, Selection, SourceRef, SpoolError, SpoolFormat, SpoolItem};
 
 /// Opens the mbox file at `path` for streaming.
 pub fn read(path: &Path) -> Result<MboxReader, SpoolError> {
+    read_selected(path, Selection::all())
+}
+
+/// The shard key of the item whose content starts at byte `offset`.
+pub fn shard_key(offset: u64) -> String {
+    format!("#{offset}")
+}
+
+/// Like `read`, yielding only the items `selection` takes.
+pub fn read_selected(path: &Path, selection: Selection) -> Result<MboxReader, SpoolError> {
     let io_err = |source| SpoolError::Io {
         path: path.to_path_buf(),
         source,
@@ -49,6 +65,7 @@ pub fn read(path: &Path) -> Result<MboxReader, SpoolError> {
         done: false,
         index: 0,
         file_time: envelope::file_time(&metadata),
+        selection,
     })
 }
 
@@ -64,6 +81,7 @@ pub struct MboxReader {
     done: bool,
     index: usize,
     file_time: Option<DateTime<FixedOffset>>,
+    selection: Selection,
 }
 
 /// One message's bytes as cut from the file.
@@ -83,6 +101,12 @@ impl MboxReader {
 
     /// Reads lines up to the next `From ` line (kept in `pending_from`) or the end.
     fn read_chunk(&mut self) -> std::io::Result<Chunk> {
+        self.read_chunk_keeping(true)
+    }
+
+    /// `read_chunk`; without `keep` the content is not collected (another shard's message:
+    /// only the framing matters).
+    fn read_chunk_keeping(&mut self, keep: bool) -> std::io::Result<Chunk> {
         let mut chunk = Chunk {
             offset: self.position,
             raw_len: 0,
@@ -100,11 +124,15 @@ impl MboxReader {
             }
             last_blank_len = if is_blank(&line) { line.len() } else { 0 };
             chunk.raw_len += line.len() as u64;
-            chunk.content.extend_from_slice(unquote_line(&line));
+            if keep {
+                chunk.content.extend_from_slice(unquote_line(&line));
+            }
         }
         // The blank line before a separator (or at the end) belongs to the mbox framing.
         chunk.raw_len -= last_blank_len as u64;
-        chunk.content.truncate(chunk.content.len() - last_blank_len);
+        if keep {
+            chunk.content.truncate(chunk.content.len() - last_blank_len);
+        }
         Ok(chunk)
     }
 
@@ -127,7 +155,9 @@ impl MboxReader {
     /// Text before the first `From ` line: harmless when blank, otherwise quarantined.
     fn preamble(&mut self) -> std::io::Result<Option<SpoolItem>> {
         let chunk = self.read_chunk()?;
-        if chunk.content.iter().all(u8::is_ascii_whitespace) {
+        if chunk.content.iter().all(u8::is_ascii_whitespace)
+            || !self.selection.takes(&shard_key(chunk.offset))
+        {
             return Ok(None);
         }
         Ok(Some(self.quarantine(
@@ -144,12 +174,18 @@ impl MboxReader {
                 return Ok(Some(item));
             }
         }
-        let Some(from_line) = self.pending_from.take() else {
-            return Ok(None);
-        };
-        self.index += 1;
-        let chunk = self.read_chunk()?;
-        Ok(Some(self.message(&from_line, chunk)))
+        loop {
+            let Some(from_line) = self.pending_from.take() else {
+                return Ok(None);
+            };
+            self.index += 1;
+            // The content starts where the reader stands: the key is known before reading.
+            if self.selection.takes(&shard_key(self.position)) {
+                let chunk = self.read_chunk()?;
+                return Ok(Some(self.message(&from_line, chunk)));
+            }
+            self.read_chunk_keeping(false)?;
+        }
     }
 
     fn message(&self, from_line: &[u8], chunk: Chunk) -> SpoolItem {
@@ -196,7 +232,9 @@ impl Iterator for MboxReader {
                 // The rest of the file cannot be trusted to be framed right: stop here.
                 self.done = true;
                 let offset = self.position;
-                Some(self.quarantine(offset, 0, format!("cannot read the mbox further: {e}")))
+                self.selection.takes_keyless().then(|| {
+                    self.quarantine(offset, 0, format!("cannot read the mbox further: {e}"))
+                })
             }
         }
     }

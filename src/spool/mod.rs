@@ -14,11 +14,14 @@ pub mod postfix;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, FixedOffset};
 use sha2::{Digest, Sha256};
 
 use crate::address::{Notify, ReturnContent, ReversePath};
+use crate::shard::ShardSpec;
 
 /// The spool formats spoolreplay reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -323,10 +326,65 @@ fn detect_file(path: &Path) -> Result<Option<SpoolFormat>, SpoolError> {
     Ok((&start[..filled] == b"From ").then_some(SpoolFormat::Mbox))
 }
 
+/// Which items a reader yields: every one, or one shard's. Readers ask before they open
+/// an item's file, so a shard never reads the others' files. Clones share the count of
+/// items skipped as belonging to other shards (the reader runs on its own thread).
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    shard: Option<ShardSpec>,
+    skipped: Arc<AtomicU64>,
+}
+
+impl Selection {
+    /// Every item (no `--shard`).
+    pub fn all() -> Selection {
+        Selection::default()
+    }
+
+    pub fn shard(spec: ShardSpec) -> Selection {
+        Selection {
+            shard: Some(spec),
+            skipped: Arc::default(),
+        }
+    }
+
+    /// Whether the item with this shard key is read; counts it when it is not.
+    pub fn takes(&self, key: &str) -> bool {
+        self.count_unless(self.shard.is_none_or(|s| s.owns(key)))
+    }
+
+    /// Whether an item without a key (a folder that cannot be listed) is reported here.
+    pub fn takes_keyless(&self) -> bool {
+        self.count_unless(self.shard.is_none_or(|s| s.owns_keyless()))
+    }
+
+    fn count_unless(&self, taken: bool) -> bool {
+        if !taken {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// Items left to the other shards so far.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+}
+
 /// Opens `path` as a spool of `format` (or detects it when `None`).
 pub fn open(
     path: &Path,
     format: Option<SpoolFormat>,
+) -> Result<(SpoolFormat, SpoolReader), SpoolError> {
+    open_selected(path, format, Selection::all())
+}
+
+/// Opens `path` as a spool of `format` (or detects it), yielding only the items that
+/// `selection` takes.
+pub fn open_selected(
+    path: &Path,
+    format: Option<SpoolFormat>,
+    selection: Selection,
 ) -> Result<(SpoolFormat, SpoolReader), SpoolError> {
     let format = match format {
         Some(_) if is_missing(path) => return Err(SpoolError::Missing(path.to_path_buf())),
@@ -334,11 +392,11 @@ pub fn open(
         None => detect(path)?,
     };
     let reader: SpoolReader = match format {
-        SpoolFormat::Maildir => Box::new(maildir::read(path)?),
-        SpoolFormat::Mbox => Box::new(mbox::read(path)?),
-        SpoolFormat::Eml => Box::new(eml::read(path)?),
-        SpoolFormat::Postfix => Box::new(postfix::read(path)?),
-        SpoolFormat::Exim => Box::new(exim::read(path)?),
+        SpoolFormat::Maildir => Box::new(maildir::read_selected(path, selection)?),
+        SpoolFormat::Mbox => Box::new(mbox::read_selected(path, selection)?),
+        SpoolFormat::Eml => Box::new(eml::read_selected(path, selection)?),
+        SpoolFormat::Postfix => Box::new(postfix::read_selected(path, selection)?),
+        SpoolFormat::Exim => Box::new(exim::read_selected(path, selection)?),
     };
     Ok((format, reader))
 }

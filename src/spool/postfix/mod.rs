@@ -11,6 +11,11 @@
 //! A file in `incoming/` or `maildrop/` without its owner-execute bit is still being
 //! written by Postfix: it is quarantined as incomplete, and a later ingest, once the file
 //! is complete, picks it up. The queue id is the file name; `hold/` mail is MTA-held.
+//!
+//! The shard key is the queue id, so a message that Postfix moves between queues (from
+//! `deferred/` to `active/`, or into `hold/`) stays in its shard. Folders that cannot be
+//! walked have no key (see `shard`). Entries are looked at (`lstat`), never opened, before
+//! their shard is known.
 
 mod queue_file;
 mod record;
@@ -24,8 +29,8 @@ pub use queue_file::{QueueFile, quote_address};
 pub use record::Malformed;
 
 use super::{
-    Envelope, FieldSource, Quarantined, QueuedMessage, SourceRef, SpoolError, SpoolFormat,
-    SpoolItem,
+    Envelope, FieldSource, Quarantined, QueuedMessage, Selection, SourceRef, SpoolError,
+    SpoolFormat, SpoolItem,
 };
 
 /// The queues holding mail still to deliver, in reading order.
@@ -47,6 +52,11 @@ pub fn looks_like_queue(dir: &Path) -> bool {
 
 /// Lists the queues under `path`; files are read as the iterator advances.
 pub fn read(path: &Path) -> Result<PostfixReader, SpoolError> {
+    read_selected(path, Selection::all())
+}
+
+/// Like `read`, yielding only the items `selection` takes.
+pub fn read_selected(path: &Path, selection: Selection) -> Result<PostfixReader, SpoolError> {
     let root = std::path::absolute(path).map_err(|source| SpoolError::Io {
         path: path.to_path_buf(),
         source,
@@ -73,6 +83,7 @@ pub fn read(path: &Path) -> Result<PostfixReader, SpoolError> {
     Ok(PostfixReader {
         queues,
         current: None,
+        selection,
     })
 }
 
@@ -154,6 +165,7 @@ pub struct PostfixReader {
     /// Queues still to read, the next one last.
     queues: Vec<(String, PathBuf)>,
     current: Option<QueueWalk>,
+    selection: Selection,
 }
 
 impl Iterator for PostfixReader {
@@ -168,7 +180,7 @@ impl Iterator for PostfixReader {
                 self.current = None;
             }
             let (name, dir) = self.queues.pop()?;
-            self.current = Some(QueueWalk::new(name, dir));
+            self.current = Some(QueueWalk::new(name, dir, self.selection.clone()));
         }
     }
 }
@@ -180,18 +192,20 @@ struct QueueWalk {
     stack: Vec<Vec<PathBuf>>,
     /// Set when the queue folder itself cannot be walked.
     pending: Option<SpoolItem>,
+    selection: Selection,
 }
 
 impl QueueWalk {
-    fn new(queue: String, dir: PathBuf) -> QueueWalk {
+    fn new(queue: String, dir: PathBuf, selection: Selection) -> QueueWalk {
         let mut walk = QueueWalk {
             queue,
             stack: Vec::new(),
             pending: None,
+            selection,
         };
         match dir.symlink_metadata() {
             Ok(m) if m.file_type().is_symlink() => {
-                walk.pending = Some(quarantine_path(&dir, "symbolic link: not followed"));
+                walk.pending = walk.keyless(&dir, "symbolic link: not followed");
             }
             _ => walk.pending = walk.enter(&dir),
         }
@@ -206,8 +220,20 @@ impl QueueWalk {
                 self.stack.push(entries);
                 None
             }
-            Err(e) => Some(quarantine_path(dir, &format!("cannot list folder: {e}"))),
+            Err(e) => self.keyless(dir, &format!("cannot list folder: {e}")),
         }
+    }
+
+    /// A folder problem: no queue id to shard on, so shard 1 reports it.
+    fn keyless(&self, path: &Path, reason: &str) -> Option<SpoolItem> {
+        self.selection
+            .takes_keyless()
+            .then(|| quarantine_path(path, reason))
+    }
+
+    /// The item at a (non-folder) `path`, when its queue id falls in this shard.
+    fn keyed(&self, path: &Path, item: impl FnOnce() -> SpoolItem) -> Option<SpoolItem> {
+        self.selection.takes(&file_name(path)).then(item)
     }
 }
 
@@ -224,28 +250,27 @@ impl Iterator for QueueWalk {
                 self.stack.pop();
                 continue;
             };
-            let file_type = match path.symlink_metadata() {
-                Ok(m) => m.file_type(),
+            let item = match path.symlink_metadata() {
                 // Gone since the folder was listed (Postfix moved it): nothing to read.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Some(quarantine_path(&path, &format!("cannot read: {e}"))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => self.keyed(&path, || {
+                    quarantine_path(&path, &format!("cannot read: {e}"))
+                }),
+                Ok(m) if m.file_type().is_symlink() => self.keyed(&path, || {
+                    quarantine_path(&path, "symbolic link: not followed")
+                }),
+                Ok(m) if m.file_type().is_dir() && self.stack.len() >= MAX_DEPTH => {
+                    self.keyless(&path, "folder nested too deep for a queue")
+                }
+                Ok(m) if m.file_type().is_dir() => self.enter(&path),
+                Ok(m) if !m.file_type().is_file() => {
+                    self.keyed(&path, || quarantine_path(&path, "not a regular file"))
+                }
+                Ok(_) => self.keyed(&path, || read_file(&path, &self.queue)),
             };
-            if file_type.is_symlink() {
-                return Some(quarantine_path(&path, "symbolic link: not followed"));
+            if item.is_some() {
+                return item;
             }
-            if file_type.is_dir() {
-                if self.stack.len() >= MAX_DEPTH {
-                    return Some(quarantine_path(&path, "folder nested too deep for a queue"));
-                }
-                if let Some(item) = self.enter(&path) {
-                    return Some(item);
-                }
-                continue;
-            }
-            if !file_type.is_file() {
-                return Some(quarantine_path(&path, "not a regular file"));
-            }
-            return Some(read_file(&path, &self.queue));
         }
     }
 }
