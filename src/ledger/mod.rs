@@ -221,6 +221,17 @@ impl Ledger {
             .map_err(|e| self.corrupt_or(e, "cannot configure ledger"))
     }
 
+    /// For a bulk writer (ingest): let the WAL grow to about 80 MB before it is copied back
+    /// into the database, instead of SQLite's 4 MB. Ingest touches pages of random-key
+    /// indexes all over the file; checkpointing every 4 MB wrote the same pages again and
+    /// again (300k messages: 42 s, 28.9 s with this). Readers are not affected, and the WAL
+    /// is checkpointed and removed when the writer closes.
+    pub fn checkpoint_in_large_steps(&self) -> Result<()> {
+        self.conn
+            .pragma_update(None, "wal_autocheckpoint", 20_000)
+            .with_context(|| format!("cannot configure ledger `{}`", self.path.display()))
+    }
+
     /// SQLite says "file is not a database" for a corrupted or foreign file: say that.
     fn corrupt_or(&self, e: rusqlite::Error, what: &str) -> anyhow::Error {
         let corrupt = matches!(

@@ -822,7 +822,10 @@ fn kill_9_during_ingest_then_ingest_again_gives_the_clean_ledger() {
     let spool = ingest_drill_spool();
     let reference = Cli::new();
     let started = Instant::now();
-    let out = reference.run(&["ingest".as_ref(), spool.as_os_str()]);
+    let out = reference.run_env(
+        &["ingest".as_ref(), spool.as_os_str()],
+        &[("SPOOLREPLAY_TEST_COMMIT_ITEMS", "100")],
+    );
     check(&out, 0);
     let clean_time = started.elapsed();
     let clean = ledger_content(&reference.ledger);
@@ -835,7 +838,14 @@ fn kill_9_during_ingest_then_ingest_again_gives_the_clean_ledger() {
     for trial in 0..trials {
         let cli = Cli::new();
         let delay = rng.below(window);
-        let mut child = cli.spawn(&["ingest".as_ref(), spool.as_os_str()]);
+        // Commits of 100 items: the kills land between commits as well as inside them.
+        let mut child = cli
+            .command(&["ingest".as_ref(), spool.as_os_str()])
+            .env("SPOOLREPLAY_TEST_COMMIT_ITEMS", "100")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn ingest");
         std::thread::sleep(Duration::from_millis(delay));
         let _ = child.kill();
         let status = child.wait().expect("wait");
