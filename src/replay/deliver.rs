@@ -1,8 +1,10 @@
 //! The delivery loop. Messages are handed one at a time, at the adaptive pace, to worker
 //! threads that each own one store connection; each message is recorded in flight just
-//! before it is handed over (intent first) and its outcome as soon as it comes back, so
-//! the in-flight window is the message each worker is sending. Deferred recipients are
-//! retried with backoff within the run until their message's deadline.
+//! before it is handed over (intent first), in the same commit as the outcomes that came
+//! back meanwhile (while waiting for the pace, outcomes are recorded as they come), so the
+//! in-flight window is the message each worker is sending plus the one being handed over.
+//! Deferred recipients are retried with backoff within the run until their message's
+//! deadline.
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -18,7 +20,7 @@ use super::{
 use crate::address::ReturnContent;
 use crate::classify::Disposition;
 use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
-use crate::ledger::{Change, MessageWork, RcptState};
+use crate::ledger::{Change, MessageWork, RcptState, Tx};
 use crate::pace::{Pace, PushBack, Signal, format_rate};
 
 /// One message's trip to the store.
@@ -220,24 +222,31 @@ impl Replay<'_> {
                 // Wait for the pace while recording whatever comes back meanwhile, so an
                 // accepted message never waits in flight for the next one's turn.
                 let wait = d.pace.wait(self.started.elapsed(), work.message.size);
-                health = worst(health, self.collect(done, &mut d, Instant::now() + wait)?);
-                if health != Health::Fine {
-                    after = work.message.id - 1;
-                    break;
+                if !wait.is_zero() {
+                    health = worst(health, self.collect(done, &mut d, Instant::now() + wait)?);
+                    if health != Health::Fine {
+                        after = work.message.id - 1;
+                        break;
+                    }
                 }
                 // Intent first, one message at a time: the in-flight window is the message
-                // a worker is handing over, nothing more.
-                let Some(work) = self.mark_in_flight(&[work])?.pop() else {
-                    continue;
+                // a worker is handing over, nothing more. The outcomes that came back
+                // meanwhile go into the same commit: one fsync per message, not two. If
+                // they say the store is down or full, nothing more is handed over.
+                let ready: Vec<Done> = done.try_iter().collect();
+                let (ready_health, handed) = self.settle_then_hand_over(ready, &mut d, &work)?;
+                health = worst(health, ready_health);
+                let Some(work) = handed else {
+                    after = work.message.id - 1;
+                    break;
                 };
                 test_hook("after-in-flight");
                 jobs.send(work).context("the delivery workers stopped")?;
                 d.outstanding += 1;
-                health = worst(health, self.collect(done, &mut d, Instant::now())?);
             }
             while d.outstanding > 0 {
-                let result = done.recv().context("the delivery workers stopped")?;
-                health = worst(health, self.settle(result, &mut d)?);
+                let first = done.recv().context("the delivery workers stopped")?;
+                health = worst(health, self.settle(with_ready(first, done), &mut d)?);
             }
             match health {
                 Health::Fine => {
@@ -282,7 +291,7 @@ impl Replay<'_> {
                     }
                 }
             };
-            health = worst(health, self.settle(result, d)?);
+            health = worst(health, self.settle(with_ready(result, done), d)?);
         }
     }
 
@@ -325,57 +334,137 @@ impl Replay<'_> {
         })
     }
 
-    /// Records intent: the recipients go in flight in one transaction.
-    fn mark_in_flight(&mut self, batch: &[MessageWork]) -> Result<Vec<MessageWork>> {
-        let detail = "handed to the store";
-        self.ledger.write(|tx| {
-            let mut out = Vec::with_capacity(batch.len());
-            for work in batch {
-                let mut moved = work.clone();
-                for r in &mut moved.recipients {
-                    let change = Change {
-                        detail: Some(detail),
-                        audit_only: true,
-                        ..Change::default()
-                    };
-                    tx.set_state(r, RcptState::InFlight, change)?;
-                    r.state = RcptState::InFlight;
-                }
-                out.push(moved);
-            }
-            Ok(out)
-        })
+    /// Records the results that came back together, in one ledger transaction, and feeds
+    /// the pace. With several workers, results arrive while the dispatcher commits the
+    /// previous ones; one commit (one fsync) for all of them instead of one each.
+    fn settle(&mut self, batch: Vec<Done>, d: &mut Dispatch) -> Result<Health> {
+        Ok(self.settle_and_mark(batch, d, None)?.0)
     }
 
-    /// Records one result from a worker and feeds the pace.
-    fn settle(&mut self, done: Done, d: &mut Dispatch) -> Result<Health> {
-        d.outstanding -= 1;
-        d.handled += 1;
-        self.stats.messages += 1;
-        test_hook("after-store");
-        let signal = signal_of(&done.result);
-        let health = self.record(done)?;
-        if let Some(signal) = signal
-            && let Some(change) = d.pace.observe(self.started.elapsed(), signal)
-        {
-            d.pace_text = format!("pace {} ({})", format_rate(change.rate), change.reason);
-            let text = d.pace_text.clone();
-            (self.on_event)(Event::Notice(&text));
+    /// `settle`, and in the same transaction `next` goes in flight, unless the results
+    /// say the store is down or full; returns `next` as recorded (in flight) if it may be
+    /// handed over.
+    fn settle_then_hand_over(
+        &mut self,
+        batch: Vec<Done>,
+        d: &mut Dispatch,
+        next: &MessageWork,
+    ) -> Result<(Health, Option<MessageWork>)> {
+        self.settle_and_mark(batch, d, Some(next))
+    }
+
+    fn settle_and_mark(
+        &mut self,
+        batch: Vec<Done>,
+        d: &mut Dispatch,
+        next: Option<&MessageWork>,
+    ) -> Result<(Health, Option<MessageWork>)> {
+        let settled = batch.len();
+        let mut signals = Vec::with_capacity(settled);
+        for done in &batch {
+            d.outstanding -= 1;
+            d.handled += 1;
+            self.stats.messages += 1;
+            test_hook("after-store");
+            signals.extend(signal_of(&done.result));
         }
-        let text = d.pace_text.clone();
-        (self.on_event)(Event::Delivered {
-            messages: d.handled,
-            pace: &text,
-        });
-        Ok(health)
+        let (health, handed) = self.record_all(batch, next)?;
+        for signal in signals {
+            if let Some(change) = d.pace.observe(self.started.elapsed(), signal) {
+                d.pace_text = format!("pace {} ({})", format_rate(change.rate), change.reason);
+                let text = d.pace_text.clone();
+                (self.on_event)(Event::Notice(&text));
+            }
+        }
+        if settled > 0 {
+            let text = d.pace_text.clone();
+            (self.on_event)(Event::Delivered {
+                messages: d.handled,
+                pace: &text,
+            });
+        }
+        Ok((health, handed))
     }
 
-    /// Writes the outcome of one attempt to the ledger, one transaction per message.
+    /// Writes the outcome of one attempt to the ledger.
     pub(super) fn record(&mut self, done: Done) -> Result<Health> {
-        let work = &done.work;
+        Ok(self.record_all(vec![done], None)?.0)
+    }
+
+    /// Writes the outcomes of attempts to the ledger, all in one transaction; in the same
+    /// transaction `next` goes in flight if the outcomes leave the store healthy.
+    fn record_all(
+        &mut self,
+        batch: Vec<Done>,
+        next: Option<&MessageWork>,
+    ) -> Result<(Health, Option<MessageWork>)> {
         let now = self.now();
         let retry = self.settings.retry;
         let redeliver = self.settings.uncertain == UncertainPolicy::Redeliver;
+        let mut health = Health::Fine;
+        let mut recorded = Vec::with_capacity(batch.len());
+        for done in batch {
+            let r = self.settled_of(done)?;
+            health = worst(health, r.health);
+            recorded.push(r);
+        }
+        let next = next.filter(|_| health == Health::Fine);
+        let handed = self.ledger.write(|tx| {
+            for rec in &recorded {
+                for (r, s) in rec.work.recipients.iter().zip(&rec.outcomes) {
+                    let next_attempt = (s.state == RcptState::Deferred).then(|| {
+                        let wait = if s.retry_now {
+                            Duration::ZERO
+                        } else {
+                            retry.backoff(r.attempts + 1)
+                        };
+                        now.timestamp() + wait.as_secs() as i64
+                    });
+                    let change = Change {
+                        detail: Some(&s.detail),
+                        status: s.status.as_deref(),
+                        attempted_at: if s.retry_now { None } else { rec.at.as_deref() },
+                        next_attempt,
+                        remote: s.remote.as_deref(),
+                        audit_only: false,
+                    };
+                    tx.set_state(r, s.state, change)?;
+                    if s.state == RcptState::Uncertain && redeliver {
+                        let mut row = r.clone();
+                        row.state = RcptState::Uncertain;
+                        let detail = "delivering again after an uncertain attempt (--uncertain redeliver): a duplicate is possible";
+                        tx.set_state(&row, RcptState::Pending, Change { detail: Some(detail), audit_only: true, ..Change::default() })?;
+                    }
+                }
+            }
+            next.map(|work| mark_in_flight(tx, work)).transpose()
+        })?;
+        for rec in &recorded {
+            for (r, s) in rec.work.recipients.iter().zip(&rec.outcomes) {
+                match s.state {
+                    RcptState::Delivered if s.already => self.stats.already_there += 1,
+                    RcptState::Delivered => self.stats.delivered += 1,
+                    RcptState::Deferred => self.stats.deferred += 1,
+                    RcptState::Failed => self.stats.failed += 1,
+                    RcptState::Held => self.stats.held += 1,
+                    RcptState::Uncertain => self.stats.uncertain += 1,
+                    _ => {}
+                }
+                (self.on_event)(Event::Outcome {
+                    message: &rec.work.message,
+                    recipient: &r.address,
+                    state: s.state,
+                    detail: &s.detail,
+                });
+            }
+        }
+        Ok((health, handed))
+    }
+
+    /// What an attempt means for each of its recipients (and for the run: a full store
+    /// stops it).
+    fn settled_of(&mut self, done: Done) -> Result<Recorded> {
+        let work = done.work;
         let (outcomes, at, health): (Vec<Settled>, Option<String>, Health) = match done.result {
             Attempt::Unreadable(why) => (
                 work.recipients
@@ -423,56 +512,44 @@ impl Replay<'_> {
                 (settled, None, health)
             }
         };
-        let mut requeued = 0;
-        self.ledger.write(|tx| {
-            for (r, s) in work.recipients.iter().zip(&outcomes) {
-                let next_attempt = (s.state == RcptState::Deferred).then(|| {
-                    let wait = if s.retry_now {
-                        Duration::ZERO
-                    } else {
-                        retry.backoff(r.attempts + 1)
-                    };
-                    now.timestamp() + wait.as_secs() as i64
-                });
-                let change = Change {
-                    detail: Some(&s.detail),
-                    status: s.status.as_deref(),
-                    attempted_at: if s.retry_now { None } else { at.as_deref() },
-                    next_attempt,
-                    remote: s.remote.as_deref(),
-                    audit_only: false,
-                };
-                tx.set_state(r, s.state, change)?;
-                if s.state == RcptState::Uncertain && redeliver {
-                    let mut row = r.clone();
-                    row.state = RcptState::Uncertain;
-                    let detail = "delivering again after an uncertain attempt (--uncertain redeliver): a duplicate is possible";
-                    tx.set_state(&row, RcptState::Pending, Change { detail: Some(detail), audit_only: true, ..Change::default() })?;
-                    requeued += 1;
-                }
-            }
-            Ok(())
-        })?;
-        let _ = requeued;
-        for (r, s) in work.recipients.iter().zip(&outcomes) {
-            match s.state {
-                RcptState::Delivered if s.already => self.stats.already_there += 1,
-                RcptState::Delivered => self.stats.delivered += 1,
-                RcptState::Deferred => self.stats.deferred += 1,
-                RcptState::Failed => self.stats.failed += 1,
-                RcptState::Held => self.stats.held += 1,
-                RcptState::Uncertain => self.stats.uncertain += 1,
-                _ => {}
-            }
-            (self.on_event)(Event::Outcome {
-                message: &work.message,
-                recipient: &r.address,
-                state: s.state,
-                detail: &s.detail,
-            });
-        }
-        Ok(health)
+        Ok(Recorded {
+            work,
+            outcomes,
+            at,
+            health,
+        })
     }
+}
+
+/// An attempt's outcomes, ready to be written.
+struct Recorded {
+    work: MessageWork,
+    outcomes: Vec<Settled>,
+    at: Option<String>,
+    health: Health,
+}
+
+/// Records intent: the message's recipients go in flight (inside the caller's
+/// transaction). Returns the work as recorded.
+fn mark_in_flight(tx: &Tx<'_>, work: &MessageWork) -> Result<MessageWork> {
+    let mut moved = work.clone();
+    for r in &mut moved.recipients {
+        let change = Change {
+            detail: Some("handed to the store"),
+            audit_only: true,
+            ..Change::default()
+        };
+        tx.set_state(r, RcptState::InFlight, change)?;
+        r.state = RcptState::InFlight;
+    }
+    Ok(moved)
+}
+
+/// `first` and every other result already waiting: they are recorded together.
+fn with_ready(first: Done, done: &Receiver<Done>) -> Vec<Done> {
+    let mut batch = vec![first];
+    batch.extend(done.try_iter());
+    batch
 }
 
 /// One recipient's outcome, as the ledger records it.
