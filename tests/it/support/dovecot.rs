@@ -178,6 +178,19 @@ impl Dovecot {
         std::fs::read_to_string(self.root().join("dovecot.log")).unwrap_or_default()
     }
 
+    /// The log once it holds `what` at least `n` times (Dovecot's log process writes a
+    /// little after the event), or as it is after 10 s.
+    pub fn log_when(&self, what: &str, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.matches(what).count() >= n || Instant::now() >= deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn diagnostics(&self) -> String {
         let stderr =
             std::fs::read_to_string(self.root().join("dovecot.stderr")).unwrap_or_default();
