@@ -67,6 +67,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
         spool::open_selected(&root, cfg.format, selection.clone()).map_err(spool_failure)?;
     let mut ledger = Ledger::open_for_write(ledger_path, "ingest")?;
     ledger.checkpoint_in_large_steps()?;
+    let deferred_indexes = ledger.defer_lookup_indexes()?;
     ledger.claim_shard(cfg.shard)?;
     printer.note(&format!(
         "reading {format} spool `{}`{}",
@@ -129,6 +130,10 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
         Ok(())
     })?;
     progress.finish();
+    if deferred_indexes {
+        printer.note("indexing mailboxes and senders");
+        ledger.ensure_lookup_indexes()?;
+    }
 
     printer.event(&json!({
         "type": "ingest_summary",
