@@ -108,17 +108,21 @@ fn merge_sorted<K: Ord + Clone, V>(
     }
 }
 
+/// The same query prepared on each ledger, for streams merged in step.
+fn prepare_all<'l>(ledgers: &'l [Ledger], sql: &str) -> Result<Vec<rusqlite::Statement<'l>>> {
+    Ok(ledgers
+        .iter()
+        .map(|l| l.conn.prepare(sql))
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
 /// Affected mailboxes across ledgers, in mailbox order: a mailbox with mail in several
 /// ledgers is one row (counts added, the worst delay the largest).
 pub fn for_each_affected_mailbox(
     ledgers: &[Ledger],
     mut f: impl FnMut(&MailboxRow) -> Result<()>,
 ) -> Result<()> {
-    let sql = mailbox_sql();
-    let mut statements = ledgers
-        .iter()
-        .map(|l| l.conn.prepare(&sql))
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut statements = prepare_all(ledgers, &mailbox_sql())?;
     let streams = statements
         .iter_mut()
         .map(|s| -> Result<Sorted<'_, String, MailboxRow>> {
@@ -147,11 +151,7 @@ pub fn for_each_affected_mailbox(
 /// Sender domains sent DSNs across ledgers, most DSNs first (ties by name); a sender
 /// bounced to from several ledgers counts once in `senders`. Memory: one row per domain.
 pub fn bounced_sender_domains(ledgers: &[Ledger]) -> Result<Vec<SenderDomainRow>> {
-    let sql = sender_sql();
-    let mut statements = ledgers
-        .iter()
-        .map(|l| l.conn.prepare(&sql))
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut statements = prepare_all(ledgers, &sender_sql())?;
     let streams = statements
         .iter_mut()
         .map(|s| -> Result<Sorted<'_, (String, String), (u64, u64)>> {
@@ -195,10 +195,7 @@ pub fn bounced_sender_domains(ledgers: &[Ledger]) -> Result<Vec<SenderDomainRow>
 pub fn duplicates(ledgers: &[Ledger], limit: usize) -> Result<(u64, u64, Vec<DuplicateGroup>)> {
     // Sorted by the UNIQUE (content_hash, …) index: streamed, no sort of the whole table.
     let sql = "SELECT content_hash, id, queue_id FROM messages ORDER BY content_hash";
-    let mut statements = ledgers
-        .iter()
-        .map(|l| l.conn.prepare(sql))
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut statements = prepare_all(ledgers, sql)?;
     let streams = statements
         .iter_mut()
         .map(|s| -> Result<Sorted<'_, String, (i64, String)>> {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::support::sink::{Sink, header};
-use crate::support::{Cli, Rng, check, drill_trials, run_trials, sha256_file};
+use crate::support::{Cli, Rng, check, drill_trials, kill_9_after, run_trials, sha256_file};
 
 /// Runs the sample without an outbox: DSNs are made and kept in the ledger (exit 75).
 fn run_without_outbox(cli: &Cli) {
@@ -51,7 +51,7 @@ fn dsn_message_ids(cli: &Cli) -> BTreeMap<i64, String> {
 /// How many times the sink got each Message-ID.
 fn received(sink: &Sink) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
-    for m in sink.messages() {
+    for m in sink.messages_settled() {
         let id = header(&m, "Message-ID")
             .expect("dump has a Message-ID")
             .to_string();
@@ -153,27 +153,39 @@ fn kill_during_send_never_sends_a_dsn_twice_and_reports_the_uncertain() {
             }
         }
 
-        // The operator decides: resending the uncertain one delivers every DSN at least
-        // once, and only the uncertain one may arrive twice.
-        check(
-            &cli.run(&[
-                "bounces",
-                "send",
-                "--relay",
-                &sink.url(),
-                "--resend-uncertain",
-            ]),
-            0,
+        let uncertain: Vec<i64> = uncertain.into_iter().copied().collect();
+        resend_uncertain_then_each_dsn_arrived_once(&cli, &sink, &ids, &uncertain, &spec);
+    }
+}
+
+/// The operator decides: resending the uncertain DSNs delivers every DSN at least once,
+/// and only an uncertain one may arrive twice.
+#[track_caller]
+fn resend_uncertain_then_each_dsn_arrived_once(
+    cli: &Cli,
+    sink: &Sink,
+    ids: &BTreeMap<i64, String>,
+    uncertain: &[i64],
+    what: &str,
+) {
+    check(
+        &cli.run(&[
+            "bounces",
+            "send",
+            "--relay",
+            &sink.url(),
+            "--resend-uncertain",
+        ]),
+        0,
+    );
+    let got = received(sink);
+    for (id, message_id) in ids {
+        let count = got.get(message_id).copied().unwrap_or(0);
+        let limit = if uncertain.contains(id) { 2 } else { 1 };
+        assert!(
+            (1..=limit).contains(&count),
+            "{what}: DSN {id} arrived {count} times"
         );
-        let got = received(&sink);
-        for (id, message_id) in &ids {
-            let count = got.get(message_id).copied().unwrap_or(0);
-            let limit = if uncertain.contains(&id) { 2 } else { 1 };
-            assert!(
-                (1..=limit).contains(&count),
-                "{spec}: DSN {id} arrived {count} times"
-            );
-        }
     }
 }
 
@@ -214,15 +226,8 @@ fn kill_9_at_random_moments_of_send_never_sends_a_dsn_twice() {
         let mut rng = Rng::new(3464 + trial as u64);
         // 50 DSNs a second: the whole send takes longer than the latest kill.
         let delay = Duration::from_millis(50 + rng.below(ids.len() as u64 * 20 - 100));
-        let mut child = cli.spawn(&["bounces", "send", "--rate", "50/s", "--relay", &sink.url()]);
-        std::thread::sleep(delay);
-        child.kill().expect("kill -9");
-        let status = child.wait().expect("wait");
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9),
-            "trial {trial}: the send ended before the kill after {delay:?}"
-        );
+        let child = cli.spawn(&["bounces", "send", "--rate", "50/s", "--relay", &sink.url()]);
+        kill_9_after(child, delay, &format!("trial {trial}"));
 
         let again = cli.run(&["--json", "bounces", "send", "--relay", &sink.url()]);
         check(&again, 0);
@@ -251,25 +256,8 @@ fn kill_9_at_random_moments_of_send_never_sends_a_dsn_twice() {
             }
         }
 
-        check(
-            &cli.run(&[
-                "bounces",
-                "send",
-                "--relay",
-                &sink.url(),
-                "--resend-uncertain",
-            ]),
-            0,
-        );
-        let got = received(&sink);
-        for (id, message_id) in &ids {
-            let count = got.get(message_id).copied().unwrap_or(0);
-            let limit = if uncertain.contains(id) { 2 } else { 1 };
-            assert!(
-                (1..=limit).contains(&count),
-                "trial {trial} ({delay:?}): DSN {id} arrived {count} times"
-            );
-        }
+        let what = format!("trial {trial} ({delay:?})");
+        resend_uncertain_then_each_dsn_arrived_once(&cli, &sink, &ids, &uncertain, &what);
     });
 }
 

@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
-use crate::support::{Cli, Outcome, Rng, check, clean_outcome, drill_trials, ingested, run_trials};
+use crate::support::{
+    Cli, Outcome, Rng, check, clean_outcome, drill_trials, ingested, kill_9_after, run_trials,
+};
 
 /// SIGABRT: what `SPOOLREPLAY_CRASH_AT` does (`std::process::abort`).
 const SIGABRT: i32 = 6;
-const SIGKILL: i32 = 9;
 
 /// Runs again (without crash injection) until exit 0; at most a few times.
 #[track_caller]
@@ -83,15 +84,11 @@ fn sigkill_at_random_moments_then_resume() {
         let mut rng = Rng::new(20230122 + trial as u64);
         let delay = 100 + rng.below(1400);
         let cli = ingested();
-        let mut child = cli.spawn(&cli.run_args(&["--rate", "50/s", "--batch-size", "5"]));
-        std::thread::sleep(Duration::from_millis(delay));
-        child.kill().expect("kill");
-        let status = child.wait().expect("wait");
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(
-            status.signal(),
-            Some(SIGKILL),
-            "trial {trial} ({delay} ms): the run ended before the kill"
+        let child = cli.spawn(&cli.run_args(&["--rate", "50/s", "--batch-size", "5"]));
+        kill_9_after(
+            child,
+            Duration::from_millis(delay),
+            &format!("trial {trial}"),
         );
         resume(&cli);
         let resumed = Outcome::of(&cli);

@@ -16,8 +16,8 @@ use crate::support::minispool::{
     self, Mail, copies_of, dsn_recipient_fields, message_id, outbox_dsns, state_paths,
 };
 use crate::support::{
-    Cli, LedgerRecipient, NOW, Rng, check, drill_trials, incident, ingested, ledger_recipients,
-    run_trials,
+    Cli, LedgerRecipient, NOW, Rng, check, drill_trials, incident, ingested, kill_9_after,
+    ledger_recipients, run_trials,
 };
 
 /// Left out of Dovecot's users: their mail is refused with 550 5.1.1.
@@ -331,17 +331,7 @@ fn kill_then_rerun(host: &MailHost, trial: usize, kill: Kill, policy: &str) -> (
     let store = host.tcp_store();
     let args = minispool::run_args(&cli, &store, &["--rate", "20/s", "--batch-size", "5"]);
     match kill {
-        Kill::After(delay) => {
-            let mut child = cli.spawn(&args);
-            std::thread::sleep(delay);
-            child.kill().expect("kill -9");
-            let status = child.wait().expect("wait");
-            assert_eq!(
-                std::os::unix::process::ExitStatusExt::signal(&status),
-                Some(9),
-                "trial {trial}: the run ended before the kill after {delay:?}"
-            );
-        }
+        Kill::After(delay) => kill_9_after(cli.spawn(&args), delay, &format!("trial {trial}")),
         Kill::AfterStore(n) => {
             let spec = format!("after-store:{n}");
             let out = cli.run_env(&args, &[("SPOOLREPLAY_CRASH_AT", &spec)]);

@@ -352,6 +352,20 @@ pub fn drill_trials(ci: usize) -> usize {
     }
 }
 
+/// Lets `child` run for `delay`, then `kill -9`s it; asserts that it was still running
+/// (a drill whose kill came after the end tests nothing). `what` names the trial.
+#[track_caller]
+pub fn kill_9_after(mut child: Child, delay: std::time::Duration, what: &str) {
+    std::thread::sleep(delay);
+    child.kill().expect("kill -9");
+    let status = child.wait().expect("wait");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{what}: the process ended before the kill after {delay:?}"
+    );
+}
+
 /// Runs `trial(0..n)` on `parallel` threads. The drills are paced runs that mostly wait on
 /// the clock, so a few at a time keep the suite short without starving anyone; each trial
 /// has its own ledger, store and seed (derived from its number, so a failure names a trial

@@ -68,6 +68,22 @@ impl Sink {
         format!("smtp://127.0.0.1:{}", self.port)
     }
 
+    /// Every dumped transaction's text once the dump has stopped changing: smtp-sink may
+    /// write a transaction's file a moment after its 250, which a loaded machine stretches.
+    /// Two equal reads 100 ms apart (at most 5 s).
+    pub fn messages_settled(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = self.messages();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.messages();
+            if now == last || Instant::now() >= deadline {
+                return now;
+            }
+            last = now;
+        }
+    }
+
     /// Every dumped transaction's text.
     pub fn messages(&self) -> Vec<String> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
