@@ -66,9 +66,9 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
     let (format, reader) =
         spool::open_selected(&root, cfg.format, selection.clone()).map_err(spool_failure)?;
     let mut ledger = Ledger::open_for_write(ledger_path, "ingest")?;
+    ledger.claim_shard(cfg.shard)?;
     ledger.checkpoint_in_large_steps()?;
     let deferred_indexes = ledger.defer_lookup_indexes()?;
-    ledger.claim_shard(cfg.shard)?;
     printer.note(&format!(
         "reading {format} spool `{}`{}",
         for_terminal(&root.display().to_string()),
@@ -80,7 +80,8 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
     let mut tally = Tally::default();
     let mut progress = Progress::new(&output, "items", 0);
     // Reading, parsing and hashing run on their own thread while this one writes the
-    // ledger; the channel holds a few items, so memory stays a few messages deep.
+    // ledger; the channel holds a few hand-overs of at most 64 items or about 1 MB, so
+    // memory stays a few megabytes deep.
     let (items_tx, items_rx) = std::sync::mpsc::sync_channel::<Vec<Read>>(READ_AHEAD);
     std::thread::scope(|scope| -> Result<()> {
         scope.spawn(move || read_ahead(reader, &items_tx));
