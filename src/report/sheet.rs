@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use crate::report::table::human_bytes;
+use crate::report::table::{human_bytes, padded_line};
 use crate::sanitize::for_terminal;
 use crate::throttle::format_duration;
 
@@ -247,23 +247,7 @@ impl<'w> SheetWriter<'w> {
 
     /// One padded line: numbers right-aligned, text left-aligned, no trailing spaces.
     fn line(&self, cells: &[String]) -> String {
-        let widths = self.widths.as_deref().unwrap_or(&[]);
-        let mut out = String::new();
-        for (i, w) in widths.iter().enumerate() {
-            let cell = cells.get(i).map(String::as_str).unwrap_or("");
-            let pad = w.saturating_sub(cell.chars().count());
-            if i > 0 {
-                out.push_str("  ");
-            }
-            if self.numeric[i] {
-                out.push_str(&" ".repeat(pad));
-                out.push_str(cell);
-            } else {
-                out.push_str(cell);
-                out.push_str(&" ".repeat(pad));
-            }
-        }
-        out.trim_end().to_string() + "\n"
+        padded_line(cells, self.widths.as_deref().unwrap_or(&[]), &self.numeric)
     }
 }
 

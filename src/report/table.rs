@@ -39,26 +39,7 @@ impl Table {
                 .unwrap_or(0)
         };
         let widths: Vec<usize> = (0..self.headers.len()).map(width).collect();
-        let line = |cells: &[String]| {
-            let mut out = String::new();
-            for (i, w) in widths.iter().enumerate() {
-                let cell = cells.get(i).map(String::as_str).unwrap_or("");
-                let pad = w.saturating_sub(cell.chars().count());
-                if i > 0 {
-                    out.push_str("  ");
-                }
-                if self.numeric[i] {
-                    out.push_str(&" ".repeat(pad));
-                    out.push_str(cell);
-                } else {
-                    out.push_str(cell);
-                    if i + 1 < widths.len() {
-                        out.push_str(&" ".repeat(pad));
-                    }
-                }
-            }
-            out.trim_end().to_string() + "\n"
-        };
+        let line = |cells: &[String]| padded_line(cells, &widths, &self.numeric);
         let mut out = line(&self.headers);
         let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
         out.push_str(&line(&rule));
@@ -70,6 +51,27 @@ impl Table {
 }
 
 /// Bytes in a human unit.
+/// One table line: numbers right-aligned, text left-aligned, columns two spaces apart,
+/// no trailing spaces.
+pub fn padded_line(cells: &[String], widths: &[usize], numeric: &[bool]) -> String {
+    let mut out = String::new();
+    for (i, w) in widths.iter().enumerate() {
+        let cell = cells.get(i).map(String::as_str).unwrap_or("");
+        let pad = " ".repeat(w.saturating_sub(cell.chars().count()));
+        if i > 0 {
+            out.push_str("  ");
+        }
+        if numeric.get(i).copied().unwrap_or(false) {
+            out.push_str(&pad);
+            out.push_str(cell);
+        } else {
+            out.push_str(cell);
+            out.push_str(&pad);
+        }
+    }
+    out.trim_end().to_string() + "\n"
+}
+
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
     let mut value = n as f64;
