@@ -39,7 +39,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Print only errors
+    /// Print only what was asked for and errors: no progress, notes, warnings or summaries
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
