@@ -41,30 +41,12 @@ impl Progress {
             Mode::Silent
         } else if tty && !output.json {
             // A total of 0 means "unknown" (ingest streams without counting first).
-            let (bar, template) = if total == 0 {
-                (
-                    ProgressBar::new_spinner(),
-                    format!("{{spinner}} [{{elapsed_precise}}] {{pos}} {what} {{rate}} {{msg}}"),
-                )
+            let bar = if total == 0 {
+                ProgressBar::new_spinner()
             } else {
-                (
-                    ProgressBar::new(total),
-                    format!(
-                        "{{spinner}} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {what} {{rate}} ETA {{eta}} {{msg}}"
-                    ),
-                )
+                ProgressBar::new(total)
             };
-            // indicatif's own `{per_sec}` prints four decimals (`36.2265/s`).
-            let style = ProgressStyle::with_template(&template)
-                .map(|s| {
-                    s.with_key(
-                        "rate",
-                        |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-                            let _ = w.write_str(&rate_text(state.per_sec()));
-                        },
-                    )
-                })
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let style = bar_style(what, total).unwrap_or_else(|_| ProgressStyle::default_bar());
             // The template uses no colour, so NO_COLOR needs nothing more here.
             bar.set_style(style);
             Mode::Bar(bar)
@@ -105,6 +87,24 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+/// The bar: the count in `what`'s unit, and the rate rounded as people read it
+/// (indicatif's own `{per_sec}` prints four decimals: `36.2265/s`).
+fn bar_style(what: &str, total: u64) -> Result<ProgressStyle, indicatif::style::TemplateError> {
+    let template = if total == 0 {
+        format!("{{spinner}} [{{elapsed_precise}}] {{pos}} {what} {{rate}} {{msg}}")
+    } else {
+        format!(
+            "{{spinner}} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {what} {{rate}} ETA {{eta}} {{msg}}"
+        )
+    };
+    Ok(ProgressStyle::with_template(&template)?.with_key(
+        "rate",
+        |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = w.write_str(&rate_text(state.per_sec()));
+        },
+    ))
 }
 
 fn heartbeat_line(what: &str, done: u64, total: u64, started: Instant, message: &str) -> String {
@@ -148,6 +148,12 @@ fn rate_text(per_second: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bar_templates_are_valid() {
+        assert!(bar_style("messages", 10).is_ok());
+        assert!(bar_style("items", 0).is_ok());
+    }
 
     #[test]
     fn rates_are_rounded_for_people() {
