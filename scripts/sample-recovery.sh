@@ -10,7 +10,9 @@ mkdir -p "$work"
 # store came back, so some of the queue has expired and the rest is still deliverable.
 now=2023-01-28T06:00:00+01:00
 
-cargo build --release --locked --quiet --manifest-path "$top/Cargo.toml"
+# Not --quiet: a first release build takes minutes, and cargo's progress goes to stderr.
+echo "building spoolreplay (release) ..." >&2
+cargo build --release --locked --manifest-path "$top/Cargo.toml"
 sr() { "$top/target/release/spoolreplay" --ledger "$work/spoolreplay.db" "$@"; }
 
 set -x

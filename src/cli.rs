@@ -39,7 +39,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Print only errors
+    /// Print only what was asked for and errors: no progress, notes, warnings or summaries
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
@@ -284,10 +284,17 @@ pub struct BouncesArgs {
 #[derive(Debug, Subcommand)]
 pub enum BouncesAction {
     /// List the DSNs made and the ones still owed (the default)
+    #[command(
+        after_help = "Example:\n  spoolreplay bounces list\n  spoolreplay --json bounces list"
+    )]
     List,
 
     /// Print one DSN as it is sent
+    #[command(
+        after_help = "Example:\n  spoolreplay bounces show 3\n  spoolreplay bounces show 3 > dsn-3.eml"
+    )]
     Show {
+        /// The DSN's id, as `bounces list` shows it
         #[arg(value_name = "ID")]
         id: i64,
     },
@@ -339,6 +346,8 @@ pub enum BouncesAction {
     /// Write the DSNs not yet written as .eml files with a .json envelope
     #[command(after_help = "Example:\n  spoolreplay bounces write --outbox /var/tmp/bounces")]
     Write {
+        /// The folder to write them to (created if missing); each DSN is dsn-N.eml with its
+        /// envelope in dsn-N.json
         #[arg(long, value_name = "DIR")]
         outbox: PathBuf,
     },

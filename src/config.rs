@@ -402,7 +402,12 @@ fn report_format(format: Option<&str>, json: bool) -> Result<Format> {
 
 fn parse_now(now: Option<&str>) -> Result<DateTime<FixedOffset>> {
     match now {
-        None => Ok(chrono::Local::now().fixed_offset()),
+        // To the second: a fraction decides nothing here, and printed it would be
+        // nanoseconds in every report line that shows the clock.
+        None => Ok(chrono::SubsecRound::trunc_subsecs(
+            chrono::Local::now().fixed_offset(),
+            0,
+        )),
         Some(s) => DateTime::parse_from_rfc3339(s).map_err(|e| {
             usage(
                 "--now",

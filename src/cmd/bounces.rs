@@ -43,7 +43,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
             let written = crate::outbox::write_pending(&mut ledger, &outbox)?;
             printer
                 .event(&json!({"type": "dsns_written", "written": written, "outbox": outbox}))?;
-            printer.data(&format!(
+            printer.summary(&format!(
                 "wrote {written} DSNs to `{}`",
                 for_terminal(&outbox.display().to_string())
             ))?;
@@ -142,7 +142,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
                 exit.code(),
                 exit.meaning()
             ));
-            printer.data(&summary)?;
+            printer.summary(&summary)?;
             Ok(exit)
         }
     }

@@ -150,7 +150,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
         "shard": cfg.shard.map(|s| s.to_string()),
         "other_shards": selection.skipped(),
     }))?;
-    printer.data(&format!(
+    printer.summary(&format!(
         "ingested {} messages from `{}`: {} new ({} recipients), {} already in the ledger; {} quarantined ({} new)",
         tally.messages,
         for_terminal(&root.display().to_string()),
@@ -161,7 +161,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
         tally.new_quarantined
     ))?;
     if let Some(shard) = cfg.shard {
-        printer.data(&format!(
+        printer.summary(&format!(
             "took shard {shard}: {} items left to the other shards",
             selection.skipped()
         ))?;

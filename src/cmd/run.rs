@@ -36,7 +36,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
             cfg.now.to_rfc3339()
         ));
     }
-    let open = ledger
+    let open: u64 = ledger
         .state_counts()?
         .iter()
         .filter(|(s, _)| {
@@ -54,7 +54,15 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         if cfg.concurrency == 1 { "" } else { "s" }
     ));
 
-    let mut progress = Progress::new(&output, "messages", open);
+    // The progress counts messages handed to the store, so its total is the messages this
+    // run would deliver (what `report` calls "Messages that would be delivered"), not the
+    // open recipients; one read of the ledger, skipped when nothing is shown.
+    let deliveries = if Progress::shown(&output) {
+        planned_deliveries(&ledger, &cfg)?
+    } else {
+        0
+    };
+    let mut progress = Progress::new(&output, "messages", deliveries);
     let mut last_seen = 0u64;
     let mut event_error: Option<std::io::Error> = None;
     let mut on_event = |e: Event<'_>| {
@@ -207,9 +215,19 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     }
     summary.push_str(&format!("Exit {}: {}\n", exit.code(), exit.meaning()));
     if !printer.json_mode() {
-        printer.data(&summary)?;
+        printer.summary(&summary)?;
     }
     Ok(exit)
+}
+
+/// The messages `run` would hand to the store now, as the plan of `report` counts them.
+fn planned_deliveries(ledger: &Ledger, cfg: &RunConfig) -> Result<u64> {
+    let mut plan = crate::plan::Plan::default();
+    ledger.for_each_message(|m, r| {
+        plan.add(&cfg.incident, cfg.now, m, r);
+        Ok(())
+    })?;
+    Ok(plan.deliveries)
 }
 
 fn stop_text(stop: &Stop) -> String {

@@ -9,8 +9,10 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset, TimeDelta, Timelike};
 
 use crate::incident::Incident;
+use crate::ledger::QuarantineRow;
 use crate::plan::{OUTSIDE_INDEX, Plan};
 use crate::report::svg::{self, Marker, Series, StackedChart, escape};
+use crate::report::table::human_bytes;
 use crate::throttle::format_duration;
 
 /// Upper bounds (hours, exclusive) of the delivery-delay buckets, doubling; one more
@@ -40,13 +42,16 @@ pub fn delay_labels() -> Vec<String> {
     out
 }
 
-/// Recipients of one domain by outcome so far.
+/// Recipients of one domain by outcome so far. `total` is the sum of the outcomes: extra
+/// copies of the same mail (`duplicate`) are not recipients of their own, the first copy
+/// counts (as in the plan of the text report).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DomainOutcomes {
     pub domain: String,
     pub total: u64,
     pub delivered: u64,
     pub bounced: u64,
+    pub dropped: u64,
     pub held: u64,
     pub pending: u64,
     pub uncertain: u64,
@@ -74,7 +79,9 @@ pub struct HtmlReport<'a> {
     pub projection: String,
     pub what_if: Vec<(String, Duration)>,
     pub anomalies: Vec<AnomalyLine>,
+    /// Open quarantine items: how many, and the first `--top` (as the text report lists).
     pub quarantined: u64,
+    pub quarantine: Vec<QuarantineRow>,
 }
 
 /// Colours of the windows, in order; mail outside every window is grey.
@@ -110,11 +117,12 @@ h1 {{ font-size: 1.6em; }} h2 {{ font-size: 1.25em; margin-top: 2em; border-bott
 table {{ border-collapse: collapse; margin: 0.5em 0; }}
 th, td {{ padding: 0.2em 0.8em; border-bottom: 1px solid #eee; text-align: left; }}
 td.n, th.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
+time, td.stamp, td.name {{ white-space: nowrap; }}
 .note {{ color: #555; }}
 svg {{ max-width: 100%; height: auto; }}
 </style></head><body>
 <h1>{title}</h1>
-<p class="note">Incident report by spoolreplay, as of <time datetime="{now}">{now}</time>. Mail store restored at {restored}; queue lifetime {lifetime} from {from}.</p>
+<p class="note">Incident report by spoolreplay, as of <time datetime="{now}">{now}</time>. Mail store restored at <time datetime="{restored}">{restored}</time>; queue lifetime {lifetime} from {from}.</p>
 "#,
         title = escape(&inc.name),
         now = escape(&r.now.to_rfc3339()),
@@ -134,6 +142,7 @@ svg {{ max-width: 100%; height: auto; }}
     domains_section(&mut page, r);
     plan_section(&mut page, r);
     anomalies_section(&mut page, r);
+    quarantine_section(&mut page, r);
     page.push_str("</body></html>\n");
     page
 }
@@ -236,16 +245,22 @@ pub fn timeline_chart(r: &HtmlReport<'_>) -> Option<StackedChart> {
 }
 
 fn windows_table(page: &mut String, inc: &Incident) {
-    page.push_str(
-        "<table id=\"windows\"><tr><th>window</th><th>from</th><th>until</th><th>action</th><th>note</th></tr>",
+    let offset = *inc.restored_at.offset();
+    let _ = write!(
+        page,
+        "<table id=\"windows\"><tr><th>window</th><th>from ({offset})</th><th>until ({offset})</th><th>action</th><th>note</th></tr>",
     );
+    // Names and times are single tokens a reader scans down a column: they never wrap
+    // (a browser broke `2023-01-22T20:00:00+01:00` inside). The times are shown in the
+    // timeline's offset, to the minute, so the note keeps room to wrap in; each
+    // `<time>` keeps the exact RFC 3339 instant.
     for w in &inc.windows {
         let _ = write!(
             page,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td></tr>",
+            "<tr><td class=\"name\">{}</td><td class=\"stamp\">{}</td><td class=\"stamp\">{}</td><td>{}{}</td><td>{}</td></tr>",
             escape(&w.name),
-            escape(&w.start.to_rfc3339()),
-            escape(&w.end.to_rfc3339()),
+            local_time(w.start, offset),
+            local_time(w.end, offset),
             w.action.as_str(),
             if w.expect_mail {
                 ""
@@ -257,7 +272,7 @@ fn windows_table(page: &mut String, inc: &Incident) {
     }
     let _ = write!(
         page,
-        "<tr><td>outside</td><td colspan=\"2\">any other time</td><td>{}</td><td></td></tr></table>",
+        "<tr><td class=\"name\">outside</td><td colspan=\"2\">any other time</td><td>{}</td><td></td></tr></table>",
         inc.outside.as_str()
     );
 }
@@ -279,6 +294,13 @@ fn outcomes_section(page: &mut String, r: &HtmlReport<'_>) {
 fn delays_section(page: &mut String, r: &HtmlReport<'_>) {
     page.push_str(r#"<h2 id="delays">Delivery delays (arrival → delivered)</h2>"#);
     let total: u64 = r.delays.iter().sum();
+    if total == 0 {
+        // An empty chart would be ten columns of 0 on an axis from 0 to 0: say it instead.
+        page.push_str(
+            r#"<p id="delays-none">No recipient has been delivered by spoolreplay yet.</p>"#,
+        );
+        return;
+    }
     let buckets: Vec<(String, u64)> = delay_labels().into_iter().zip(r.delays).collect();
     let _ = write!(
         page,
@@ -290,7 +312,7 @@ fn delays_section(page: &mut String, r: &HtmlReport<'_>) {
 fn domains_section(page: &mut String, r: &HtmlReport<'_>) {
     let _ = write!(
         page,
-        r#"<h2 id="domains">Top {} recipient domains</h2>"#,
+        r#"<h2 id="domains">Top {} recipient domains (all recipients, by outcome so far)</h2><p class="note">Before a run every recipient is open, and these are the text report's domain totals; an extra copy of the same mail (a duplicate) is not counted again. Delivered includes mail the MTA had delivered before the spool was copied.</p>"#,
         r.domains.len()
     );
     let items: Vec<(String, u64, String)> = r
@@ -305,16 +327,17 @@ fn domains_section(page: &mut String, r: &HtmlReport<'_>) {
     );
     page.push_str(
         "<table id=\"domains-table\"><tr><th>domain</th><th class=\"n\">recipients</th><th class=\"n\">delivered</th>\
-         <th class=\"n\">bounced</th><th class=\"n\">held</th><th class=\"n\">pending</th><th class=\"n\">uncertain</th></tr>",
+         <th class=\"n\">bounced</th><th class=\"n\">dropped</th><th class=\"n\">held</th><th class=\"n\">pending</th><th class=\"n\">uncertain</th></tr>",
     );
     for d in &r.domains {
         let _ = write!(
             page,
-            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            "<tr><td class=\"name\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
             escape(&d.domain),
             d.total,
             d.delivered,
             d.bounced,
+            d.dropped,
             d.held,
             d.pending,
             d.uncertain
@@ -355,14 +378,16 @@ fn plan_section(page: &mut String, r: &HtmlReport<'_>) {
         } else {
             r.incident.windows[*w].name.as_str()
         };
+        // Bytes as the text report shows them; the exact number stays in `data-bytes`.
         let _ = write!(
             page,
-            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            "<tr><td class=\"name\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\" data-bytes=\"{}\">{}</td></tr>",
             escape(name),
             d.as_str(),
             c.messages,
             c.recipients,
-            c.bytes
+            c.bytes,
+            human_bytes(c.bytes)
         );
     }
     page.push_str("</table>");
@@ -382,9 +407,70 @@ fn anomalies_section(page: &mut String, r: &HtmlReport<'_>) {
     }
     let _ = write!(
         page,
-        "<tr><td>quarantined</td><td></td><td class=\"n\">{}</td><td>spool items that could not be read</td></tr></table>",
+        "<tr><td>quarantined</td><td></td><td class=\"n\">{}</td><td>spool items that could not be read (listed below)</td></tr></table>",
         r.quarantined
     );
+}
+
+/// The quarantined spool items, listed as the text report lists them.
+fn quarantine_section(page: &mut String, r: &HtmlReport<'_>) {
+    let _ = write!(
+        page,
+        r#"<h2 id="quarantine">Quarantined spool items: {}</h2>"#,
+        r.quarantined
+    );
+    if r.quarantine.is_empty() {
+        page.push_str("<p>None: every spool item was read.</p>");
+        return;
+    }
+    page.push_str(
+        "<table id=\"quarantine-table\"><tr><th>spool item</th><th>reason</th><th>first seen</th></tr>",
+    );
+    for q in &r.quarantine {
+        let at = if q.source_format == "mbox" {
+            format!(" (byte {})", q.source_offset)
+        } else {
+            String::new()
+        };
+        let _ = write!(
+            page,
+            "<tr><td>{}{}</td><td>{}</td><td class=\"stamp\">{}</td></tr>",
+            escape(&q.source_path),
+            at,
+            escape(&q.reason),
+            time(&q.first_seen)
+        );
+    }
+    page.push_str("</table>");
+    let shown = r.quarantine.len() as u64;
+    if r.quarantined > shown {
+        let _ = write!(
+            page,
+            r#"<p class="note">… and {} more (--top N shows more).</p>"#,
+            r.quarantined - shown
+        );
+    }
+}
+
+/// An instant as a `<time>` element showing it in `offset`, to the minute unless it has
+/// seconds: `2023-01-22 20:00`.
+fn local_time(t: DateTime<FixedOffset>, offset: FixedOffset) -> String {
+    let local = t.with_timezone(&offset);
+    let shown = if local.second() == 0 && local.nanosecond() == 0 {
+        local.format("%Y-%m-%d %H:%M")
+    } else {
+        local.format("%Y-%m-%d %H:%M:%S")
+    };
+    format!(
+        r#"<time datetime="{}">{shown}</time>"#,
+        escape(&t.to_rfc3339())
+    )
+}
+
+/// An RFC 3339 time as a `<time>` element.
+fn time(rfc3339: &str) -> String {
+    let t = escape(rfc3339);
+    format!(r#"<time datetime="{t}">{t}</time>"#)
 }
 
 #[cfg(test)]
@@ -436,12 +522,25 @@ note = "<script>alert(1)</script>"
             projection: "unthrottled".into(),
             what_if: vec![],
             anomalies: vec![],
-            quarantined: 0,
+            quarantined: 2,
+            quarantine: vec![QuarantineRow {
+                source_format: "eml".into(),
+                source_path: "spool/<img>.eml".into(),
+                source_offset: 0,
+                reason: "bad sidecar: <b>".into(),
+                first_seen: "2023-01-28T05:00:00.000Z".into(),
+            }],
         });
         assert!(!page.contains("<script"), "{page}");
         assert!(!page.contains("<evil>"), "{page}");
         assert!(!page.contains("<b>"), "{page}");
+        assert!(!page.contains("<img"), "{page}");
         assert!(page.contains("&lt;evil&gt;.example"));
         assert!(page.contains("q&lt;x&gt;"));
+        assert!(page.contains("spool/&lt;img&gt;.eml"), "{page}");
+        assert!(page.contains("… and 1 more"), "{page}");
+        // Nothing delivered: a sentence, not an empty chart.
+        assert!(page.contains(r#"id="delays-none""#), "{page}");
+        assert!(!page.contains(r#"id="delays-chart""#), "{page}");
     }
 }

@@ -52,6 +52,16 @@ impl Printer {
         Ok(())
     }
 
+    /// The closing summary of a command that acts (ingest, run, bounces write/send), on
+    /// stdout: for people, so not with `--json` (which has its summary event) nor with
+    /// `--quiet` (the exit code says how it ended).
+    pub fn summary(&self, text: &str) -> io::Result<()> {
+        if self.output.quiet() {
+            return Ok(());
+        }
+        self.data(text)
+    }
+
     /// A whole message (a DSN) on stdout: byte for byte into a pipe or file, for tools; on
     /// a terminal line by line through the sanitizer, since the returned original carries
     /// a stranger's headers, which may hold terminal escapes.

@@ -114,13 +114,67 @@ pub fn csv_field(s: &str) -> String {
     }
 }
 
+/// Where a report's sections go: a writer that knows whether anything went out yet, so
+/// CSV sections are separated by an empty line with none before the first (a CSV file
+/// that starts with an empty line reads as an empty first record).
+pub trait Sink: Write {
+    fn started(&self) -> bool;
+}
+
+/// A `Sink` over any writer.
+pub struct Tracked<W> {
+    inner: W,
+    started: bool,
+}
+
+impl<W: Write> Tracked<W> {
+    pub fn new(inner: W) -> Tracked<W> {
+        Tracked {
+            inner,
+            started: false,
+        }
+    }
+
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+impl<W: Write> Write for Tracked<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.started |= n > 0;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> Sink for Tracked<W> {
+    fn started(&self) -> bool {
+        self.started
+    }
+}
+
+/// A column's header in a text table. A `NAME_seconds` column holds a duration, which a
+/// table shows for people (`4d23h16m`), so its header there is `NAME`: a column named
+/// seconds would have to show seconds. JSON and CSV keep the name and the number.
+fn table_header(column: &str) -> &str {
+    column
+        .strip_suffix("_seconds")
+        .filter(|name| !name.is_empty())
+        .unwrap_or(column)
+}
+
 /// Rows a text table reads before fixing its column widths.
 const WIDTH_SAMPLE: usize = 1000;
 
 /// Writes one section. `kind` is the JSON `type` and the CSV `table` column; `title` heads
 /// the text table.
 pub struct SheetWriter<'w> {
-    out: &'w mut dyn Write,
+    out: &'w mut dyn Sink,
     format: Format,
     kind: String,
     columns: Vec<String>,
@@ -133,7 +187,7 @@ pub struct SheetWriter<'w> {
 
 impl<'w> SheetWriter<'w> {
     pub fn begin(
-        out: &'w mut dyn Write,
+        out: &'w mut dyn Sink,
         format: Format,
         kind: &str,
         title: &str,
@@ -146,7 +200,10 @@ impl<'w> SheetWriter<'w> {
                     .chain(columns.iter().copied())
                     .map(csv_field)
                     .collect();
-                writeln!(out, "\n{}", header.join(","))?;
+                if out.started() {
+                    writeln!(out)?;
+                }
+                writeln!(out, "{}", header.join(","))?;
             }
             Format::Json => {}
         }
@@ -154,7 +211,13 @@ impl<'w> SheetWriter<'w> {
             out,
             format,
             kind: kind.to_string(),
-            columns: columns.iter().map(|c| c.to_string()).collect(),
+            columns: columns
+                .iter()
+                .map(|c| match format {
+                    Format::Table => table_header(c).to_string(),
+                    Format::Json | Format::Csv => c.to_string(),
+                })
+                .collect(),
             pending: Vec::new(),
             widths: None,
             numeric: vec![false; columns.len()],
@@ -256,14 +319,14 @@ mod tests {
     use super::*;
 
     fn render(format: Format, rows: &[Vec<Cell>]) -> String {
-        let mut buf = Vec::new();
+        let mut buf = Tracked::new(Vec::new());
         let mut w =
             SheetWriter::begin(&mut buf, format, "thing", "Things", &["name", "size"]).unwrap();
         for r in rows {
             w.row(r.clone()).unwrap();
         }
         w.finish().unwrap();
-        String::from_utf8(buf).unwrap()
+        String::from_utf8(buf.into_inner()).unwrap()
     }
 
     fn rows() -> Vec<Vec<Cell>> {
@@ -281,13 +344,52 @@ mod tests {
         );
         assert_eq!(
             render(Format::Csv, &rows()),
-            "\ntable,name,size\nthing,\"a,\"\"b\"\"\",3200000\nthing,'=cmd(),7\n"
+            "table,name,size\nthing,\"a,\"\"b\"\"\",3200000\nthing,'=cmd(),7\n"
         );
         assert_eq!(
             render(Format::Json, &rows()),
             "{\"name\":\"a,\\\"b\\\"\",\"size\":3200000,\"type\":\"thing\"}\n{\"name\":\"=cmd()\",\"size\":7,\"type\":\"thing\"}\n"
         );
         assert_eq!(render(Format::Table, &[]), "\nThings\n  none\n");
+    }
+
+    #[test]
+    fn a_seconds_column_is_named_for_what_a_table_shows() {
+        let mut buf = Tracked::new(Vec::new());
+        let mut w = SheetWriter::begin(
+            &mut buf,
+            Format::Table,
+            "t",
+            "T",
+            &["who", "worst_delay_seconds"],
+        )
+        .unwrap();
+        w.row(vec![Cell::text("a"), Cell::Seconds(Some(90_061))])
+            .unwrap();
+        w.finish().unwrap();
+        assert_eq!(
+            String::from_utf8(buf.into_inner()).unwrap(),
+            "\nT\nwho  worst_delay\n---  -----------\na       1d1h1m1s\n"
+        );
+        assert_eq!(table_header("seconds"), "seconds");
+        assert_eq!(
+            render(Format::Csv, &[vec![Cell::text("x"), Cell::Count(1)]]),
+            "table,name,size\nthing,x,1\n"
+        );
+    }
+
+    #[test]
+    fn csv_sections_are_separated_by_an_empty_line_and_the_first_has_none() {
+        let mut buf = Tracked::new(Vec::new());
+        for kind in ["a", "b"] {
+            let mut w = SheetWriter::begin(&mut buf, Format::Csv, kind, "", &["n"]).unwrap();
+            w.row(vec![Cell::Count(1)]).unwrap();
+            w.finish().unwrap();
+        }
+        assert_eq!(
+            String::from_utf8(buf.into_inner()).unwrap(),
+            "table,n\na,1\n\ntable,n\nb,1\n"
+        );
     }
 
     #[test]

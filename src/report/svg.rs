@@ -194,9 +194,10 @@ fn open_svg(title: &str, height: f64) -> String {
     )
 }
 
-/// The y axis with three labelled gridlines.
+/// The y axis with labelled gridlines at 0, half and the top, each value once (for a top
+/// of 1, half is 0 again: drawn twice it reads as a bold `0`).
 fn axes(svg: &mut String, max: u64, plot_h: f64, y: &dyn Fn(u64) -> f64) {
-    for v in [0, max / 2, max] {
+    for v in axis_values(max) {
         let _ = write!(
             svg,
             r##"<line x1="{LEFT}" y1="{yy:.1}" x2="{x2}" y2="{yy:.1}" stroke="#ddd"/><text x="{tx}" y="{ty:.1}" font-size="11" text-anchor="end">{v}</text>"##,
@@ -211,6 +212,12 @@ fn axes(svg: &mut String, max: u64, plot_h: f64, y: &dyn Fn(u64) -> f64) {
         r##"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{yb:.1}" stroke="#888"/>"##,
         yb = TOP + plot_h
     );
+}
+
+fn axis_values(max: u64) -> Vec<u64> {
+    let mut values = vec![0, max / 2, max];
+    values.dedup();
+    values
 }
 
 fn legend(svg: &mut String, series: &[Series], height: f64) {
@@ -252,6 +259,15 @@ mod tests {
             escape("<script>\"a\"&'b'\u{1b}"),
             "&lt;script&gt;&quot;a&quot;&amp;&#39;b&#39;"
         );
+    }
+
+    #[test]
+    fn each_axis_value_is_labelled_once() {
+        assert_eq!(axis_values(1), [0, 1]);
+        assert_eq!(axis_values(10), [0, 5, 10]);
+        let svg = histogram("empty", &[("a".into(), 0), ("b".into(), 0)], "#000", 200.0);
+        let zero_labels = svg.matches(r#"text-anchor="end">0</text>"#).count();
+        assert_eq!(zero_labels, 1, "{svg}");
     }
 
     #[test]

@@ -210,3 +210,58 @@ fn garbage_now_exits_64() {
     assert!(out.stderr.contains("--now"), "{}", out.stderr);
     assert!(out.stderr.contains("garbage"), "{}", out.stderr);
 }
+
+#[test]
+fn the_wall_clock_is_shown_to_the_second() {
+    let cli = crate::support::ingested();
+    let out = cli.run(&["report", "--incident", &incident().display().to_string()]);
+    check(&out, 0);
+    let first = out.stdout.lines().next().unwrap_or_default();
+    // `Plan for "…" at 2026-12-01T10:11:12+00:00 (294 messages in the ledger)`
+    let at = first
+        .split(" at ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_default();
+    let parsed = chrono::DateTime::parse_from_rfc3339(at);
+    assert!(parsed.is_ok(), "not RFC 3339: `{at}` in {first}");
+    assert_eq!(at.len(), "2026-12-01T10:11:12+00:00".len(), "{first}");
+    assert!(!at.contains('.'), "a fraction of a second: {first}");
+
+    let json = cli.run(&[
+        "--json",
+        "report",
+        "--incident",
+        &incident().display().to_string(),
+    ]);
+    check(&json, 0);
+    let now = json.event("report_summary")["now"].to_string();
+    assert!(!now.contains('.'), "{now}");
+}
+
+#[test]
+fn csv_starts_with_its_header_and_keeps_sections_apart() {
+    let cli = crate::support::ingested();
+    for extra in [
+        &["--incident", &incident().display().to_string()][..],
+        &["--affected"],
+    ] {
+        let mut args = vec!["report", "--now", NOW, "--format", "csv"];
+        args.extend(extra.iter().map(|s| &**s));
+        let out = cli.run(&args);
+        check(&out, 0);
+        assert!(
+            out.stdout.starts_with("table,"),
+            "{args:?}:\n{}",
+            out.stdout
+        );
+        // Each later section is one empty line, then its header.
+        let sections = out.stdout.split("\n\n").collect::<Vec<_>>();
+        assert!(sections.len() >= 2, "{}", out.stdout);
+        assert!(
+            sections.iter().all(|s| s.starts_with("table,")),
+            "{}",
+            out.stdout
+        );
+    }
+}

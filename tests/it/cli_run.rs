@@ -544,3 +544,125 @@ fn every_dsn_of_the_sample_run_reads_through_sisimai() {
         assert_eq!(seen.get(key), Some(status), "{key:?} in Sisimai's reading");
     }
 }
+
+/// `run` of the sample into the temp dir, without `--json`, with `flags` before the command.
+fn plain_run_args(cli: &Cli, flags: &[&str], extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+    args.extend(cli.run_args(extra).into_iter().skip(1));
+    args
+}
+
+#[test]
+fn quiet_prints_only_what_was_asked_for_and_errors() {
+    let cli = Cli::new();
+    let spool = crate::support::sample_spool().display().to_string();
+    // Commands that act: nothing at all on either stream, the exit code says how it went.
+    let ingest = cli.run(&["-q", "ingest", &spool]);
+    check(&ingest, 0);
+    assert_eq!((ingest.stdout.as_str(), ingest.stderr.as_str()), ("", ""));
+    let run = cli.run(&plain_run_args(&cli, &["-q"], &[]));
+    check(&run, 0);
+    assert_eq!((run.stdout.as_str(), run.stderr.as_str()), ("", ""));
+    let written = cli.run(&[
+        "-q",
+        "bounces",
+        "write",
+        "--outbox",
+        &cli.at("outbox2").display().to_string(),
+    ]);
+    check(&written, 0);
+    assert_eq!((written.stdout.as_str(), written.stderr.as_str()), ("", ""));
+
+    // What was asked for still prints; so do --json events.
+    let status = cli.run(&["-q", "status"]);
+    check(&status, 0);
+    assert!(status.stdout.contains("delivered"), "{}", status.stdout);
+    let list = cli.run(&["-q", "bounces", "list"]);
+    check(&list, 0);
+    assert!(!list.stdout.is_empty());
+    let again = cli.run(&plain_run_args(&cli, &["-q", "--json"], &[]));
+    check(&again, 0);
+    again.event("run_summary");
+    assert_eq!(again.stderr, "");
+
+    // Errors still go out.
+    let missing = cli.run(&[
+        "-q",
+        "run",
+        "--incident",
+        &cli.at("nope.toml").display().to_string(),
+        "--store",
+        &format!("maildir:{}", cli.store().display()),
+    ]);
+    assert_ne!(missing.code, Some(0));
+    assert!(missing.stderr.starts_with("error:"), "{}", missing.stderr);
+
+    // Without -q the same commands do print their summaries (so the checks above can fail).
+    let loud = Cli::new();
+    let ingest = loud.run(&["ingest", &spool]);
+    check(&ingest, 0);
+    assert!(
+        ingest.stdout.contains("ingested 294 messages"),
+        "{}",
+        ingest.stdout
+    );
+    let run = loud.run(&plain_run_args(&loud, &[], &[]));
+    check(&run, 0);
+    assert!(run.stdout.contains("Exit 0"), "{}", run.stdout);
+    let written = loud.run(&[
+        "bounces",
+        "write",
+        "--outbox",
+        &loud.at("outbox2").display().to_string(),
+    ]);
+    check(&written, 0);
+    assert!(
+        written.stdout.starts_with("wrote 0 DSNs"),
+        "{}",
+        written.stdout
+    );
+}
+
+#[test]
+fn progress_counts_messages_against_the_messages_to_deliver() {
+    let cli = Cli::new();
+    cli.ingest_sample();
+    let plan = cli.run(&[
+        "--json",
+        "report",
+        "--incident",
+        &crate::support::incident().display().to_string(),
+        "--now",
+        crate::support::NOW,
+    ]);
+    check(&plan, 0);
+    let deliveries = plan.event("report_summary")["deliveries"]
+        .as_u64()
+        .expect("deliveries");
+    // Slow enough (at least 8 s by the throttle) for the plain progress line, every 5 s.
+    let out = cli.run(&cli.run_args(&["--rate", "25/s"]));
+    check(&out, 0);
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("progress: "))
+        .collect();
+    assert!(!lines.is_empty(), "no progress line:\n{}", out.stderr);
+    for line in lines {
+        let counted = line["progress: ".len()..]
+            .split(' ')
+            .next()
+            .unwrap_or_default();
+        let (done, total) = counted.split_once('/').expect("done/total");
+        assert_eq!(total, deliveries.to_string(), "{line}");
+        assert!(done.parse::<u64>().is_ok(), "{line}");
+        assert!(
+            line.contains(&format!("/{deliveries} messages (")),
+            "{line}"
+        );
+        // `(12/s, ETA 6s)`: a whole number per second at this pace, no decimals.
+        let rate = line.split(" messages (").nth(1).unwrap_or_default();
+        let rate = &rate[..rate.find("/s").unwrap_or(0)];
+        assert!(rate.parse::<u64>().is_ok(), "rate `{rate}` in {line}");
+    }
+}

@@ -183,10 +183,24 @@ fn corrupted_ledger_is_a_clear_error_not_a_panic() {
 }
 
 #[test]
-fn every_subcommand_help_has_an_example() {
+fn every_subcommand_help_has_an_example_and_describes_every_argument() {
     let cli = Cli::new();
-    for sub in ["ingest", "report", "run", "status", "bounces"] {
-        let out = cli.run(&[sub, "--help"]);
+    for sub in [
+        "ingest",
+        "report",
+        "run",
+        "status",
+        "bounces",
+        "bounces list",
+        "bounces show",
+        "bounces preview",
+        "bounces send",
+        "bounces write",
+        "audit",
+    ] {
+        let mut args: Vec<&str> = sub.split(' ').collect();
+        args.push("--help");
+        let out = cli.run(&args);
         check(&out, 0);
         assert!(
             out.stdout.contains("Example"),
@@ -194,6 +208,19 @@ fn every_subcommand_help_has_an_example() {
             out.stdout
         );
         assert!(out.stdout.contains(&format!("spoolreplay {sub}")), "{sub}");
+        // An argument or option line is its name, then two spaces and what it is for:
+        // clap prints the name alone when the description is missing.
+        let options = out.stdout.split("Example").next().unwrap_or_default();
+        for line in options.lines() {
+            let item = line.trim();
+            if line.starts_with("  ") && (item.starts_with('-') || item.starts_with('<')) {
+                assert!(
+                    item.contains("  "),
+                    "{sub} --help: `{item}` has no description:\n{}",
+                    out.stdout
+                );
+            }
+        }
     }
     assert!(!cli.ledger.exists());
 }

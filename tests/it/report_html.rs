@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::report_golden::settled_sample;
-use crate::support::{Cli, NOW, check, incident};
+use crate::support::{Cli, NOW, check, incident, ingested};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -39,6 +39,27 @@ fn chromium(profile: &Path, extra: &[String], page: &Path) -> std::process::Outp
         .expect("start chromium")
 }
 
+/// A script for a copy of the page: marks each cell of the windows table with the number
+/// of line boxes of its first text (`data-lines`) and that text (`data-text`, prefixed
+/// `note:` for the action and note columns, which may wrap between words), and each time
+/// in the prose the same way.
+const WRAP_PROBE: &str = r#"<script>
+for (const row of document.querySelectorAll('#windows tr')) {
+  row.querySelectorAll('td').forEach((td, i) => {
+    const text = document.createTreeWalker(td, NodeFilter.SHOW_TEXT).nextNode();
+    if (!text || !text.data.trim()) return;
+    const range = document.createRange();
+    range.selectNodeContents(text);
+    td.setAttribute('data-lines', range.getClientRects().length);
+    td.setAttribute('data-text', (i >= 3 ? 'note:' : '') + text.data);
+  });
+}
+for (const t of document.querySelectorAll('p time')) {
+  t.setAttribute('data-lines', t.getClientRects().length);
+  t.setAttribute('data-text', t.textContent);
+}
+</script></body>"#;
+
 fn artifacts() -> PathBuf {
     // CARGO_TARGET_TMPDIR is <target>/tmp.
     let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -60,6 +81,157 @@ fn bar_attrs(dom: &str, attr: &str) -> Vec<String> {
             Some(tag[start..start + len].to_string())
         })
         .collect()
+}
+
+/// The data rows of `<table id="{id}">`: each cell's text (markup inside a cell dropped),
+/// and its `data-bytes` attribute when it has one.
+fn table_rows(html: &str, id: &str) -> Vec<Vec<(String, Option<String>)>> {
+    let start = html
+        .find(&format!("<table id=\"{id}\">"))
+        .unwrap_or_else(|| panic!("no table `{id}`"));
+    let table = &html[start..];
+    let table = &table[..table.find("</table>").expect("table ends")];
+    table
+        .split("<tr>")
+        .skip(1)
+        .filter(|row| !row.contains("<th"))
+        .map(|row| {
+            row.split("<td")
+                .skip(1)
+                .map(|cell| {
+                    let (tag, rest) = cell.split_once('>').expect("cell tag ends");
+                    let inner = &rest[..rest.find("</td>").expect("cell ends")];
+                    let mut text = String::new();
+                    let mut in_tag = false;
+                    for c in inner.chars() {
+                        match c {
+                            '<' => in_tag = true,
+                            '>' => in_tag = false,
+                            c if !in_tag => text.push(c),
+                            _ => {}
+                        }
+                    }
+                    let bytes = tag
+                        .split("data-bytes=\"")
+                        .nth(1)
+                        .and_then(|b| b.split('"').next())
+                        .map(str::to_string);
+                    (text, bytes)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The numbers of a row from its second cell on.
+fn numbers(row: &[(String, Option<String>)]) -> Vec<u64> {
+    row[1..]
+        .iter()
+        .map(|(t, _)| t.parse().unwrap_or_else(|_| panic!("`{t}` in {row:?}")))
+        .collect()
+}
+
+fn html_of(cli: &Cli, top: &str) -> String {
+    let page = cli.at("report.html");
+    let out = cli.run(&[
+        "report",
+        "--incident",
+        &incident().display().to_string(),
+        "--now",
+        NOW,
+        "--top",
+        top,
+        "--html",
+        &page.display().to_string(),
+    ]);
+    check(&out, 0);
+    std::fs::read_to_string(&page).expect("the HTML report was written")
+}
+
+#[test]
+fn html_report_agrees_with_the_text_report() {
+    let cli = ingested();
+    let html = html_of(&cli, "3");
+    let json = report_json(&cli);
+    let text = cli.run(&[
+        "report",
+        "--incident",
+        &incident().display().to_string(),
+        "--now",
+        NOW,
+        "--top",
+        "3",
+    ]);
+    check(&text, 0);
+
+    // Domains: before a run every recipient is open, so the HTML's totals are the text
+    // report's (the sample's 3 duplicates are extra copies, counted once), and each row's
+    // outcomes add up to its total.
+    let domains = table_rows(&html, "domains-table");
+    let expected: Vec<(String, u64)> = json
+        .events("domain")
+        .iter()
+        .map(|d| {
+            (
+                d["domain"].as_str().unwrap_or_default().to_string(),
+                d["recipients"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let shown: Vec<(String, u64)> = domains
+        .iter()
+        .map(|r| (r[0].0.clone(), numbers(r)[0]))
+        .collect();
+    assert_eq!(shown, expected);
+    assert_eq!(shown.len(), 3);
+    for row in &domains {
+        let n = numbers(row);
+        assert_eq!(n[0], n[1..].iter().sum::<u64>(), "{row:?}");
+    }
+
+    // The plan: the same rows, bytes in the text report's units, exact in data-bytes.
+    let plan = table_rows(&html, "plan-table");
+    let rows = json.events("plan");
+    assert_eq!(plan.len(), rows.len());
+    let text_rows: Vec<&str> = text
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Per window and disposition"))
+        .skip(3)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(text_rows.len(), rows.len(), "{}", text.stdout);
+    for ((cells, row), line) in plan.iter().zip(&rows).zip(&text_rows) {
+        assert_eq!(cells[0].0, row["window"].as_str().unwrap_or_default());
+        assert_eq!(cells[1].0, row["disposition"].as_str().unwrap_or_default());
+        let (shown, exact) = &cells[4];
+        assert_eq!(exact.as_deref(), Some(row["bytes"].to_string().as_str()));
+        assert!(
+            line.ends_with(&format!("  {shown}")) && shown.contains('B'),
+            "`{shown}` is not how the text report shows `{line}`"
+        );
+    }
+    assert!(plan.iter().any(|r| r[4].0 == "3.2 MB"), "{plan:?}");
+
+    // Nothing delivered yet: a sentence instead of an empty chart.
+    assert!(html.contains("id=\"delays-none\""));
+    assert!(!html.contains("id=\"delays-chart\""));
+
+    // Quarantined items listed as the text report lists them (3 of 6 with --top 3).
+    let listed: Vec<&str> = text
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Quarantined items: 6"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    assert_eq!(listed.len(), 4, "{}", text.stdout);
+    let quarantine = table_rows(&html, "quarantine-table");
+    assert_eq!(quarantine.len(), 3);
+    for (row, line) in quarantine.iter().zip(&listed) {
+        assert_eq!(format!("  {}: {}", row[0].0, row[1].0), *line);
+    }
+    assert!(listed[3].contains("3 more") && html.contains("… and 3 more"));
 }
 
 fn report_json(cli: &Cli) -> crate::support::Output {
@@ -173,8 +345,50 @@ fn html_report_loads_in_headless_chromium_with_its_charts() {
         "every delivered recipient has a delay"
     );
 
-    // Top domains: --top 3.
+    // Top domains: --top 3, each row's outcomes adding up to its total.
     assert_eq!(bar_attrs(&dom, "data-domain").len(), 3);
+    let domains = table_rows(&html, "domains-table");
+    assert_eq!(domains.len(), 3);
+    for row in &domains {
+        let n = numbers(row);
+        assert_eq!(n[0], n[1..].iter().sum::<u64>(), "{row:?}");
+    }
+
+    // In a narrow window the notes wrap, but no window name or time does: a copy of the
+    // page with a probe that counts the line boxes of each cell's first text.
+    let probe = cli.at("probe.html");
+    std::fs::write(&probe, html.replace("</body>", WRAP_PROBE)).expect("write the probe");
+    let profile = tempfile::tempdir().expect("profile dir");
+    let dump = chromium(
+        profile.path(),
+        &[
+            "--dump-dom".to_string(),
+            "--window-size=700,2000".to_string(),
+        ],
+        &probe,
+    );
+    let probed = String::from_utf8_lossy(&dump.stdout);
+    let lines: Vec<(String, String)> = probed
+        .split("data-lines=\"")
+        .skip(1)
+        .filter_map(|rest| {
+            let (n, rest) = rest.split_once('"')?;
+            let text = rest.split_once("data-text=\"")?.1.split('"').next()?;
+            Some((n.to_string(), text.to_string()))
+        })
+        .collect();
+    // 4 windows of 5 cells, `outside` with 3, the 2 times of the opening paragraph.
+    assert_eq!(lines.len(), 4 * 5 + 3 + 2, "probe results: {lines:?}");
+    for (n, text) in &lines {
+        if text.contains("note:") {
+            continue;
+        }
+        assert_eq!(n, "1", "`{text}` wraps over {n} lines at 700px");
+    }
+    assert!(
+        lines.iter().any(|(n, t)| t.contains("note:") && n != "1"),
+        "the probe sees no wrapped note either: {lines:?}"
+    );
 
     let dir = artifacts();
     std::fs::create_dir_all(&dir).expect("create target/ci-artifacts");
