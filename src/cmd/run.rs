@@ -25,7 +25,7 @@ use crate::throttle::format_duration;
 
 pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Result<Exit> {
     let printer = Printer::new(output);
-    let mut ledger = Ledger::open_for_write(ledger_path, "run")?;
+    let mut ledger = Ledger::open_existing_for_write(ledger_path, "run")?;
     let factory = store_factory(&cfg);
     let describe = cfg.store.to_string();
     let interrupted = install_ctrl_c()?;

@@ -127,7 +127,25 @@ pub fn timestamp() -> String {
 /// The writer's page cache, as `PRAGMA cache_size` takes it (negative: KiB): 32 MB.
 const WRITER_CACHE_KIB: i64 = -32768;
 
+/// The error of a command that needs a ledger where there is none.
+fn no_ledger(path: &Path) -> anyhow::Error {
+    anyhow::Error::new(
+        Failure::new(Exit::NoInput, format!("no ledger at `{}`", path.display()))
+            .with_hint("run `spoolreplay ingest SPOOL` first, or pass --ledger PATH"),
+    )
+}
+
 impl Ledger {
+    /// Opens an existing ledger for a command that writes (`run`, `bounces write|send`);
+    /// only `ingest` creates one, so a typo in `--ledger` is refused (exit 66) and leaves
+    /// no empty ledger or lock file behind.
+    pub fn open_existing_for_write(path: &Path, command: &str) -> Result<Ledger> {
+        if !path.exists() {
+            return Err(no_ledger(path));
+        }
+        Ledger::open_for_write(path, command)
+    }
+
     /// Opens (creating if needed) for a command that writes; takes the writer lock.
     pub fn open_for_write(path: &Path, command: &str) -> Result<Ledger> {
         let lock = lock::LedgerLock::acquire(path, command)?;
@@ -171,10 +189,7 @@ impl Ledger {
     /// Opens an existing ledger to read it; no lock, no migration.
     pub fn open_read(path: &Path) -> Result<Ledger> {
         if !path.exists() {
-            return Err(anyhow::Error::new(
-                Failure::new(Exit::NoInput, format!("no ledger at `{}`", path.display()))
-                    .with_hint("run `spoolreplay ingest SPOOL` first, or pass --ledger PATH"),
-            ));
+            return Err(no_ledger(path));
         }
         let conn = Connection::open_with_flags(
             path,
