@@ -26,6 +26,9 @@ use crate::throttle::format_duration;
 pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Result<Exit> {
     let printer = Printer::new(output);
     let mut ledger = Ledger::open_existing_for_write(ledger_path, "run")?;
+    if let Some(dir) = &cfg.outbox {
+        crate::outbox::check_writable(dir)?;
+    }
     let factory = store_factory(&cfg);
     let describe = cfg.store.to_string();
     let interrupted = install_ctrl_c()?;

@@ -159,7 +159,11 @@ impl<'a> Replay<'a> {
         let mut probe = match (self.store)().and_then(|mut s| s.probe().map(|()| s)) {
             Ok(store) => store,
             Err(e) => {
-                self.stats.stop = Some(Stop::StoreDown(e.to_string()));
+                // A full store is not a down one: free space and run again (75).
+                self.stats.stop = Some(match e {
+                    StoreError::Full(_) => Stop::StoreFull(e.to_string()),
+                    StoreError::Unavailable(_) => Stop::StoreDown(e.to_string()),
+                });
                 return self.make_dsns();
             }
         };

@@ -48,3 +48,89 @@ fn audit_names_a_window_the_ledger_does_not_know() {
     assert!(!out.stderr.contains("warning"), "{}", out.stderr);
     assert!(!out.stdout.is_empty());
 }
+
+/// The recipients' states in `status --json`, for "nothing changed" checks.
+fn states(cli: &Cli) -> serde_json::Value {
+    cli.status()["states"].clone()
+}
+
+#[test]
+fn an_unwritable_outbox_is_found_before_the_first_delivery() {
+    let cli = ingested();
+    let before = states(&cli);
+    // A regular file where the outbox's parent folder should be: no outbox can exist there.
+    std::fs::write(cli.at("not-a-folder"), b"x").expect("write");
+    let outbox = cli.at("not-a-folder/bounces").display().to_string();
+    let mut args = cli.run_args(&[]);
+    let at = args.iter().position(|a| a == "--outbox").expect("--outbox") + 1;
+    args[at] = outbox.clone();
+    let out = cli.run(&args);
+    check(&out, 73);
+    assert!(
+        out.stderr.contains("cannot create outbox") && out.stderr.contains("nothing was delivered"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        list_files(&cli.store()).is_empty(),
+        "delivered before the check"
+    );
+    assert_eq!(states(&cli), before);
+}
+
+/// A read-only tmpfs mounted on a folder for the length of a test (needs root, like the
+/// disk-full drill: the test fails, never skips, where it cannot mount).
+struct ReadOnlyMount(std::path::PathBuf);
+
+impl ReadOnlyMount {
+    #[track_caller]
+    fn at(dir: &std::path::Path) -> ReadOnlyMount {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount(8)");
+        assert!(
+            out.status.success(),
+            "mount a read-only tmpfs on {} (run the tests as root): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ReadOnlyMount(dir.to_path_buf())
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let ok = std::process::Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+#[test]
+fn a_read_only_store_is_found_before_the_first_delivery() {
+    let cli = ingested();
+    // Declared after `cli`, so it is unmounted before the temp dir is removed.
+    let _mount = ReadOnlyMount::at(&cli.store());
+    let out = cli.run(&cli.run_args(&[]));
+    check(&out, 69);
+    let summary = out.event("run_summary");
+    let stopped = summary["stopped"].as_str().unwrap_or_default();
+    assert!(
+        stopped.contains("cannot write in store root") && stopped.contains("Read-only"),
+        "{summary}"
+    );
+    assert_eq!(summary["delivered"], 0, "{summary}");
+    let status = cli.status();
+    assert_eq!(status["states"]["delivered"], 0, "{status}");
+    assert_eq!(status["states"]["in_flight"], 0, "{status}");
+}
