@@ -128,6 +128,19 @@ pub struct Clock {
 }
 
 #[derive(Debug, Args)]
+pub struct BounceGuard {
+    /// Stop before any DSN when more than this percentage of the open messages would be
+    /// bounced or expired (a wrong --now or queue_lifetime bounces everything); 100: no limit
+    #[arg(
+        long,
+        value_name = "PERCENT",
+        default_value_t = crate::plan::DEFAULT_MAX_BOUNCE_SHARE,
+        value_parser = clap::value_parser!(u8).range(0..=100)
+    )]
+    pub max_bounce_share: u8,
+}
+
+#[derive(Debug, Args)]
 pub struct Pace {
     /// At most this many messages per time unit (N/s, N/m, N/h); default: unlimited
     #[arg(long, value_name = "N/s")]
@@ -154,6 +167,9 @@ pub struct ReportArgs {
 
     #[command(flatten)]
     pub clock: Clock,
+
+    #[command(flatten)]
+    pub guard: BounceGuard,
 
     #[command(flatten)]
     pub pace: Pace,
@@ -265,6 +281,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub clock: Clock,
+
+    #[command(flatten)]
+    pub guard: BounceGuard,
 
     #[command(flatten)]
     pub pace: Pace,

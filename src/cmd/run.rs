@@ -14,8 +14,9 @@ use crate::deliver::lmtp::LmtpStore;
 use crate::deliver::maildir::MaildirStore;
 use crate::deliver::smtp::{SmtpOptions, SmtpStore};
 use crate::deliver::wire::ClientOptions;
-use crate::exit::Exit;
+use crate::exit::{Exit, Failure};
 use crate::ledger::{DsnFilter, Ledger, RcptState};
+use crate::plan::{MASS_BOUNCE_HINT, Plan, mass_bounce};
 use crate::replay::{Event, Replay, Settings, Stop, StoreFactory};
 use crate::report::progress::Progress;
 use crate::report::table::Table;
@@ -29,6 +30,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     if let Some(dir) = &cfg.outbox {
         crate::outbox::check_writable(dir)?;
     }
+    refuse_mass_bounce(&printer, &ledger, &cfg)?;
     let factory = store_factory(&cfg);
     let describe = cfg.store.to_string();
     let interrupted = install_ctrl_c()?;
@@ -213,6 +215,34 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         printer.data(&summary)?;
     }
     Ok(exit)
+}
+
+/// Before anything is expired or bounced: a plan that would bounce or expire more than
+/// `--max-bounce-share` of the open messages is refused (exit 78) with the plan line that
+/// explains it. A DSN cannot be taken back; a wrong clock is the usual cause.
+fn refuse_mass_bounce(printer: &Printer, ledger: &Ledger, cfg: &RunConfig) -> Result<()> {
+    let mut plan = Plan::default();
+    ledger.for_each_message(|m, r| {
+        plan.add(&cfg.incident, cfg.now, m, r);
+        Ok(())
+    })?;
+    let Some(m) = mass_bounce(
+        &plan,
+        &cfg.incident,
+        cfg.now,
+        cfg.fixed_clock,
+        cfg.max_bounce_share,
+    ) else {
+        return Ok(());
+    };
+    printer.event(&events::mass_bounce(&m))?;
+    Err(anyhow::Error::new(
+        Failure::new(
+            Exit::Config,
+            format!("refusing to run, nothing was changed: {m}"),
+        )
+        .with_hint(MASS_BOUNCE_HINT),
+    ))
 }
 
 fn stop_text(stop: &Stop) -> String {

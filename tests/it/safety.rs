@@ -134,3 +134,99 @@ fn a_read_only_store_is_found_before_the_first_delivery() {
     assert_eq!(status["states"]["delivered"], 0, "{status}");
     assert_eq!(status["states"]["in_flight"], 0, "{status}");
 }
+
+/// Every recipient's state, status and reply, every message's classification, the events
+/// and DSNs: equal fingerprints mean the ledger's content did not change.
+fn fingerprint(ledger: &std::path::Path) -> Vec<String> {
+    let conn =
+        rusqlite::Connection::open_with_flags(ledger, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open ledger");
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT id || ' ' || state || ' ' || ifnull(status, '') || ' ' || ifnull(reply, '') FROM recipients ORDER BY id",
+        "SELECT id || ' ' || ifnull(window, '') || ' ' || ifnull(disposition, '') FROM messages ORDER BY id",
+        "SELECT 'events ' || count(*) FROM events",
+        "SELECT 'dsns ' || count(*) FROM dsns",
+    ] {
+        let mut stmt = conn.prepare(sql).expect("prepare");
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .expect("query");
+        out.extend(rows.map(|r| r.expect("row")));
+    }
+    assert!(out.len() > 2, "an empty ledger proves nothing");
+    out
+}
+
+/// `run` arguments without `--now`: the sample's 2023 mail against today's clock.
+fn run_args_wall_clock(cli: &Cli, extra: &[&str]) -> Vec<String> {
+    let mut args = cli.run_args(extra);
+    let at = args.iter().position(|a| a == "--now").expect("--now");
+    args.drain(at..at + 2);
+    args
+}
+
+#[test]
+fn a_run_that_would_bounce_most_mail_stops_before_changing_anything() {
+    let cli = ingested();
+    let ledger_before = fingerprint(&cli.ledger);
+    let out = cli.run(&run_args_wall_clock(&cli, &[]));
+    check(&out, 78);
+    for phrase in [
+        "refusing to run, nothing was changed",
+        "of 291 open messages",
+        "more than --max-bounce-share 50%",
+        "queue_lifetime 5d from arrival",
+        "--now was not given",
+    ] {
+        assert!(out.stderr.contains(phrase), "{phrase}: {}", out.stderr);
+    }
+    assert!(
+        out.stderr.contains("hint:") && out.stderr.contains("--max-bounce-share 100"),
+        "{}",
+        out.stderr
+    );
+    let event = out.event("mass_bounce");
+    assert_eq!(event["open_messages"], 291, "{event}");
+    assert_eq!(event["fixed_clock"], false, "{event}");
+    assert!(event["expire"].as_u64().unwrap_or(0) > 200, "{event}");
+    assert_eq!(fingerprint(&cli.ledger), ledger_before);
+    assert!(list_files(&cli.store()).is_empty());
+    assert!(list_files(&cli.outbox()).is_empty());
+    let status = cli.status();
+    assert_eq!(status["dsns"], 0, "{status}");
+
+    // The dry run says the same, in its table and in its JSON summary.
+    let inc = crate::support::incident().display().to_string();
+    let report = cli.run(&["report", "--incident", &inc]);
+    check(&report, 0);
+    assert!(
+        report
+            .stdout
+            .contains("WARNING: `run` would refuse this plan (exit 78)")
+            && report.stdout.contains("of 291 open messages"),
+        "{}",
+        report.stdout
+    );
+    let report = cli.run(&["--json", "report", "--incident", &inc]);
+    check(&report, 0);
+    let summary = report.event("report_summary");
+    assert_eq!(summary["mass_bounce"]["open_messages"], 291, "{summary}");
+    // With the incident's own clock the plan is fine and report says nothing.
+    let report = cli.run(&[
+        "--json",
+        "report",
+        "--incident",
+        &inc,
+        "--now",
+        crate::support::NOW,
+    ]);
+    assert!(report.event("report_summary")["mass_bounce"].is_null());
+
+    // Meant: the operator lifts the limit, and the run goes ahead.
+    let out = cli.run(&run_args_wall_clock(&cli, &["--max-bounce-share", "100"]));
+    check(&out, 0);
+    assert_eq!(out.event("run_summary")["delivered"], 0);
+    let out = cli.run(&run_args_wall_clock(&cli, &["--max-bounce-share", "101"]));
+    check(&out, 64);
+}
