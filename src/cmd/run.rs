@@ -197,7 +197,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         stats.dsns,
         stats.delay_warnings,
         written,
-        if unwritten > 0 { format!(", {unwritten} not written (pass --outbox DIR)") } else { String::new() },
+        dsn_whereabouts(ledger_path, cfg.outbox.as_deref(), written, unwritten),
         format_duration(elapsed),
         crate::report::table::per_second(stats.messages, elapsed),
         count(RcptState::Delivered),
@@ -210,7 +210,14 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
             for_terminal(&stop_text(stop))
         ));
     }
-    summary.push_str(&format!("Exit {}: {}\n", exit.code(), exit.meaning()));
+    // Running again cannot write or send DSNs: say what does.
+    let meaning = match (&stats.stop, remaining) {
+        (None, 0) if exit == Exit::TempFail => {
+            "work remains: the DSNs above are not written or sent (running again will not do it)"
+        }
+        _ => exit.meaning(),
+    };
+    summary.push_str(&format!("Exit {}: {meaning}\n", exit.code()));
     if !printer.json_mode() {
         printer.data(&summary)?;
     }
@@ -243,6 +250,33 @@ fn refuse_mass_bounce(printer: &Printer, ledger: &Ledger, cfg: &RunConfig) -> Re
         )
         .with_hint(MASS_BOUNCE_HINT),
     ))
+}
+
+/// Where the DSNs of this run are and what sends them: without `--outbox` they are only in
+/// the ledger, and the next `run` will not write or send them.
+fn dsn_whereabouts(
+    ledger: &std::path::Path,
+    outbox: Option<&std::path::Path>,
+    written: u64,
+    unwritten: usize,
+) -> String {
+    let send = "`spoolreplay bounces send --relay smtp://HOST:25` sends them";
+    match outbox {
+        None if unwritten > 0 => format!(
+            "; {unwritten} are kept in the ledger `{}`: `spoolreplay bounces write --outbox DIR` writes them as files, {send}",
+            for_terminal(&ledger.display().to_string())
+        ),
+        Some(dir) if written > 0 || unwritten > 0 => format!(
+            " to `{}`{}; nothing sent them yet: {send} (or let your MTA send the files)",
+            for_terminal(&dir.display().to_string()),
+            if unwritten > 0 {
+                format!(", {unwritten} not written")
+            } else {
+                String::new()
+            },
+        ),
+        _ => String::new(),
+    }
 }
 
 fn stop_text(stop: &Stop) -> String {

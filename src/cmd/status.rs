@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::config::Output;
 use crate::exit::Exit;
 use crate::ledger::state::ALL_STATES;
-use crate::ledger::{DsnFilter, Ledger, RcptState};
+use crate::ledger::{DsnFilter, Ledger, RcptState, SendState};
 use crate::report::Printer;
 use crate::report::table::Table;
 use crate::sanitize::for_terminal;
@@ -21,6 +21,11 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
     let (quarantined, _) = ledger.quarantined(0)?;
     let dsns = ledger.dsns(DsnFilter::All)?;
     let unwritten = dsns.iter().filter(|d| d.written_path.is_none()).count();
+    // A DSN made but not sent is work that remains: the sender has not been told yet.
+    let unsent = dsns
+        .iter()
+        .filter(|d| d.send_state != SendState::Sent)
+        .count();
     let remaining: u64 = ALL_STATES
         .iter()
         .filter(|s| s.is_open_work())
@@ -48,7 +53,9 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
             "quarantined": quarantined,
             "dsns": dsns.len(),
             "dsns_unwritten": unwritten,
+            "dsns_unsent": unsent,
             "remaining": remaining,
+            "next": next_command(remaining, unsent),
         }))?;
         return Ok(Exit::Done);
     }
@@ -87,13 +94,19 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
     }
     out.push_str(&t.render());
     out.push_str(&format!(
-        "\nDSNs made: {} ({} not yet written to an outbox)\n",
+        "\nDSNs made: {} ({} not yet written to an outbox, {unsent} not sent)\n",
         dsns.len(),
         unwritten
     ));
-    if remaining == 0 {
+    if remaining == 0 && unsent == 0 {
         out.push_str("Nothing remains to do (held and quarantined items wait for the operator).\n");
-    } else {
+    }
+    if unsent > 0 {
+        out.push_str(&format!(
+            "Remaining: {unsent} DSNs not sent: `{SEND_COMMAND}` sends them (or `spoolreplay bounces write --outbox DIR` and let your MTA send the files)\n"
+        ));
+    }
+    if remaining > 0 {
         out.push_str(&format!(
             "Remaining: {remaining} recipients (pending {}, in flight {}, deferred {}, DSN owed {}): run again to continue\n",
             count(RcptState::Pending),
@@ -104,6 +117,20 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
     }
     printer.data(&out)?;
     Ok(Exit::Done)
+}
+
+/// How to send the DSNs not sent yet (the relay is the operator's to name).
+const SEND_COMMAND: &str = "spoolreplay bounces send --relay smtp://HOST:25";
+
+/// The command that does what remains: `run` for recipients, then sending the DSNs.
+fn next_command(remaining: u64, unsent: usize) -> Option<&'static str> {
+    if remaining > 0 {
+        Some("spoolreplay run")
+    } else if unsent > 0 {
+        Some(SEND_COMMAND)
+    } else {
+        None
+    }
 }
 
 /// `status --message QUEUE_ID`: one message, as an operator searching a queue id needs it.

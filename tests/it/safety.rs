@@ -230,3 +230,64 @@ fn a_run_that_would_bounce_most_mail_stops_before_changing_anything() {
     let out = cli.run(&run_args_wall_clock(&cli, &["--max-bounce-share", "101"]));
     check(&out, 64);
 }
+
+/// `run` arguments without `--outbox`: the DSNs stay in the ledger.
+fn run_args_without_outbox(cli: &Cli) -> Vec<String> {
+    let mut args = cli.run_args(&[]);
+    let at = args.iter().position(|a| a == "--outbox").expect("--outbox");
+    args.drain(at..at + 2);
+    args
+}
+
+#[test]
+fn dsns_not_sent_are_work_that_remains_and_status_names_the_command() {
+    let cli = ingested();
+    // Without --outbox: where the DSNs are and what writes or sends them, not "run again".
+    let args: Vec<String> = run_args_without_outbox(&cli).into_iter().skip(1).collect();
+    let out = cli.run(&args);
+    check(&out, 75);
+    assert!(
+        out.stdout.contains("70 are kept in the ledger")
+            && out
+                .stdout
+                .contains("spoolreplay bounces write --outbox DIR")
+            && out.stdout.contains("spoolreplay bounces send --relay"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains("run again"),
+        "running again cannot send DSNs:\n{}",
+        out.stdout
+    );
+
+    let table = cli.run(&["status"]);
+    check(&table, 0);
+    assert!(
+        !table.stdout.contains("Nothing remains"),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        table.stdout.contains("70 DSNs not sent") && table.stdout.contains("bounces send --relay"),
+        "{}",
+        table.stdout
+    );
+    let status = cli.status();
+    assert_eq!(status["dsns_unsent"], 70, "{status}");
+    assert_eq!(status["remaining"], 0, "{status}");
+    assert_eq!(
+        status["next"], "spoolreplay bounces send --relay smtp://HOST:25",
+        "{status}"
+    );
+
+    // Sent through a real relay: now nothing remains.
+    let sink = crate::support::sink::Sink::start(&cli.at("sink"));
+    let sent = cli.run(&["bounces", "send", "--relay", &sink.url()]);
+    check(&sent, 0);
+    let status = cli.status();
+    assert_eq!(status["dsns_unsent"], 0, "{status}");
+    assert!(status["next"].is_null(), "{status}");
+    let table = cli.run(&["status"]);
+    assert!(table.stdout.contains("Nothing remains"), "{}", table.stdout);
+}
