@@ -154,7 +154,10 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         Some(Stop::Interrupted) => Exit::Interrupted,
         Some(Stop::StoreDown(_)) => Exit::Unavailable,
         Some(Stop::StoreLost(_)) | Some(Stop::StoreFull(_)) => Exit::TempFail,
-        None if remaining > 0 || unwritten > 0 => Exit::TempFail,
+        None if remaining > 0 => Exit::TempFail,
+        // Running again cannot fix a spool that no longer matches the ledger.
+        None if stats.spool_changed > 0 => Exit::DataErr,
+        None if unwritten > 0 => Exit::TempFail,
         None => Exit::Done,
     };
     let elapsed = started.elapsed();
@@ -172,6 +175,8 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         "delay_warnings": stats.delay_warnings,
         "dsns_written": written,
         "dsns_unwritten": unwritten,
+        "spool_changed": stats.spool_changed,
+        "spool_changed_examples": stats.spool_changed_examples,
         "remaining": remaining,
         "uncertain": stats.uncertain,
         "messages": stats.messages,
@@ -204,6 +209,9 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         count(RcptState::Bounced),
         count(RcptState::Held),
     ));
+    if stats.spool_changed > 0 {
+        summary.push_str(&spool_changed_text(&stats));
+    }
     if let Some(stop) = &stats.stop {
         summary.push_str(&format!(
             "Stopped early: {}\n",
@@ -250,6 +258,23 @@ fn refuse_mass_bounce(printer: &Printer, ledger: &Ledger, cfg: &RunConfig) -> Re
         )
         .with_hint(MASS_BOUNCE_HINT),
     ))
+}
+
+/// Recipients held because the spool no longer matches the ledger: how many, the first
+/// files and why, and what to do (running again holds them again).
+fn spool_changed_text(stats: &crate::replay::Stats) -> String {
+    let mut text = format!(
+        "Held because the spool changed since ingest: {} recipients (of the {} held); the first:\n",
+        stats.spool_changed, stats.held
+    );
+    for why in &stats.spool_changed_examples {
+        text.push_str(&format!("  {}\n", for_terminal(why)));
+    }
+    text.push_str(
+        "  put the spool back where and as it was ingested, then run again; or ingest the spool again \
+         (a changed file becomes a new message)\n",
+    );
+    text
 }
 
 /// Where the DSNs of this run are and what sends them: without `--outbox` they are only in

@@ -32,6 +32,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
         .map(|s| count(*s))
         .sum();
     let messages = ledger.message_count()?;
+    let spool_changed = ledger.spool_changed_count()?;
 
     if printer.json_mode() {
         let states: serde_json::Map<String, serde_json::Value> = ALL_STATES
@@ -54,6 +55,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
             "dsns": dsns.len(),
             "dsns_unwritten": unwritten,
             "dsns_unsent": unsent,
+            "spool_changed": spool_changed,
             "remaining": remaining,
             "next": next_command(remaining, unsent),
         }))?;
@@ -98,7 +100,12 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
         dsns.len(),
         unwritten
     ));
-    if remaining == 0 && unsent == 0 {
+    if spool_changed > 0 {
+        out.push_str(&format!(
+            "Held because the spool changed since ingest: {spool_changed} recipients (`status --message QUEUE_ID` shows which file and why): put the spool back as it was ingested and run again, or ingest it again\n"
+        ));
+    }
+    if remaining == 0 && unsent == 0 && spool_changed == 0 {
         out.push_str("Nothing remains to do (held and quarantined items wait for the operator).\n");
     }
     if unsent > 0 {

@@ -127,6 +127,10 @@ pub fn timestamp() -> String {
 /// The writer's page cache, as `PRAGMA cache_size` takes it (negative: KiB): 32 MB.
 const WRITER_CACHE_KIB: i64 = -32768;
 
+/// How the reply of a recipient held because its spool file changed or vanished since
+/// ingest begins: `run` writes it, `status` counts by it.
+pub const SPOOL_CHANGED: &str = "the spool changed since ingest";
+
 /// The error of a command that needs a ledger where there is none.
 fn no_ledger(path: &Path) -> anyhow::Error {
     anyhow::Error::new(

@@ -291,3 +291,65 @@ fn dsns_not_sent_are_work_that_remains_and_status_names_the_command() {
     let table = cli.run(&["status"]);
     assert!(table.stdout.contains("Nothing remains"), "{}", table.stdout);
 }
+
+#[test]
+fn a_spool_that_changed_after_ingest_is_said_counted_and_exits_65() {
+    use crate::support::minispool::{self, Mail};
+    let cli = Cli::new();
+    let mails: Vec<Mail> = (1..=4)
+        .map(|n| Mail::plain(n, &["a@example.net", "b@example.net"]))
+        .collect();
+    minispool::ingest(&cli, &mails);
+    let spool = cli.at("spool");
+    // One file edited in place, one removed; the other two are as ingested.
+    std::fs::write(
+        spool.join("0001-mini.eml"),
+        b"Subject: edited\r\n\r\nnot the same\r\n",
+    )
+    .expect("edit");
+    std::fs::remove_file(spool.join("0002-mini.eml")).expect("remove");
+    let args = minispool::run_args(&cli, &format!("maildir:{}", cli.store().display()), &[]);
+    let table: Vec<String> = args.iter().skip(1).cloned().collect();
+    let out = cli.run(&table);
+    check(&out, 65);
+    for phrase in [
+        "Held because the spool changed since ingest: 4 recipients",
+        "0001-mini.eml is not what was ingested (content hash differs)",
+        "cannot read",
+        "0002-mini.eml",
+        "put the spool back",
+        "Exit 65",
+    ] {
+        assert!(out.stdout.contains(phrase), "{phrase}:\n{}", out.stdout);
+    }
+    assert!(
+        !out.stdout.contains("run again to resume"),
+        "{}",
+        out.stdout
+    );
+
+    let out = cli.run(&args);
+    check(&out, 65);
+    let summary = out.event("run_summary");
+    assert_eq!(summary["spool_changed"], 4, "{summary}");
+    assert_eq!(
+        summary["delivered"], 0,
+        "the other two were delivered by the first run"
+    );
+    assert_eq!(summary["exit"], 65, "{summary}");
+
+    let status = cli.status();
+    assert_eq!(status["spool_changed"], 4, "{status}");
+    assert_eq!(status["states"]["held"], 4, "{status}");
+    assert_eq!(status["states"]["delivered"], 4, "{status}");
+    let table = cli.run(&["status"]);
+    check(&table, 0);
+    assert!(
+        table
+            .stdout
+            .contains("Held because the spool changed since ingest: 4 recipients")
+            && !table.stdout.contains("Nothing remains"),
+        "{}",
+        table.stdout
+    );
+}
