@@ -24,14 +24,6 @@ pub struct Counts {
     pub bytes: u64,
 }
 
-impl Counts {
-    fn add(&mut self, recipients: u64, bytes: u64) {
-        self.messages += 1;
-        self.recipients += recipients;
-        self.bytes += bytes;
-    }
-}
-
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DomainCounts {
     pub recipients: u64,
@@ -150,11 +142,40 @@ impl Plan {
             mta_hold: m.mta_hold,
         };
         let c = classify::classify(incident, facts, now);
-        self.by_window
-            .entry((window, c.disposition))
-            .or_default()
-            .add(open.len() as u64, m.size);
-        match c.disposition {
+        // Per recipient, as `run` will settle it: a recipient whose NOTIFY asks for no
+        // failure DSN is dropped, not bounced (RFC 3461 5.2.6).
+        let effective = |r: &RecipientRow| match c.disposition {
+            Disposition::Expire | Disposition::Bounce
+                if !crate::dsn::failure_dsn_owed(r.notify.as_deref()) =>
+            {
+                Disposition::Drop
+            }
+            d => d,
+        };
+        let mut split: Vec<(Disposition, u64)> = Vec::with_capacity(2);
+        for r in &open {
+            let d = effective(r);
+            match split.iter_mut().find(|(x, _)| *x == d) {
+                Some((_, n)) => *n += 1,
+                None => split.push((d, 1)),
+            }
+        }
+        // The message (and its bytes) is counted once, under its own disposition unless
+        // none of its recipients keeps it, so every column adds up to the open totals.
+        let home = if split.iter().any(|(d, _)| *d == c.disposition) {
+            c.disposition
+        } else {
+            split[0].0
+        };
+        for (d, n) in &split {
+            let row = self.by_window.entry((window, *d)).or_default();
+            row.recipients += n;
+            if *d == home {
+                row.messages += 1;
+                row.bytes += m.size;
+            }
+        }
+        match home {
             Disposition::Deliver => self.deliveries += 1,
             Disposition::Expire | Disposition::Bounce => {
                 self.dsns += 1;
@@ -168,7 +189,7 @@ impl Plan {
             let d = self.by_domain.entry(r.domain.clone()).or_default();
             d.recipients += 1;
             d.ages[age] += 1;
-            match c.disposition {
+            match effective(r) {
                 Disposition::Deliver => d.deliver += 1,
                 Disposition::Expire | Disposition::Bounce => d.bounce += 1,
                 Disposition::Hold => d.hold += 1,

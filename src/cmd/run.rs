@@ -41,8 +41,8 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
             cfg.now.to_rfc3339()
         ));
     }
-    let open = ledger
-        .state_counts()?
+    let before = ledger.state_counts()?;
+    let open = before
         .iter()
         .filter(|(s, _)| {
             matches!(
@@ -184,19 +184,17 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         "stopped": stats.stop.as_ref().map(stop_text),
         "exit": exit.code(),
     }))?;
-    let mut t = Table::new(&["this run", "recipients#"]);
-    for (label, n) in [
-        ("delivered", stats.delivered),
-        ("already in the store", stats.already_there),
-        ("deferred", stats.deferred),
-        ("failed (DSN owed or dropped)", stats.failed),
-        ("uncertain (see --uncertain)", stats.uncertain),
-        ("held", stats.held),
-        ("dropped (no DSN: null sender or NOTIFY)", stats.dropped),
-    ] {
-        t.row(vec![label.to_string(), n.to_string()]);
-    }
-    let mut summary = t.render();
+    let mut summary = states_table(&before, &counts);
+    summary.push_str(&format!(
+        "This run: delivered {}, already in the store {}, deferred {} times, failed {} (then bounced with a DSN, or dropped: null sender or NOTIFY), uncertain {}, held {}, released from hold {}\n",
+        stats.delivered,
+        stats.already_there,
+        stats.deferred,
+        stats.failed,
+        stats.uncertain,
+        stats.held,
+        stats.released,
+    ));
     summary.push_str(&format!(
         "DSNs made {} (and {} delay warnings), written {}{}\nTime {}, average pace {} messages/s; ledger now: delivered {}, bounced {}, held {}, remaining {remaining}\n",
         stats.dsns,
@@ -258,6 +256,32 @@ fn refuse_mass_bounce(printer: &Printer, ledger: &Ledger, cfg: &RunConfig) -> Re
         )
         .with_hint(MASS_BOUNCE_HINT),
     ))
+}
+
+/// The ledger's recipients per state before and after the run, with the total: the same
+/// states and numbers as `status`, and each column adds up to the total (the run's own
+/// counts are events, said in a line of their own: a recipient deferred and then delivered
+/// is in both).
+fn states_table(before: &[(RcptState, u64)], after: &[(RcptState, u64)]) -> String {
+    let of = |counts: &[(RcptState, u64)], s: RcptState| {
+        counts.iter().find(|(x, _)| *x == s).map_or(0, |(_, n)| *n)
+    };
+    let mut t = Table::new(&["recipients by state", "before run#", "after run#"]);
+    let (mut total_before, mut total_after) = (0, 0);
+    for s in crate::ledger::state::ALL_STATES {
+        let (b, a) = (of(before, s), of(after, s));
+        total_before += b;
+        total_after += a;
+        if b > 0 || a > 0 {
+            t.row(vec![s.as_str().to_string(), b.to_string(), a.to_string()]);
+        }
+    }
+    t.row(vec![
+        "total".to_string(),
+        total_before.to_string(),
+        total_after.to_string(),
+    ]);
+    t.render()
 }
 
 /// Recipients held because the spool no longer matches the ledger: how many, the first

@@ -41,7 +41,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
             .collect();
         let mut windows: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
         for (w, s, n) in &by_window {
-            let key = w.clone().unwrap_or_else(|| "unclassified".into());
+            let key = w.clone().unwrap_or_else(|| NOT_CLASSIFIED.into());
             let entry = windows.entry(key).or_insert_with(|| json!({}));
             entry[s.as_str()] = json!(n);
         }
@@ -70,6 +70,9 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
     for s in ALL_STATES {
         t.row(vec![s.as_str().to_string(), count(s).to_string()]);
     }
+    let total: u64 = ALL_STATES.iter().map(|s| count(*s)).sum();
+    t.row(vec!["total".into(), total.to_string()]);
+    // Items, not recipients: below the total, not part of it.
     t.row(vec!["quarantined (items)".into(), quarantined.to_string()]);
     out.push_str(&t.render());
 
@@ -84,7 +87,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
     let mut windows: Vec<Option<String>> = by_window.iter().map(|(w, _, _)| w.clone()).collect();
     windows.dedup();
     for w in windows {
-        let mut row = vec![for_terminal(w.as_deref().unwrap_or("unclassified"))];
+        let mut row = vec![for_terminal(w.as_deref().unwrap_or(NOT_CLASSIFIED))];
         for s in ALL_STATES {
             let n = by_window
                 .iter()
@@ -94,6 +97,9 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
         }
         t.row(row);
     }
+    let mut row = vec!["total".to_string()];
+    row.extend(ALL_STATES.iter().map(|s| count(*s).to_string()));
+    t.row(row);
     out.push_str(&t.render());
     out.push_str(&format!(
         "\nDSNs made: {} ({} not yet written to an outbox, {unsent} not sent)\n",
@@ -125,6 +131,9 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
     printer.data(&out)?;
     Ok(Exit::Done)
 }
+
+/// The window of mail no `run` has classified yet (the ledger learns windows from `run`).
+const NOT_CLASSIFIED: &str = "(not classified yet)";
 
 /// How to send the DSNs not sent yet (the relay is the operator's to name).
 const SEND_COMMAND: &str = "spoolreplay bounces send --relay smtp://HOST:25";

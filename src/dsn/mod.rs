@@ -31,7 +31,7 @@
 mod notify;
 mod status;
 
-pub use notify::{dsn_owed, warn_suppressed};
+pub use notify::{dsn_owed, failure_dsn_owed, warn_suppressed};
 pub use status::{
     LocalFailure, status_at_expiry, status_for_local, status_for_reply, status_for_reply_text,
 };

@@ -545,8 +545,13 @@ impl Ledger {
     /// Recipients per (window of the last classification, state).
     pub fn state_counts_by_window(&self) -> Result<Vec<(Option<String>, RcptState, u64)>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT m.window, r.state, count(*) FROM recipients r JOIN messages m ON m.id = r.message_id \
-             GROUP BY m.window, r.state ORDER BY m.window, r.state",
+            // A message `run` never classifies (all its recipients settled at ingest, such
+            // as exact duplicates) is counted in the window of the first classified copy
+            // of the same content: the window it really arrived in.
+            "SELECT coalesce(m.window, (SELECT o.window FROM messages o \
+                 WHERE o.content_hash = m.content_hash AND o.window IS NOT NULL ORDER BY o.id LIMIT 1)) AS w, \
+             r.state, count(*) FROM recipients r JOIN messages m ON m.id = r.message_id \
+             GROUP BY w, r.state ORDER BY w, r.state",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((

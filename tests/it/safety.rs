@@ -353,3 +353,175 @@ fn a_spool_that_changed_after_ingest_is_said_counted_and_exits_65() {
         table.stdout
     );
 }
+
+/// The rows of a text table (after its `---` rule) as cells split on runs of 2+ spaces.
+fn table_rows(text: &str, header: &str) -> Vec<Vec<String>> {
+    let start = text
+        .find(header)
+        .unwrap_or_else(|| panic!("no table `{header}` in:\n{text}"));
+    text[start..]
+        .trim_start_matches('\n')
+        .lines()
+        .skip(2)
+        .take_while(|l| !l.trim().is_empty() && !l.starts_with("This run"))
+        .map(|l| {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .collect()
+}
+
+/// Checks that the numeric column `col` of the rows before `total` adds up to it.
+#[track_caller]
+fn adds_up(rows: &[Vec<String>], col: usize, what: &str) -> u64 {
+    let n = |r: &Vec<String>| -> u64 {
+        r[col]
+            .parse()
+            .unwrap_or_else(|_| panic!("{what}: not a count: {r:?}"))
+    };
+    let (total, rows) = rows.split_last().expect("rows");
+    assert_eq!(
+        total[0], "total",
+        "{what}: the last row is the total: {rows:?}"
+    );
+    assert!(rows.len() > 1, "{what}: too few rows to prove anything");
+    let sum: u64 = rows.iter().map(n).sum();
+    assert_eq!(sum, n(total), "{what}, column {col}: rows {rows:?}");
+    sum
+}
+
+#[test]
+fn report_run_summary_and_status_agree_and_every_table_adds_up() {
+    let cli = ingested();
+    let inc = incident_path();
+    let report = cli.run(&[
+        "--json",
+        "report",
+        "--incident",
+        &inc,
+        "--now",
+        crate::support::NOW,
+    ]);
+    check(&report, 0);
+    let plan = report.events("plan");
+    let planned = |window: &str, dispositions: &[&str]| -> u64 {
+        plan.iter()
+            .filter(|p| {
+                p["window"] == window
+                    && dispositions.contains(&p["disposition"].as_str().unwrap_or(""))
+            })
+            .map(|p| p["recipients"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    // The NOTIFY=NEVER recipient of the bounce window is a drop in the plan, as in `run`.
+    assert_eq!(planned("rejected-550", &["bounce"]), 52, "{plan:?}");
+    assert_eq!(planned("rejected-550", &["drop"]), 4, "{plan:?}");
+    let open: u64 = plan
+        .iter()
+        .map(|p| p["recipients"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(open, 392, "the plan's rows add up to the open recipients");
+
+    let args: Vec<String> = cli.run_args(&[]).into_iter().skip(1).collect();
+    let run = cli.run(&args);
+    check(&run, 0);
+    let rows = table_rows(&run.stdout, "recipients by state");
+    adds_up(&rows, 1, "run summary, before");
+    let after = adds_up(&rows, 2, "run summary, after");
+
+    let status = cli.status();
+    let states = status["states"].as_object().expect("states");
+    let in_ledger: u64 = states.values().map(|n| n.as_u64().unwrap_or(0)).sum();
+    assert_eq!(after, in_ledger, "run summary vs status");
+    for row in &rows[..rows.len() - 1] {
+        assert_eq!(
+            states[&row[0]].to_string(),
+            row[2],
+            "run summary vs status: {row:?}"
+        );
+    }
+    let windows = status["windows"].as_object().expect("windows");
+    assert!(
+        windows.keys().all(|w| !w.contains("classified")),
+        "the duplicates have their real window: {windows:?}"
+    );
+    let duplicates: u64 = windows
+        .values()
+        .map(|w| w["duplicate"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(duplicates, 3, "{windows:?}");
+    let got = |window: &str, states: &[&str]| -> u64 {
+        states
+            .iter()
+            .map(|s| windows[window][*s].as_u64().unwrap_or(0))
+            .sum()
+    };
+    for window in [
+        "queued",
+        "smtp-stopped",
+        "rejected-550",
+        "tempfail-452",
+        "outside",
+    ] {
+        // What the plan delivers, expires or bounces ends delivered or bounced (the store
+        // may refuse some); what it drops is dropped; what it holds is held.
+        assert_eq!(
+            planned(window, &["deliver", "expire", "bounce"]),
+            got(window, &["delivered", "bounced", "failed", "deferred"]),
+            "window {window}"
+        );
+        assert_eq!(
+            planned(window, &["drop"]),
+            got(window, &["dropped"]),
+            "window {window}"
+        );
+        assert_eq!(
+            planned(window, &["hold"]),
+            got(window, &["held"]),
+            "window {window}"
+        );
+    }
+    // The dropped recipient's last reply says so, not "bounced by the incident policy".
+    let conn = rusqlite::Connection::open_with_flags(
+        &cli.ledger,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open ledger");
+    let mut stmt = conn
+        .prepare("SELECT state, ifnull(reply, '') FROM recipients WHERE notify = 'NEVER'")
+        .expect("prepare");
+    let never: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
+    assert!(!never.is_empty(), "the sample has a NOTIFY=NEVER recipient");
+    for (state, reply) in never {
+        assert_eq!(state, "dropped", "{reply}");
+        assert!(
+            reply.starts_with("dropped without a DSN: NOTIFY=NEVER"),
+            "{reply}"
+        );
+    }
+
+    // status's own tables: states add up to the total; each window column too.
+    let table = cli.run(&["status"]);
+    check(&table, 0);
+    let state_rows = table_rows(&table.stdout, "\nstate ");
+    let state_rows: Vec<Vec<String>> = state_rows
+        .into_iter()
+        .take_while(|r| !r[0].starts_with("quarantined"))
+        .collect();
+    assert_eq!(adds_up(&state_rows, 1, "status states"), in_ledger);
+    let window_rows = table_rows(&table.stdout, "\nwindow ");
+    for col in 1..window_rows[0].len() {
+        adds_up(&window_rows, col, "status per window");
+    }
+}
+
+fn incident_path() -> String {
+    crate::support::incident().display().to_string()
+}
