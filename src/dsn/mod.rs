@@ -28,6 +28,7 @@
 //!
 //! Which status code to report is `status.rs`'s job, whether a DSN is owed `notify.rs`'s.
 
+pub mod explain;
 mod notify;
 mod status;
 

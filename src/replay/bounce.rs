@@ -358,31 +358,35 @@ fn delay_explanation(work: &MessageWork, deadline: DateTime<FixedOffset>) -> Str
 
 /// The plain-words story for the DSN's human-readable part.
 fn explanation(work: &MessageWork, incident: &Incident) -> String {
-    let expired = work
+    let m = &work.message;
+    let expired: Vec<_> = work
         .recipients
         .iter()
-        .any(|r| r.status.as_deref() == Some(STATUS_EXPIRED));
-    let arrival = work.message.arrival.to_rfc2822();
-    if expired {
-        format!(
-            "Your message arrived here on {arrival}, while the mailbox storage of the recipients \
-             below was out of service. It was kept in the queue, but the storage did not come \
-             back before the message's queue lifetime ran out, so it was not delivered."
-        )
-    } else {
-        let window = work
-            .message
+        .filter(|r| r.status.as_deref() == Some(STATUS_EXPIRED) || is_expiry(r, m))
+        .collect();
+    let text = if expired.is_empty() {
+        let note = m
             .window
             .as_deref()
             .and_then(|w| incident.windows.iter().find(|x| x.name == w))
-            .and_then(|w| w.note.clone())
-            .map(|n| format!(" ({n})"))
-            .unwrap_or_default();
-        format!(
-            "Your message arrived here on {arrival}, during an outage of the mailbox storage of \
-             the recipients below{window}. It could not be delivered to them."
-        )
-    }
+            .and_then(|w| w.note.as_deref());
+        dsn::explain::bounced(m.arrival, note)
+    } else {
+        dsn::explain::expired(&dsn::explain::Expiry {
+            arrival: m.arrival,
+            lifetime: incident.queue_lifetime,
+            deadline: crate::classify::deadline(incident, m.arrival),
+            restored_at: incident.restored_at,
+            tried: expired.iter().any(|r| r.attempts > 0),
+        })
+    };
+    dsn::explain::with_operator_text(text, incident.dsn_text.as_deref())
+}
+
+/// An expiry that kept the store's mailbox status (say 4.2.2) instead of 4.4.7: the message
+/// was classified `expire`.
+fn is_expiry(r: &RecipientRow, m: &crate::ledger::MessageRow) -> bool {
+    m.disposition.as_deref() == Some("expire") && r.attempts > 0
 }
 
 #[cfg(test)]

@@ -525,3 +525,72 @@ fn report_run_summary_and_status_agree_and_every_table_adds_up() {
 fn incident_path() -> String {
     crate::support::incident().display().to_string()
 }
+
+#[test]
+fn an_expired_mail_dsn_tells_what_really_happened_and_the_operator_words() {
+    let cli = ingested();
+    // The sample's incident with the operator's own sentence for the senders.
+    let sample = std::fs::read_to_string(crate::support::incident()).expect("incident");
+    let sentence = "We are sorry: our mail storage failed in January. Please send your message again if it is still needed.";
+    let with_text = sample.replacen(
+        "\n[[window]]",
+        &format!("\ndsn_text = \"{sentence}\"\n\n[[window]]"),
+        1,
+    );
+    let inc = cli.at("incident.toml");
+    std::fs::write(&inc, with_text).expect("write incident");
+    let mut args = cli.run_args(&[]);
+    let at = args
+        .iter()
+        .position(|a| a == "--incident")
+        .expect("--incident")
+        + 1;
+    args[at] = inc.display().to_string();
+    check(&cli.run(&args), 0);
+
+    let dsns = crate::support::minispool::outbox_dsns(&cli.outbox());
+    assert!(!dsns.is_empty());
+    let expired: Vec<&String> = dsns
+        .values()
+        .filter(|d| d.contains("Status: 4.4.7"))
+        .collect();
+    assert!(!expired.is_empty(), "the sample has expired mail");
+    for dsn in &expired {
+        // The explanation, between the incident's name and the recipients, unwrapped.
+        let text = dsn.replace("\r\n", " ");
+        let from = text.find("Incident:").expect("incident line");
+        let to = from + text[from..].find("Recipients:").expect("recipients");
+        let text = &text[from..to];
+        assert!(
+            !text.contains("did not come back"),
+            "the store came back on 26 January, before the deadline: {dsn}"
+        );
+        assert!(
+            text.contains("back in service on Thu, 26 Jan 2023 13:00:00 +0100"),
+            "{dsn}"
+        );
+        assert!(text.contains("for up to 5 days, that is until"), "{dsn}");
+        assert!(!text.contains("queue lifetime"), "jargon: {dsn}");
+    }
+    for dsn in dsns.values() {
+        let text = dsn.replace("\r\n", " ");
+        assert!(
+            text.contains(sentence),
+            "every DSN has the operator's words: {dsn}"
+        );
+    }
+
+    // A control character in it is refused with the key and line.
+    std::fs::write(
+        &inc,
+        sample.replacen("\n[[window]]", "\ndsn_text = \"a\\u0007b\"\n[[window]]", 1),
+    )
+    .expect("write incident");
+    let out = cli.run(&args);
+    check(&out, 78);
+    assert!(
+        out.stderr.contains("dsn_text") && out.stderr.contains("control"),
+        "{}",
+        out.stderr
+    );
+}
