@@ -424,6 +424,16 @@ fn report_run_summary_and_status_agree_and_every_table_adds_up() {
         .map(|p| p["recipients"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(open, 392, "the plan's rows add up to the open recipients");
+    let domains = report.events("domain");
+    assert!(!domains.is_empty());
+    for d in &domains {
+        let n = |k: &str| d[k].as_u64().unwrap_or(0);
+        assert_eq!(
+            n("deliver") + n("bounce") + n("hold") + n("drop"),
+            n("recipients"),
+            "a domain's dispositions add up to its recipients: {d}"
+        );
+    }
 
     let args: Vec<String> = cli.run_args(&[]).into_iter().skip(1).collect();
     let run = cli.run(&args);
