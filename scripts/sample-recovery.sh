@@ -26,4 +26,6 @@ set +x
 echo
 echo "ledger:   $work/spoolreplay.db"
 echo "store:    $work/restored ($(find "$work/restored" -type f | wc -l) messages)"
-echo "bounces:  $work/bounces ($(find "$work/bounces" -name '*.eml' | wc -l) DSNs)"
+echo "bounces:  $work/bounces ($(find "$work/bounces" -name '*.eml' | wc -l) DSNs, not sent yet)"
+echo "send them through your outgoing MTA:"
+echo "  $top/target/release/spoolreplay --ledger $work/spoolreplay.db bounces send --relay smtp://HOST:25"

@@ -10,8 +10,9 @@ Exit codes:
   0    done (held and quarantined items are reported, not pending)
   75   deliverable work remains, or the ledger is busy: run again to resume
   130  interrupted by Ctrl-C after a clean checkpoint
-  64 usage, 65 bad data, 66 input not found, 69 store unavailable,
-  73 cannot create output, 74 i/o error, 78 bad configuration";
+  64 usage, 65 bad data (also: spool changed since ingest), 66 input not found,
+  69 store unavailable, 73 cannot create output, 74 i/o error,
+  78 bad configuration (also: a run that would bounce more than --max-bounce-share)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -128,6 +129,19 @@ pub struct Clock {
 }
 
 #[derive(Debug, Args)]
+pub struct BounceGuard {
+    /// Stop before any DSN when more than this percentage of the open messages would be
+    /// bounced or expired (a wrong --now or queue_lifetime bounces everything); 100: no limit
+    #[arg(
+        long,
+        value_name = "PERCENT",
+        default_value_t = crate::plan::DEFAULT_MAX_BOUNCE_SHARE,
+        value_parser = clap::value_parser!(u8).range(0..=100)
+    )]
+    pub max_bounce_share: u8,
+}
+
+#[derive(Debug, Args)]
 pub struct Pace {
     /// At most this many messages per time unit (N/s, N/m, N/h); default: unlimited
     #[arg(long, value_name = "N/s")]
@@ -154,6 +168,9 @@ pub struct ReportArgs {
 
     #[command(flatten)]
     pub clock: Clock,
+
+    #[command(flatten)]
+    pub guard: BounceGuard,
 
     #[command(flatten)]
     pub pace: Pace,
@@ -265,6 +282,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub clock: Clock,
+
+    #[command(flatten)]
+    pub guard: BounceGuard,
 
     #[command(flatten)]
     pub pace: Pace,

@@ -84,6 +84,10 @@ pub struct ReportConfig {
     /// Always present for the plan; `None` only with `--affected`.
     pub incident: Option<Incident>,
     pub now: DateTime<FixedOffset>,
+    /// True when `--now` fixed the clock.
+    pub fixed_clock: bool,
+    /// `--max-bounce-share`: the plan warns above it, as `run` would refuse.
+    pub max_bounce_share: u8,
     pub pace: PaceConfig,
     pub top: usize,
     pub format: Format,
@@ -141,6 +145,8 @@ pub struct RunConfig {
     pub now: DateTime<FixedOffset>,
     /// True when `--now` fixed the clock.
     pub fixed_clock: bool,
+    /// `--max-bounce-share`: refuse a run bouncing or expiring more than this percentage.
+    pub max_bounce_share: u8,
     pub store: StoreTarget,
     pub outbox: Option<PathBuf>,
     pub return_limit: usize,
@@ -213,6 +219,8 @@ impl Config {
                 format: report_format(a.format.as_deref(), cli.json)?,
                 incident: a.incident.as_deref().map(incident::load).transpose()?,
                 now: parse_now(a.clock.now.as_deref())?,
+                fixed_clock: a.clock.now.is_some(),
+                max_bounce_share: a.guard.max_bounce_share,
                 pace: pace(&a.pace)?,
                 top: a.top,
                 affected: a.affected,
@@ -224,6 +232,7 @@ impl Config {
                     incident: incident::load(&a.incident)?,
                     now: parse_now(a.clock.now.as_deref())?,
                     fixed_clock: a.clock.now.is_some(),
+                    max_bounce_share: a.guard.max_bounce_share,
                     store: StoreTarget::parse(&a.store).map_err(|e| usage("--store", e))?,
                     outbox: a.outbox,
                     return_limit: a.return_limit,

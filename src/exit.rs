@@ -9,7 +9,8 @@ pub enum Exit {
     Done = 0,
     /// Command-line usage error.
     Usage = 64,
-    /// Input data was bad (e.g. a spool item that makes the whole command impossible).
+    /// Input data was bad (e.g. a spool item that makes the whole command impossible, or
+    /// spool files that changed since ingest, so `run` held their mail).
     DataErr = 65,
     /// An input file or spool does not exist.
     NoInput = 66,

@@ -74,6 +74,8 @@ pub struct Incident {
     pub release_mta_held: bool,
     /// The `From:` of the DSNs (default `MAILER-DAEMON@<reporting_mta>`).
     pub dsn_from: Option<String>,
+    /// The operator's own words for the senders, added to every failure DSN's explanation.
+    pub dsn_text: Option<String>,
     /// Sorted by start, not overlapping.
     pub windows: Vec<Window>,
 }
@@ -93,6 +95,8 @@ struct RawIncident {
     release_mta_held: bool,
     #[serde(default)]
     dsn_from: Option<Spanned<String>>,
+    #[serde(default)]
+    dsn_text: Option<Spanned<String>>,
     #[serde(default, rename = "window")]
     windows: Vec<RawWindow>,
 }
@@ -269,8 +273,32 @@ pub fn parse(text: &str) -> Result<Incident, String> {
                 ));
             }
         },
+        dsn_text: match &raw.dsn_text {
+            None => None,
+            Some(v) => Some(
+                dsn_text(v.get_ref())
+                    .map_err(|why| format!("`dsn_text` on line {}: {why}", at(v.span())))?,
+            ),
+        },
         windows: windows.into_iter().map(|(_, w)| w).collect(),
     })
+}
+
+/// The longest `dsn_text`: a few sentences, not a letter.
+const DSN_TEXT_LIMIT: usize = 2000;
+
+/// `dsn_text` goes into every DSN: plain text, paragraphs separated by line breaks.
+fn dsn_text(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("is empty: leave the key out instead".into());
+    }
+    if s.chars().count() > DSN_TEXT_LIMIT {
+        return Err(format!("is longer than {DSN_TEXT_LIMIT} characters"));
+    }
+    if s.chars().any(|c| c.is_control() && c != '\n') {
+        return Err("has control characters (only line breaks are allowed)".into());
+    }
+    Ok(s.trim().to_string())
 }
 
 fn parse_lifetime(s: &str) -> Result<TimeDelta, String> {

@@ -62,7 +62,7 @@ fn dispatch(cfg: Config) -> anyhow::Result<Exit> {
         CommandConfig::Status { message: None } => cmd::status::run(ledger, cfg.output),
         CommandConfig::Status { message: Some(q) } => cmd::status::message(ledger, cfg.output, &q),
         CommandConfig::Bounces(c) => cmd::bounces::run(ledger, cfg.output, c),
-        CommandConfig::Audit(c) => cmd::audit::run(ledger, c),
+        CommandConfig::Audit(c) => cmd::audit::run(ledger, cfg.output, c),
     }
 }
 

@@ -13,6 +13,35 @@ use anyhow::{Context, Result};
 use crate::exit::{Exit, Failure};
 use crate::ledger::{DsnFilter, Ledger};
 
+/// Checks that DSNs can be written to `dir` before a run delivers anything: creates it,
+/// writes and syncs a probe file, removes it. An unwritable outbox found only after every
+/// delivery would leave the DSNs owed with no summary; found first, nothing has happened.
+pub fn check_writable(dir: &Path) -> Result<()> {
+    let cant = |what: String, e: std::io::Error| {
+        anyhow::Error::new(e).context(Failure::new(Exit::CantCreate, what).with_hint(
+            "fix the folder (or pass another --outbox DIR) and run again: nothing was delivered",
+        ))
+    };
+    fs::create_dir_all(dir)
+        .map_err(|e| cant(format!("cannot create outbox `{}`", dir.display()), e))?;
+    let probe = dir.join(format!(".spoolreplay-probe-{}", std::process::id()));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = File::create(&probe)?;
+        f.write_all(b"probe\n")?;
+        f.sync_all()?;
+        fs::remove_file(&probe)?;
+        File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&probe);
+        return Err(cant(
+            format!("cannot write to outbox `{}`", dir.display()),
+            e,
+        ));
+    }
+    Ok(())
+}
+
 /// Writes every DSN the ledger has not yet written; returns how many.
 pub fn write_pending(ledger: &mut Ledger, dir: &Path) -> Result<u64> {
     fs::create_dir_all(dir).map_err(|e| {

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use chrono::{DateTime, FixedOffset, Timelike};
+use chrono::{DateTime, FixedOffset, SecondsFormat, Timelike};
 
 use crate::classify::{self, Disposition};
 use crate::config::PaceConfig;
@@ -22,14 +22,6 @@ pub struct Counts {
     pub messages: u64,
     pub recipients: u64,
     pub bytes: u64,
-}
-
-impl Counts {
-    fn add(&mut self, recipients: u64, bytes: u64) {
-        self.messages += 1;
-        self.recipients += recipients;
-        self.bytes += bytes;
-    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -150,11 +142,40 @@ impl Plan {
             mta_hold: m.mta_hold,
         };
         let c = classify::classify(incident, facts, now);
-        self.by_window
-            .entry((window, c.disposition))
-            .or_default()
-            .add(open.len() as u64, m.size);
-        match c.disposition {
+        // Per recipient, as `run` will settle it: a recipient whose NOTIFY asks for no
+        // failure DSN is dropped, not bounced (RFC 3461 5.2.6).
+        let effective = |r: &RecipientRow| match c.disposition {
+            Disposition::Expire | Disposition::Bounce
+                if !crate::dsn::failure_dsn_owed(r.notify.as_deref()) =>
+            {
+                Disposition::Drop
+            }
+            d => d,
+        };
+        let mut split: Vec<(Disposition, u64)> = Vec::with_capacity(2);
+        for r in &open {
+            let d = effective(r);
+            match split.iter_mut().find(|(x, _)| *x == d) {
+                Some((_, n)) => *n += 1,
+                None => split.push((d, 1)),
+            }
+        }
+        // The message (and its bytes) is counted once, under its own disposition unless
+        // none of its recipients keeps it, so every column adds up to the open totals.
+        let home = if split.iter().any(|(d, _)| *d == c.disposition) {
+            c.disposition
+        } else {
+            split[0].0
+        };
+        for (d, n) in &split {
+            let row = self.by_window.entry((window, *d)).or_default();
+            row.recipients += n;
+            if *d == home {
+                row.messages += 1;
+                row.bytes += m.size;
+            }
+        }
+        match home {
             Disposition::Deliver => self.deliveries += 1,
             Disposition::Expire | Disposition::Bounce => {
                 self.dsns += 1;
@@ -168,7 +189,7 @@ impl Plan {
             let d = self.by_domain.entry(r.domain.clone()).or_default();
             d.recipients += 1;
             d.ages[age] += 1;
-            match c.disposition {
+            match effective(r) {
                 Disposition::Deliver => d.deliver += 1,
                 Disposition::Expire | Disposition::Bounce => d.bounce += 1,
                 Disposition::Hold => d.hold += 1,
@@ -207,6 +228,128 @@ impl Plan {
     }
 }
 
+/// The default of `--max-bounce-share`: a run that would bounce or expire more than half of
+/// the open messages stops before it makes a DSN (they cannot be taken back).
+pub const DEFAULT_MAX_BOUNCE_SHARE: u8 = 50;
+
+/// A run that would bounce or expire more than `--max-bounce-share` percent of the open
+/// messages: almost always a wrong clock (`--now` left out on old mail, a recovery started
+/// later than the incident file assumed), not a decision. Shared by `run` (which refuses)
+/// and `report` (which warns), so both say the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MassBounce {
+    /// Messages with open recipients.
+    pub open: u64,
+    /// Of those, messages that would expire (queue lifetime over).
+    pub expire: u64,
+    /// Messages that would be bounced by a window's policy.
+    pub bounce: u64,
+    /// Expired or bounced mail of the null sender: settled without a DSN, but still not
+    /// delivered.
+    pub drop: u64,
+    /// The limit, in percent.
+    pub max_share: u8,
+    /// The deadline rule from the incident file, in words.
+    pub rule: String,
+    /// The time classified against, and whether `--now` fixed it.
+    pub now: DateTime<FixedOffset>,
+    pub fixed_clock: bool,
+}
+
+impl MassBounce {
+    pub fn failing(&self) -> u64 {
+        self.expire + self.bounce + self.drop
+    }
+
+    pub fn percent(&self) -> u64 {
+        (self.failing() * 100).checked_div(self.open).unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for MassBounce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of {} open messages ({}%) would be bounced or expired, more than --max-bounce-share {}%: \
+             {} expire ({}), {} bounced by a window's policy, {} dropped (null sender); \
+             classified as of {} ({})",
+            self.failing(),
+            self.open,
+            self.percent(),
+            self.max_share,
+            self.expire,
+            self.rule,
+            self.bounce,
+            self.drop,
+            self.now.to_rfc3339_opts(SecondsFormat::Secs, false),
+            if self.fixed_clock {
+                "--now"
+            } else {
+                "the clock of this machine: --now was not given"
+            },
+        )
+    }
+}
+
+/// What to do about a [`MassBounce`].
+pub const MASS_BOUNCE_HINT: &str = "check --now (mail from the past expires against today's clock), \
+     queue_lifetime and restored_at in the incident file; if these bounces are meant, pass \
+     --max-bounce-share 100";
+
+/// The incident's deadline rule in words: how long, from when, and the cut-off it gives at
+/// `now` for `lifetime_from = "arrival"`.
+pub fn deadline_rule(incident: &Incident, now: DateTime<FixedOffset>) -> String {
+    let lifetime =
+        crate::throttle::format_duration(incident.queue_lifetime.to_std().unwrap_or_default());
+    match incident.lifetime_from {
+        crate::incident::LifetimeFrom::Arrival => format!(
+            "queue_lifetime {lifetime} from arrival: mail that arrived before {} has expired",
+            (now - incident.queue_lifetime)
+                .with_timezone(incident.restored_at.offset())
+                .to_rfc3339_opts(SecondsFormat::Secs, false)
+        ),
+        crate::incident::LifetimeFrom::Restored => format!(
+            "queue_lifetime {lifetime} from restored_at {}: every message expired at {}",
+            incident
+                .restored_at
+                .to_rfc3339_opts(SecondsFormat::Secs, false),
+            (incident.restored_at + incident.queue_lifetime)
+                .to_rfc3339_opts(SecondsFormat::Secs, false)
+        ),
+    }
+}
+
+/// The guard: `Some` when the plan would bounce or expire more than `max_share` percent of
+/// the open messages. Pure: the plan was built at `now`.
+pub fn mass_bounce(
+    plan: &Plan,
+    incident: &Incident,
+    now: DateTime<FixedOffset>,
+    fixed_clock: bool,
+    max_share: u8,
+) -> Option<MassBounce> {
+    let messages = |d: Disposition| -> u64 {
+        plan.by_window
+            .iter()
+            .filter(|((_, x), _)| *x == d)
+            .map(|(_, c)| c.messages)
+            .sum()
+    };
+    let open: u64 = plan.by_window.values().map(|c| c.messages).sum();
+    let m = MassBounce {
+        open,
+        expire: messages(Disposition::Expire),
+        bounce: messages(Disposition::Bounce),
+        drop: messages(Disposition::Drop),
+        max_share,
+        rule: deadline_rule(incident, now),
+        now,
+        fixed_clock,
+    };
+    // Integer arithmetic: failing / open > max_share / 100.
+    (m.failing() * 100 > open * u64::from(max_share)).then_some(m)
+}
+
 /// Time to send `messages` at `pace`: the rate's spacing plus the pauses between batches.
 pub fn projected_duration(messages: u64, pace: &PaceConfig) -> Option<Duration> {
     let rate = pace.rate?;
@@ -229,6 +372,67 @@ mod tests {
 
     fn t(s: &str) -> DateTime<FixedOffset> {
         DateTime::parse_from_rfc3339(s).unwrap()
+    }
+
+    fn plan_of(rows: &[(Disposition, u64)]) -> Plan {
+        let mut plan = Plan::default();
+        for (i, (d, messages)) in rows.iter().enumerate() {
+            let counts = Counts {
+                messages: *messages,
+                recipients: *messages,
+                bytes: 0,
+            };
+            plan.by_window.insert((i, *d), counts);
+        }
+        plan
+    }
+
+    #[test]
+    fn mass_bounce_guard_counts_messages_against_the_open_ones() {
+        let inc = crate::incident::parse(
+            r#"
+name = "t"
+reporting_mta = "mx.example.net"
+restored_at = "2023-01-26T13:00:00+01:00"
+queue_lifetime = "5d"
+"#,
+        )
+        .unwrap();
+        let now = t("2023-02-10T00:00:00+01:00");
+        let guard = |rows: &[(Disposition, u64)], max: u8| {
+            mass_bounce(&plan_of(rows), &inc, now, false, max)
+        };
+        // Exactly the limit is allowed; one more is not.
+        let half = [(Disposition::Deliver, 5), (Disposition::Expire, 5)];
+        assert_eq!(guard(&half, 50), None);
+        let more = [
+            (Disposition::Deliver, 4),
+            (Disposition::Expire, 3),
+            (Disposition::Bounce, 2),
+            (Disposition::Drop, 1),
+            (Disposition::Hold, 0),
+        ];
+        let m = guard(&more, 50).expect("6 of 10 is more than 50%");
+        assert_eq!((m.open, m.expire, m.bounce, m.drop), (10, 3, 2, 1));
+        assert_eq!(m.percent(), 60);
+        let line = m.to_string();
+        assert!(line.contains("6 of 10 open messages (60%)"), "{line}");
+        assert!(
+            line.contains("queue_lifetime 5d from arrival")
+                && line.contains("arrived before 2023-02-05T00:00:00+01:00"),
+            "{line}"
+        );
+        assert!(line.contains("--now was not given"), "{line}");
+        // Held mail is open too: it counts in the denominator.
+        assert_eq!(
+            guard(&[(Disposition::Hold, 9), (Disposition::Expire, 1)], 50),
+            None
+        );
+        // 100 never refuses; 0 refuses any bounce, and nothing when nothing fails.
+        assert_eq!(guard(&[(Disposition::Expire, 10)], 100), None);
+        assert!(guard(&[(Disposition::Deliver, 99), (Disposition::Bounce, 1)], 0).is_some());
+        assert_eq!(guard(&[(Disposition::Deliver, 3)], 0), None);
+        assert_eq!(guard(&[], 0), None);
     }
 
     #[test]

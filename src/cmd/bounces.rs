@@ -39,7 +39,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
             return_limit,
         ),
         BouncesConfig::Write { outbox } => {
-            let mut ledger = Ledger::open_for_write(ledger_path, "bounces write")?;
+            let mut ledger = Ledger::open_existing_for_write(ledger_path, "bounces write")?;
             let written = crate::outbox::write_pending(&mut ledger, &outbox)?;
             printer
                 .event(&json!({"type": "dsns_written", "written": written, "outbox": outbox}))?;
@@ -56,7 +56,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
             insecure_tls,
             resend_uncertain,
         } => {
-            let mut ledger = Ledger::open_for_write(ledger_path, "bounces send")?;
+            let mut ledger = Ledger::open_existing_for_write(ledger_path, "bounces send")?;
             let options = SmtpOptions {
                 client: ClientOptions::default(),
                 credentials,

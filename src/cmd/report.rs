@@ -20,7 +20,9 @@ use crate::exit::{Exit, Failure};
 use crate::incident::Incident;
 use crate::ledger::queries::{DuplicateGroup, MailboxRow, SenderDomainRow};
 use crate::ledger::{Ledger, QuarantineRow, RcptState, combined, describe_shard};
-use crate::plan::{OUTSIDE_INDEX, Plan, age_labels, projected_duration};
+use crate::plan::{
+    MASS_BOUNCE_HINT, MassBounce, OUTSIDE_INDEX, Plan, age_labels, mass_bounce, projected_duration,
+};
 use crate::report::html::{self, AnomalyLine, DELAY_BUCKETS, DomainOutcomes, HtmlReport};
 use crate::report::sheet::{Cell, Format, SheetWriter, Sink, Tracked};
 use crate::report::{Printer, json as events};
@@ -50,6 +52,10 @@ pub fn run(output: Output, cfg: ReportConfig) -> Result<Exit> {
         })?;
     }
     let facts = Facts::read(&ledgers, cfg.top)?;
+    // The table says it on stdout; JSON and CSV readers get it on stderr too.
+    if let (Some(m), false) = (guard(&cfg, inc, &plan), cfg.format == Format::Table) {
+        printer.warn(&format!("`run` would refuse this plan (exit 78): {m}"));
+    }
     write_plan(&mut out, &cfg, inc, &plan, &facts)?;
     out.flush()?;
     if let Some(path) = &cfg.html {
@@ -61,6 +67,11 @@ pub fn run(output: Output, cfg: ReportConfig) -> Result<Exit> {
         ));
     }
     Ok(Exit::Done)
+}
+
+/// The mass-bounce guard `run` applies, so the dry run warns about what `run` refuses.
+fn guard(cfg: &ReportConfig, inc: &Incident, plan: &Plan) -> Option<MassBounce> {
+    mass_bounce(plan, inc, cfg.now, cfg.fixed_clock, cfg.max_bounce_share)
 }
 
 /// What the plan shows besides the plan itself, read from the ledger.
@@ -166,6 +177,12 @@ fn write_plan(
             cfg.now.to_rfc3339(),
             plan.messages
         )?;
+        if let Some(m) = guard(cfg, inc, plan) {
+            writeln!(
+                out,
+                "\nWARNING: `run` would refuse this plan (exit 78): {m}\n  hint: {MASS_BOUNCE_HINT}"
+            )?;
+        }
     }
     ledgers_section(out, f, &facts.combined)?;
     let mut w = SheetWriter::begin(
@@ -508,6 +525,7 @@ fn summary_event(
         "outside": plan.outside.messages,
         "unexpected": plan.unexpected.values().map(|a| a.messages).sum::<u64>(),
         "duplicates": facts.duplicates.1,
+        "mass_bounce": guard(cfg, inc, plan).as_ref().map(events::mass_bounce),
     });
     if !facts.combined.is_empty() {
         let paths: Vec<&str> = facts.combined.iter().map(|l| l.path.as_str()).collect();

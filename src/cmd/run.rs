@@ -14,8 +14,9 @@ use crate::deliver::lmtp::LmtpStore;
 use crate::deliver::maildir::MaildirStore;
 use crate::deliver::smtp::{SmtpOptions, SmtpStore};
 use crate::deliver::wire::ClientOptions;
-use crate::exit::Exit;
+use crate::exit::{Exit, Failure};
 use crate::ledger::{DsnFilter, Ledger, RcptState};
+use crate::plan::{MASS_BOUNCE_HINT, Plan, mass_bounce};
 use crate::replay::{Event, Replay, Settings, Stop, StoreFactory};
 use crate::report::progress::Progress;
 use crate::report::table::Table;
@@ -25,7 +26,11 @@ use crate::throttle::format_duration;
 
 pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Result<Exit> {
     let printer = Printer::new(output);
-    let mut ledger = Ledger::open_for_write(ledger_path, "run")?;
+    let mut ledger = Ledger::open_existing_for_write(ledger_path, "run")?;
+    if let Some(dir) = &cfg.outbox {
+        crate::outbox::check_writable(dir)?;
+    }
+    let deliveries = refuse_mass_bounce(&printer, &ledger, &cfg)?;
     let factory = store_factory(&cfg);
     let describe = cfg.store.to_string();
     let interrupted = install_ctrl_c()?;
@@ -36,8 +41,8 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
             cfg.now.to_rfc3339()
         ));
     }
-    let open: u64 = ledger
-        .state_counts()?
+    let before = ledger.state_counts()?;
+    let open: u64 = before
         .iter()
         .filter(|(s, _)| {
             matches!(
@@ -56,12 +61,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
 
     // The progress counts messages handed to the store, so its total is the messages this
     // run would deliver (what `report` calls "Messages that would be delivered"), not the
-    // open recipients; one read of the ledger, skipped when nothing is shown.
-    let deliveries = if Progress::shown(&output) {
-        planned_deliveries(&ledger, &cfg)?
-    } else {
-        0
-    };
+    // open recipients: the plan the mass-bounce check made.
     let mut progress = Progress::new(&output, "messages", deliveries);
     let mut last_seen = 0u64;
     let mut event_error: Option<std::io::Error> = None;
@@ -157,7 +157,10 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         Some(Stop::Interrupted) => Exit::Interrupted,
         Some(Stop::StoreDown(_)) => Exit::Unavailable,
         Some(Stop::StoreLost(_)) | Some(Stop::StoreFull(_)) => Exit::TempFail,
-        None if remaining > 0 || unwritten > 0 => Exit::TempFail,
+        None if remaining > 0 => Exit::TempFail,
+        // Running again cannot fix a spool that no longer matches the ledger.
+        None if stats.spool_changed > 0 => Exit::DataErr,
+        None if unwritten > 0 => Exit::TempFail,
         None => Exit::Done,
     };
     let elapsed = started.elapsed();
@@ -175,6 +178,8 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         "delay_warnings": stats.delay_warnings,
         "dsns_written": written,
         "dsns_unwritten": unwritten,
+        "spool_changed": stats.spool_changed,
+        "spool_changed_examples": stats.spool_changed_examples,
         "remaining": remaining,
         "uncertain": stats.uncertain,
         "messages": stats.messages,
@@ -182,52 +187,149 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         "stopped": stats.stop.as_ref().map(stop_text),
         "exit": exit.code(),
     }))?;
-    let mut t = Table::new(&["this run", "recipients#"]);
-    for (label, n) in [
-        ("delivered", stats.delivered),
-        ("already in the store", stats.already_there),
-        ("deferred", stats.deferred),
-        ("failed (DSN owed or dropped)", stats.failed),
-        ("uncertain (see --uncertain)", stats.uncertain),
-        ("held", stats.held),
-        ("dropped (no DSN: null sender or NOTIFY)", stats.dropped),
-    ] {
-        t.row(vec![label.to_string(), n.to_string()]);
-    }
-    let mut summary = t.render();
+    let mut summary = states_table(&before, &counts);
+    summary.push_str(&format!(
+        "This run: delivered {}, already in the store {}, deferred {} times, failed {} (then bounced with a DSN, or dropped: null sender or NOTIFY), uncertain {}, held {}, released from hold {}\n",
+        stats.delivered,
+        stats.already_there,
+        stats.deferred,
+        stats.failed,
+        stats.uncertain,
+        stats.held,
+        stats.released,
+    ));
     summary.push_str(&format!(
         "DSNs made {} (and {} delay warnings), written {}{}\nTime {}, average pace {} messages/s; ledger now: delivered {}, bounced {}, held {}, remaining {remaining}\n",
         stats.dsns,
         stats.delay_warnings,
         written,
-        if unwritten > 0 { format!(", {unwritten} not written (pass --outbox DIR)") } else { String::new() },
+        dsn_whereabouts(ledger_path, cfg.outbox.as_deref(), written, unwritten),
         format_duration(elapsed),
         crate::report::table::per_second(stats.messages, elapsed),
         count(RcptState::Delivered),
         count(RcptState::Bounced),
         count(RcptState::Held),
     ));
+    if stats.spool_changed > 0 {
+        summary.push_str(&spool_changed_text(&stats));
+    }
     if let Some(stop) = &stats.stop {
         summary.push_str(&format!(
             "Stopped early: {}\n",
             for_terminal(&stop_text(stop))
         ));
     }
-    summary.push_str(&format!("Exit {}: {}\n", exit.code(), exit.meaning()));
+    // Running again cannot write or send DSNs: say what does.
+    let meaning = match (&stats.stop, remaining) {
+        (None, 0) if exit == Exit::TempFail => {
+            "work remains: the DSNs above are not written or sent (running again will not do it)"
+        }
+        _ => exit.meaning(),
+    };
+    summary.push_str(&format!("Exit {}: {meaning}\n", exit.code()));
     if !printer.json_mode() {
         printer.summary(&summary)?;
     }
     Ok(exit)
 }
 
-/// The messages `run` would hand to the store now, as the plan of `report` counts them.
-fn planned_deliveries(ledger: &Ledger, cfg: &RunConfig) -> Result<u64> {
-    let mut plan = crate::plan::Plan::default();
+/// Before anything is expired or bounced: a plan that would bounce or expire more than
+/// `--max-bounce-share` of the open messages is refused (exit 78) with the plan line that
+/// explains it. A DSN cannot be taken back; a wrong clock is the usual cause. Returns the
+/// messages the plan would deliver (the progress line's total).
+fn refuse_mass_bounce(printer: &Printer, ledger: &Ledger, cfg: &RunConfig) -> Result<u64> {
+    let mut plan = Plan::default();
     ledger.for_each_message(|m, r| {
         plan.add(&cfg.incident, cfg.now, m, r);
         Ok(())
     })?;
-    Ok(plan.deliveries)
+    let Some(m) = mass_bounce(
+        &plan,
+        &cfg.incident,
+        cfg.now,
+        cfg.fixed_clock,
+        cfg.max_bounce_share,
+    ) else {
+        return Ok(plan.deliveries);
+    };
+    printer.event(&events::mass_bounce(&m))?;
+    Err(anyhow::Error::new(
+        Failure::new(
+            Exit::Config,
+            format!("refusing to run, nothing was changed: {m}"),
+        )
+        .with_hint(MASS_BOUNCE_HINT),
+    ))
+}
+
+/// The ledger's recipients per state before and after the run, with the total: the same
+/// states and numbers as `status`, and each column adds up to the total (the run's own
+/// counts are events, said in a line of their own: a recipient deferred and then delivered
+/// is in both).
+fn states_table(before: &[(RcptState, u64)], after: &[(RcptState, u64)]) -> String {
+    let of = |counts: &[(RcptState, u64)], s: RcptState| {
+        counts.iter().find(|(x, _)| *x == s).map_or(0, |(_, n)| *n)
+    };
+    let mut t = Table::new(&["recipients by state", "before run#", "after run#"]);
+    let (mut total_before, mut total_after) = (0, 0);
+    for s in crate::ledger::state::ALL_STATES {
+        let (b, a) = (of(before, s), of(after, s));
+        total_before += b;
+        total_after += a;
+        if b > 0 || a > 0 {
+            t.row(vec![s.as_str().to_string(), b.to_string(), a.to_string()]);
+        }
+    }
+    t.row(vec![
+        "total".to_string(),
+        total_before.to_string(),
+        total_after.to_string(),
+    ]);
+    t.render()
+}
+
+/// Recipients held because the spool no longer matches the ledger: how many, the first
+/// files and why, and what to do (running again holds them again).
+fn spool_changed_text(stats: &crate::replay::Stats) -> String {
+    let mut text = format!(
+        "Held because the spool changed since ingest: {} recipients (of the {} held); the first:\n",
+        stats.spool_changed, stats.held
+    );
+    for why in &stats.spool_changed_examples {
+        text.push_str(&format!("  {}\n", for_terminal(why)));
+    }
+    text.push_str(
+        "  put the spool back where and as it was ingested, then run again; or ingest the spool again \
+         (a changed file becomes a new message)\n",
+    );
+    text
+}
+
+/// Where the DSNs of this run are and what sends them: without `--outbox` they are only in
+/// the ledger, and the next `run` will not write or send them.
+fn dsn_whereabouts(
+    ledger: &std::path::Path,
+    outbox: Option<&std::path::Path>,
+    written: u64,
+    unwritten: usize,
+) -> String {
+    let send = "`spoolreplay bounces send --relay smtp://HOST:25` sends them";
+    match outbox {
+        None if unwritten > 0 => format!(
+            "; {unwritten} are kept in the ledger `{}`: `spoolreplay bounces write --outbox DIR` writes them as files, {send}",
+            for_terminal(&ledger.display().to_string())
+        ),
+        Some(dir) if written > 0 || unwritten > 0 => format!(
+            " to `{}`{}; nothing sent them yet: {send} (or let your MTA send the files)",
+            for_terminal(&dir.display().to_string()),
+            if unwritten > 0 {
+                format!(", {unwritten} not written")
+            } else {
+                String::new()
+            },
+        ),
+        _ => String::new(),
+    }
 }
 
 fn stop_text(stop: &Stop) -> String {

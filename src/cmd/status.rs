@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::config::Output;
 use crate::exit::Exit;
 use crate::ledger::state::ALL_STATES;
-use crate::ledger::{DsnFilter, Ledger, RcptState};
+use crate::ledger::{DsnFilter, Ledger, RcptState, SendState};
 use crate::report::Printer;
 use crate::report::table::Table;
 use crate::sanitize::for_terminal;
@@ -21,12 +21,18 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
     let (quarantined, _) = ledger.quarantined(0)?;
     let dsns = ledger.dsns(DsnFilter::All)?;
     let unwritten = dsns.iter().filter(|d| d.written_path.is_none()).count();
+    // A DSN made but not sent is work that remains: the sender has not been told yet.
+    let unsent = dsns
+        .iter()
+        .filter(|d| d.send_state != SendState::Sent)
+        .count();
     let remaining: u64 = ALL_STATES
         .iter()
         .filter(|s| s.is_open_work())
         .map(|s| count(*s))
         .sum();
     let messages = ledger.message_count()?;
+    let spool_changed = ledger.spool_changed_count()?;
 
     if printer.json_mode() {
         let states: serde_json::Map<String, serde_json::Value> = ALL_STATES
@@ -35,7 +41,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
             .collect();
         let mut windows: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
         for (w, s, n) in &by_window {
-            let key = w.clone().unwrap_or_else(|| "unclassified".into());
+            let key = w.clone().unwrap_or_else(|| NOT_CLASSIFIED.into());
             let entry = windows.entry(key).or_insert_with(|| json!({}));
             entry[s.as_str()] = json!(n);
         }
@@ -48,7 +54,10 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
             "quarantined": quarantined,
             "dsns": dsns.len(),
             "dsns_unwritten": unwritten,
+            "dsns_unsent": unsent,
+            "spool_changed": spool_changed,
             "remaining": remaining,
+            "next": next_command(remaining, unsent),
         }))?;
         return Ok(Exit::Done);
     }
@@ -61,6 +70,9 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
     for s in ALL_STATES {
         t.row(vec![s.as_str().to_string(), count(s).to_string()]);
     }
+    let total: u64 = ALL_STATES.iter().map(|s| count(*s)).sum();
+    t.row(vec!["total".into(), total.to_string()]);
+    // Items, not recipients: below the total, not part of it.
     t.row(vec!["quarantined (items)".into(), quarantined.to_string()]);
     out.push_str(&t.render());
 
@@ -75,7 +87,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
     let mut windows: Vec<Option<String>> = by_window.iter().map(|(w, _, _)| w.clone()).collect();
     windows.dedup();
     for w in windows {
-        let mut row = vec![for_terminal(w.as_deref().unwrap_or("unclassified"))];
+        let mut row = vec![for_terminal(w.as_deref().unwrap_or(NOT_CLASSIFIED))];
         for s in ALL_STATES {
             let n = by_window
                 .iter()
@@ -85,15 +97,29 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
         }
         t.row(row);
     }
+    let mut row = vec!["total".to_string()];
+    row.extend(ALL_STATES.iter().map(|s| count(*s).to_string()));
+    t.row(row);
     out.push_str(&t.render());
     out.push_str(&format!(
-        "\nDSNs made: {} ({} not yet written to an outbox)\n",
+        "\nDSNs made: {} ({} not yet written to an outbox, {unsent} not sent)\n",
         dsns.len(),
         unwritten
     ));
-    if remaining == 0 {
+    if spool_changed > 0 {
+        out.push_str(&format!(
+            "Held because the spool changed since ingest: {spool_changed} recipients (`status --message QUEUE_ID` shows which file and why): put the spool back as it was ingested and run again, or ingest it again\n"
+        ));
+    }
+    if remaining == 0 && unsent == 0 && spool_changed == 0 {
         out.push_str("Nothing remains to do (held and quarantined items wait for the operator).\n");
-    } else {
+    }
+    if unsent > 0 {
+        out.push_str(&format!(
+            "Remaining: {unsent} DSNs not sent: `{SEND_COMMAND}` sends them (or `spoolreplay bounces write --outbox DIR` and let your MTA send the files)\n"
+        ));
+    }
+    if remaining > 0 {
         out.push_str(&format!(
             "Remaining: {remaining} recipients (pending {}, in flight {}, deferred {}, DSN owed {}): run again to continue\n",
             count(RcptState::Pending),
@@ -104,6 +130,23 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
     }
     printer.data(&out)?;
     Ok(Exit::Done)
+}
+
+/// The window of mail no `run` has classified yet (the ledger learns windows from `run`).
+const NOT_CLASSIFIED: &str = "(not classified yet)";
+
+/// How to send the DSNs not sent yet (the relay is the operator's to name).
+const SEND_COMMAND: &str = "spoolreplay bounces send --relay smtp://HOST:25";
+
+/// The command that does what remains: `run` for recipients, then sending the DSNs.
+fn next_command(remaining: u64, unsent: usize) -> Option<&'static str> {
+    if remaining > 0 {
+        Some("spoolreplay run")
+    } else if unsent > 0 {
+        Some(SEND_COMMAND)
+    } else {
+        None
+    }
 }
 
 /// `status --message QUEUE_ID`: one message, as an operator searching a queue id needs it.

@@ -180,8 +180,29 @@ impl Deliverer for MaildirStore {
         format!("maildir:{}", self.root.display())
     }
 
+    /// The root is a folder we can write in (a probe file written, synced, removed): a
+    /// read-only or full store is found before the first delivery, not at it.
     fn probe(&mut self) -> Result<(), StoreError> {
-        self.check_root()
+        self.check_root()?;
+        // Unique per call: workers of one process may probe at the same time.
+        static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let probe = self
+            .root
+            .join(format!(".spoolreplay-probe-{}-{n}", std::process::id()));
+        let written = (|| -> io::Result<()> {
+            let mut f = fs::File::create(&probe)?;
+            f.write_all(b"probe\n")?;
+            f.sync_all()?;
+            fs::remove_file(&probe)
+        })();
+        written.map_err(|e| {
+            let _ = fs::remove_file(&probe);
+            root_error(
+                &e,
+                &format!("cannot write in store root `{}`", self.root.display()),
+            )
+        })
     }
 
     /// Names are deterministic, so a copy made before a crash can be found.

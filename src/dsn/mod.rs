@@ -28,10 +28,11 @@
 //!
 //! Which status code to report is `status.rs`'s job, whether a DSN is owed `notify.rs`'s.
 
+pub mod explain;
 mod notify;
 mod status;
 
-pub use notify::{dsn_owed, warn_suppressed};
+pub use notify::{dsn_owed, failure_dsn_owed, warn_suppressed};
 pub use status::{
     LocalFailure, status_at_expiry, status_for_local, status_for_reply, status_for_reply_text,
 };

@@ -30,6 +30,15 @@ pub fn dsn_owed(notify: Option<Notify>, action: Action) -> bool {
     }
 }
 
+/// Whether a failure DSN is owed for a recipient whose NOTIFY is stored as `stored` (`NEVER`
+/// or a comma list; `None`: absent, which means FAILURE). A stored value that no longer
+/// parses is read as absent: better a DSN too many than a silent loss. Shared by the DSN
+/// step of `run` and the plan of `report`, so both settle a recipient the same way.
+pub fn failure_dsn_owed(stored: Option<&str>) -> bool {
+    let notify = stored.and_then(|n| crate::spool::eml::parse_notify(n).ok());
+    dsn_owed(notify, Action::Failed)
+}
+
 /// `Precedence:` values that mark mass mail.
 const BULK_PRECEDENCE: [&str; 3] = ["bulk", "list", "junk"];
 

@@ -64,11 +64,31 @@ struct Case {
     recipients: Vec<DsnRecipient>,
     smtputf8: bool,
     from: Option<String>,
+    explanation: String,
+}
+
+/// The explanation of most cases (the expiry cases use `explain::expired`, as `run` does).
+const EXPLANATION: &str = "The mail store was out of service from 2 June 08:00 to 7 June 08:30 \
+    (+0200). Mail that arrived meanwhile was kept and retried once the store was \
+    back.\nThis report covers what could still not be delivered.";
+
+/// The explanation `run` writes for an expired message of the cases (arrived `arrival()`,
+/// kept 5 days), with the storage back at `restored`.
+fn expiry_explanation(restored: &str, tried: bool, dsn_text: Option<&str>) -> String {
+    let text = super::explain::expired(&super::explain::Expiry {
+        arrival: arrival(),
+        lifetime: chrono::TimeDelta::days(5),
+        deadline: arrival() + chrono::TimeDelta::days(5),
+        restored_at: at(restored),
+        tried,
+    });
+    super::explain::with_operator_text(text, dsn_text)
 }
 
 impl Case {
     fn new(name: &'static str, original: &[u8]) -> Case {
         Case {
+            explanation: EXPLANATION.to_string(),
             name,
             to: "alice@example.org".to_string(),
             original: original.to_vec(),
@@ -89,9 +109,7 @@ impl Case {
         DsnRequest {
             reporting_mta: MTA,
             incident: "store-outage-2025-06",
-            explanation: "The mail store was out of service from 2 June 08:00 to 7 June 08:30 \
-                (+0200). Mail that arrived meanwhile was kept and retried once the store was \
-                back.\nThis report covers what could still not be delivered.",
+            explanation: &self.explanation,
             to: &self.to,
             original: &self.original,
             envid: self.envid.as_deref(),
@@ -211,6 +229,12 @@ fn cases() -> Vec<Case> {
 
     let mut c = Case::new("expired_single", SIMPLE.as_bytes());
     c.recipients.push(expired("Bob@example.com"));
+    // The store came back after the five days had run out; the operator adds a sentence.
+    c.explanation = expiry_explanation(
+        "2025-06-07T08:30:00+02:00",
+        true,
+        Some("We are sorry: please send your message again if it is still needed."),
+    );
     all.push(c);
 
     let mut c = Case::new("multi_orcpt_envid", SIMPLE.as_bytes());
@@ -288,6 +312,8 @@ fn cases() -> Vec<Case> {
 
     let mut c = Case::new("mailbox_full_expired", SIMPLE.as_bytes());
     c.recipients.push(full_at_expiry("Bob@example.com"));
+    // The store was back in time, but the mailbox stayed full.
+    c.explanation = expiry_explanation("2025-06-04T12:00:00+02:00", true, None);
     all.push(c);
 
     let mut c = Case::new("multi_mixed", SIMPLE.as_bytes());

@@ -127,7 +127,29 @@ pub fn timestamp() -> String {
 /// The writer's page cache, as `PRAGMA cache_size` takes it (negative: KiB): 32 MB.
 const WRITER_CACHE_KIB: i64 = -32768;
 
+/// How the reply of a recipient held because its spool file changed or vanished since
+/// ingest begins: `run` writes it, `status` counts by it.
+pub const SPOOL_CHANGED: &str = "the spool changed since ingest";
+
+/// The error of a command that needs a ledger where there is none.
+fn no_ledger(path: &Path) -> anyhow::Error {
+    anyhow::Error::new(
+        Failure::new(Exit::NoInput, format!("no ledger at `{}`", path.display()))
+            .with_hint("run `spoolreplay ingest SPOOL` first, or pass --ledger PATH"),
+    )
+}
+
 impl Ledger {
+    /// Opens an existing ledger for a command that writes (`run`, `bounces write|send`);
+    /// only `ingest` creates one, so a typo in `--ledger` is refused (exit 66) and leaves
+    /// no empty ledger or lock file behind.
+    pub fn open_existing_for_write(path: &Path, command: &str) -> Result<Ledger> {
+        if !path.exists() {
+            return Err(no_ledger(path));
+        }
+        Ledger::open_for_write(path, command)
+    }
+
     /// Opens (creating if needed) for a command that writes; takes the writer lock.
     pub fn open_for_write(path: &Path, command: &str) -> Result<Ledger> {
         let lock = lock::LedgerLock::acquire(path, command)?;
@@ -171,10 +193,7 @@ impl Ledger {
     /// Opens an existing ledger to read it; no lock, no migration.
     pub fn open_read(path: &Path) -> Result<Ledger> {
         if !path.exists() {
-            return Err(anyhow::Error::new(
-                Failure::new(Exit::NoInput, format!("no ledger at `{}`", path.display()))
-                    .with_hint("run `spoolreplay ingest SPOOL` first, or pass --ledger PATH"),
-            ));
+            return Err(no_ledger(path));
         }
         let conn = Connection::open_with_flags(
             path,
@@ -526,8 +545,13 @@ impl Ledger {
     /// Recipients per (window of the last classification, state).
     pub fn state_counts_by_window(&self) -> Result<Vec<(Option<String>, RcptState, u64)>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT m.window, r.state, count(*) FROM recipients r JOIN messages m ON m.id = r.message_id \
-             GROUP BY m.window, r.state ORDER BY m.window, r.state",
+            // A message `run` never classifies (all its recipients settled at ingest, such
+            // as exact duplicates) is counted in the window of the first classified copy
+            // of the same content: the window it really arrived in.
+            "SELECT coalesce(m.window, (SELECT o.window FROM messages o \
+                 WHERE o.content_hash = m.content_hash AND o.window IS NOT NULL ORDER BY o.id LIMIT 1)) AS w, \
+             r.state, count(*) FROM recipients r JOIN messages m ON m.id = r.message_id \
+             GROUP BY w, r.state ORDER BY w, r.state",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((

@@ -164,6 +164,31 @@ const DELIVERED_AT: &str = "(SELECT CAST(strftime('%s', min(e.at)) AS INTEGER) F
      WHERE e.recipient_id = r.id AND e.to_state = 'delivered' AND e.from_state IS NOT NULL)";
 
 impl Ledger {
+    /// Recipients held because their spool file changed or vanished since ingest.
+    pub fn spool_changed_count(&self) -> Result<u64> {
+        let pattern = format!("{}%", super::SPOOL_CHANGED);
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM recipients WHERE state = 'held' AND reply LIKE ?1",
+            )?
+            .query_row([pattern], |r| r.get(0))
+            .with_context(|| format!("cannot read ledger `{}`", self.path.display()))?;
+        Ok(n as u64)
+    }
+
+    /// The window names the ledger knows (as `run` classified its messages), sorted.
+    pub fn window_names(&self) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT DISTINCT window FROM messages WHERE window IS NOT NULL ORDER BY window",
+        )?;
+        let names = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .with_context(|| format!("cannot read ledger `{}`", self.path.display()))?;
+        Ok(names)
+    }
+
     /// Recipients matching `filter`, in id order after `after_id`, at most `limit`.
     pub fn audit_page(
         &self,

@@ -96,7 +96,7 @@ impl Replay<'_> {
                 self.issue(work, DsnKind::Postmaster, &postmaster)?;
                 return Ok(());
             }
-            return self.drop_all(&work.recipients, |_| {
+            return self.drop_all(&work.recipients, true, |_| {
                 "null sender: no DSN (RFC 5321 6.1)".into()
             });
         }
@@ -107,9 +107,16 @@ impl Replay<'_> {
             .iter()
             .cloned()
             .partition(|r| wants_failure_dsn(r.notify.as_deref()));
-        self.drop_all(&unwanted, |r| {
+        // The last reply says it was dropped (and still why it failed): left as it was, a
+        // "bounced by the incident policy" would read as if a DSN had gone out.
+        self.drop_all(&unwanted, false, |r| {
+            let failed = r
+                .reply
+                .as_deref()
+                .map(|why| format!("; it failed: {why}"))
+                .unwrap_or_default();
             format!(
-                "NOTIFY={}: the sender asked for no failure DSN",
+                "dropped without a DSN: NOTIFY={}, the sender asked for no failure DSN{failed}",
                 r.notify.as_deref().unwrap_or_default()
             )
         })?;
@@ -123,11 +130,13 @@ impl Replay<'_> {
         self.issue(work, DsnKind::Failure, m.sender.as_str())
     }
 
-    /// Settles failed recipients without a DSN, keeping their last reply (the reason they
-    /// failed) for the record.
+    /// Settles failed recipients without a DSN. With `keep_reply` their last reply (the
+    /// reason they failed, which already says there is no DSN) stays and `why` goes only to
+    /// the audit trail; otherwise `why` becomes the last reply.
     fn drop_all(
         &mut self,
         recipients: &[RecipientRow],
+        keep_reply: bool,
         why: impl Fn(&RecipientRow) -> String,
     ) -> Result<()> {
         if recipients.is_empty() {
@@ -138,7 +147,7 @@ impl Replay<'_> {
                 let detail = why(r);
                 let change = Change {
                     detail: Some(&detail),
-                    audit_only: true,
+                    audit_only: keep_reply,
                     ..Change::default()
                 };
                 tx.set_state(r, RcptState::Dropped, change)?;
@@ -284,8 +293,7 @@ fn postmaster_copy(dsn: Vec<u8>) -> Vec<u8> {
 /// DSN (RFC 3461 5.2.6: absent NOTIFY means FAILURE). A stored value that no longer parses
 /// is treated as absent: better a DSN too many than a silent loss.
 fn wants_failure_dsn(notify: Option<&str>) -> bool {
-    let notify = notify.and_then(|n| crate::spool::eml::parse_notify(n).ok());
-    dsn::dsn_owed(notify, Action::Failed)
+    dsn::failure_dsn_owed(notify)
 }
 
 /// The original needed SMTPUTF8 (an address in its envelope is not ASCII): its DSN uses the
@@ -350,31 +358,35 @@ fn delay_explanation(work: &MessageWork, deadline: DateTime<FixedOffset>) -> Str
 
 /// The plain-words story for the DSN's human-readable part.
 fn explanation(work: &MessageWork, incident: &Incident) -> String {
-    let expired = work
+    let m = &work.message;
+    let expired: Vec<_> = work
         .recipients
         .iter()
-        .any(|r| r.status.as_deref() == Some(STATUS_EXPIRED));
-    let arrival = work.message.arrival.to_rfc2822();
-    if expired {
-        format!(
-            "Your message arrived here on {arrival}, while the mailbox storage of the recipients \
-             below was out of service. It was kept in the queue, but the storage did not come \
-             back before the message's queue lifetime ran out, so it was not delivered."
-        )
-    } else {
-        let window = work
-            .message
+        .filter(|r| r.status.as_deref() == Some(STATUS_EXPIRED) || is_expiry(r, m))
+        .collect();
+    let text = if expired.is_empty() {
+        let note = m
             .window
             .as_deref()
             .and_then(|w| incident.windows.iter().find(|x| x.name == w))
-            .and_then(|w| w.note.clone())
-            .map(|n| format!(" ({n})"))
-            .unwrap_or_default();
-        format!(
-            "Your message arrived here on {arrival}, during an outage of the mailbox storage of \
-             the recipients below{window}. It could not be delivered to them."
-        )
-    }
+            .and_then(|w| w.note.as_deref());
+        dsn::explain::bounced(m.arrival, note)
+    } else {
+        dsn::explain::expired(&dsn::explain::Expiry {
+            arrival: m.arrival,
+            lifetime: incident.queue_lifetime,
+            deadline: crate::classify::deadline(incident, m.arrival),
+            restored_at: incident.restored_at,
+            tried: expired.iter().any(|r| r.attempts > 0),
+        })
+    };
+    dsn::explain::with_operator_text(text, incident.dsn_text.as_deref())
+}
+
+/// An expiry that kept the store's mailbox status (say 4.2.2) instead of 4.4.7: the message
+/// was classified `expire`.
+fn is_expiry(r: &RecipientRow, m: &crate::ledger::MessageRow) -> bool {
+    m.disposition.as_deref() == Some("expire") && r.attempts > 0
 }
 
 #[cfg(test)]

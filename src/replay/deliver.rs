@@ -466,14 +466,20 @@ impl Replay<'_> {
     fn settled_of(&mut self, done: Done) -> Result<Recorded> {
         let work = done.work;
         let (outcomes, at, health): (Vec<Settled>, Option<String>, Health) = match done.result {
-            Attempt::Unreadable(why) => (
-                work.recipients
-                    .iter()
-                    .map(|_| Settled::new(RcptState::Held, why.clone()))
-                    .collect(),
-                None,
-                Health::Fine,
-            ),
+            Attempt::Unreadable(why) => {
+                self.stats.spool_changed += work.recipients.len() as u64;
+                if self.stats.spool_changed_examples.len() < super::SPOOL_CHANGED_EXAMPLES {
+                    self.stats.spool_changed_examples.push(why.clone());
+                }
+                (
+                    work.recipients
+                        .iter()
+                        .map(|_| Settled::new(RcptState::Held, why.clone()))
+                        .collect(),
+                    None,
+                    Health::Fine,
+                )
+            }
             Attempt::Store {
                 result: Ok(results),
                 at,

@@ -20,7 +20,7 @@ use crate::classify::{self, Classification, Disposition};
 use crate::config::PaceConfig;
 use crate::deliver::{Deliverer, StoreError};
 use crate::incident::Incident;
-use crate::ledger::{Change, Ledger, MessageRow, MessageWork, RcptState, Tx};
+use crate::ledger::{Change, Ledger, MessageRow, MessageWork, RcptState, SPOOL_CHANGED, Tx};
 use crate::spool::{self, ContentHash};
 
 /// Messages per page when walking the ledger outside of delivery batches.
@@ -122,8 +122,15 @@ pub struct Stats {
     pub messages: u64,
     pub dsns: u64,
     pub delay_warnings: u64,
+    /// Recipients held because their spool file changed or vanished since ingest (also
+    /// counted in `held`), and the first few files with the reason.
+    pub spool_changed: u64,
+    pub spool_changed_examples: Vec<String>,
     pub stop: Option<Stop>,
 }
+
+/// How many spool files a run names when they changed since ingest.
+pub const SPOOL_CHANGED_EXAMPLES: usize = 5;
 
 pub struct Replay<'a> {
     pub ledger: &'a mut Ledger,
@@ -159,7 +166,11 @@ impl<'a> Replay<'a> {
         let mut probe = match (self.store)().and_then(|mut s| s.probe().map(|()| s)) {
             Ok(store) => store,
             Err(e) => {
-                self.stats.stop = Some(Stop::StoreDown(e.to_string()));
+                // A full store is not a down one: free space and run again (75).
+                self.stats.stop = Some(match e {
+                    StoreError::Full(_) => Stop::StoreFull(e.to_string()),
+                    StoreError::Unavailable(_) => Stop::StoreDown(e.to_string()),
+                });
                 return self.make_dsns();
             }
         };
@@ -398,10 +409,10 @@ fn apply_classification(
 /// The message bytes from the spool, checked against the hash taken at ingest.
 fn read_verified(m: &MessageRow) -> std::result::Result<Vec<u8>, String> {
     let content = spool::read_content(&m.source)
-        .map_err(|e| format!("cannot read {} from the spool: {e}", m.source))?;
+        .map_err(|e| format!("{SPOOL_CHANGED}: cannot read {}: {e}", m.source))?;
     if ContentHash::of(&content).to_hex() != m.content_hash {
         return Err(format!(
-            "{} changed since it was ingested (content hash differs): ingest it again",
+            "{SPOOL_CHANGED}: {} is not what was ingested (content hash differs)",
             m.source
         ));
     }

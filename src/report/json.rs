@@ -55,3 +55,20 @@ pub fn outcome(queue_id: &str, recipient: &str, state: &str, detail: &str) -> Va
         "detail": detail,
     })
 }
+
+/// A plan that would bounce or expire more than `--max-bounce-share` (`run` refuses it,
+/// `report` warns).
+pub fn mass_bounce(m: &crate::plan::MassBounce) -> Value {
+    json!({
+        "type": "mass_bounce",
+        "open_messages": m.open,
+        "expire": m.expire,
+        "bounce": m.bounce,
+        "drop": m.drop,
+        "percent": m.percent(),
+        "max_bounce_share": m.max_share,
+        "rule": m.rule,
+        "now": m.now.to_rfc3339(),
+        "fixed_clock": m.fixed_clock,
+    })
+}

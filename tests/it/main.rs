@@ -21,5 +21,6 @@ mod report_golden;
 mod report_html;
 mod run_lmtp;
 mod run_smtp;
+mod safety;
 mod shard;
 mod spool;
