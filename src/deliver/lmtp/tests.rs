@@ -319,7 +319,7 @@ fn a_stalled_greeting_or_a_refusing_one_makes_the_store_unavailable() {
         port: peer.port,
     };
     for expected in [
-        "no greeting: no answer within",
+        "timed out waiting for the greeting (500ms, --reply-timeout)",
         "greeted with `554 5.3.2 mx.example.test not accepting mail`",
     ] {
         match LmtpStore::connect(target.clone(), options()) {

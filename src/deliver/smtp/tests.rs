@@ -1,9 +1,10 @@
-//! The SMTP client (lettre underneath) against a scripted peer on loopback.
+//! The SMTP client against a scripted peer on loopback.
 
 use std::time::Duration;
 
+use super::wire::Timeouts;
 use super::*;
-use crate::address::{Notify, ReturnContent};
+use crate::address::{Notify, ReturnContent, ReversePath};
 use crate::deliver::testpeer::{
     Peer, Step,
     Step::{Expect, Send},
@@ -37,12 +38,10 @@ fn store(peer: &Peer) -> SmtpStore {
     SmtpStore::connect(target, options()).expect("connects to the scripted peer")
 }
 
-/// Greeting, lettre's EHLO, and ours.
+/// Greeting and EHLO.
 fn hello(ehlo: &'static str) -> Vec<Step> {
     vec![
         Send(GREETING),
-        Expect("EHLO replay.example.test"),
-        Send(ehlo),
         Expect("EHLO replay.example.test"),
         Send(ehlo),
     ]
