@@ -330,6 +330,15 @@ pub enum BouncesAction {
         #[arg(long)]
         insecure_tls: bool,
 
+        /// How long to wait for a connection to the relay
+        #[arg(long, value_name = "DURATION", default_value = "30s")]
+        connect_timeout: String,
+
+        /// How long to wait for each of the relay's replies, all of it (the reply after the
+        /// final dot gets twice as long)
+        #[arg(long, value_name = "DURATION", default_value = "5m")]
+        reply_timeout: String,
+
         /// Send again DSNs whose sending was interrupted after the data went out (the
         /// sender may get a DSN twice)
         #[arg(long)]

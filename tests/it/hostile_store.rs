@@ -1,0 +1,249 @@
+//! `run` and `bounces send` against a hostile SMTP store or relay (the scripted
+//! `support::smtp_peer`, threads of this process on 127.0.0.1:0): a reply line that never
+//! ends, a reply dripped a byte at a time, a 550 that is not UTF-8, a server that breaks
+//! the connection after every final dot, and one slow to answer after the dot (the
+//! progress line keeps coming). Memory against the endless line is measured by
+//! `bench/hostile-reply-memory.sh`, not here.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::support::minispool::{self, Mail, message_id, state_paths};
+use crate::support::smtp_peer::{Dot, Peer, Script};
+use crate::support::{Cli, check, ledger_recipients};
+
+fn spool(n: usize) -> Vec<Mail> {
+    minispool::plain_spool(n, |i| vec![format!("rcpt{i}@example.test")])
+}
+
+/// A peer that does `dot` after the final dot of message 1 (every time), accepts the rest.
+fn peer_hostile_to_message_1(dot: impl Fn() -> Dot + Send + Sync + 'static) -> Peer {
+    Peer::start(Script {
+        on_dot: Box::new(move |_, t| {
+            if t.contains(&message_id(1)) {
+                dot()
+            } else {
+                Dot::Accept
+            }
+        }),
+        ..Script::accepting(&["8BITMIME"])
+    })
+}
+
+/// How many times the peer saw message `n`.
+fn seen(peer: &Peer, n: usize) -> usize {
+    peer.transactions()
+        .iter()
+        .filter(|t| t.contains(&message_id(n)))
+        .count()
+}
+
+#[test]
+fn an_endless_reply_line_is_refused_as_too_long_and_the_rest_is_delivered() {
+    let peer = peer_hostile_to_message_1(|| Dot::Endless);
+    let cli = Cli::new();
+    let mails = spool(3);
+    minispool::ingest(&cli, &mails);
+    let out = cli.run(&minispool::run_args(
+        &cli,
+        &peer.url(),
+        &["--uncertain", "hold"],
+    ));
+    check(&out, 0);
+    let rows = ledger_recipients(&cli.ledger);
+    let first = rows
+        .iter()
+        .find(|r| r.address == "rcpt1@example.test")
+        .expect("message 1");
+    assert_eq!(first.state, "uncertain", "{first:?}");
+    assert!(
+        first.reply.as_deref().is_some_and(|r| r.contains(
+            "no reply after the final dot (reply too long: a line of more than 4096 octets)"
+        )),
+        "{first:?}"
+    );
+    assert_eq!(cli.status()["states"]["delivered"], 2);
+    assert_eq!(seen(&peer, 1), 1, "held, yet sent again");
+}
+
+#[test]
+fn a_550_that_is_not_utf8_fails_the_recipient_once_with_its_status() {
+    let peer = peer_hostile_to_message_1(|| {
+        Dot::Raw(b"550 5.7.1 <rcpt1@example.test> refus\x9b par la politique\r\n".to_vec())
+    });
+    let cli = Cli::new();
+    minispool::ingest(&cli, &spool(2));
+    let out = cli.run(&minispool::run_args(&cli, &peer.url(), &[]));
+    check(&out, 0);
+    let rows = ledger_recipients(&cli.ledger);
+    let first = rows
+        .iter()
+        .find(|r| r.address == "rcpt1@example.test")
+        .expect("message 1");
+    // Failed and bounced at once, not "connection lost" and retried.
+    assert_eq!(first.state, "bounced", "{first:?}");
+    assert_eq!(first.status.as_deref(), Some("5.7.1"), "{first:?}");
+    assert!(
+        first
+            .reply
+            .as_deref()
+            .is_some_and(|r| r.starts_with("550 5.7.1 <rcpt1@example.test> refus\u{fffd} par")),
+        "{first:?}"
+    );
+    assert_eq!(seen(&peer, 1), 1);
+    assert_eq!(cli.status()["states"]["delivered"], 1);
+}
+
+#[test]
+fn a_reply_dripped_a_byte_a_second_meets_one_deadline_for_the_whole_reply() {
+    // 24 bytes 250 ms apart: 6 s for the reply; each read gets a byte in 250 ms, well
+    // within the 1 s reply timeout (2 s after the final dot) that the reply as a whole
+    // does not meet.
+    let peer = peer_hostile_to_message_1(|| {
+        Dot::Drip(
+            "250 2.0.0 Ok: queued as D".into(),
+            Duration::from_millis(250),
+        )
+    });
+    let cli = Cli::new();
+    minispool::ingest(&cli, &spool(2));
+    let out = cli.run(&minispool::run_args(
+        &cli,
+        &peer.url(),
+        &["--uncertain", "hold", "--reply-timeout", "1s"],
+    ));
+    check(&out, 0);
+    let rows = ledger_recipients(&cli.ledger);
+    let first = rows
+        .iter()
+        .find(|r| r.address == "rcpt1@example.test")
+        .expect("message 1");
+    assert_eq!(first.state, "uncertain", "{first:?}");
+    assert!(
+        first
+            .reply
+            .as_deref()
+            .is_some_and(|r| r.contains("no answer within 2s")),
+        "{first:?}"
+    );
+}
+
+#[test]
+fn a_store_that_breaks_after_every_dot_gets_at_most_two_copies_and_the_run_stops_with_75() {
+    let peer = Peer::start(Script {
+        on_dot: Box::new(|_, _| Dot::Cut),
+        ..Script::accepting(&["8BITMIME"])
+    });
+    let cli = Cli::new();
+    let mails = spool(2);
+    minispool::ingest(&cli, &mails);
+    // Each lost reply stops the hand-over and waits (1 s, then 2 s): message 1, message 2,
+    // then (a new sweep) message 1 again, whose second uncertainty holds it; 3 s after the
+    // first loss the store counts as lost.
+    let out = cli.run(&minispool::run_args(
+        &cli,
+        &peer.url(),
+        &["--store-timeout", "3s"],
+    ));
+    check(&out, 75);
+    let summary = out.event("run_summary");
+    assert!(
+        summary["stopped"]
+            .as_str()
+            .is_some_and(|s| s.contains("losing its replies after the final dot")),
+        "{summary}"
+    );
+    for n in 1..=mails.len() {
+        assert!(
+            seen(&peer, n) <= 2,
+            "message {n} sent {} times",
+            seen(&peer, n)
+        );
+    }
+    assert_eq!(seen(&peer, 1), 2);
+    let paths = state_paths(&cli.ledger);
+    let path = paths
+        .iter()
+        .find(|((_, address), _)| address == "rcpt1@example.test")
+        .map(|(_, p)| p)
+        .expect("message 1's events");
+    let uncertain = path.iter().filter(|s| *s == "uncertain").count();
+    assert_eq!(uncertain, 2, "{path:?}");
+    assert_eq!(
+        path.last().map(String::as_str),
+        Some("uncertain"),
+        "{path:?}"
+    );
+
+    // A later run does not send message 1 a third time; message 2 gets its one resend.
+    let calm = Peer::start(Script::accepting(&["8BITMIME"]));
+    check(&cli.run(&minispool::run_args(&cli, &calm.url(), &[])), 0);
+    assert_eq!(calm.copies(&message_id(1), "rcpt1@example.test"), 0);
+    assert_eq!(calm.copies(&message_id(2), "rcpt2@example.test"), 1);
+    let states = &cli.status()["states"];
+    assert_eq!(
+        (states["uncertain"].as_u64(), states["delivered"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
+
+#[test]
+fn the_progress_line_keeps_coming_while_the_store_takes_its_time() {
+    let slow_once = AtomicBool::new(false);
+    let peer = Peer::start(Script {
+        on_dot: Box::new(move |_, _| {
+            if slow_once.swap(true, Ordering::SeqCst) {
+                Dot::Accept
+            } else {
+                Dot::Slow(Duration::from_secs(8))
+            }
+        }),
+        ..Script::accepting(&["8BITMIME"])
+    });
+    let cli = Cli::new();
+    minispool::ingest(&cli, &spool(1));
+    let out = cli.run(&minispool::run_args(&cli, &peer.url(), &[]));
+    check(&out, 0);
+    // Printed every 5 s while nothing else happens: at least once in the 8 s wait.
+    let waiting: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("progress: 0/1 messages") && l.contains("waiting for the store"))
+        .collect();
+    assert!(!waiting.is_empty(), "{}", out.stderr);
+}
+
+#[test]
+fn bounces_send_refuses_a_relay_reply_that_never_ends() {
+    let cli = Cli::new();
+    // One message the incident bounces: its DSN is owed (the sample's incident is not
+    // needed; a 550 from a first store makes the DSN).
+    let refusing = Peer::start(Script {
+        on_rcpt: Box::new(|_, _| Some("550 5.1.1 no such user".into())),
+        ..Script::accepting(&["8BITMIME"])
+    });
+    minispool::ingest(&cli, &spool(2));
+    let args: Vec<String> = minispool::run_args(&cli, &refusing.url(), &[])
+        .into_iter()
+        .filter(|a| !a.ends_with("outbox") && a != "--outbox")
+        .collect();
+    check(&cli.run(&args), 75);
+    let relay = Peer::start(Script {
+        on_dot: Box::new(|_, _| Dot::Endless),
+        ..Script::accepting(&["8BITMIME", "DSN"])
+    });
+    let out = cli.run(&["--json", "bounces", "send", "--relay", &relay.url()]);
+    let summary = out.event("send_summary");
+    assert_eq!(summary["uncertain"], 2, "{summary}");
+    let sent = out.events("dsn_sent");
+    assert_eq!(sent.len(), 2, "{}", out.stdout);
+    for s in &sent {
+        assert_eq!(s["state"], "uncertain", "{s}");
+        assert!(
+            s["reply"]
+                .as_str()
+                .is_some_and(|r| r.contains("reply too long")),
+            "{s}"
+        );
+    }
+}
