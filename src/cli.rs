@@ -254,8 +254,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub connect_timeout: String,
 
-    /// SMTP/LMTP: how long to wait for a reply (the reply after the message's final dot
-    /// gets twice as long); RFC 5321 asks for 5 minutes
+    /// SMTP/LMTP: how long to wait for each reply as a whole, the greeting included (the
+    /// reply after the message's final dot gets twice as long); RFC 5321 asks for 5 minutes
     #[arg(long, value_name = "DURATION", default_value = "5m")]
     pub reply_timeout: String,
 
