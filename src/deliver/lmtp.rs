@@ -218,6 +218,9 @@ impl Deliverer for LmtpStore {
         delivery: &Delivery<'_>,
         recipients: &[RecipientSpec<'_>],
     ) -> Result<Vec<Outcome>, StoreError> {
+        if let Some(refused) = transaction::refuse_sender(Protocol::Lmtp, delivery, recipients) {
+            return Ok(refused);
+        }
         let session = self.ready_session()?;
         let (outcomes, session) =
             transaction::deliver(session, Protocol::Lmtp, delivery, recipients);

@@ -25,7 +25,7 @@ use std::fmt;
 use crate::sanitize;
 
 /// Longest reply line accepted, CRLF included (RFC 5321 4.5.3.1.5 says 512; real servers
-/// send longer, and lettre accepts 1000, so we allow more still).
+/// send longer, up to the 1000 of a text line, so we allow more still).
 pub const MAX_LINE_OCTETS: usize = 4096;
 /// Most lines in one multi-line reply (EHLO answers have a dozen or two).
 pub const MAX_LINES: usize = 200;

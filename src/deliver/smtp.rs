@@ -384,6 +384,9 @@ impl Deliverer for SmtpStore {
         delivery: &Delivery<'_>,
         recipients: &[RecipientSpec<'_>],
     ) -> Result<Vec<Outcome>, StoreError> {
+        if let Some(refused) = transaction::refuse_sender(Protocol::Smtp, delivery, recipients) {
+            return Ok(refused);
+        }
         let session = self.ready_session()?;
         let (outcomes, session) =
             transaction::deliver(session, Protocol::Smtp, delivery, recipients);

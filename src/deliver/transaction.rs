@@ -45,19 +45,30 @@ pub(crate) struct Session {
     pub(crate) used: bool,
 }
 
-/// Delivers one message on `session`: one outcome per recipient, in order, and the session
-/// back when it can carry the next message (else it is closed).
+/// A sender that cannot go into `MAIL FROM` refuses every recipient before a connection
+/// is even needed: `Some(outcomes)`.
+pub(crate) fn refuse_sender(
+    protocol: Protocol,
+    delivery: &Delivery<'_>,
+    recipients: &[RecipientSpec<'_>],
+) -> Option<Vec<Outcome>> {
+    let why = wire::check_wire_address(delivery.sender.as_str()).err()?;
+    let reply = format!("sender cannot be sent over {}: {why}", protocol.name());
+    Some(vec![
+        wire::refused_locally(reply, "5.1.7");
+        recipients.len()
+    ])
+}
+
+/// Delivers one message on `session` (its sender passed [`refuse_sender`]): one outcome
+/// per recipient, in order, and the session back when it can carry the next message (else
+/// it is closed).
 pub(crate) fn deliver(
     mut session: Session,
     protocol: Protocol,
     delivery: &Delivery<'_>,
     recipients: &[RecipientSpec<'_>],
 ) -> (Vec<Outcome>, Option<Session>) {
-    if let Err(why) = wire::check_wire_address(delivery.sender.as_str()) {
-        let reply = format!("sender cannot be sent over {}: {why}", protocol.name());
-        let refused = vec![wire::refused_locally(reply, "5.1.7"); recipients.len()];
-        return (refused, Some(session));
-    }
     let smtputf8 = wire::needs_smtputf8(delivery, recipients);
     if smtputf8 && !session.caps.smtputf8 {
         let reply = format!(
