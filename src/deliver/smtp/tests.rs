@@ -632,3 +632,49 @@ fn an_untrusted_certificate_or_a_refused_password_is_unavailable() {
     }
     peer.transcript();
 }
+
+#[test]
+fn a_server_without_ehlo_gets_helo_and_plain_commands() {
+    let peer = Peer::spawn(vec![script(&[
+        &[
+            Send(GREETING),
+            Expect("EHLO replay.example.test"),
+            Send("502 5.5.2 Error: command not recognized\n"),
+            Expect("HELO replay.example.test"),
+            Send("250 sink.example.test\n"),
+        ],
+        &up_to_the_dot(),
+        &[Send("250 Ok\n"), Expect("QUIT")],
+    ])]);
+    let mut store = store(&peer);
+    // No DSN parameters: HELO offers no extensions.
+    assert!(matches!(deliver_one(&mut store), Outcome::Delivered { .. }));
+    drop(store);
+    peer.transcript();
+}
+
+#[test]
+fn starttls_missing_or_followed_by_injected_bytes_is_refused() {
+    let peer = Peer::spawn(vec![
+        script(&[&hello(EHLO_PLAIN), &[Step::AwaitClose]]),
+        // CVE-2011-0411: a command smuggled after the 220, to be read as if it came over TLS.
+        script(&[
+            &hello("250-sink.example.test\n250 STARTTLS\n"),
+            &[
+                Expect("STARTTLS"),
+                Send("220 2.0.0 Ready\n250 2.0.0 injected\n"),
+                Step::AwaitClose,
+            ],
+        ]),
+    ]);
+    for expected in [
+        "the server does not offer STARTTLS",
+        "the server sent more after its answer to STARTTLS",
+    ] {
+        match tls_store(&peer, Security::StartTls, true) {
+            Err(StoreError::Unavailable(m)) => assert!(m.contains(expected), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    peer.transcript();
+}
