@@ -2,7 +2,7 @@
 //! threads that each own one store connection; each message is recorded in flight just
 //! before it is handed over (intent first), in the same commit as the outcomes that came
 //! back meanwhile (while waiting for the pace, outcomes are recorded as they come), so the
-//! in-flight window is the message each worker is sending plus the one being handed over.
+//! in-flight window is the message each worker is sending plus one waiting for a worker.
 //! Deferred recipients are retried with backoff within the run until their message's
 //! deadline.
 
@@ -160,9 +160,11 @@ impl Replay<'_> {
     pub(super) fn deliver_all(&mut self) -> Result<()> {
         let workers = self.settings.concurrency.max(1);
         let factory = self.store;
-        // A rendezvous channel: a message is handed over only when a worker is free to
-        // take it, so nothing in flight waits in a queue.
-        let (job_tx, job_rx) = mpsc::sync_channel::<MessageWork>(0);
+        // Room for one message: the next one waits there for the first worker to finish,
+        // so a worker never waits for the dispatcher's commit, and the dispatcher never
+        // blocks in a send (it waits for results instead, see `until_a_worker_is_free`).
+        // In flight: what the workers are sending, plus that one.
+        let (job_tx, job_rx) = mpsc::sync_channel::<MessageWork>(1);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let (done_tx, done_rx) = mpsc::channel::<Done>();
         std::thread::scope(|scope| {
@@ -254,7 +256,7 @@ impl Replay<'_> {
                     break;
                 };
                 test_hook("after-in-flight");
-                // A worker is free (or about to take it): this does not wait on the store.
+                // The channel has room (see `until_a_worker_is_free`): no wait on the store.
                 jobs.send(work).context("the delivery workers stopped")?;
                 d.outstanding += 1;
             }
@@ -281,17 +283,17 @@ impl Replay<'_> {
         }
     }
 
-    /// While every worker is busy with a message, waits for one to finish (its result is
-    /// kept in `d.early`, recorded with the next commit), so the next hand-over does not
-    /// block on the store. A worker is free once it sent its result, and busy workers
-    /// are at most the results not yet received.
+    /// While every worker is busy and one more message waits for them in the channel,
+    /// waits for a result (kept in `d.early`, recorded with the next commit), so the next
+    /// hand-over never blocks on the store. Messages handed over and not yet answered are
+    /// the busy workers plus the one waiting.
     fn until_a_worker_is_free(
         &mut self,
         done: &Receiver<Done>,
         d: &mut Dispatch,
         workers: usize,
     ) -> Result<()> {
-        while d.outstanding - d.early.len() >= workers {
+        while d.outstanding - d.early.len() > workers {
             let result = self.next_result(done, d)?;
             d.early.push(result);
         }
