@@ -1,8 +1,9 @@
 //! `run` and `bounces send` against a hostile SMTP store or relay (the scripted
 //! `support::smtp_peer`, threads of this process on 127.0.0.1:0): a reply line that never
-//! ends, a reply dripped a byte at a time, a 550 that is not UTF-8, a server that breaks
-//! the connection after every final dot, and one slow to answer after the dot (the
-//! progress line keeps coming). Memory against the endless line is measured by
+//! ends, a reply dripped a byte at a time, a 550 that is not UTF-8, Cyrus' multi-line 550
+//! with the enhanced code on its last line only, a server that breaks the connection
+//! after every final dot, and one slow to answer after the dot (the progress line keeps
+//! coming). Memory against the endless line is measured by
 //! `bench/hostile-reply-memory.sh`, not here.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -246,4 +247,42 @@ fn bounces_send_refuses_a_relay_reply_that_never_ends() {
             "{s}"
         );
     }
+}
+
+#[test]
+fn a_cyrus_multi_line_550_bounces_with_the_enhanced_code_of_its_last_line() {
+    let peer = Peer::start(Script {
+        on_rcpt: Box::new(|_, address| {
+            (address == "rcpt1@example.test").then(|| {
+                "550-Mailbox unknown.  Either there is no mailbox associated with this\r\n\
+                 550-name or you do not have authorization to see it.\r\n\
+                 550 5.1.1 User unknown"
+                    .to_string()
+            })
+        }),
+        ..Script::accepting(&["8BITMIME"])
+    });
+    let cli = Cli::new();
+    minispool::ingest(&cli, &spool(2));
+    check(&cli.run(&minispool::run_args(&cli, &peer.url(), &[])), 0);
+    let rows = ledger_recipients(&cli.ledger);
+    let first = rows
+        .iter()
+        .find(|r| r.address == "rcpt1@example.test")
+        .expect("message 1");
+    assert_eq!(first.state, "bounced", "{first:?}");
+    assert_eq!(first.status.as_deref(), Some("5.1.1"), "{first:?}");
+    let dsns: Vec<String> = std::fs::read_dir(cli.outbox())
+        .expect("the outbox")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .map(|e| std::fs::read_to_string(e.path()).expect("read the DSN"))
+        .collect();
+    assert_eq!(dsns.len(), 1);
+    assert!(dsns[0].contains("Status: 5.1.1"), "{}", dsns[0]);
+    assert!(
+        dsns[0].contains("smtp; 550 5.1.1 Mailbox unknown."),
+        "{}",
+        dsns[0]
+    );
 }
