@@ -271,8 +271,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub connect_timeout: String,
 
-    /// SMTP/LMTP: how long to wait for a reply (the reply after the message's final dot
-    /// gets twice as long); RFC 5321 asks for 5 minutes
+    /// SMTP/LMTP: how long to wait for each reply as a whole, the greeting included (the
+    /// reply after the message's final dot gets twice as long); RFC 5321 asks for 5 minutes
     #[arg(long, value_name = "DURATION", default_value = "5m")]
     pub reply_timeout: String,
 
@@ -356,6 +356,15 @@ pub enum BouncesAction {
         /// Accept any TLS certificate from the relay
         #[arg(long)]
         insecure_tls: bool,
+
+        /// How long to wait for a connection to the relay
+        #[arg(long, value_name = "DURATION", default_value = "30s")]
+        connect_timeout: String,
+
+        /// How long to wait for each of the relay's replies, all of it (the reply after the
+        /// final dot gets twice as long)
+        #[arg(long, value_name = "DURATION", default_value = "5m")]
+        reply_timeout: String,
 
         /// Send again DSNs whose sending was interrupted after the data went out (the
         /// sender may get a DSN twice)

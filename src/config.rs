@@ -179,6 +179,7 @@ pub enum BouncesConfig {
         rate: Option<RateSpec>,
         credentials: Option<SmtpCredentials>,
         insecure_tls: bool,
+        timeouts: Timeouts,
         resend_uncertain: bool,
     },
     Write {
@@ -258,14 +259,7 @@ impl Config {
                         ))
                     })?,
                     insecure_tls: a.insecure_tls,
-                    timeouts: {
-                        let reply = duration("--reply-timeout", &a.reply_timeout)?;
-                        Timeouts {
-                            connect: duration("--connect-timeout", &a.connect_timeout)?,
-                            command: reply,
-                            data_end: reply.saturating_mul(2),
-                        }
-                    },
+                    timeouts: reply_timeouts(&a.connect_timeout, &a.reply_timeout)?,
                     warn_after: a
                         .warn_after
                         .as_deref()
@@ -362,6 +356,8 @@ fn bounces(a: cli::BouncesArgs) -> Result<BouncesConfig> {
                 relay,
                 rate,
                 insecure_tls,
+                connect_timeout,
+                reply_timeout,
                 resend_uncertain,
             }),
         ) => BouncesConfig::Send {
@@ -374,9 +370,21 @@ fn bounces(a: cli::BouncesArgs) -> Result<BouncesConfig> {
                 anyhow::Error::new(Failure::new(Exit::Config, format!("SMTP credentials: {e}")))
             })?,
             insecure_tls,
+            timeouts: reply_timeouts(&connect_timeout, &reply_timeout)?,
             resend_uncertain,
         },
         (None, Some(A::Write { outbox })) => BouncesConfig::Write { outbox },
+    })
+}
+
+/// `--connect-timeout` and `--reply-timeout` (each reply as a whole; the reply after the
+/// final dot gets twice as long).
+fn reply_timeouts(connect: &str, reply: &str) -> Result<Timeouts> {
+    let reply = duration("--reply-timeout", reply)?;
+    Ok(Timeouts {
+        connect: duration("--connect-timeout", connect)?,
+        command: reply,
+        data_end: reply.saturating_mul(2),
     })
 }
 

@@ -54,11 +54,15 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
             rate,
             credentials,
             insecure_tls,
+            timeouts,
             resend_uncertain,
         } => {
             let mut ledger = Ledger::open_existing_for_write(ledger_path, "bounces send")?;
             let options = SmtpOptions {
-                client: ClientOptions::default(),
+                client: ClientOptions {
+                    timeouts,
+                    ..ClientOptions::default()
+                },
                 credentials,
                 insecure: insecure_tls,
             };

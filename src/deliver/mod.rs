@@ -9,6 +9,8 @@ pub mod reply;
 pub mod smtp;
 #[cfg(test)]
 mod testpeer;
+mod tls;
+mod transaction;
 pub mod wire;
 
 use crate::address::{Notify, ReturnContent, ReversePath};

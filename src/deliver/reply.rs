@@ -8,22 +8,29 @@
 //! Decisions a reader should know:
 //! - A line may end in CRLF or a bare LF (some servers and test peers send LF); a stray CR
 //!   before the LF is dropped, nothing else.
-//! - The enhanced status code (RFC 2034) is taken from the first line only when its class
-//!   agrees with the reply code (RFC 3463 2: a `5.x.x` on a 4xx reply is a server bug, and
-//!   trusting the basic code is the safer reading). When every line repeats it, it is
-//!   stripped from each line so `Display` shows it once.
-//! - Limits (line length, line count) keep a hostile server from growing our buffer
-//!   without end: past them the reply is malformed.
+//! - The enhanced status code (RFC 2034) is taken from the last line that has one, and only
+//!   when its class agrees with the reply code (RFC 3463 2: a `5.x.x` on a 4xx reply is a
+//!   server bug, and trusting the basic code is the safer reading). RFC 2034 puts it on
+//!   every line, but Cyrus answers `550-Mailbox unknown` / `550-name` / `550 5.1.1 User
+//!   unknown`: the last line is the one that carries it. It is stripped from each line that
+//!   repeats it so `Display` shows it once.
+//! - Replies are bytes: text that is not UTF-8 (a 550 with 0x9b in it) is decoded lossily
+//!   and keeps its code.
+//! - Limits (line length, line count, so at most `MAX_REPLY_OCTETS` in all) keep a hostile
+//!   server from growing our buffer without end: past them the reply is refused as "reply
+//!   too long".
 
 use std::fmt;
 
 use crate::sanitize;
 
 /// Longest reply line accepted, CRLF included (RFC 5321 4.5.3.1.5 says 512; real servers
-/// send longer, and lettre accepts 1000, so we allow more still).
+/// send longer, up to the 1000 of a text line, so we allow more still).
 pub const MAX_LINE_OCTETS: usize = 4096;
 /// Most lines in one multi-line reply (EHLO answers have a dozen or two).
 pub const MAX_LINES: usize = 200;
+/// The most bytes one reply can take: what the reader may buffer before it gives up.
+pub const MAX_REPLY_OCTETS: usize = MAX_LINE_OCTETS * MAX_LINES;
 
 /// One complete server reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,9 +48,9 @@ pub struct Reply {
 pub enum ReplyError {
     #[error("malformed reply line `{0}`")]
     BadLine(String),
-    #[error("reply line longer than {MAX_LINE_OCTETS} octets")]
+    #[error("reply too long: a line of more than {MAX_LINE_OCTETS} octets")]
     LineTooLong,
-    #[error("reply of more than {MAX_LINES} lines")]
+    #[error("reply too long: more than {MAX_LINES} lines")]
     TooManyLines,
     #[error("multi-line reply changes its code from {first} to {then}")]
     CodeChanged { first: u16, then: u16 },
@@ -91,13 +98,13 @@ impl Reply {
         }
     }
 
-    /// Builds a reply from a code and its text lines (as another SMTP library hands them
-    /// over), finding the enhanced status code in the first line.
+    /// Builds a reply from a code and its text lines, finding the enhanced status code in
+    /// the last line that has one.
     pub fn from_lines(code: u16, lines: Vec<String>) -> Reply {
         let enhanced = lines
-            .first()
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(parse_enhanced)
+            .iter()
+            .rev()
+            .find_map(|l| l.split_whitespace().next().and_then(parse_enhanced))
             .filter(|e| u16::from(e.0) == code / 100);
         let lines = match enhanced {
             Some(e) => strip_enhanced(lines, &format_enhanced(e)),
@@ -314,6 +321,44 @@ mod tests {
         assert!(!r("421 x\r\n").is_positive());
         assert_eq!(r("250 2.0.0\r\n").to_string(), "250 2.0.0");
         assert_eq!(r("250 2.1234.0 x\r\n").enhanced, None);
+    }
+
+    #[test]
+    fn the_enhanced_code_comes_from_the_last_line_that_has_one() {
+        // Cyrus lmtpd and smtpd: the code on the last line only (issue 11, item 4).
+        check(
+            "550-Mailbox unknown.  Either there is no mailbox associated with this\r\n\
+             550-name or you do not have authorization to see it.\r\n\
+             550 5.1.1 User unknown\r\n",
+            550,
+            Some((5, 1, 1)),
+            "550 5.1.1 Mailbox unknown.  Either there is no mailbox associated with this \
+             name or you do not have authorization to see it. User unknown",
+        );
+        // A code on an earlier line only still counts; a later line's wins.
+        check(
+            "452-4.2.2 over quota\r\n452 try later\r\n",
+            452,
+            Some((4, 2, 2)),
+            "452 4.2.2 over quota try later",
+        );
+        check(
+            "550-5.7.1 policy\r\n550 5.1.1 unknown\r\n",
+            550,
+            Some((5, 1, 1)),
+            "550 5.1.1 5.7.1 policy unknown",
+        );
+    }
+
+    #[test]
+    fn a_reply_that_is_not_utf8_keeps_its_code() {
+        let raw = b"550 5.1.1 <a@b> unknown \x9b user\r\n";
+        let (reply, used) = Reply::parse(raw).unwrap().unwrap();
+        assert_eq!(used, raw.len());
+        assert_eq!(reply.code, 550);
+        assert_eq!(reply.status(), "5.1.1");
+        assert!(reply.is_permanent());
+        assert_eq!(reply.to_string(), "550 5.1.1 <a@b> unknown \u{fffd} user");
     }
 
     #[test]

@@ -1,45 +1,31 @@
-//! Delivery to an SMTP server through lettre's low-level client (`SmtpConnection`), with
-//! per-recipient outcomes: `smtp://`, `smtp+starttls://` and `smtps://` targets.
+//! Delivery to an SMTP server, with per-recipient outcomes: `smtp://`, `smtp+starttls://`
+//! and `smtps://` targets. Our own client, on the same `wire::Conn` and `transaction` as
+//! LMTP: EHLO instead of LHLO, one reply after the final dot for every accepted recipient
+//! (RFC 5321 has one reply per message, unlike LMTP), STARTTLS and SMTPS through rustls
+//! (`tls`), AUTH PLAIN or LOGIN.
 //!
-//! lettre's `SmtpTransport::send` is all-or-nothing (one refused RCPT fails the message for
-//! everyone), so we drive the commands ourselves: MAIL, one RCPT per recipient (a refused
-//! recipient gets its own outcome, the others still get the message), DATA, the body, and
-//! one final reply that settles every accepted recipient (RFC 5321 has one reply per
-//! message, unlike LMTP).
-//!
-//! Where lettre does not reach:
-//! - Its `ServerInfo` keeps only 8BITMIME, SMTPUTF8, STARTTLS and AUTH; DSN is dropped. We
-//!   send EHLO once more ourselves (RFC 5321 4.1.4 allows it; it also resets the state) and
-//!   read the keywords from that reply with `wire::Capabilities`.
-//! - Its errors keep the reply code and the joined text, not the lines; `Reply::from_lines`
-//!   rebuilds the enhanced status from them.
-//! - Its `message` adds CRLF before the final dot and dot-stuffs, but keeps bare LFs: we
-//!   hand it the message with line ends normalized and one trailing CRLF taken off, so the
-//!   server receives exactly the spooled bytes (in CRLF form).
+//! Why not lettre (used until December 2026): it reads a reply line to its end before
+//! checking its length (a server streaming a line without CRLF grew `run` to 6 GB), its
+//! timeout is per read, not per reply (one byte a second held a run forever), a reply that
+//! is not UTF-8 became "connection lost" and the message was retried, its greeting wait
+//! used the connect timeout, its `ServerInfo` dropped DSN, and its errors kept only the
+//! joined text of a reply. Our reader bounds every reply in bytes, lines and time.
 //!
 //! Credentials never come from the command line: `SmtpCredentials::from_env` reads
 //! `SPOOLREPLAY_SMTP_USER`/`SPOOLREPLAY_SMTP_PASSWORD`, or a `user:password` file named by
 //! `SPOOLREPLAY_SMTP_CREDENTIALS`. They are refused over a connection without TLS.
 
-use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
 
-use lettre::Address;
-use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{SmtpConnection, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Quit, Rcpt, Rset};
-use lettre::transport::smtp::extension::{
-    ClientId, MailBodyParameter, MailParameter, RcptParameter,
-};
-use lettre::transport::smtp::response::Response;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::lmtp::split_host_port;
 use super::reply::Reply;
-use super::wire::{self, Capabilities, ClientOptions, Timeouts};
+use super::transaction::{self, Protocol, Session};
+use super::wire::{self, Capabilities, ClientOptions, Conn};
 use super::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
-use crate::address::ReversePath;
 use crate::sanitize;
 
 /// How the connection is protected.
@@ -184,13 +170,6 @@ impl fmt::Debug for SmtpStore {
     }
 }
 
-struct Session {
-    conn: SmtpConnection,
-    server: String,
-    caps: Capabilities,
-    used: bool,
-}
-
 impl SmtpStore {
     /// Connects, says EHLO (and STARTTLS, AUTH as configured), so a wrong target or
     /// refused credentials are found before any mail is touched.
@@ -214,86 +193,133 @@ impl SmtpStore {
     /// Says QUIT, if a connection is open.
     pub fn close(&mut self) {
         if let Some(mut s) = self.session.take() {
-            let _ = s.conn.command(Quit);
-            s.conn.abort();
+            let _ = s.conn.command("QUIT");
+            s.conn.abandon();
         }
     }
 
     fn open(&mut self) -> Result<Session, StoreError> {
-        let t = self.options.client.timeouts;
-        let hello = ClientId::Domain(self.options.client.hello_name.clone());
-        let tls = match self.target.security {
-            Security::Plain => None,
-            Security::StartTls | Security::Tls => Some(self.tls_parameters()?),
-        };
-        let wrapped = match self.target.security {
-            Security::Tls => tls.as_ref(),
-            _ => None,
-        };
-        let mut conn = SmtpConnection::connect(
-            (self.target.host.as_str(), self.target.port),
-            Some(t.connect),
-            &hello,
-            wrapped,
-            None,
-        )
-        .map_err(|e| self.unavailable(&format!("cannot open a session: {e}")))?;
+        let timeouts = self.options.client.timeouts;
+        let mut conn = Conn::tcp(&self.target.host, self.target.port, timeouts)
+            .map_err(|e| self.unavailable(&e))?;
         self.connections += 1;
-        conn.set_timeout(Some(t.command))
-            .map_err(|e| self.unavailable(&format!("cannot set timeouts: {e}")))?;
-        if let (Security::StartTls, Some(tls)) = (self.target.security, &tls) {
-            if !conn.can_starttls() {
-                conn.abort();
+        if self.target.security == Security::Tls {
+            conn = conn
+                .start_tls(&self.target.host, self.options.insecure)
+                .map_err(|e| self.unavailable(&e))?;
+        }
+        let greeting = conn.greeting().map_err(|e| self.unavailable(&e))?;
+        if greeting.code != 220 {
+            conn.abandon();
+            return Err(self.unavailable(&format!("greeted with `{greeting}`")));
+        }
+        let mut ehlo = self.ehlo(&mut conn)?;
+        if self.target.security == Security::StartTls {
+            if !Capabilities::from_reply(&ehlo).starttls {
+                conn.abandon();
                 return Err(self.unavailable("the server does not offer STARTTLS"));
             }
-            conn.starttls(tls, &hello)
-                .map_err(|e| self.unavailable(&format!("STARTTLS failed: {e}")))?;
+            match conn.command("STARTTLS") {
+                Ok(r) if r.code == 220 => {}
+                Ok(r) => {
+                    conn.abandon();
+                    return Err(self.unavailable(&format!("STARTTLS answered `{r}`")));
+                }
+                Err(e) => return Err(self.unavailable(&format!("no answer to STARTTLS: {e}"))),
+            }
+            conn = conn
+                .start_tls(&self.target.host, self.options.insecure)
+                .map_err(|e| self.unavailable(&e))?;
+            // RFC 3207 4.2: forget what was said before TLS, and ask again.
+            ehlo = self.ehlo(&mut conn)?;
         }
-        // lettre forgets the keywords it does not know (DSN): ask once more and keep all.
-        let ehlo = conn
-            .command(Ehlo::new(hello))
-            .map_err(|e| self.unavailable(&format!("EHLO failed: {e}")))?;
-        let ehlo = reply_of_response(&ehlo);
         if let Some(credentials) = &self.options.credentials {
-            self.authenticate(&mut conn, credentials)?;
+            self.authenticate(&mut conn, &ehlo, credentials)?;
         }
         Ok(Session {
-            server: wire::server_name(&ehlo).unwrap_or_else(|| self.target.host.clone()),
+            server: wire::server_name(&greeting)
+                .or_else(|| wire::server_name(&ehlo))
+                .unwrap_or_else(|| self.target.host.clone()),
             caps: Capabilities::from_reply(&ehlo),
             conn,
             used: false,
         })
     }
 
-    fn tls_parameters(&self) -> Result<TlsParameters, StoreError> {
-        TlsParameters::builder(self.target.host.clone())
-            .dangerous_accept_invalid_certs(self.options.insecure)
-            .dangerous_accept_invalid_hostnames(self.options.insecure)
-            .build_rustls()
-            .map_err(|e| self.unavailable(&format!("cannot set up TLS: {e}")))
+    /// EHLO, and HELO for a server that does not know EHLO (RFC 5321 3.2).
+    fn ehlo(&self, conn: &mut Conn) -> Result<Reply, StoreError> {
+        let name = &self.options.client.hello_name;
+        let reply = conn
+            .command(&format!("EHLO {name}"))
+            .map_err(|e| self.unavailable(&format!("no answer to EHLO: {e}")))?;
+        if reply.code == 250 {
+            return Ok(reply);
+        }
+        if matches!(reply.code, 500..=502 | 504 | 550) {
+            let helo = conn
+                .command(&format!("HELO {name}"))
+                .map_err(|e| self.unavailable(&format!("no answer to HELO: {e}")))?;
+            if helo.code == 250 {
+                return Ok(helo);
+            }
+        }
+        Err(self.unavailable(&format!("EHLO answered `{reply}`")))
     }
 
+    /// AUTH PLAIN (RFC 4616), else LOGIN, as the server offers; only over TLS unless
+    /// `--insecure-tls`. The password never appears in an error.
     fn authenticate(
         &self,
-        conn: &mut SmtpConnection,
+        conn: &mut Conn,
+        ehlo: &Reply,
         credentials: &SmtpCredentials,
     ) -> Result<(), StoreError> {
         if !conn.is_encrypted() && !self.options.insecure {
-            conn.abort();
             return Err(self.unavailable(
                 "refusing to send the SMTP password over a connection without TLS \
                  (use smtps:// or smtp+starttls://)",
             ));
         }
-        let creds = Credentials::new(credentials.user.clone(), credentials.password.clone());
-        conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds)
-            .map(|_| ())
-            .map_err(|e| {
-                self.unavailable(&format!(
-                    "authentication as `{}` failed: {e}",
-                    credentials.user
-                ))
-            })
+        let user = sanitize::for_terminal(&credentials.user);
+        let failed = |step: &str, what: String| {
+            self.unavailable(&format!("authentication as `{user}` failed {step}: {what}"))
+        };
+        let mechanisms = auth_mechanisms(ehlo);
+        let last = if mechanisms.iter().any(|m| m == "PLAIN") {
+            let token = format!("\0{}\0{}", credentials.user, credentials.password);
+            conn.command(&format!("AUTH PLAIN {}", BASE64.encode(token)))
+                .map_err(|e| failed("at AUTH PLAIN", e.to_string()))?
+        } else if mechanisms.iter().any(|m| m == "LOGIN") {
+            let mut reply = conn
+                .command("AUTH LOGIN")
+                .map_err(|e| failed("at AUTH LOGIN", e.to_string()))?;
+            for (what, secret) in [
+                ("user name", &credentials.user),
+                ("password", &credentials.password),
+            ] {
+                if reply.code != 334 {
+                    break;
+                }
+                reply = conn
+                    .command(&BASE64.encode(secret))
+                    .map_err(|e| failed(&format!("after the {what}"), e.to_string()))?;
+            }
+            reply
+        } else {
+            return Err(self.unavailable(&format!(
+                "the server offers no AUTH PLAIN or LOGIN (it offers: {})",
+                if mechanisms.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    sanitize::for_terminal(&mechanisms.join(" "))
+                }
+            )));
+        };
+        if last.code == 235 {
+            Ok(())
+        } else {
+            Err(failed("", format!("`{last}`")))
+        }
     }
 
     /// The open session if it still answers RSET, else a new one.
@@ -302,9 +328,10 @@ impl SmtpStore {
             if !s.used {
                 return Ok(s);
             }
-            match s.conn.command(Rset) {
-                Ok(_) => return Ok(s),
-                Err(_) => s.conn.abort(),
+            match s.conn.command("RSET") {
+                Ok(r) if r.code == 250 => return Ok(s),
+                // Closed, 421 or confused: this connection is done; nothing was in flight.
+                _ => s.conn.abandon(),
             }
         }
         self.open()
@@ -317,6 +344,28 @@ impl SmtpStore {
             sanitize::for_terminal(what)
         ))
     }
+}
+
+/// The SASL mechanisms of an EHLO reply's `AUTH` line (and the old `AUTH=` form),
+/// upper-cased.
+fn auth_mechanisms(ehlo: &Reply) -> Vec<String> {
+    ehlo.lines
+        .iter()
+        .skip(1)
+        .filter_map(|line| {
+            let upper = line.to_ascii_uppercase();
+            let rest = upper
+                .strip_prefix("AUTH ")
+                .or_else(|| upper.strip_prefix("AUTH="))?
+                .to_string();
+            Some(rest)
+        })
+        .flat_map(|rest| {
+            rest.split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 impl Drop for SmtpStore {
@@ -335,295 +384,15 @@ impl Deliverer for SmtpStore {
         delivery: &Delivery<'_>,
         recipients: &[RecipientSpec<'_>],
     ) -> Result<Vec<Outcome>, StoreError> {
-        let sender = match sender_address(delivery.sender) {
-            Ok(s) => s,
-            Err(why) => {
-                let reply = format!("sender cannot be sent over SMTP: {why}");
-                return Ok(vec![
-                    wire::refused_locally(reply, "5.1.7");
-                    recipients.len()
-                ]);
-            }
-        };
-        let mut session = self.ready_session()?;
-        let smtputf8 = wire::needs_smtputf8(delivery, recipients);
-        if smtputf8 && !session.caps.smtputf8 {
-            let reply = format!(
-                "the envelope has non-ASCII addresses and the SMTP server {} does not offer \
-                 SMTPUTF8 (RFC 6531)",
-                session.server
-            );
-            self.session = Some(session);
-            return Ok(vec![
-                wire::refused_locally(reply, "5.6.7");
-                recipients.len()
-            ]);
+        if let Some(refused) = transaction::refuse_sender(Protocol::Smtp, delivery, recipients) {
+            return Ok(refused);
         }
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; recipients.len()];
-        let keep = transaction(
-            &mut session,
-            delivery,
-            sender,
-            recipients,
-            smtputf8,
-            self.options.client.timeouts,
-            &mut outcomes,
-        );
-        session.used = true;
-        if keep {
-            self.session = Some(session);
-        } else {
-            session.conn.abort();
-        }
-        let server = session_name(&self.session, &self.target);
-        Ok(outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| Outcome::Deferred {
-                    reply: "internal error: no outcome recorded".to_string(),
-                    remote: Some(server.clone()),
-                })
-            })
-            .collect())
+        let session = self.ready_session()?;
+        let (outcomes, session) =
+            transaction::deliver(session, Protocol::Smtp, delivery, recipients);
+        self.session = session;
+        Ok(outcomes)
     }
-}
-
-fn session_name(session: &Option<Session>, target: &SmtpTarget) -> String {
-    session
-        .as_ref()
-        .map_or_else(|| target.host.clone(), |s| s.server.clone())
-}
-
-/// What a failed lettre call means: a server reply, or a broken connection.
-enum Failure {
-    Reply(Reply),
-    Broken(String),
-}
-
-fn failure(e: &lettre::transport::smtp::Error) -> Failure {
-    match e.status() {
-        Some(code) => {
-            let text = std::error::Error::source(e)
-                .map(|s| s.to_string())
-                .unwrap_or_default();
-            Failure::Reply(Reply::from_lines(u16::from(code), vec![text]))
-        }
-        None => Failure::Broken(e.to_string()),
-    }
-}
-
-/// Runs one transaction; true when the connection can be used again.
-fn transaction(
-    session: &mut Session,
-    delivery: &Delivery<'_>,
-    sender: Option<Address>,
-    recipients: &[RecipientSpec<'_>],
-    smtputf8: bool,
-    timeouts: Timeouts,
-    outcomes: &mut [Option<Outcome>],
-) -> bool {
-    let server = session.server.clone();
-    let settle_rest = |outcomes: &mut [Option<Outcome>], o: &dyn Fn() -> Outcome| {
-        for slot in outcomes.iter_mut().filter(|s| s.is_none()) {
-            *slot = Some(o());
-        }
-    };
-    let params = mail_parameters(delivery, &session.caps, smtputf8);
-    if let Err(e) = session.conn.command(Mail::new(sender, params)) {
-        return match failure(&e) {
-            Failure::Reply(r) => {
-                settle_rest(outcomes, &|| wire::outcome_of(&r, &server));
-                r.code != 421 && session.conn.command(Rset).is_ok()
-            }
-            Failure::Broken(why) => {
-                settle_rest(outcomes, &|| lost(&why, "at MAIL FROM"));
-                false
-            }
-        };
-    }
-    let mut accepted = Vec::new();
-    for (i, spec) in recipients.iter().enumerate() {
-        let address = match recipient_address(spec.address) {
-            Ok(a) => a,
-            Err(why) => {
-                let reply = format!(
-                    "recipient `{}` cannot be sent over SMTP: {why}",
-                    sanitize::for_terminal(spec.address)
-                );
-                outcomes[i] = Some(wire::refused_locally(reply, "5.1.3"));
-                continue;
-            }
-        };
-        let params = rcpt_parameters(spec, &session.caps);
-        match session.conn.command(Rcpt::new(address, params)) {
-            Ok(_) => accepted.push(i),
-            Err(e) => match failure(&e) {
-                Failure::Reply(r) if r.code == 421 => {
-                    settle_rest(outcomes, &|| wire::outcome_of(&r, &server));
-                    return false;
-                }
-                Failure::Reply(r) => outcomes[i] = Some(wire::outcome_of(&r, &server)),
-                Failure::Broken(why) => {
-                    settle_rest(outcomes, &|| lost(&why, "at RCPT TO"));
-                    return false;
-                }
-            },
-        }
-    }
-    if accepted.is_empty() {
-        return session.conn.command(Rset).is_ok();
-    }
-    if let Err(e) = session.conn.command(Data) {
-        return match failure(&e) {
-            Failure::Reply(r) => {
-                settle_rest(outcomes, &|| wire::outcome_of(&r, &server));
-                r.code != 421 && session.conn.command(Rset).is_ok()
-            }
-            Failure::Broken(why) => {
-                settle_rest(outcomes, &|| lost(&why, "at DATA"));
-                false
-            }
-        };
-    }
-    let (result, body_sent) = send_body(session, delivery.content, timeouts.data_end);
-    let keep = match result {
-        Ok(response) => {
-            let r = reply_of_response(&response);
-            settle_rest(outcomes, &|| wire::outcome_of(&r, &server));
-            true
-        }
-        Err(Failure::Reply(r)) => {
-            settle_rest(outcomes, &|| wire::outcome_of(&r, &server));
-            r.code != 421
-        }
-        Err(Failure::Broken(why)) if body_sent => {
-            settle_rest(outcomes, &|| Outcome::Uncertain {
-                reply: format!(
-                    "no reply after the final dot ({}): the server may have delivered it",
-                    sanitize::for_terminal(&why)
-                ),
-                remote: Some(server.clone()),
-            });
-            false
-        }
-        Err(Failure::Broken(why)) => {
-            settle_rest(outcomes, &|| lost(&why, "while sending the message"));
-            false
-        }
-    };
-    keep && session.conn.set_timeout(Some(timeouts.command)).is_ok()
-}
-
-/// Sends the message with the final-dot timeout. The flag says the whole body went out
-/// before the result, so a broken connection from there on is "uncertain", not "not
-/// delivered".
-fn send_body(
-    session: &mut Session,
-    content: &[u8],
-    wait: Duration,
-) -> (Result<Response, Failure>, bool) {
-    if let Err(e) = session.conn.set_timeout(Some(wait)) {
-        return (
-            Err(Failure::Broken(format!("cannot set a timeout: {e}"))),
-            false,
-        );
-    }
-    // lettre writes the terminator in a write of its own, which Nagle holds back until the
-    // server acknowledges the body: up to 40 ms per message (measured: 24 msg/s). lettre
-    // gives no access to its socket to set TCP_NODELAY, so a UTF-8 (or ASCII) message goes
-    // out dot-stuffed, terminator included, in one command write. Its result cannot tell a
-    // write from a read failure, so a broken connection there counts as uncertain: the
-    // safe side.
-    let mut stuffed = wire::data_body(content);
-    stuffed.extend_from_slice(wire::DATA_END);
-    if let Ok(whole) = String::from_utf8(stuffed) {
-        let result = session
-            .conn
-            .command(RawData(whole))
-            .map_err(|e| failure(&e));
-        return (result, true);
-    }
-    let normalized = wire::normalize_line_ends(content);
-    // lettre writes the CRLF before the final dot itself.
-    let body = normalized.strip_suffix(b"\r\n").unwrap_or(&normalized);
-    let sent = Cell::new(false);
-    let parts = std::iter::once(body).chain(std::iter::from_fn(|| {
-        sent.set(true);
-        None
-    }));
-    let result = session.conn.message_iter(parts).map_err(|e| failure(&e));
-    (result, sent.get())
-}
-
-/// A message already dot-stuffed and terminated, written as one "command".
-struct RawData(String);
-
-impl std::fmt::Display for RawData {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-fn lost(why: &str, step: &str) -> Outcome {
-    Outcome::Deferred {
-        reply: format!("connection lost {step}: {}", sanitize::for_terminal(why)),
-        remote: None,
-    }
-}
-
-fn reply_of_response(r: &Response) -> Reply {
-    Reply::from_lines(u16::from(r.code()), r.message().map(String::from).collect())
-}
-
-fn sender_address(sender: &ReversePath) -> Result<Option<Address>, String> {
-    match sender {
-        ReversePath::Null => Ok(None),
-        ReversePath::Address(a) => {
-            wire::check_wire_address(a)?;
-            a.parse::<Address>().map(Some).map_err(|e| {
-                format!(
-                    "`{}` is not an address lettre can send: {e}",
-                    sanitize::for_terminal(a)
-                )
-            })
-        }
-    }
-}
-
-fn recipient_address(address: &str) -> Result<Address, String> {
-    wire::check_wire_address(address)?;
-    address
-        .parse::<Address>()
-        .map_err(|e| format!("not an address lettre can send: {e}"))
-}
-
-fn mail_parameters(
-    delivery: &Delivery<'_>,
-    caps: &Capabilities,
-    smtputf8: bool,
-) -> Vec<MailParameter> {
-    wire::mail_params(delivery, caps, smtputf8)
-        .into_iter()
-        .map(|(keyword, value)| match (keyword, value.as_deref()) {
-            ("BODY", Some("8BITMIME")) => MailParameter::Body(MailBodyParameter::EightBitMime),
-            ("SMTPUTF8", None) => MailParameter::SmtpUtfEight,
-            // lettre xtext-encodes the value.
-            (keyword, _) => MailParameter::Other {
-                keyword: keyword.to_string(),
-                value,
-            },
-        })
-        .collect()
-}
-
-fn rcpt_parameters(spec: &RecipientSpec<'_>, caps: &Capabilities) -> Vec<RcptParameter> {
-    wire::rcpt_params(spec, caps)
-        .into_iter()
-        .map(|(keyword, value)| RcptParameter::Other {
-            keyword: keyword.to_string(),
-            value,
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -1,10 +1,17 @@
 //! A scripted SMTP/LMTP peer on `127.0.0.1:0` for unit tests: a thread plays one script per
-//! accepted connection and records every line the client sent.
+//! accepted connection and records every line the client sent. Besides well-behaved
+//! answers it plays the hostile ones: raw bytes (not UTF-8), a reply dripped one byte at a
+//! time, a line that never ends, and TLS (STARTTLS or SMTPS) with the self-signed
+//! `fixtures/tls/peer.crt`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// One step of a conversation.
 #[derive(Debug, Clone)]
@@ -19,7 +26,21 @@ pub(crate) enum Step {
     Sleep(Duration),
     /// Wait until the client closes (or 5 s pass), to see it gave up.
     AwaitClose,
+    /// Send these bytes exactly (no CRLF translation): replies that are not UTF-8.
+    SendRaw(&'static [u8]),
+    /// Send the text (`\n` turned into CRLF) one byte at a time, this long apart.
+    Drip(&'static str, Duration),
+    /// Send `x` without a line end until the client closes (at most 64 MiB): a reply line
+    /// that never ends. Records how many bytes went out as `ENDLESS:<n>`.
+    Endless,
+    /// Start TLS as the server, with `fixtures/tls/peer.crt` (after a `220` to STARTTLS,
+    /// or first thing for SMTPS).
+    StartTls,
 }
+
+/// The peer's side of the connection: the socket, or TLS over it.
+trait Duplex: Read + Write + Send {}
+impl<T: Read + Write + Send> Duplex for T {}
 
 pub(crate) struct Peer {
     pub(crate) port: u16,
@@ -59,14 +80,40 @@ fn play(stream: TcpStream, script: &[Step], transcript: &mut Vec<String>) -> Res
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
-    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(stream);
+    let raw = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut reader: BufReader<Box<dyn Duplex>> = BufReader::new(Box::new(stream));
     for step in script {
         match step {
             Step::Send(text) => {
                 let bytes = text.replace('\n', "\r\n");
                 // The client may already have gone (that is what some tests check).
-                let _ = writer.write_all(bytes.as_bytes());
+                let _ = send(&mut reader, bytes.as_bytes());
+            }
+            Step::SendRaw(bytes) => {
+                let _ = send(&mut reader, bytes);
+            }
+            Step::Drip(text, gap) => {
+                for b in text.replace('\n', "\r\n").bytes() {
+                    if send(&mut reader, &[b]).is_err() {
+                        transcript.push("(client closed during the drip)".to_string());
+                        break;
+                    }
+                    thread::sleep(*gap);
+                }
+            }
+            Step::Endless => {
+                let chunk = [b'x'; 64 * 1024];
+                let mut sent = 0usize;
+                while sent < 64 << 20 && send(&mut reader, &chunk).is_ok() {
+                    sent += chunk.len();
+                }
+                transcript.push(format!("ENDLESS:{sent}"));
+            }
+            Step::StartTls => {
+                let config = server_config()?;
+                let tls = rustls::ServerConnection::new(config).map_err(|e| e.to_string())?;
+                let sock = raw.try_clone().map_err(|e| e.to_string())?;
+                reader = BufReader::new(Box::new(rustls::StreamOwned::new(tls, sock)));
             }
             Step::Expect(prefix) => {
                 let line = read_line(&mut reader)?;
@@ -89,6 +136,10 @@ fn play(stream: TcpStream, script: &[Step], transcript: &mut Vec<String>) -> Res
                 match reader.read_line(&mut rest) {
                     Ok(0) => transcript.push("(client closed)".to_string()),
                     Ok(_) => transcript.push(rest.trim_end().to_string()),
+                    // A TLS client that just drops the socket ends without close_notify.
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        transcript.push("(client closed)".to_string())
+                    }
                     Err(e) => return Err(format!("client did not close: {e}")),
                 }
             }
@@ -97,7 +148,29 @@ fn play(stream: TcpStream, script: &[Step], transcript: &mut Vec<String>) -> Res
     Ok(())
 }
 
-fn read_line(reader: &mut BufReader<TcpStream>) -> Result<String, String> {
+fn send(reader: &mut BufReader<Box<dyn Duplex>>, bytes: &[u8]) -> std::io::Result<()> {
+    let out = reader.get_mut();
+    out.write_all(bytes)?;
+    out.flush()
+}
+
+/// The server side of TLS, with the test certificate.
+fn server_config() -> Result<Arc<rustls::ServerConfig>, String> {
+    let cert = CertificateDer::from_pem_slice(include_bytes!("../../fixtures/tls/peer.crt"))
+        .map_err(|e| format!("test certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(include_bytes!("../../fixtures/tls/peer.key"))
+        .map_err(|e| format!("test key: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(config))
+}
+
+fn read_line(reader: &mut BufReader<Box<dyn Duplex>>) -> Result<String, String> {
     let mut raw = Vec::new();
     let n = reader
         .read_until(b'\n', &mut raw)

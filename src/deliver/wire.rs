@@ -17,7 +17,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::reply::{Reply, ReplyError};
 use super::{Delivery, Outcome, RecipientSpec};
@@ -29,7 +29,8 @@ use crate::sanitize;
 pub struct Timeouts {
     /// TCP connect (per address tried).
     pub connect: Duration,
-    /// The greeting and every command's reply; also every write.
+    /// The greeting and every command's reply, each within this as a whole (not per read);
+    /// also every write.
     pub command: Duration,
     /// The reply (LMTP: each reply) after the final dot, when the server stores the message.
     pub data_end: Duration,
@@ -108,42 +109,104 @@ impl WireError {
     }
 }
 
-/// A TCP or unix-socket byte stream.
+/// The socket under a connection: TCP or a unix socket, with one deadline for reads.
+///
+/// Every read waits at most until the deadline (the socket's read timeout is set to what
+/// is left before each read), so a server that answers one byte a second cannot stretch
+/// one reply beyond it. TLS reads through this too: rustls may read the socket several
+/// times for one record, and each of those reads meets the same deadline.
 #[derive(Debug)]
-enum Stream {
+struct Socket {
+    raw: RawSocket,
+    /// When the reply being read is due; `None`: each read waits `fallback`.
+    deadline: Option<Instant>,
+    fallback: Duration,
+}
+
+#[derive(Debug)]
+enum RawSocket {
     Tcp(TcpStream),
     Unix(UnixStream),
 }
 
-impl Stream {
+impl Socket {
     fn set_read_timeout(&self, t: Duration) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_read_timeout(Some(t)),
-            Stream::Unix(s) => s.set_read_timeout(Some(t)),
+        match &self.raw {
+            RawSocket::Tcp(s) => s.set_read_timeout(Some(t)),
+            RawSocket::Unix(s) => s.set_read_timeout(Some(t)),
         }
     }
 
     fn set_write_timeout(&self, t: Duration) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_write_timeout(Some(t)),
-            Stream::Unix(s) => s.set_write_timeout(Some(t)),
+        match &self.raw {
+            RawSocket::Tcp(s) => s.set_write_timeout(Some(t)),
+            RawSocket::Unix(s) => s.set_write_timeout(Some(t)),
         }
     }
 
     fn shutdown(&self) {
         // Best effort: the connection is being given up either way.
-        let _ = match self {
-            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
-            Stream::Unix(s) => s.shutdown(Shutdown::Both),
+        let _ = match &self.raw {
+            RawSocket::Tcp(s) => s.shutdown(Shutdown::Both),
+            RawSocket::Unix(s) => s.shutdown(Shutdown::Both),
         };
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let wait = match self.deadline {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+            None => self.fallback,
+        };
+        if wait.is_zero() {
+            return Err(ErrorKind::TimedOut.into());
+        }
+        self.set_read_timeout(wait)?;
+        match &mut self.raw {
+            RawSocket::Tcp(s) => s.read(buf),
+            RawSocket::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.raw {
+            RawSocket::Tcp(s) => s.write(buf),
+            RawSocket::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.raw {
+            RawSocket::Tcp(s) => s.flush(),
+            RawSocket::Unix(s) => s.flush(),
+        }
+    }
+}
+
+/// The byte stream: the socket itself, or TLS over it (SMTPS, or after STARTTLS).
+#[derive(Debug)]
+enum Stream {
+    Plain(Socket),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, Socket>>),
+}
+
+impl Stream {
+    fn socket(&mut self) -> &mut Socket {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => &mut t.sock,
+        }
     }
 }
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(t) => t.read(buf),
         }
     }
 }
@@ -151,15 +214,15 @@ impl Read for Stream {
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(t) => t.write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Stream::Tcp(s) => s.flush(),
-            Stream::Unix(s) => s.flush(),
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(t) => t.flush(),
         }
     }
 }
@@ -168,7 +231,8 @@ impl Write for Stream {
 #[derive(Debug)]
 pub(crate) struct Conn {
     stream: Stream,
-    /// Bytes read but not yet parsed (the start of the next reply).
+    /// Bytes read but not yet parsed (the start of the next reply); never more than one
+    /// reply's worth (`MAX_REPLY_OCTETS`) plus one read.
     buf: Vec<u8>,
     timeouts: Timeouts,
 }
@@ -191,7 +255,7 @@ impl Conn {
                     // peer's delayed ACK: 40 ms per message on Linux.
                     s.set_nodelay(true)
                         .map_err(|e| format!("cannot set TCP_NODELAY on {addr}: {e}"))?;
-                    return Conn::ready(Stream::Tcp(s), timeouts);
+                    return Conn::ready(RawSocket::Tcp(s), timeouts);
                 }
                 Err(e) => tried.push(format!("{addr}: {e}")),
             }
@@ -203,25 +267,78 @@ impl Conn {
     pub(crate) fn unix(path: &Path, timeouts: Timeouts) -> Result<Conn, String> {
         let s = UnixStream::connect(path)
             .map_err(|e| format!("cannot connect to socket `{}`: {e}", path.display()))?;
-        Conn::ready(Stream::Unix(s), timeouts)
+        Conn::ready(RawSocket::Unix(s), timeouts)
     }
 
-    fn ready(stream: Stream, timeouts: Timeouts) -> Result<Conn, String> {
-        stream
+    fn ready(raw: RawSocket, timeouts: Timeouts) -> Result<Conn, String> {
+        let socket = Socket {
+            raw,
+            deadline: None,
+            fallback: timeouts.command,
+        };
+        socket
             .set_write_timeout(timeouts.command)
             .map_err(|e| format!("cannot set a write timeout: {e}"))?;
         Ok(Conn {
-            stream,
+            stream: Stream::Plain(socket),
             buf: Vec::new(),
             timeouts,
         })
     }
 
-    /// Reads one reply, waiting at most `wait` for each chunk of it.
+    /// Starts TLS on this connection (at once for SMTPS, after `220` to STARTTLS) and
+    /// completes the handshake within the command timeout.
+    pub(crate) fn start_tls(self, host: &str, insecure: bool) -> Result<Conn, String> {
+        let Conn {
+            stream,
+            buf,
+            timeouts,
+        } = self;
+        if !buf.is_empty() {
+            // Bytes sent before the handshake would be read as if they came over TLS
+            // (the STARTTLS command injection of CVE-2011-0411).
+            return Err("the server sent more after its answer to STARTTLS".to_string());
+        }
+        let Stream::Plain(mut socket) = stream else {
+            return Err("TLS is already on".to_string());
+        };
+        let mut tls = super::tls::client(host, insecure)?;
+        socket.deadline = Some(Instant::now() + timeouts.command);
+        while tls.is_handshaking() {
+            if let Err(e) = tls.complete_io(&mut socket) {
+                socket.shutdown();
+                return Err(match WireError::from_io(e, timeouts.command) {
+                    WireError::Timeout(_) => format!(
+                        "the TLS handshake took longer than {}",
+                        crate::throttle::format_duration(timeouts.command)
+                    ),
+                    other => format!("the TLS handshake failed: {other}"),
+                });
+            }
+        }
+        socket.deadline = None;
+        Ok(Conn {
+            stream: Stream::Tls(Box::new(rustls::StreamOwned::new(tls, socket))),
+            buf,
+            timeouts,
+        })
+    }
+
+    /// True once TLS is on.
+    pub(crate) fn is_encrypted(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
+    /// Reads one reply, all of it within `wait` (one deadline for the reply, not per read),
+    /// and at most `MAX_REPLY_OCTETS` of it.
     pub(crate) fn read_reply(&mut self, wait: Duration) -> Result<Reply, WireError> {
-        self.stream
-            .set_read_timeout(wait)
-            .map_err(|e| WireError::from_io(e, wait))?;
+        self.stream.socket().deadline = Some(Instant::now() + wait);
+        let result = self.read_until_reply(wait);
+        self.stream.socket().deadline = None;
+        result
+    }
+
+    fn read_until_reply(&mut self, wait: Duration) -> Result<Reply, WireError> {
         let mut chunk = [0u8; 4096];
         loop {
             if let Some((reply, used)) = Reply::parse(&self.buf).map_err(WireError::Malformed)? {
@@ -235,6 +352,20 @@ impl Conn {
                 Err(e) => return Err(WireError::from_io(e, wait)),
             }
         }
+    }
+
+    /// Reads the greeting (a reply like any other, with the reply timeout); the error says
+    /// what went wrong in words an operator can act on.
+    pub(crate) fn greeting(&mut self) -> Result<Reply, String> {
+        let wait = self.timeouts.command;
+        self.read_reply(wait).map_err(|e| match e {
+            WireError::Timeout(_) => format!(
+                "timed out waiting for the greeting ({}, --reply-timeout)",
+                crate::throttle::format_duration(wait)
+            ),
+            WireError::Closed => "the server closed the connection before its greeting".into(),
+            other => format!("no greeting: {other}"),
+        })
     }
 
     /// Sends one command line (CRLF added) and reads its reply.
@@ -257,8 +388,8 @@ impl Conn {
     }
 
     /// Closes the connection without ceremony (after an error or a 421).
-    pub(crate) fn abandon(self) {
-        self.stream.shutdown();
+    pub(crate) fn abandon(mut self) {
+        self.stream.socket().shutdown();
     }
 }
 

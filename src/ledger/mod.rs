@@ -809,6 +809,19 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// How many times this recipient was sent again after an uncertain attempt
+    /// (`--uncertain redeliver`): the policy resends an uncertain copy at most once.
+    pub fn redeliveries(&self, rcpt_id: i64) -> Result<i64> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "SELECT count(*) FROM events WHERE recipient_id = ?1 \
+                 AND from_state = 'uncertain' AND to_state = 'pending'",
+            )?
+            .query_row(params![rcpt_id], |row| row.get(0))?;
+        Ok(n)
+    }
+
     /// Stores the latest classification of a message (for `status` per window).
     pub fn set_classification(
         &self,

@@ -2,7 +2,7 @@
 //! threads that each own one store connection; each message is recorded in flight just
 //! before it is handed over (intent first), in the same commit as the outcomes that came
 //! back meanwhile (while waiting for the pace, outcomes are recorded as they come), so the
-//! in-flight window is the message each worker is sending plus the one being handed over.
+//! in-flight window is the message each worker is sending plus one waiting for a worker.
 //! Deferred recipients are retried with backoff within the run until their message's
 //! deadline.
 
@@ -15,13 +15,16 @@ use chrono::Local;
 
 use super::{
     Event, Replay, Stop, UncertainPolicy, apply_classification, classify_message, read_verified,
-    test_hook,
+    redeliver_once, test_hook,
 };
 use crate::address::ReturnContent;
 use crate::classify::Disposition;
 use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::ledger::{Change, MessageWork, RcptState, Tx};
 use crate::pace::{Pace, PushBack, Signal, format_rate};
+
+/// How often a dispatcher waiting on the store tells the printer it is still there.
+const TICK: Duration = Duration::from_secs(1);
 
 /// One message's trip to the store.
 pub(super) struct Done {
@@ -43,6 +46,10 @@ enum Attempt {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Health {
     Fine,
+    /// The store took the message but its reply after the final dot was lost (cut,
+    /// timed out, too long, malformed): like `Down`, wait before handing it more, and
+    /// stop after `--store-timeout` if it keeps happening.
+    LosingReplies,
     /// The store could not be reached: wait and try again.
     Down,
     /// The store is full: stop.
@@ -139,7 +146,10 @@ fn worker(
 struct Dispatch {
     pace: Pace,
     pace_text: String,
+    /// Handed to a worker and not yet recorded (`early` included).
     outstanding: usize,
+    /// Results taken while waiting for a free worker: recorded with the next commit.
+    early: Vec<Done>,
     handled: u64,
     store_down_since: Option<Instant>,
     down_streak: u32,
@@ -150,9 +160,11 @@ impl Replay<'_> {
     pub(super) fn deliver_all(&mut self) -> Result<()> {
         let workers = self.settings.concurrency.max(1);
         let factory = self.store;
-        // A rendezvous channel: a message is handed over only when a worker is free to
-        // take it, so nothing in flight waits in a queue.
-        let (job_tx, job_rx) = mpsc::sync_channel::<MessageWork>(0);
+        // Room for one message: the next one waits there for the first worker to finish,
+        // so a worker never waits for the dispatcher's commit, and the dispatcher never
+        // blocks in a send (it waits for results instead, see `until_a_worker_is_free`).
+        // In flight: what the workers are sending, plus that one.
+        let (job_tx, job_rx) = mpsc::sync_channel::<MessageWork>(1);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let (done_tx, done_rx) = mpsc::channel::<Done>();
         std::thread::scope(|scope| {
@@ -169,12 +181,14 @@ impl Replay<'_> {
     }
 
     fn dispatch(&mut self, jobs: &SyncSender<MessageWork>, done: &Receiver<Done>) -> Result<()> {
+        let workers = self.settings.concurrency.max(1);
         let rate = self.settings.pace.rate.map(|r| r.per_second());
         let pace = Pace::new(rate, self.settings.pace.max_bytes_rate);
         let mut d = Dispatch {
             pace_text: format!("pace {}", format_rate(pace.rate())),
             pace,
             outstanding: 0,
+            early: Vec::new(),
             handled: 0,
             store_down_since: None,
             down_streak: 0,
@@ -233,7 +247,8 @@ impl Replay<'_> {
                 // a worker is handing over, nothing more. The outcomes that came back
                 // meanwhile go into the same commit: one fsync per message, not two. If
                 // they say the store is down or full, nothing more is handed over.
-                let ready: Vec<Done> = done.try_iter().collect();
+                self.until_a_worker_is_free(done, &mut d, workers)?;
+                let ready: Vec<Done> = d.early.drain(..).chain(done.try_iter()).collect();
                 let (ready_health, handed) = self.settle_then_hand_over(ready, &mut d, &work)?;
                 health = worst(health, ready_health);
                 let Some(work) = handed else {
@@ -241,11 +256,16 @@ impl Replay<'_> {
                     break;
                 };
                 test_hook("after-in-flight");
+                // The channel has room (see `until_a_worker_is_free`): no wait on the store.
                 jobs.send(work).context("the delivery workers stopped")?;
                 d.outstanding += 1;
             }
+            if !d.early.is_empty() {
+                let early = std::mem::take(&mut d.early);
+                health = worst(health, self.settle(early, &mut d)?);
+            }
             while d.outstanding > 0 {
-                let first = done.recv().context("the delivery workers stopped")?;
+                let first = self.next_result(done, &d)?;
                 health = worst(health, self.settle(with_ready(first, done), &mut d)?);
             }
             match health {
@@ -255,7 +275,47 @@ impl Replay<'_> {
                     self.nap(self.settings.pace.pause);
                 }
                 Health::Full => return Ok(()),
-                Health::Down => self.wait_for_store(&mut d),
+                Health::Down => self.wait_for_store(&mut d, "unreachable"),
+                Health::LosingReplies => {
+                    self.wait_for_store(&mut d, "losing its replies after the final dot")
+                }
+            }
+        }
+    }
+
+    /// While every worker is busy and one more message waits for them in the channel,
+    /// waits for a result (kept in `d.early`, recorded with the next commit), so the next
+    /// hand-over never blocks on the store. Messages handed over and not yet answered are
+    /// the busy workers plus the one waiting.
+    fn until_a_worker_is_free(
+        &mut self,
+        done: &Receiver<Done>,
+        d: &mut Dispatch,
+        workers: usize,
+    ) -> Result<()> {
+        while d.outstanding - d.early.len() > workers {
+            let result = self.next_result(done, d)?;
+            d.early.push(result);
+        }
+        Ok(())
+    }
+
+    /// The next result from a worker, however long the store takes; the progress line is
+    /// fed meanwhile, so a transaction blocked on a slow store is never silent.
+    fn next_result(&mut self, done: &Receiver<Done>, d: &Dispatch) -> Result<Done> {
+        loop {
+            match done.recv_timeout(TICK) {
+                Ok(result) => return Ok(result),
+                Err(RecvTimeoutError::Timeout) => {
+                    let text = format!("{}; waiting for the store", d.pace_text);
+                    (self.on_event)(Event::Delivered {
+                        messages: d.handled,
+                        pace: &text,
+                    });
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    anyhow::bail!("the delivery workers stopped")
+                }
             }
         }
     }
@@ -268,6 +328,10 @@ impl Replay<'_> {
         until: Instant,
     ) -> Result<Health> {
         let mut health = Health::Fine;
+        if !d.early.is_empty() {
+            let early = std::mem::take(&mut d.early);
+            health = self.settle(early, d)?;
+        }
         loop {
             let left = until.saturating_duration_since(Instant::now());
             let result = if left.is_zero() || d.outstanding == 0 {
@@ -295,12 +359,13 @@ impl Replay<'_> {
         }
     }
 
-    /// The store went away: back off (1 s, 2 s, 4 s … 30 s) until `--store-timeout`.
-    fn wait_for_store(&mut self, d: &mut Dispatch) {
+    /// The store went away (or keeps losing replies): back off (1 s, 2 s, 4 s … 30 s)
+    /// until `--store-timeout`. `what` says how it is unhealthy.
+    fn wait_for_store(&mut self, d: &mut Dispatch, what: &str) {
         let since = *d.store_down_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= self.settings.retry.store_timeout {
             self.stats.stop = Some(Stop::StoreLost(format!(
-                "the store has been unreachable for {}",
+                "the store has been {what} for {}",
                 crate::throttle::format_duration(since.elapsed())
             )));
             return;
@@ -309,7 +374,7 @@ impl Replay<'_> {
         let wait = Duration::from_secs(1 << d.down_streak.min(5).saturating_sub(1))
             .min(Duration::from_secs(30));
         (self.on_event)(Event::Notice(&format!(
-            "store unreachable; trying again in {}",
+            "store {what}; trying again in {}",
             crate::throttle::format_duration(wait)
         )));
         self.nap(wait);
@@ -432,8 +497,7 @@ impl Replay<'_> {
                     if s.state == RcptState::Uncertain && redeliver {
                         let mut row = r.clone();
                         row.state = RcptState::Uncertain;
-                        let detail = "delivering again after an uncertain attempt (--uncertain redeliver): a duplicate is possible";
-                        tx.set_state(&row, RcptState::Pending, Change { detail: Some(detail), audit_only: true, ..Change::default() })?;
+                        redeliver_once(tx, &row)?;
                     }
                 }
             }
@@ -492,10 +556,18 @@ impl Replay<'_> {
                     work.recipients.len(),
                     work.message.queue_id
                 );
+                let health = if results
+                    .iter()
+                    .any(|o| matches!(o, Outcome::Uncertain { .. }))
+                {
+                    Health::LosingReplies
+                } else {
+                    Health::Fine
+                };
                 (
                     results.into_iter().map(Settled::from).collect(),
                     Some(at),
-                    Health::Fine,
+                    health,
                 )
             }
             Attempt::Store { result: Err(e), .. } => {
@@ -679,6 +751,7 @@ fn worst(a: Health, b: Health) -> Health {
     match (a, b) {
         (Health::Full, _) | (_, Health::Full) => Health::Full,
         (Health::Down, _) | (_, Health::Down) => Health::Down,
+        (Health::LosingReplies, _) | (_, Health::LosingReplies) => Health::LosingReplies,
         _ => Health::Fine,
     }
 }

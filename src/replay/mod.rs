@@ -250,23 +250,26 @@ impl<'a> Replay<'a> {
         }
     }
 
-    /// `--uncertain redeliver` sends uncertain recipients again; `hold` leaves them.
+    /// `--uncertain redeliver` sends uncertain recipients again, once: one sent again
+    /// already and uncertain a second time stays `uncertain` (a store that loses the reply
+    /// every time would otherwise get a copy per run). `hold` leaves them all.
     fn apply_uncertain_policy(&mut self) -> Result<()> {
         if self.settings.uncertain == UncertainPolicy::Hold {
             return Ok(());
         }
+        let mut after = 0;
         loop {
             let page = self
                 .ledger
-                .messages_in_states(&[RcptState::Uncertain], 0, PAGE)?;
-            if page.is_empty() {
+                .messages_in_states(&[RcptState::Uncertain], after, PAGE)?;
+            let Some(last) = page.last() else {
                 return Ok(());
-            }
+            };
+            after = last.message.id;
             self.ledger.write(|tx| {
                 for work in &page {
                     for r in &work.recipients {
-                        let detail = "delivering again after an uncertain attempt (--uncertain redeliver): a duplicate is possible";
-                        tx.set_state(r, RcptState::Pending, Change { detail: Some(detail), audit_only: true, ..Change::default() })?;
+                        redeliver_once(tx, r)?;
                     }
                 }
                 Ok(())
@@ -296,6 +299,25 @@ impl<'a> Replay<'a> {
             })?;
         }
     }
+}
+
+/// `--uncertain redeliver` for one uncertain recipient: back to `pending` unless it was
+/// sent again once already; true when it was.
+fn redeliver_once(tx: &Tx<'_>, r: &crate::ledger::RecipientRow) -> Result<bool> {
+    if tx.redeliveries(r.id)? > 0 {
+        return Ok(false);
+    }
+    let detail = "delivering again after an uncertain attempt (--uncertain redeliver): a duplicate is possible";
+    tx.set_state(
+        r,
+        RcptState::Pending,
+        Change {
+            detail: Some(detail),
+            audit_only: true,
+            ..Change::default()
+        },
+    )?;
+    Ok(true)
 }
 
 fn classify_message(

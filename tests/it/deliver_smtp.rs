@@ -1,4 +1,4 @@
-//! The SMTP store (lettre underneath) against Postfix's `smtp-sink`, which dumps each
+//! The SMTP store (our own client) against Postfix's `smtp-sink`, which dumps each
 //! transaction with its envelope (`X-Mail-Args:`, `X-Rcpt-Args:`). Per-recipient refusals
 //! need a scripted peer and are unit tests in `src/deliver/smtp/tests.rs`.
 

@@ -221,9 +221,9 @@ fn run_smtp_reply_lost_after_the_dot_stays_uncertain_with_hold() {
     assert_eq!(cli.status()["states"]["uncertain"], 1);
 }
 
-/// A server that accepts the connection and never greets. No CLI option shortens the
-/// client's timeouts (`src/cmd/run.rs` uses `ClientOptions::default()`); lettre waits for
-/// the greeting as long as the connect timeout, 30 s. The run must give up on its own.
+/// A server that accepts the connection and never greets. The greeting is a reply: it is
+/// waited for with `--reply-timeout` and the error says so (lettre used the connect
+/// timeout and said "Resource temporarily unavailable (os error 11)").
 #[test]
 fn run_smtp_stalled_greeting_gives_up_and_exits_69() {
     let peer = Peer::start(Script {
@@ -259,6 +259,13 @@ fn run_smtp_stalled_greeting_gives_up_and_exits_69() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(status.code(), Some(69), "{status:?}");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut stdout)
+        .expect("read stdout");
+    assert!(
+        stdout.contains("timed out waiting for the greeting (2s, --reply-timeout)"),
+        "{stdout}"
+    );
     assert_eq!(cli.status()["states"]["pending"], 2);
 }
 

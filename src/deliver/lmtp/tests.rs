@@ -319,7 +319,7 @@ fn a_stalled_greeting_or_a_refusing_one_makes_the_store_unavailable() {
         port: peer.port,
     };
     for expected in [
-        "no greeting: no answer within",
+        "timed out waiting for the greeting (500ms, --reply-timeout)",
         "greeted with `554 5.3.2 mx.example.test not accepting mail`",
     ] {
         match LmtpStore::connect(target.clone(), options()) {
@@ -514,6 +514,99 @@ fn mail_refused_settles_everyone_and_keeps_the_connection() {
         .unwrap();
     assert!(matches!(&got[0], Outcome::Failed { status, .. } if status == "5.1.1"));
     assert_eq!(store.connections_opened(), 1);
+    drop(store);
+    peer.transcript();
+}
+
+/// MAIL, RCPT for a@ and b@, DATA and the body, all accepted.
+fn two_up_to_the_dot() -> Vec<crate::deliver::testpeer::Step> {
+    vec![
+        Expect("MAIL FROM:<s@remote.test>"),
+        Send("250 2.1.0 Ok\n"),
+        Expect("RCPT TO:<a@example.test>"),
+        Send("250 2.1.5 Ok\n"),
+        Expect("RCPT TO:<b@example.test>"),
+        Send("250 2.1.5 Ok\n"),
+        Expect("DATA"),
+        Send("354 go\n"),
+        Data,
+    ]
+}
+
+#[test]
+fn cyrus_multi_line_replies_give_the_enhanced_code_of_their_last_line() {
+    let peer = Peer::spawn(vec![script(&[
+        &hello(),
+        &two_up_to_the_dot(),
+        &[
+            // Cyrus lmtpd: the enhanced code on the last line only.
+            Send(
+                "550-Mailbox unknown.  Either there is no mailbox associated with this\n\
+                 550-name or you do not have authorization to see it.\n\
+                 550 5.1.1 User unknown\n",
+            ),
+            SendRaw(b"550 5.1.1 <b@example.test> \x9b unknown\r\n"),
+            Expect("QUIT"),
+        ],
+    ])]);
+    let mut store = store(&peer);
+    let s = sender();
+    let got = store
+        .deliver(
+            &delivery(&s, b"x\n"),
+            &specs(&["a@example.test", "b@example.test"]),
+        )
+        .unwrap();
+    match &got[..] {
+        [
+            Outcome::Failed {
+                status: a, reply, ..
+            },
+            Outcome::Failed { status: b, .. },
+        ] => {
+            assert_eq!((a.as_str(), b.as_str()), ("5.1.1", "5.1.1"));
+            assert!(reply.ends_with("User unknown"), "{reply}");
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(store);
+    peer.transcript();
+}
+
+#[test]
+fn final_replies_are_each_one_deadline_and_bounded_in_bytes() {
+    let gap = Duration::from_millis(100);
+    let peer = Peer::spawn(vec![
+        // The first recipient's reply is prompt, the second's dripped (14 bytes, 1.4 s,
+        // against a 500 ms reply timeout).
+        script(&[
+            &hello(),
+            &two_up_to_the_dot(),
+            &[
+                Send("250 2.0.0 <a@example.test> Saved\n"),
+                Drip("250 2.0.0 ok\n", gap),
+            ],
+        ]),
+        // A line that never ends.
+        script(&[&hello(), &two_up_to_the_dot(), &[Endless]]),
+    ]);
+    let mut store = store(&peer);
+    let s = sender();
+    let both = specs(&["a@example.test", "b@example.test"]);
+    let got = store.deliver(&delivery(&s, b"x\n"), &both).unwrap();
+    assert!(matches!(&got[0], Outcome::Delivered { .. }), "{got:?}");
+    assert!(
+        matches!(&got[1], Outcome::Uncertain { reply, .. } if reply.contains("no answer within 500ms")),
+        "{got:?}"
+    );
+    let got = store.deliver(&delivery(&s, b"x\n"), &both).unwrap();
+    for o in &got {
+        assert!(
+            matches!(o, Outcome::Uncertain { reply, .. } if reply.contains("reply too long")),
+            "{got:?}"
+        );
+    }
+    assert_eq!(store.connections_opened(), 2);
     drop(store);
     peer.transcript();
 }

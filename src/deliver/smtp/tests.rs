@@ -1,9 +1,10 @@
-//! The SMTP client (lettre underneath) against a scripted peer on loopback.
+//! The SMTP client against a scripted peer on loopback.
 
 use std::time::Duration;
 
+use super::wire::Timeouts;
 use super::*;
-use crate::address::{Notify, ReturnContent};
+use crate::address::{Notify, ReturnContent, ReversePath};
 use crate::deliver::testpeer::{
     Peer, Step,
     Step::{Expect, Send},
@@ -37,12 +38,10 @@ fn store(peer: &Peer) -> SmtpStore {
     SmtpStore::connect(target, options()).expect("connects to the scripted peer")
 }
 
-/// Greeting, lettre's EHLO, and ours.
+/// Greeting and EHLO.
 fn hello(ehlo: &'static str) -> Vec<Step> {
     vec![
         Send(GREETING),
-        Expect("EHLO replay.example.test"),
-        Send(ehlo),
         Expect("EHLO replay.example.test"),
         Send(ehlo),
     ]
@@ -315,6 +314,367 @@ fn credentials_are_not_sent_without_tls() {
     match SmtpStore::connect(target, opts) {
         Err(StoreError::Unavailable(m)) => assert!(m.contains("without TLS"), "{m}"),
         other => panic!("{other:?}"),
+    }
+    peer.transcript();
+}
+
+/// MAIL, one RCPT, DATA and the body, all accepted: what comes after is the test's.
+fn up_to_the_dot() -> Vec<Step> {
+    vec![
+        Expect("MAIL FROM:<s@remote.test>"),
+        Send("250 2.1.0 Ok\n"),
+        Expect("RCPT TO:<a@example.test>"),
+        Send("250 2.1.5 Ok\n"),
+        Expect("DATA"),
+        Send("354 go\n"),
+        Step::Data,
+    ]
+}
+
+fn deliver_one(store: &mut SmtpStore) -> Outcome {
+    let s = sender();
+    let mut got = store
+        .deliver(
+            &delivery(&s, b"Subject: x\n\nbody\n"),
+            &[RecipientSpec::plain("a@example.test")],
+        )
+        .expect("a transaction, not a store error");
+    assert_eq!(got.len(), 1);
+    got.remove(0)
+}
+
+#[test]
+fn an_endless_reply_line_after_the_dot_is_refused_as_too_long_and_uncertain() {
+    let peer = Peer::spawn(vec![script(&[
+        &hello(EHLO_PLAIN),
+        &up_to_the_dot(),
+        &[Step::Endless],
+    ])]);
+    let mut store = store(&peer);
+    let got = deliver_one(&mut store);
+    assert!(
+        matches!(&got, Outcome::Uncertain { reply, .. }
+            if reply.contains("reply too long: a line of more than 4096 octets")),
+        "{got:?}"
+    );
+    drop(store);
+    let t = peer.transcript();
+    assert!(t.iter().any(|l| l.starts_with("ENDLESS:")), "{t:?}");
+}
+
+#[test]
+fn an_endless_reply_line_before_the_dot_defers_and_an_endless_greeting_is_unavailable() {
+    let peer = Peer::spawn(vec![
+        script(&[
+            &hello(EHLO_PLAIN),
+            &[Expect("MAIL FROM:<s@remote.test>"), Step::Endless],
+        ]),
+        vec![Step::Endless],
+    ]);
+    let mut store = store(&peer);
+    let got = deliver_one(&mut store);
+    assert!(
+        matches!(&got, Outcome::Deferred { reply, .. }
+            if reply.contains("at MAIL FROM: reply too long")),
+        "{got:?}"
+    );
+    // The next message opens a connection whose greeting never ends.
+    let s = sender();
+    match store.deliver(
+        &delivery(&s, b"x\n"),
+        &[RecipientSpec::plain("a@example.test")],
+    ) {
+        Err(StoreError::Unavailable(m)) => assert!(m.contains("reply too long"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    drop(store);
+    peer.transcript();
+}
+
+#[test]
+fn a_reply_dripped_a_byte_at_a_time_is_one_deadline_not_one_per_read() {
+    // 14 bytes 100 ms apart: every read gets a byte well within the 500 ms timeout, the
+    // reply as a whole does not.
+    let gap = Duration::from_millis(100);
+    let peer = Peer::spawn(vec![
+        script(&[
+            &hello(EHLO_PLAIN),
+            &[
+                Expect("MAIL FROM:<s@remote.test>"),
+                Step::Drip("250 2.1.0 Ok\n", gap),
+            ],
+        ]),
+        script(&[
+            &hello(EHLO_PLAIN),
+            &up_to_the_dot(),
+            &[Step::Drip("250 2.0.0 Ok\n", gap)],
+        ]),
+        vec![Step::Drip(GREETING, gap)],
+    ]);
+    let mut store = store(&peer);
+    let got = deliver_one(&mut store);
+    assert!(
+        matches!(&got, Outcome::Deferred { reply, .. }
+            if reply == "connection lost at MAIL FROM: no answer within 500ms"),
+        "{got:?}"
+    );
+    let got = deliver_one(&mut store);
+    assert!(
+        matches!(&got, Outcome::Uncertain { reply, .. } if reply.contains("no answer within")),
+        "{got:?}"
+    );
+    let s = sender();
+    match store.deliver(
+        &delivery(&s, b"x\n"),
+        &[RecipientSpec::plain("a@example.test")],
+    ) {
+        Err(StoreError::Unavailable(m)) => assert!(
+            m.contains("timed out waiting for the greeting (500ms, --reply-timeout)"),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    drop(store);
+    peer.transcript();
+}
+
+#[test]
+fn a_550_that_is_not_utf8_keeps_its_code_at_rcpt_and_after_the_dot() {
+    let peer = Peer::spawn(vec![script(&[
+        &hello(EHLO_PLAIN),
+        &[
+            Expect("MAIL FROM:<s@remote.test>"),
+            Send("250 2.1.0 Ok\n"),
+            Expect("RCPT TO:<a@example.test>"),
+            Step::SendRaw(b"550 5.1.1 <a@example.test> unknown \x9b user\r\n"),
+            Expect("RCPT TO:<b@example.test>"),
+            Send("250 2.1.5 Ok\n"),
+            Expect("DATA"),
+            Send("354 go\n"),
+            Step::Data,
+            Step::SendRaw(b"554 5.6.0 \x9b\xff content refused\r\n"),
+            Expect("QUIT"),
+        ],
+    ])]);
+    let mut store = store(&peer);
+    let s = sender();
+    let got = store
+        .deliver(
+            &delivery(&s, b"x\n"),
+            &[
+                RecipientSpec::plain("a@example.test"),
+                RecipientSpec::plain("b@example.test"),
+            ],
+        )
+        .unwrap();
+    let remote = Some("sink.example.test".to_string());
+    assert_eq!(
+        got,
+        vec![
+            Outcome::Failed {
+                reply: "550 5.1.1 <a@example.test> unknown \u{fffd} user".into(),
+                status: "5.1.1".into(),
+                remote: remote.clone(),
+            },
+            Outcome::Failed {
+                reply: "554 5.6.0 \u{fffd}\u{fffd} content refused".into(),
+                status: "5.6.0".into(),
+                remote,
+            },
+        ]
+    );
+    // The connection was kept (a reply, however odd its bytes, is not a broken line).
+    assert_eq!(store.connections_opened(), 1);
+    drop(store);
+    let t = peer.transcript();
+    assert_eq!(t.last().map(String::as_str), Some("QUIT"), "{t:?}");
+}
+
+#[test]
+fn the_enhanced_code_of_a_cyrus_multi_line_550_is_on_its_last_line() {
+    let peer = Peer::spawn(vec![script(&[
+        &hello(EHLO_PLAIN),
+        &[
+            Expect("MAIL FROM:<s@remote.test>"),
+            Send("250 2.1.0 Ok\n"),
+            Expect("RCPT TO:<a@example.test>"),
+            Send(
+                "550-Mailbox unknown.  Either there is no mailbox associated with this\n\
+                 550-name or you do not have authorization to see it.\n\
+                 550 5.1.1 User unknown\n",
+            ),
+            Expect("RSET"),
+            Send("250 Ok\n"),
+            Expect("QUIT"),
+        ],
+    ])]);
+    let mut store = store(&peer);
+    let got = deliver_one(&mut store);
+    assert!(
+        matches!(&got, Outcome::Failed { status, reply, .. }
+            if status == "5.1.1" && reply.starts_with("550 5.1.1 Mailbox unknown.")),
+        "{got:?}"
+    );
+    drop(store);
+    peer.transcript();
+}
+
+/// `user` and `pw` as AUTH PLAIN sends them: base64 of NUL user NUL password.
+const PLAIN_RELAY_PW: &str = "AUTH PLAIN AHJlbGF5AHB3";
+
+fn tls_store(peer: &Peer, security: Security, insecure: bool) -> Result<SmtpStore, StoreError> {
+    let target = SmtpTarget {
+        security,
+        host: "127.0.0.1".into(),
+        port: peer.port,
+    };
+    let mut opts = options();
+    opts.insecure = insecure;
+    opts.credentials = Some(SmtpCredentials {
+        user: "relay".into(),
+        password: "pw".into(),
+    });
+    SmtpStore::connect(target, opts)
+}
+
+#[test]
+fn starttls_then_auth_plain_then_mail_over_tls() {
+    let peer = Peer::spawn(vec![script(&[
+        &[
+            Send(GREETING),
+            Expect("EHLO replay.example.test"),
+            Send("250-sink.example.test\n250-STARTTLS\n250 AUTH LOGIN\n"),
+            Expect("STARTTLS"),
+            Send("220 2.0.0 Ready to start TLS\n"),
+            Step::StartTls,
+            Expect("EHLO replay.example.test"),
+            Send("250-sink.example.test\n250-AUTH PLAIN LOGIN\n250 DSN\n"),
+            Expect(PLAIN_RELAY_PW),
+            Send("235 2.7.0 Authentication successful\n"),
+        ],
+        &[
+            Expect("MAIL FROM:<s@remote.test> RET=HDRS ENVID=QID+2B1"),
+            Send("250 2.1.0 Ok\n"),
+            Expect("RCPT TO:<a@example.test>"),
+            Send("250 2.1.5 Ok\n"),
+            Expect("DATA"),
+            Send("354 go\n"),
+            Step::Data,
+            Send("250 2.0.0 Ok: queued as T1\n"),
+            Expect("QUIT"),
+            Send("221 Bye\n"),
+        ],
+    ])]);
+    let mut store = tls_store(&peer, Security::StartTls, true).expect("STARTTLS and AUTH");
+    let got = deliver_one(&mut store);
+    assert!(
+        matches!(&got, Outcome::Delivered { detail, .. } if detail == "250 2.0.0 Ok: queued as T1"),
+        "{got:?}"
+    );
+    drop(store);
+    let t = peer.transcript();
+    assert!(t.contains(&"DATA:body".to_string()), "{t:?}");
+}
+
+#[test]
+fn smtps_with_auth_login() {
+    let peer = Peer::spawn(vec![script(&[
+        &[
+            Step::StartTls,
+            Send(GREETING),
+            Expect("EHLO replay.example.test"),
+            Send("250-sink.example.test\n250 AUTH=LOGIN\n"),
+            Expect("AUTH LOGIN"),
+            Send("334 VXNlcm5hbWU6\n"),
+            Expect("cmVsYXk="),
+            Send("334 UGFzc3dvcmQ6\n"),
+            Expect("cHc="),
+            Send("235 2.7.0 ok\n"),
+        ],
+        &up_to_the_dot(),
+        &[Send("250 2.0.0 Ok\n"), Expect("QUIT")],
+    ])]);
+    let mut store = tls_store(&peer, Security::Tls, true).expect("SMTPS and AUTH LOGIN");
+    assert!(matches!(deliver_one(&mut store), Outcome::Delivered { .. }));
+    drop(store);
+    peer.transcript();
+}
+
+#[test]
+fn an_untrusted_certificate_or_a_refused_password_is_unavailable() {
+    // Without --insecure-tls the self-signed test certificate is refused.
+    let peer = Peer::spawn(vec![vec![Step::StartTls, Send(GREETING), Step::AwaitClose]]);
+    match tls_store(&peer, Security::Tls, false) {
+        Err(StoreError::Unavailable(m)) => {
+            assert!(m.contains("the TLS handshake failed"), "{m}");
+            assert!(m.contains("certificate"), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The peer's side of the failed handshake is an error: its transcript is not asked for.
+    drop(peer);
+    let peer = Peer::spawn(vec![vec![
+        Step::StartTls,
+        Send(GREETING),
+        Expect("EHLO"),
+        Send("250-sink.example.test\n250 AUTH PLAIN\n"),
+        Expect(PLAIN_RELAY_PW),
+        Send("535 5.7.8 Authentication credentials invalid\n"),
+        Step::AwaitClose,
+    ]]);
+    match tls_store(&peer, Security::Tls, true) {
+        Err(StoreError::Unavailable(m)) => {
+            assert!(m.contains("authentication as `relay` failed"), "{m}");
+            assert!(m.contains("535 5.7.8"), "{m}");
+            assert!(!m.contains("pw"), "the password leaked: {m}");
+        }
+        other => panic!("{other:?}"),
+    }
+    peer.transcript();
+}
+
+#[test]
+fn a_server_without_ehlo_gets_helo_and_plain_commands() {
+    let peer = Peer::spawn(vec![script(&[
+        &[
+            Send(GREETING),
+            Expect("EHLO replay.example.test"),
+            Send("502 5.5.2 Error: command not recognized\n"),
+            Expect("HELO replay.example.test"),
+            Send("250 sink.example.test\n"),
+        ],
+        &up_to_the_dot(),
+        &[Send("250 Ok\n"), Expect("QUIT")],
+    ])]);
+    let mut store = store(&peer);
+    // No DSN parameters: HELO offers no extensions.
+    assert!(matches!(deliver_one(&mut store), Outcome::Delivered { .. }));
+    drop(store);
+    peer.transcript();
+}
+
+#[test]
+fn starttls_missing_or_followed_by_injected_bytes_is_refused() {
+    let peer = Peer::spawn(vec![
+        script(&[&hello(EHLO_PLAIN), &[Step::AwaitClose]]),
+        // CVE-2011-0411: a command smuggled after the 220, to be read as if it came over TLS.
+        script(&[
+            &hello("250-sink.example.test\n250 STARTTLS\n"),
+            &[
+                Expect("STARTTLS"),
+                Send("220 2.0.0 Ready\n250 2.0.0 injected\n"),
+                Step::AwaitClose,
+            ],
+        ]),
+    ]);
+    for expected in [
+        "the server does not offer STARTTLS",
+        "the server sent more after its answer to STARTTLS",
+    ] {
+        match tls_store(&peer, Security::StartTls, true) {
+            Err(StoreError::Unavailable(m)) => assert!(m.contains(expected), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
     peer.transcript();
 }

@@ -2,7 +2,9 @@
 //! the extensions a test chooses, records every transaction (MAIL line, RCPT lines, the
 //! data as received) and answers as the test's `Script` says (a 452 for one recipient, a
 //! 421 after N messages, no reply after the final dot, a greeting that never comes, going
-//! away after N messages). Deterministic: no timing of its own except the accept poll.
+//! away after N messages) or as a hostile store would (a reply that is not UTF-8, dripped
+//! a byte at a time, or a line that never ends). Deterministic: no timing of its own except
+//! the accept poll and the drips and waits a test asks for.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -22,6 +24,16 @@ pub enum Dot {
     Reply(String),
     /// Close the connection without a reply (the message may or may not be delivered).
     Cut,
+    /// These bytes exactly (a reply that is not UTF-8), CRLF included.
+    Raw(Vec<u8>),
+    /// This reply (CRLF added) one byte at a time, this long apart: each read of the
+    /// client gets a byte in time, the reply as a whole is late.
+    Drip(String, Duration),
+    /// Wait this long, then `250`: a store slow to store the message.
+    Slow(Duration),
+    /// `x` without a line end until the client hangs up (at most 256 MiB): a reply line
+    /// that never ends.
+    Endless,
 }
 
 type MailHook = dyn Fn(u64) -> Option<String> + Send + Sync;
@@ -330,6 +342,34 @@ fn session(stream: TcpStream, connection: u64, shared: &Shared) -> std::io::Resu
                     }
                     Dot::Cut => {
                         log(shared, Some(t));
+                        return Ok(());
+                    }
+                    Dot::Raw(bytes) => {
+                        t.result = std::str::from_utf8(bytes.get(..3).unwrap_or(b""))
+                            .ok()
+                            .and_then(|c| c.parse().ok());
+                        log(shared, Some(t));
+                        out.write_all(&bytes)?;
+                    }
+                    Dot::Drip(reply, gap) => {
+                        log(shared, Some(t));
+                        for b in format!("{reply}\r\n").bytes() {
+                            out.write_all(&[b])?;
+                            std::thread::sleep(gap);
+                        }
+                    }
+                    Dot::Slow(wait) => {
+                        std::thread::sleep(wait);
+                        t.result = Some(250);
+                        log(shared, Some(t));
+                        send(&mut out, &format!("250 2.0.0 Ok: queued as Q{n}"))?;
+                    }
+                    Dot::Endless => {
+                        log(shared, Some(t));
+                        let chunk = [b'x'; 64 * 1024];
+                        for _ in 0..4096 {
+                            out.write_all(&chunk)?;
+                        }
                         return Ok(());
                     }
                 }

@@ -1,0 +1,299 @@
+//! One mail transaction over SMTP or LMTP, on our own client (`wire::Conn`): `MAIL FROM`,
+//! one `RCPT TO` per recipient (a refused recipient gets its own outcome, the others
+//! still get the message), `DATA`, the body, then the final replies: one per accepted
+//! recipient in RCPT order for LMTP (RFC 2033 4.2), one for the whole message for SMTP
+//! (RFC 5321 3.3).
+//!
+//! What each failure means for the recipients of the current message:
+//! - before the final dot (MAIL, RCPT, DATA, the body): nothing was delivered, so the
+//!   recipients not yet settled are `Deferred`;
+//! - after the final dot, a missing reply (closed, timed out, too long, malformed):
+//!   `Uncertain` for that recipient and every later one; recipients whose reply arrived
+//!   keep it;
+//! - a 421 at any step: the server is closing; the connection is dropped and the next
+//!   message opens another.
+
+use super::reply::Reply;
+use super::wire::{self, Capabilities, Conn, WireError};
+use super::{Delivery, Outcome, RecipientSpec};
+use crate::sanitize;
+
+/// Which protocol the session speaks: it decides how many replies follow the final dot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Smtp,
+    Lmtp,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Smtp => "SMTP",
+            Protocol::Lmtp => "LMTP",
+        }
+    }
+}
+
+/// One open, greeted connection.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) conn: Conn,
+    /// From the greeting (Dovecot: `mx.example.test`), else the target's host.
+    pub(crate) server: String,
+    pub(crate) caps: Capabilities,
+    /// A transaction ran on it: `RSET` before the next.
+    pub(crate) used: bool,
+}
+
+/// A sender that cannot go into `MAIL FROM` refuses every recipient before a connection
+/// is even needed: `Some(outcomes)`.
+pub(crate) fn refuse_sender(
+    protocol: Protocol,
+    delivery: &Delivery<'_>,
+    recipients: &[RecipientSpec<'_>],
+) -> Option<Vec<Outcome>> {
+    let why = wire::check_wire_address(delivery.sender.as_str()).err()?;
+    let reply = format!("sender cannot be sent over {}: {why}", protocol.name());
+    Some(vec![
+        wire::refused_locally(reply, "5.1.7");
+        recipients.len()
+    ])
+}
+
+/// Delivers one message on `session` (its sender passed [`refuse_sender`]): one outcome
+/// per recipient, in order, and the session back when it can carry the next message (else
+/// it is closed).
+pub(crate) fn deliver(
+    mut session: Session,
+    protocol: Protocol,
+    delivery: &Delivery<'_>,
+    recipients: &[RecipientSpec<'_>],
+) -> (Vec<Outcome>, Option<Session>) {
+    let smtputf8 = wire::needs_smtputf8(delivery, recipients);
+    if smtputf8 && !session.caps.smtputf8 {
+        let reply = format!(
+            "the envelope has non-ASCII addresses and the {} server {} does not offer \
+             SMTPUTF8 (RFC 6531)",
+            protocol.name(),
+            session.server
+        );
+        let refused = vec![wire::refused_locally(reply, "5.6.7"); recipients.len()];
+        return (refused, Some(session));
+    }
+    let mut tx = Transaction::new(&mut session, protocol, recipients.len());
+    let keep = tx.run(delivery, recipients, smtputf8);
+    let outcomes = tx.finish();
+    session.used = true;
+    if keep {
+        (outcomes, Some(session))
+    } else {
+        session.conn.abandon();
+        (outcomes, None)
+    }
+}
+
+/// One message's conversation; fills one outcome slot per recipient.
+struct Transaction<'s> {
+    session: &'s mut Session,
+    protocol: Protocol,
+    outcomes: Vec<Option<Outcome>>,
+}
+
+/// What to do after a step: go on, or stop and keep (or drop) the connection.
+enum Flow {
+    Next,
+    Stop { keep: bool },
+}
+
+impl<'s> Transaction<'s> {
+    fn new(session: &'s mut Session, protocol: Protocol, recipients: usize) -> Transaction<'s> {
+        Transaction {
+            session,
+            protocol,
+            outcomes: vec![None; recipients],
+        }
+    }
+
+    /// Runs the transaction; true when the connection can be used again.
+    fn run(
+        &mut self,
+        delivery: &Delivery<'_>,
+        recipients: &[RecipientSpec<'_>],
+        smtputf8: bool,
+    ) -> bool {
+        if let Flow::Stop { keep } = self.mail(delivery, smtputf8) {
+            return keep;
+        }
+        let accepted = match self.rcpts(recipients) {
+            Ok(accepted) => accepted,
+            Err(keep) => return keep,
+        };
+        if accepted.is_empty() {
+            return self.reset();
+        }
+        if let Flow::Stop { keep } = self.data(delivery, &accepted) {
+            return keep;
+        }
+        self.final_replies(&accepted)
+    }
+
+    fn mail(&mut self, delivery: &Delivery<'_>, smtputf8: bool) -> Flow {
+        let params = wire::mail_params(delivery, &self.session.caps, smtputf8);
+        let line = format!(
+            "MAIL FROM:{}{}",
+            delivery.sender,
+            wire::format_params(&params)
+        );
+        match self.session.conn.command(&line) {
+            Ok(r) if r.code == 250 => Flow::Next,
+            Ok(r) => self.refuse_all(&r, "MAIL FROM"),
+            Err(e) => {
+                self.settle_rest(|_| lost(&e, "at MAIL FROM"));
+                Flow::Stop { keep: false }
+            }
+        }
+    }
+
+    /// RCPT for each recipient; `Ok(indexes accepted)`, or `Err(keep)` when the session ended.
+    fn rcpts(&mut self, recipients: &[RecipientSpec<'_>]) -> Result<Vec<usize>, bool> {
+        let mut accepted = Vec::new();
+        for (i, spec) in recipients.iter().enumerate() {
+            if let Err(why) = wire::check_wire_address(spec.address) {
+                let reply = format!(
+                    "recipient `{}` cannot be sent over {}: {why}",
+                    sanitize::for_terminal(spec.address),
+                    self.protocol.name()
+                );
+                self.outcomes[i] = Some(wire::refused_locally(reply, "5.1.3"));
+                continue;
+            }
+            let params = wire::rcpt_params(spec, &self.session.caps);
+            let line = format!("RCPT TO:<{}>{}", spec.address, wire::format_params(&params));
+            match self.session.conn.command(&line) {
+                Ok(r) if r.code == 250 || r.code == 251 => accepted.push(i),
+                Ok(r) if r.code == 421 => {
+                    self.settle_rest(|server| wire::outcome_of(&r, server));
+                    return Err(false);
+                }
+                Ok(r) if r.is_positive() => {
+                    self.outcomes[i] = Some(wire::unexpected(&r, "RCPT TO", &self.session.server));
+                }
+                Ok(r) => self.outcomes[i] = Some(wire::outcome_of(&r, &self.session.server)),
+                Err(e) => {
+                    self.settle_rest(|_| lost(&e, "at RCPT TO"));
+                    return Err(false);
+                }
+            }
+        }
+        Ok(accepted)
+    }
+
+    fn data(&mut self, delivery: &Delivery<'_>, accepted: &[usize]) -> Flow {
+        match self.session.conn.command("DATA") {
+            Ok(r) if r.code == 354 => {}
+            Ok(r) => return self.refuse_all(&r, "DATA"),
+            Err(e) => {
+                self.settle_rest(|_| lost(&e, "at DATA"));
+                return Flow::Stop { keep: false };
+            }
+        }
+        let body = wire::data_body(delivery.content);
+        if let Err(e) = self.session.conn.write_all(&body) {
+            // The final dot was never sent: the server cannot have delivered it.
+            self.settle_rest(|_| lost(&e, "while sending the message"));
+            return Flow::Stop { keep: false };
+        }
+        if let Err(e) = self.session.conn.write_all(wire::DATA_END) {
+            self.uncertain_from(accepted, 0, &e);
+            return Flow::Stop { keep: false };
+        }
+        Flow::Next
+    }
+
+    /// LMTP: one reply per accepted recipient, in RCPT order (RFC 2033 4.2); SMTP: one
+    /// reply for all of them.
+    fn final_replies(&mut self, accepted: &[usize]) -> bool {
+        let wait = self.session.conn.timeouts().data_end;
+        let mut keep = true;
+        for (n, &i) in accepted.iter().enumerate() {
+            if self.protocol == Protocol::Smtp && n > 0 {
+                self.outcomes[i] = self.outcomes[accepted[0]].clone();
+                continue;
+            }
+            match self.session.conn.read_reply(wait) {
+                Ok(r) => {
+                    keep &= r.code != 421;
+                    self.outcomes[i] = Some(match r.code {
+                        300..400 => wire::unexpected(&r, "the final dot", &self.session.server),
+                        _ => wire::outcome_of(&r, &self.session.server),
+                    });
+                }
+                Err(e) => {
+                    self.uncertain_from(accepted, n, &e);
+                    return false;
+                }
+            }
+        }
+        keep
+    }
+
+    /// A refusal of the whole transaction (MAIL or DATA): every unsettled recipient gets it.
+    fn refuse_all(&mut self, reply: &Reply, step: &str) -> Flow {
+        if reply.is_positive() {
+            self.settle_rest(|server| wire::unexpected(reply, step, server));
+        } else {
+            self.settle_rest(|server| wire::outcome_of(reply, server));
+        }
+        if reply.code == 421 {
+            Flow::Stop { keep: false }
+        } else {
+            Flow::Stop { keep: self.reset() }
+        }
+    }
+
+    /// RSET after an aborted transaction; true when the server took it.
+    fn reset(&mut self) -> bool {
+        matches!(self.session.conn.command("RSET"), Ok(r) if r.code == 250)
+    }
+
+    fn settle_rest(&mut self, outcome: impl Fn(&str) -> Outcome) {
+        for slot in self.outcomes.iter_mut().filter(|o| o.is_none()) {
+            *slot = Some(outcome(&self.session.server));
+        }
+    }
+
+    /// The final dot went out, the replies from `accepted[from]` on did not come back.
+    fn uncertain_from(&mut self, accepted: &[usize], from: usize, e: &WireError) {
+        for &i in &accepted[from..] {
+            self.outcomes[i] = Some(Outcome::Uncertain {
+                reply: format!(
+                    "no reply after the final dot ({e}): the server may have delivered it"
+                ),
+                remote: Some(self.session.server.clone()),
+            });
+        }
+    }
+
+    fn finish(self) -> Vec<Outcome> {
+        let server = self.session.server.clone();
+        self.outcomes
+            .into_iter()
+            .map(|o| {
+                // Every path settles every slot; should one be missed, retrying is safe
+                // because no final dot was sent for it.
+                o.unwrap_or_else(|| Outcome::Deferred {
+                    reply: "internal error: no outcome recorded".to_string(),
+                    remote: Some(server.clone()),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The connection broke before the final dot: nothing was delivered, try again later.
+fn lost(e: &WireError, step: &str) -> Outcome {
+    Outcome::Deferred {
+        reply: format!("connection lost {step}: {e}"),
+        remote: None,
+    }
+}
