@@ -21,6 +21,7 @@ use chrono::{DateTime, FixedOffset};
 use sha2::{Digest, Sha256};
 
 use crate::address::{Notify, ReturnContent, ReversePath};
+use crate::line_ends;
 use crate::shard::ShardSpec;
 
 /// The spool formats spoolreplay reads.
@@ -70,8 +71,9 @@ impl FromStr for SpoolFormat {
 }
 
 /// Where a message lives in the spool, precise enough to read its bytes again at delivery
-/// time. For one-file-per-message formats `offset` is 0 and `len` the file length; for mbox
-/// they delimit the message (after its `From ` line) inside the mbox file.
+/// time. For one-file-per-message formats `offset` is 0 (or the length of a leading mbox
+/// `From ` line, which is framing) and `offset + len` the file length; for mbox they
+/// delimit the message (after its `From ` line) inside the mbox file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceRef {
     pub format: SpoolFormat,
@@ -193,9 +195,39 @@ pub struct QueuedMessage {
 }
 
 impl QueuedMessage {
-    pub fn content_hash(&self) -> ContentHash {
-        ContentHash::of(&self.content)
+    /// The content hash by the rule of the ledger it goes into. Under the old
+    /// `HashRule::Bytes` the identity is also the old one: a leading `From ` line that the
+    /// reader cut off is counted back in (source from offset 0), so the same file read
+    /// again matches its row instead of becoming a second message.
+    pub fn identify(&mut self, rule: HashRule) -> ContentHash {
+        match rule {
+            HashRule::LfForm => ContentHash::of_message(&self.content),
+            HashRule::Bytes => {
+                let one_file = matches!(self.source.format, SpoolFormat::Maildir | SpoolFormat::Eml);
+                if one_file
+                    && self.source.offset > 0
+                    && let Ok(whole) = std::fs::read(&self.source.path)
+                    && whole.ends_with(&self.content)
+                {
+                    self.source.offset = 0;
+                    self.source.len = whole.len() as u64;
+                    return ContentHash::of(&whole);
+                }
+                ContentHash::of(&self.content)
+            }
+        }
     }
+}
+
+/// How a ledger takes content hashes (recorded in it, `ledger::meta`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashRule {
+    /// SHA-256 of the bytes as read, `From ` line included: ledgers made before line ends
+    /// were normalised keep it, so a spool read again matches the rows they hold.
+    Bytes,
+    /// SHA-256 of the LF form (`line_ends::to_lf`): mail that differs only in line ends
+    /// (saved once with LF, once with CRLF) is one content.
+    LfForm,
 }
 
 /// SHA-256 of a message's content.
@@ -203,8 +235,22 @@ impl QueuedMessage {
 pub struct ContentHash(pub [u8; 32]);
 
 impl ContentHash {
+    /// SHA-256 of these exact bytes.
     pub fn of(bytes: &[u8]) -> ContentHash {
         ContentHash(Sha256::digest(bytes).into())
+    }
+
+    /// The content hash of a message (`HashRule::LfForm`): SHA-256 of its LF form.
+    pub fn of_message(content: &[u8]) -> ContentHash {
+        ContentHash::of(&line_ends::to_lf(content))
+    }
+
+    /// Whether `content` is what `hex` was taken over, by either rule (a ledger's rows
+    /// were hashed by one of them; the bytes as read must match it).
+    pub fn matches(hex: &str, content: &[u8]) -> bool {
+        let lf = line_ends::to_lf(content);
+        let changed = matches!(lf, std::borrow::Cow::Owned(_));
+        ContentHash::of(&lf).to_hex() == hex || (changed && ContentHash::of(content).to_hex() == hex)
     }
 
     pub fn to_hex(&self) -> String {
@@ -406,10 +452,22 @@ pub fn open_selected(
 pub fn read_content(source: &SourceRef) -> std::io::Result<Vec<u8>> {
     match source.format {
         SpoolFormat::Mbox => mbox::read_content(source),
-        SpoolFormat::Maildir | SpoolFormat::Eml => std::fs::read(&source.path),
+        SpoolFormat::Maildir | SpoolFormat::Eml => read_file_content(source),
         SpoolFormat::Postfix => postfix::read_content(source),
         SpoolFormat::Exim => exim::read_content(source),
     }
+}
+
+/// A whole-file message from `offset` (past a leading `From ` line). A file whose length
+/// is not `offset + len` any more is returned whole: it changed, and the content hash
+/// check says so.
+fn read_file_content(source: &SourceRef) -> std::io::Result<Vec<u8>> {
+    let mut bytes = std::fs::read(&source.path)?;
+    let offset = usize::try_from(source.offset).map_err(std::io::Error::other)?;
+    if source.offset.checked_add(source.len) == Some(bytes.len() as u64) {
+        bytes.drain(..offset);
+    }
+    Ok(bytes)
 }
 
 fn is_missing(path: &Path) -> bool {
@@ -442,17 +500,32 @@ fn file_item(
     if !metadata.is_file() {
         return quarantine(0, "not a regular file".into());
     }
-    let content = match std::fs::read(path) {
+    let mut content = match std::fs::read(path) {
         Ok(c) => c,
         Err(e) => return quarantine(0, format!("cannot read file: {e}")),
     };
-    let len = content.len() as u64;
     if content.is_empty() {
         return quarantine(0, "file is empty".into());
     }
+    // A leading mbox `From ` line (left by converters and mail clients) is framing, not
+    // content: it gives the envelope what it can, and the source starts after it.
+    let framing = leading_from_line_len(&content);
+    let from_line = (framing > 0).then(|| envelope::parse_from_line(&content[..framing]));
+    content.drain(..framing);
+    let len = content.len() as u64;
+    let source = |len: u64| SourceRef {
+        offset: framing as u64,
+        ..source(len)
+    };
+    if content.is_empty() {
+        return SpoolItem::Quarantined(Quarantined {
+            source: source(0),
+            reason: "file holds only an mbox `From ` line, no message".into(),
+        });
+    }
     let hints = envelope::Hints {
         given,
-        from_line: None,
+        from_line,
         file_time: envelope::file_time(&metadata),
     };
     match envelope::derive(&content, &hints) {
@@ -464,6 +537,18 @@ fn file_item(
             queue_name: None,
             mta_hold: false,
         }),
-        Err(reason) => quarantine(len, reason),
+        Err(reason) => SpoolItem::Quarantined(Quarantined {
+            source: source(len),
+            reason,
+        }),
+    }
+}
+
+/// The length of a leading mbox `From ` line with its line end; 0 when there is none.
+pub fn leading_from_line_len(content: &[u8]) -> usize {
+    if content.starts_with(b"From ") {
+        line_ends::first_line_len(content)
+    } else {
+        0
     }
 }
