@@ -111,7 +111,9 @@ impl<'a> Iterator for Lines<'a> {
 
 /// The length of the first line, its line end included (the whole input if it has none).
 pub fn first_line_len(content: &[u8]) -> usize {
-    lines(content).next().map_or(0, |(text, end)| text.len() + end.len())
+    lines(content)
+        .next()
+        .map_or(0, |(text, end)| text.len() + end.len())
 }
 
 fn has_crlf(content: &[u8]) -> bool {
@@ -132,9 +134,21 @@ mod tests {
 
     #[test]
     fn unix_dos_and_mac_mail_have_one_lf_form() {
-        check(b"A: 1\n\nbody\n", b"A: 1\n\nbody\n", b"A: 1\r\n\r\nbody\r\n");
-        check(b"A: 1\r\n\r\nbody\r\n", b"A: 1\n\nbody\n", b"A: 1\r\n\r\nbody\r\n");
-        check(b"A: 1\r\rbody\r", b"A: 1\n\nbody\n", b"A: 1\r\n\r\nbody\r\n");
+        check(
+            b"A: 1\n\nbody\n",
+            b"A: 1\n\nbody\n",
+            b"A: 1\r\n\r\nbody\r\n",
+        );
+        check(
+            b"A: 1\r\n\r\nbody\r\n",
+            b"A: 1\n\nbody\n",
+            b"A: 1\r\n\r\nbody\r\n",
+        );
+        check(
+            b"A: 1\r\rbody\r",
+            b"A: 1\n\nbody\n",
+            b"A: 1\r\n\r\nbody\r\n",
+        );
         check(b"A: 1\r\n\nb\n", b"A: 1\n\nb\n", b"A: 1\r\n\r\nb\r\n");
     }
 
@@ -188,6 +202,9 @@ mod tests {
             ]
         );
         let mac: Vec<_> = lines(b"A: 1\r\rb\r\n").collect();
-        assert_eq!(mac, [(&b"A: 1"[..], &b"\r"[..]), (b"", b"\r"), (b"b", b"\r\n")]);
+        assert_eq!(
+            mac,
+            [(&b"A: 1"[..], &b"\r"[..]), (b"", b"\r"), (b"b", b"\r\n")]
+        );
     }
 }

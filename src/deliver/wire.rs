@@ -534,7 +534,10 @@ mod tests {
     #[test]
     fn data_line_ends_follow_the_one_rule() {
         assert_eq!(data_body(b"A: 1\n\nb\n"), b"A: 1\r\n\r\nb\r\n");
-        assert_eq!(data_body(b"A: 1\rB: 2\r\r.b\r"), b"A: 1\r\nB: 2\r\n\r\n..b\r\n");
+        assert_eq!(
+            data_body(b"A: 1\rB: 2\r\r.b\r"),
+            b"A: 1\r\nB: 2\r\n\r\n..b\r\n"
+        );
         assert_eq!(
             data_body(b"A: 1\n\nx\r\r\ny\rz\n"),
             b"A: 1\r\n\r\nx\r\r\ny\rz\r\n",
@@ -546,13 +549,21 @@ mod tests {
     fn a_bare_cr_cannot_end_data_early() {
         let sent = data_body(b"A: 1\n\nhi\r.\r\nMAIL FROM:<x@y>\r\n");
         assert_eq!(sent, b"A: 1\r\n\r\nhi\r\n..\r\nMAIL FROM:<x@y>\r\n");
-        for end in [&b"\r.\r\n"[..], b"\n.\r\n", b"\r\n.\r\n", b"\n.\n", b"\r.\r"] {
+        for end in [
+            &b"\r.\r\n"[..],
+            b"\n.\r\n",
+            b"\r\n.\r\n",
+            b"\n.\n",
+            b"\r.\r",
+        ] {
             let mut content = b"A: 1\n\nx".to_vec();
             content.extend_from_slice(end);
             content.extend_from_slice(b"RSET\n");
             let body = data_body(&content);
             assert!(
-                !body.windows(3).any(|w| w == b"\r.\r" || w == b"\n.\r" || w == b"\n.\n"),
+                !body
+                    .windows(3)
+                    .any(|w| w == b"\r.\r" || w == b"\n.\r" || w == b"\n.\n"),
                 "{content:?} sent as {body:?}"
             );
         }

@@ -616,7 +616,11 @@ Date: Sun, 22 Jan 2023 08:00:00 +0000\n\nbody\n";
 X-Original-To: o1@y.test, \"a,b\"@y.test\nDelivered-To: d2@y.test\nX-Original-To: <o2@y.test>\n\nb\n";
         let env = derive(msg, &hints()).unwrap();
         let addrs: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
-        assert_eq!(addrs, ["o1@y.test", "\"a,b\"@y.test"], "the topmost one only");
+        assert_eq!(
+            addrs,
+            ["o1@y.test", "\"a,b\"@y.test"],
+            "the topmost one only"
+        );
         assert_eq!(env.recipients_from, FieldSource::XOriginalTo);
 
         let msg = b"Return-Path: <s@x.test>\nEnvelope-To: e@y.test\nDelivered-To: <d1@y.test>\n\
@@ -703,8 +707,7 @@ Delivered-To: some-list@lists.example.org\nSubject: x\n\nb\n";
 Mon, 23 Jan 2023 10:00:00 +0000\nDelivered-To: list@lists.example.org\n\nb\n";
         let reason = derive(below_only, &hints()).unwrap_err();
         assert!(
-            reason.contains("above the first Received header")
-                && reason.contains("earlier hops"),
+            reason.contains("above the first Received header") && reason.contains("earlier hops"),
             "{reason}"
         );
         // Envelope-To (Exim) above the hops, X-Original-To only below: Envelope-To counts.

@@ -203,7 +203,8 @@ impl QueuedMessage {
         match rule {
             HashRule::LfForm => ContentHash::of_message(&self.content),
             HashRule::Bytes => {
-                let one_file = matches!(self.source.format, SpoolFormat::Maildir | SpoolFormat::Eml);
+                let one_file =
+                    matches!(self.source.format, SpoolFormat::Maildir | SpoolFormat::Eml);
                 if one_file
                     && self.source.offset > 0
                     && let Ok(whole) = std::fs::read(&self.source.path)
@@ -250,7 +251,8 @@ impl ContentHash {
     pub fn matches(hex: &str, content: &[u8]) -> bool {
         let lf = line_ends::to_lf(content);
         let changed = matches!(lf, std::borrow::Cow::Owned(_));
-        ContentHash::of(&lf).to_hex() == hex || (changed && ContentHash::of(content).to_hex() == hex)
+        ContentHash::of(&lf).to_hex() == hex
+            || (changed && ContentHash::of(content).to_hex() == hex)
     }
 
     pub fn to_hex(&self) -> String {
