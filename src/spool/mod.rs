@@ -129,6 +129,41 @@ impl FieldSource {
             FieldSource::QueueFile => "queue-file",
         }
     }
+
+    /// All sources, to read back what the ledger recorded.
+    const ALL: [FieldSource; 10] = [
+        FieldSource::Sidecar,
+        FieldSource::MboxFromLine,
+        FieldSource::ReturnPath,
+        FieldSource::XOriginalTo,
+        FieldSource::DeliveredTo,
+        FieldSource::EnvelopeTo,
+        FieldSource::Received,
+        FieldSource::DateHeader,
+        FieldSource::FileTime,
+        FieldSource::QueueFile,
+    ];
+
+    /// The source recorded as `name` (`as_str`), if it is one.
+    pub fn from_name(name: &str) -> Option<FieldSource> {
+        FieldSource::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+
+    /// Where the field came from, as an operator reads it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            FieldSource::Sidecar => "the .json sidecar",
+            FieldSource::MboxFromLine => "the mbox `From ` line",
+            FieldSource::ReturnPath => "the Return-Path header",
+            FieldSource::XOriginalTo => "the X-Original-To header",
+            FieldSource::DeliveredTo => "the Delivered-To header",
+            FieldSource::EnvelopeTo => "the Envelope-To header",
+            FieldSource::Received => "the newest Received header",
+            FieldSource::DateHeader => "the Date header",
+            FieldSource::FileTime => "the file's modification time",
+            FieldSource::QueueFile => "the MTA's queue file",
+        }
+    }
 }
 
 /// What the MTA had already done for a recipient before the spool was copied: such
@@ -297,8 +332,9 @@ pub enum SpoolError {
 }
 
 /// Looks at `path` and says which format it is: a directory with `new/` or `cur/` is a
-/// Maildir, a directory with `.eml` files an eml folder, a regular file whose first line
-/// starts with `From ` an mbox.
+/// Maildir, a Postfix queue or Exim spool by their folders and files, a directory with
+/// `.eml` files (at the top or in subfolders, see `has_eml_within`) an eml folder, a
+/// regular file whose first line starts with `From ` an mbox.
 pub fn detect(path: &Path) -> Result<SpoolFormat, SpoolError> {
     let metadata = match std::fs::metadata(path) {
         Ok(m) => m,
@@ -323,8 +359,8 @@ pub fn detect(path: &Path) -> Result<SpoolFormat, SpoolError> {
         path: path.to_path_buf(),
         why: "looked for a Postfix queue directory (`deferred/`, `active/`, `incoming/`, \
               `hold/` or `maildrop/`), an Exim spool (`input/` or `*-H` files), a directory \
-              with `new/` or `cur/` (maildir), a directory with `.eml` files (eml) and a file \
-              whose first line starts with `From ` (mbox)"
+              with `new/` or `cur/` (maildir), a directory with `.eml` files, at the top or \
+              in subfolders (eml), and a file whose first line starts with `From ` (mbox)"
             .into(),
     })
 }
@@ -340,14 +376,54 @@ fn detect_dir(path: &Path) -> Result<Option<SpoolFormat>, SpoolError> {
     if exim::looks_like_spool(path) {
         return Ok(Some(SpoolFormat::Exim));
     }
-    let entries = std::fs::read_dir(path).map_err(|source| SpoolError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let has_eml = entries
-        .flatten()
-        .any(|entry| eml::is_eml_name(&entry.file_name()));
+    let has_eml =
+        has_eml_within(path, DETECT_DEPTH, &mut { DETECT_ENTRIES }).map_err(|source| {
+            SpoolError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     Ok(has_eml.then_some(SpoolFormat::Eml))
+}
+
+/// How deep detection looks for `.eml` files below the spool folder (`2023/01/x.eml`).
+const DETECT_DEPTH: usize = 3;
+/// How many directory entries detection reads at most, so a huge folder that is no spool
+/// is refused quickly instead of walked.
+const DETECT_ENTRIES: usize = 10_000;
+
+/// Whether an `.eml` file sits in `dir` or in a subfolder at most `depth` levels down,
+/// reading at most `budget` entries in all. Each folder's own files are looked at before
+/// its subfolders (in name order), which are not followed through symlinks, like the
+/// reader. Only the top folder's listing failing is an error.
+fn has_eml_within(dir: &Path, depth: usize, budget: &mut usize) -> std::io::Result<bool> {
+    let mut subfolders = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        if *budget == 0 {
+            return Ok(false);
+        }
+        *budget -= 1;
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            subfolders.push(entry.path());
+        } else if eml::is_eml_name(&name) {
+            return Ok(true);
+        }
+    }
+    if depth == 0 {
+        return Ok(false);
+    }
+    subfolders.sort();
+    for sub in subfolders {
+        if has_eml_within(&sub, depth - 1, budget).unwrap_or(false) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn detect_file(path: &Path) -> Result<Option<SpoolFormat>, SpoolError> {

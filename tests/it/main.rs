@@ -16,6 +16,7 @@ mod exim;
 mod exit_codes;
 mod faults;
 mod postfix;
+mod realworld;
 mod report_combined;
 mod report_golden;
 mod report_html;
