@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::support::{Cli, check, fixtures, ledger_recipients, list_files};
+use crate::support::{Cli, Output, check, fixtures, ledger_recipients, list_files};
 
 const SENDER: &str = "relay@example.org";
 const RCPT: &str = "corpus@example.test";
@@ -374,5 +374,355 @@ fn corpus_has_every_kind_of_line_end_and_from_lines() {
     assert!(
         crlf >= 50 && mac >= 20 && from >= 40 && mac_from > 0,
         "crlf {crlf}, mac {mac}, From lines {from} ({mac_from} Mac)"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// One test per defect of issue 11
+
+/// `run` of everything ingested into `store` (`maildir:…` or `lmtp://…`), expected to
+/// finish with exit 0.
+#[track_caller]
+fn run_into(cli: &Cli, store: &str) -> Output {
+    let incident = write_incident(cli);
+    let out = cli.run(&[
+        "--json".as_ref(),
+        "run".as_ref(),
+        "--incident".as_ref(),
+        incident.as_os_str(),
+        "--store".as_ref(),
+        store.as_ref(),
+        "--now".as_ref(),
+        "2023-01-27T06:00:00+01:00".as_ref(),
+    ]);
+    check(&out, 0);
+    out
+}
+
+#[track_caller]
+fn ingest(cli: &Cli, spool: &Path) -> Output {
+    let out = cli.run(&["--json".as_ref(), "ingest".as_ref(), spool.as_os_str()]);
+    check(&out, 0);
+    out
+}
+
+fn one_maildir_file(dir: &Path, bytes: &[u8]) -> PathBuf {
+    let spool = dir.join("maildir");
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(spool.join(sub)).unwrap();
+    }
+    std::fs::write(spool.join("new/1674468000.M1P1.mx"), bytes).unwrap();
+    spool
+}
+
+/// Issue 11.1, its reproduction: a list's delivery fields below the first `Received:`
+/// are an earlier hop's, and name nobody of this envelope.
+#[test]
+fn recipients_come_from_the_final_delivery_only() {
+    let cli = Cli::new();
+    let spool = one_maildir_file(
+        cli.path(),
+        b"Return-Path: <alice@example.org>\nX-Original-To: bob@example.test\n\
+Delivered-To: bob@example.test\nReceived: from lists.example.org by mx.example.test \
+with ESMTP id 1; Mon, 23 Jan 2023 10:00:00 +0100\nX-Original-To: some-list@lists.example.org\n\
+Delivered-To: some-list@lists.example.org\nFrom: alice@example.org\nSubject: list mail\n\nhi\n",
+    );
+    ingest(&cli, &spool);
+    let rows = ledger_recipients(&cli.ledger);
+    let addresses: Vec<&str> = rows.iter().map(|r| r.address.as_str()).collect();
+    assert_eq!(addresses, ["bob@example.test"]);
+
+    let text = cli.run(&["status", "--message", "1674468000.M1P1.mx"]);
+    check(&text, 0);
+    assert!(
+        text.stdout.contains(
+            "envelope: sender from the Return-Path header, recipients from the X-Original-To \
+             header, arrival from the newest Received header"
+        ),
+        "{}",
+        text.stdout
+    );
+    assert!(!text.stdout.contains("some-list"), "{}", text.stdout);
+    let json = cli.run(&["--json", "status", "--message", "1674468000.M1P1.mx"]);
+    check(&json, 0);
+    let message = json.event("message");
+    assert_eq!(message["envelope_from"]["recipients"], "x-original-to");
+    assert_eq!(message["envelope_from"]["sender"], "return-path");
+}
+
+/// Issue 11.2: a leading `From ` line in an `.eml` file is framing: not delivered, not in
+/// the content hash, its date an arrival fallback.
+#[test]
+fn a_from_line_in_an_eml_file_is_framing() {
+    let cli = Cli::new();
+    let spool = cli.at("eml");
+    std::fs::create_dir_all(&spool).unwrap();
+    let message = b"From: alice@example.org\nSubject: saved by a mail client\n\nhi\n";
+    let mut framed = b"From alice@example.org Mon Jan 23 10:00:00 2023\n".to_vec();
+    framed.extend_from_slice(message);
+    std::fs::write(spool.join("a-framed.eml"), &framed).unwrap();
+    std::fs::write(spool.join("b-plain.eml"), message).unwrap();
+    let sidecar = r#"{"recipients": ["bob@example.test"]}"#;
+    std::fs::write(spool.join("a-framed.json"), sidecar).unwrap();
+    std::fs::write(
+        spool.join("b-plain.json"),
+        r#"{"recipients": ["bob@example.test"], "sender": "alice@example.org"}"#,
+    )
+    .unwrap();
+    let out = ingest(&cli, &spool);
+    assert_eq!(out.event("ingest_summary")["new"], 2, "{}", out.stdout);
+
+    let json = cli.run(&["--json", "status", "--message", "a-framed"]);
+    check(&json, 0);
+    let framed_row = json.event("message");
+    assert_eq!(framed_row["envelope_from"]["arrival"], "mbox-from-line");
+    assert_eq!(framed_row["envelope_from"]["sender"], "mbox-from-line");
+    assert_eq!(framed_row["arrival"], "2023-01-23T10:00:00+00:00");
+    assert_eq!(
+        framed_row["size"],
+        message.len(),
+        "the From line is not content"
+    );
+    // The same message without the line is the same content: a duplicate.
+    let states: Vec<String> = ledger_recipients(&cli.ledger)
+        .into_iter()
+        .map(|r| r.state)
+        .collect();
+    assert_eq!(states, ["pending", "duplicate"]);
+
+    run_into(&cli, &format!("maildir:{}", cli.store().display()));
+    let new = cli.store().join("example.test/bob/Maildir/new");
+    let files = list_files(&new);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let stored = std::fs::read(new.join(files.first().unwrap())).unwrap();
+    let mut expected =
+        b"Return-Path: <alice@example.org>\nDelivered-To: bob@example.test\n".to_vec();
+    expected.extend_from_slice(message);
+    assert_eq!(
+        String::from_utf8_lossy(&stored),
+        String::from_utf8_lossy(&expected)
+    );
+}
+
+/// Issue 11.3: classic-Mac mail is read as lines (not quarantined "no X-Original-To"
+/// although it is there), stored as LF lines and sent as CRLF lines; a bare CR in other
+/// mail is kept, never dropped.
+#[test]
+fn classic_mac_mail_is_read_stored_and_sent_as_lines() {
+    let mac = b"Return-Path: <alice@example.org>\rX-Original-To: bob@example.test\r\
+Subject: from a classic Mac\r\rline one\rline two\r";
+    let lf = b"Return-Path: <alice@example.org>\nX-Original-To: bob@example.test\n\
+Subject: from a classic Mac\n\nline one\nline two\n";
+
+    let cli = Cli::new();
+    let spool = one_maildir_file(cli.path(), mac);
+    let out = ingest(&cli, &spool);
+    assert!(out.events("quarantined").is_empty(), "{}", out.stdout);
+    run_into(&cli, &format!("maildir:{}", cli.store().display()));
+    let copies = list_files(&cli.store().join("example.test/bob/Maildir/new"));
+    assert_eq!(copies.len(), 1);
+    let stored = std::fs::read(
+        cli.store()
+            .join("example.test/bob/Maildir/new")
+            .join(copies.first().unwrap()),
+    )
+    .unwrap();
+    assert!(stored.ends_with(lf), "{}", String::from_utf8_lossy(&stored));
+    assert!(!stored.contains(&b'\r'));
+
+    // In an mbox too (a CR-only message between LF separators).
+    let cli = Cli::new();
+    let mut mbox = format!("From alice@example.org {FROM_LINE_DATE}\n").into_bytes();
+    mbox.extend_from_slice(mac);
+    mbox.extend_from_slice(b"\n\n");
+    std::fs::write(cli.at("mac.mbox"), &mbox).unwrap();
+    let out = ingest(&cli, &cli.at("mac.mbox"));
+    assert!(out.events("quarantined").is_empty(), "{}", out.stdout);
+    assert_eq!(
+        ledger_recipients(&cli.ledger)[0].address,
+        "bob@example.test"
+    );
+}
+
+/// Issue 11.3 over LMTP into a real Dovecot: CR-only mail arrives as lines (Dovecot stores
+/// LF), a bare CR inside a line of Unix mail arrives as the byte it was.
+#[test]
+fn line_ends_reach_a_real_dovecot_as_lines() {
+    let dovecot = crate::support::dovecot::Dovecot::start();
+    let cli = Cli::new();
+    let spool = cli.at("eml");
+    std::fs::create_dir_all(&spool).unwrap();
+    let mac = b"From: alice@example.org\rSubject: mac\r\rone\rtwo\r";
+    let unix = b"From: alice@example.org\nSubject: bare cr\n\nkeep\rthis\n";
+    std::fs::write(spool.join("mac.eml"), mac).unwrap();
+    std::fs::write(spool.join("unix.eml"), unix).unwrap();
+    for name in ["mac", "unix"] {
+        std::fs::write(
+            spool.join(format!("{name}.json")),
+            r#"{"recipients": ["bob@example.test"], "sender": "alice@example.org"}"#,
+        )
+        .unwrap();
+    }
+    ingest(&cli, &spool);
+    run_into(&cli, &format!("lmtp://127.0.0.1:{}", dovecot.port));
+    let delivered = dovecot.delivered("bob@example.test");
+    assert_eq!(delivered.len(), 2, "{}", dovecot.log());
+    let text: Vec<String> = delivered
+        .iter()
+        .map(|d| String::from_utf8_lossy(d).into_owned())
+        .collect();
+    assert!(
+        text.iter()
+            .any(|t| t.ends_with("From: alice@example.org\nSubject: mac\n\none\ntwo\n")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.ends_with("From: alice@example.org\nSubject: bare cr\n\nkeep\rthis\n")),
+        "{text:#?}"
+    );
+}
+
+/// Issue 11.5: `.eml` files in subfolders (`000/0001.eml`) are detected, with a bounded
+/// look: deeper than three levels is not searched.
+#[test]
+fn nested_eml_folders_are_detected() {
+    let cli = Cli::new();
+    let spool = cli.at("export");
+    std::fs::create_dir_all(spool.join("000")).unwrap();
+    std::fs::write(spool.join("notes.txt"), "not mail").unwrap();
+    std::fs::write(
+        spool.join("000/0001.eml"),
+        "Return-Path: <a@example.org>\nDelivered-To: bob@example.test\n\nhi\n",
+    )
+    .unwrap();
+    let out = ingest(&cli, &spool);
+    assert_eq!(out.event("ingest_summary")["format"], "eml");
+    assert_eq!(out.event("ingest_summary")["new"], 1);
+
+    let deep = cli.at("deep");
+    std::fs::create_dir_all(deep.join("a/b/c/d")).unwrap();
+    std::fs::write(deep.join("a/b/c/d/x.eml"), "Subject: x\n\n").unwrap();
+    let out = cli.run(&["ingest".as_ref(), deep.as_os_str()]);
+    check(&out, 65);
+    assert!(out.stderr.contains("in subfolders"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("--format postfix|exim|maildir|mbox|eml"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Issue 11.6: the help names the headline formats, Postfix and Exim queue directories.
+#[test]
+fn ingest_help_names_postfix_and_exim() {
+    let cli = Cli::new();
+    let out = cli.run(&["ingest", "--help"]);
+    check(&out, 0);
+    let help = out.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains("<SPOOL> The spool: a Postfix queue directory"),
+        "{help}"
+    );
+    assert!(help.contains("an Exim spool"), "{help}");
+    assert!(
+        help.contains("auto (detect), postfix, exim, maildir, mbox or eml"),
+        "{help}"
+    );
+}
+
+/// Mail that differs only in line ends is one content: one copy per recipient.
+#[test]
+fn copies_differing_only_in_line_ends_are_one_content() {
+    let cli = Cli::new();
+    let spool = cli.at("eml");
+    std::fs::create_dir_all(&spool).unwrap();
+    let lf = "From: alice@example.org\nSubject: twice\n\nsame text\n";
+    for (name, bytes) in [
+        ("1-lf", lf.to_string()),
+        ("2-crlf", lf.replace('\n', "\r\n")),
+        ("3-cr", lf.replace('\n', "\r")),
+    ] {
+        std::fs::write(spool.join(format!("{name}.eml")), bytes).unwrap();
+        std::fs::write(
+            spool.join(format!("{name}.json")),
+            r#"{"recipients": ["bob@example.test"], "sender": "alice@example.org"}"#,
+        )
+        .unwrap();
+    }
+    ingest(&cli, &spool);
+    let states: Vec<String> = ledger_recipients(&cli.ledger)
+        .into_iter()
+        .map(|r| r.state)
+        .collect();
+    assert_eq!(states, ["pending", "duplicate", "duplicate"]);
+    run_into(&cli, &format!("maildir:{}", cli.store().display()));
+    assert_eq!(
+        list_files(&cli.store().join("example.test/bob/Maildir/new")).len(),
+        1
+    );
+}
+
+/// A ledger made before content hashes were taken over the LF form (no `content_hash`
+/// rule in `meta`, hashes of the bytes as read, a leading `From ` line inside the source)
+/// still works: reading the spool again adds nothing, and the run delivers the right bytes.
+#[test]
+fn a_ledger_of_the_earlier_hash_rule_still_works() {
+    let cli = Cli::new();
+    let spool = cli.at("eml");
+    std::fs::create_dir_all(&spool).unwrap();
+    let crlf = b"From: alice@example.org\r\nSubject: dos\r\n\r\nbody\r\n".to_vec();
+    let mut framed = b"From alice@example.org Mon Jan 23 10:00:00 2023\n".to_vec();
+    framed.extend_from_slice(b"From: alice@example.org\nSubject: framed\n\nbody\n");
+    for (name, bytes) in [("crlf", &crlf), ("framed", &framed)] {
+        std::fs::write(spool.join(format!("{name}.eml")), bytes).unwrap();
+        std::fs::write(
+            spool.join(format!("{name}.json")),
+            r#"{"recipients": ["bob@example.test"], "sender": "alice@example.org"}"#,
+        )
+        .unwrap();
+    }
+    ingest(&cli, &spool);
+    // Make it what the earlier version wrote.
+    {
+        let conn = rusqlite::Connection::open(&cli.ledger).unwrap();
+        conn.execute("DELETE FROM meta WHERE key = 'content_hash'", [])
+            .unwrap();
+        for (name, bytes) in [("crlf", &crlf), ("framed", &framed)] {
+            conn.execute(
+                "UPDATE messages SET content_hash = ?1, source_offset = 0, source_len = ?2 \
+                 WHERE queue_id = ?3",
+                rusqlite::params![crate::support::sha256_hex(bytes), bytes.len() as i64, name],
+            )
+            .unwrap();
+        }
+    }
+    let again = ingest(&cli, &spool);
+    let summary = again.event("ingest_summary");
+    assert_eq!(
+        (summary["new"].as_u64(), summary["known"].as_u64()),
+        (Some(0), Some(2))
+    );
+    assert!(
+        again.stderr.contains("earlier spoolreplay"),
+        "{}",
+        again.stderr
+    );
+
+    run_into(&cli, &format!("maildir:{}", cli.store().display()));
+    let new = cli.store().join("example.test/bob/Maildir/new");
+    let mut bodies: Vec<String> = list_files(&new)
+        .iter()
+        .map(|n| String::from_utf8_lossy(&std::fs::read(new.join(n)).unwrap()).into_owned())
+        .collect();
+    bodies.sort();
+    let head = "Return-Path: <alice@example.org>\nDelivered-To: bob@example.test\n";
+    assert_eq!(
+        bodies,
+        [
+            format!("{head}From: alice@example.org\nSubject: dos\n\nbody\n"),
+            format!("{head}From: alice@example.org\nSubject: framed\n\nbody\n"),
+        ]
     );
 }
