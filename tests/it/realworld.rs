@@ -469,8 +469,19 @@ fn a_from_line_in_an_eml_file_is_framing() {
         r#"{"recipients": ["bob@example.test"], "sender": "alice@example.org"}"#,
     )
     .unwrap();
+    std::fs::write(
+        spool.join("c-only-framing.eml"),
+        b"From alice@example.org Mon Jan 23 10:00:00 2023\n",
+    )
+    .unwrap();
     let out = ingest(&cli, &spool);
     assert_eq!(out.event("ingest_summary")["new"], 2, "{}", out.stdout);
+    let quarantined = out.events("quarantined");
+    assert_eq!(quarantined.len(), 1, "{}", out.stdout);
+    assert_eq!(
+        quarantined[0]["reason"],
+        "file holds only an mbox `From ` line, no message"
+    );
 
     let json = cli.run(&["--json", "status", "--message", "a-framed"]);
     check(&json, 0);
