@@ -44,6 +44,25 @@ pub fn to_lf(content: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
+/// Feeds the LF form of `content` to `sink` in pieces, without building it: what the
+/// content hash reads, so a 100 MB CRLF message is not held twice.
+pub fn lf_pieces(content: &[u8], mut sink: impl FnMut(&[u8])) {
+    let mac = is_mac(content);
+    let mut rest = content;
+    while let Some(i) = rest.iter().position(|&b| b == b'\r') {
+        sink(&rest[..i]);
+        let crlf = rest.get(i + 1) == Some(&b'\n');
+        if mac && !crlf {
+            sink(b"\n");
+        } else if !crlf {
+            sink(b"\r");
+        }
+        // For a CRLF the LF starts the next piece.
+        rest = &rest[i + 1..];
+    }
+    sink(rest);
+}
+
 /// The message with CRLF line ends (the wire form). Borrowed when nothing changes.
 pub fn to_crlf(content: &[u8]) -> Cow<'_, [u8]> {
     let mac = is_mac(content);
@@ -128,6 +147,9 @@ mod tests {
     fn check(input: &[u8], lf: &[u8], crlf: &[u8]) {
         assert_eq!(&*to_lf(input), lf, "to_lf({input:?})");
         assert_eq!(&*to_crlf(input), crlf, "to_crlf({input:?})");
+        let mut pieces = Vec::new();
+        lf_pieces(input, |p| pieces.extend_from_slice(p));
+        assert_eq!(pieces, lf, "lf_pieces({input:?})");
         // The wire form read again has the same LF form: one content, three spellings.
         assert_eq!(&*to_lf(&to_crlf(input)), lf, "to_lf(to_crlf({input:?}))");
     }

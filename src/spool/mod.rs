@@ -276,18 +276,19 @@ impl ContentHash {
         ContentHash(Sha256::digest(bytes).into())
     }
 
-    /// The content hash of a message (`HashRule::LfForm`): SHA-256 of its LF form.
+    /// The content hash of a message (`HashRule::LfForm`): SHA-256 of its LF form, fed in
+    /// pieces (Postfix content is CRLF: a copy would double ingest's memory and time).
     pub fn of_message(content: &[u8]) -> ContentHash {
-        ContentHash::of(&line_ends::to_lf(content))
+        let mut hasher = Sha256::new();
+        line_ends::lf_pieces(content, |piece| hasher.update(piece));
+        ContentHash(hasher.finalize().into())
     }
 
     /// Whether `content` is what `hex` was taken over, by either rule (a ledger's rows
     /// were hashed by one of them; the bytes as read must match it).
     pub fn matches(hex: &str, content: &[u8]) -> bool {
-        let lf = line_ends::to_lf(content);
-        let changed = matches!(lf, std::borrow::Cow::Owned(_));
-        ContentHash::of(&lf).to_hex() == hex
-            || (changed && ContentHash::of(content).to_hex() == hex)
+        ContentHash::of_message(content).to_hex() == hex
+            || (content.contains(&b'\r') && ContentHash::of(content).to_hex() == hex)
     }
 
     pub fn to_hex(&self) -> String {
@@ -395,9 +396,12 @@ const DETECT_ENTRIES: usize = 10_000;
 /// Whether an `.eml` file sits in `dir` or in a subfolder at most `depth` levels down,
 /// reading at most `budget` entries in all. Each folder's own files are looked at before
 /// its subfolders (in name order), which are not followed through symlinks, like the
-/// reader. Only the top folder's listing failing is an error.
+/// reader. A folder without `.eml` files of its own that holds another spool (a Maildir
+/// folder, an mbox file) is a folder of spools, not an eml spool: the operator names the
+/// one meant. Only the top folder's listing failing is an error.
 fn has_eml_within(dir: &Path, depth: usize, budget: &mut usize) -> std::io::Result<bool> {
     let mut subfolders = Vec::new();
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         if *budget == 0 {
             return Ok(false);
@@ -412,9 +416,20 @@ fn has_eml_within(dir: &Path, depth: usize, budget: &mut usize) -> std::io::Resu
             subfolders.push(entry.path());
         } else if eml::is_eml_name(&name) {
             return Ok(true);
+        } else {
+            files.push(entry.path());
         }
     }
     if depth == 0 {
+        return Ok(false);
+    }
+    let other_spool = subfolders
+        .iter()
+        .any(|d| d.join("new").is_dir() || d.join("cur").is_dir())
+        || files
+            .iter()
+            .any(|f| matches!(detect_file(f), Ok(Some(SpoolFormat::Mbox))));
+    if other_spool {
         return Ok(false);
     }
     subfolders.sort();

@@ -611,6 +611,13 @@ fn nested_eml_folders_are_detected() {
     assert_eq!(out.event("ingest_summary")["format"], "eml");
     assert_eq!(out.event("ingest_summary")["new"], 1);
 
+    // A folder of spools (a Maildir beside the eml folder) is no eml spool: name one.
+    let mixed = cli.at("mixed");
+    std::fs::create_dir_all(mixed.join("box/new")).unwrap();
+    std::fs::create_dir_all(mixed.join("exported")).unwrap();
+    std::fs::write(mixed.join("exported/1.eml"), "Subject: x\n\n").unwrap();
+    check(&cli.run(&["ingest".as_ref(), mixed.as_os_str()]), 65);
+
     let deep = cli.at("deep");
     std::fs::create_dir_all(deep.join("a/b/c/d")).unwrap();
     std::fs::write(deep.join("a/b/c/d/x.eml"), "Subject: x\n\n").unwrap();
