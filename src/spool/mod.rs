@@ -221,7 +221,8 @@ pub struct QueuedMessage {
     /// `mbox#N`), shown to operators.
     pub queue_id: String,
     pub envelope: Envelope,
-    /// The message bytes as they would go on the wire (mbox `>From ` unquoted).
+    /// The message bytes as spooled, framing removed (an mbox `From ` line, `>From `
+    /// unquoted); line ends as spooled: the backends write them by `line_ends`.
     pub content: Vec<u8>,
     /// The MTA queue the message was found in (`deferred`, `hold`, `input` …), if any.
     pub queue_name: Option<String>,
