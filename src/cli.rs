@@ -107,11 +107,13 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct IngestArgs {
-    /// The spool: a Maildir folder, an mbox file, or a folder of .eml files
+    /// The spool: a Postfix queue directory (a copy of /var/spool/postfix or one of its
+    /// queue folders), an Exim spool (/var/spool/exim4 or its input/), a Maildir folder,
+    /// an mbox file, or a folder of .eml files (subfolders too)
     #[arg(value_name = "SPOOL")]
     pub spool: PathBuf,
 
-    /// The spool's format: auto, maildir, mbox or eml
+    /// The spool's format: auto (detect), postfix, exim, maildir, mbox or eml
     #[arg(long, default_value = "auto", value_name = "FORMAT")]
     pub format: String,
 

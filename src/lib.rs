@@ -13,6 +13,7 @@ pub mod dsn;
 pub mod exit;
 pub mod incident;
 pub mod ledger;
+pub mod line_ends;
 pub mod outbox;
 pub mod pace;
 pub mod plan;

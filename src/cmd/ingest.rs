@@ -12,7 +12,7 @@ use crate::report::progress::Progress;
 use crate::report::{Printer, json as events};
 use crate::sanitize::for_terminal;
 use crate::spool::{
-    self, ContentHash, Quarantined, QueuedMessage, Selection, SpoolError, SpoolItem,
+    self, ContentHash, HashRule, Quarantined, QueuedMessage, Selection, SpoolError, SpoolItem,
 };
 
 /// Items per ledger transaction: big enough to be fast, small enough that a crash loses
@@ -67,6 +67,13 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
         spool::open_selected(&root, cfg.format, selection.clone()).map_err(spool_failure)?;
     let mut ledger = Ledger::open_for_write(ledger_path, "ingest")?;
     ledger.claim_shard(cfg.shard)?;
+    let hash_rule = ledger.claim_hash_rule()?;
+    if hash_rule == HashRule::Bytes {
+        printer.note(
+            "this ledger was made by an earlier spoolreplay and keeps its content hashes of \
+             the bytes as read: copies that differ only in line ends count as two messages",
+        );
+    }
     ledger.checkpoint_in_large_steps()?;
     let deferred_indexes = ledger.defer_lookup_indexes()?;
     printer.note(&format!(
@@ -84,7 +91,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
     // memory stays a few megabytes deep.
     let (items_tx, items_rx) = std::sync::mpsc::sync_channel::<Vec<Read>>(READ_AHEAD);
     std::thread::scope(|scope| -> Result<()> {
-        scope.spawn(move || read_ahead(reader, &items_tx));
+        scope.spawn(move || read_ahead(reader, hash_rule, &items_tx));
         let mut items = items_rx.iter().flatten().peekable();
         let items_per_commit = items_per_commit();
         while items.peek().is_some() {
@@ -181,14 +188,18 @@ fn items_per_commit() -> usize {
 }
 
 /// The reader thread: reads, parses and hashes, handing items over in small chunks.
-fn read_ahead(reader: impl Iterator<Item = SpoolItem>, items: &SyncSender<Vec<Read>>) {
+fn read_ahead(
+    reader: impl Iterator<Item = SpoolItem>,
+    rule: HashRule,
+    items: &SyncSender<Vec<Read>>,
+) {
     let mut chunk = Vec::with_capacity(ITEMS_PER_HANDOVER);
     let mut bytes = 0;
     for item in reader {
         let read = match item {
-            SpoolItem::Message(m) => {
+            SpoolItem::Message(mut m) => {
                 bytes += m.content.len();
-                let hash = m.content_hash();
+                let hash = m.identify(rule);
                 Read::Message(Box::new(m), hash)
             }
             SpoolItem::Quarantined(q) => Read::Quarantined(q),
@@ -208,7 +219,7 @@ fn read_ahead(reader: impl Iterator<Item = SpoolItem>, items: &SyncSender<Vec<Re
 }
 
 fn spool_failure(e: SpoolError) -> anyhow::Error {
-    let hint = "pass --format maildir|mbox|eml if detection guessed wrong";
+    let hint = "pass --format postfix|exim|maildir|mbox|eml if detection guessed wrong";
     match e {
         SpoolError::Io { path, source } => anyhow::Error::new(source).context(Failure::new(
             Exit::IoErr,

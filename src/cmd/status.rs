@@ -11,6 +11,7 @@ use crate::ledger::{DsnFilter, Ledger, RcptState, SendState};
 use crate::report::Printer;
 use crate::report::table::Table;
 use crate::sanitize::for_terminal;
+use crate::spool::FieldSource;
 
 pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
     let printer = Printer::new(output);
@@ -166,6 +167,7 @@ pub fn message(ledger_path: &std::path::Path, output: Output, queue_id: &str) ->
     let mut out = String::new();
     for m in &messages {
         let recipients = ledger.recipients_of(m.id)?;
+        let sources = ledger.envelope_sources(m.id)?;
         printer.event(&json!({
             "type": "message",
             "queue_id": m.queue_id,
@@ -178,6 +180,11 @@ pub fn message(ledger_path: &std::path::Path, output: Output, queue_id: &str) ->
             "mta_hold": m.mta_hold,
             "window": m.window,
             "disposition": m.disposition,
+            "envelope_from": {
+                "sender": sources.sender,
+                "recipients": sources.recipients,
+                "arrival": sources.arrival,
+            },
             "recipients": recipients.iter().map(|r| json!({
                 "address": r.address, "state": r.state.as_str(), "status": r.status,
                 "reply": r.reply, "remote": r.remote, "attempts": r.attempts,
@@ -199,6 +206,12 @@ pub fn message(ledger_path: &std::path::Path, output: Output, queue_id: &str) ->
             m.disposition.as_deref().unwrap_or("-"),
             if m.mta_hold { ", held by the MTA" } else { "" },
         ));
+        out.push_str(&format!(
+            "  envelope: sender from {}, recipients from {}, arrival from {}\n",
+            source_words(&sources.sender),
+            source_words(&sources.recipients),
+            source_words(&sources.arrival),
+        ));
         let mut t = Table::new(&["recipient", "state", "status", "attempts#", "last reply"]);
         for r in &recipients {
             t.row(vec![
@@ -214,4 +227,9 @@ pub fn message(ledger_path: &std::path::Path, output: Output, queue_id: &str) ->
     }
     printer.data(&out)?;
     Ok(Exit::Done)
+}
+
+/// A recorded envelope source as an operator reads it: which header, file or record.
+fn source_words(name: &str) -> String {
+    FieldSource::from_name(name).map_or_else(|| for_terminal(name), |f| f.describe().to_string())
 }

@@ -15,8 +15,9 @@
 //!   and when recovering also in `cur/`, where a mail client may have moved it as
 //!   `NAME:2,S`). `S=` is Dovecot's file size field.
 //! - The stored file starts with `Return-Path:` and `Delivered-To:` lines, as a delivery
-//!   agent writes them, followed by the message with CRLF turned into LF (the Maildir
-//!   convention Dovecot follows); nothing else changes.
+//!   agent writes them, followed by the message with LF line ends (the Maildir convention
+//!   Dovecot follows) by the one rule of `line_ends` (classic-Mac CRs are line ends, any
+//!   other bare CR a byte); nothing else changes.
 //! - Addresses are untrusted: a part that could name another directory, or hold control
 //!   characters, is refused with 5.1.3 before any path is built, and the final path is
 //!   checked to stay under the root as a second line of defence.
@@ -32,7 +33,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::address::{Mailbox, ReversePath};
-use crate::sanitize;
+use crate::{line_ends, sanitize};
 
 /// Longest local part RFC 5321 (4.5.3.1.1) allows.
 const MAX_LOCAL_OCTETS: usize = 64;
@@ -423,18 +424,13 @@ fn already_there(path: &Path) -> Outcome {
     }
 }
 
-/// The bytes stored: delivery headers, then the message with CRLF turned into LF.
+/// The bytes stored: delivery headers, then the message with LF line ends (`line_ends`).
 fn stored_bytes(sender: &ReversePath, recipient: &str, content: &[u8]) -> Vec<u8> {
     let header = format!("Return-Path: {sender}\nDelivered-To: {recipient}\n");
-    let mut out = Vec::with_capacity(header.len() + content.len());
+    let body = line_ends::to_lf(content);
+    let mut out = Vec::with_capacity(header.len() + body.len());
     out.extend_from_slice(header.as_bytes());
-    let mut bytes = content.iter().peekable();
-    while let Some(&b) = bytes.next() {
-        if b == b'\r' && bytes.peek() == Some(&&b'\n') {
-            continue;
-        }
-        out.push(b);
-    }
+    out.extend_from_slice(&body);
     out
 }
 
@@ -672,8 +668,21 @@ mod tests {
             got,
             b"Return-Path: <s@x.test>\nDelivered-To: R@y.test\nA: 1\n\nbody\rx\n\n".to_vec()
         );
-        let null = stored_bytes(&ReversePath::Null, "r@y", b"\r");
-        assert_eq!(null, b"Return-Path: <>\nDelivered-To: r@y\n\r".to_vec());
+        let kept = stored_bytes(&sender, "r@y", b"A: 1\r\n\r\nx\r\r\ny\r\r\r\n");
+        assert_eq!(
+            kept,
+            b"Return-Path: <s@x.test>\nDelivered-To: r@y\nA: 1\n\nx\r\ny\r\r\n".to_vec(),
+            "only the CR of each CRLF goes"
+        );
+    }
+
+    #[test]
+    fn classic_mac_mail_is_stored_as_lines() {
+        let got = stored_bytes(&ReversePath::Null, "r@y", b"A: 1\rB: 2\r\rbody\r");
+        assert_eq!(
+            got,
+            b"Return-Path: <>\nDelivered-To: r@y\nA: 1\nB: 2\n\nbody\n".to_vec()
+        );
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! and the mapping from a reply to a per-recipient [`Outcome`].
 //!
 //! Decisions a reader should know:
-//! - Message bytes are sent as spooled except for line ends: a bare LF becomes CRLF (SMTP
-//!   requires CRLF; spools written by Unix tools use LF). A lone CR is left alone: changing
-//!   it would change the message, and the servers we target store it as it came.
+//! - Message bytes are sent as spooled except for line ends, which follow the one rule of
+//!   `line_ends`: every line end goes out as CRLF (classic-Mac CRs included); a bare CR
+//!   inside a line is left alone (the servers we target store it as it came), unless a `.`
+//!   follows it (see `data_body`).
 //! - Addresses come from strangers and go into command lines: anything that could end the
 //!   command or the path early (control characters, `<`, `>`, an unquoted space) refuses
 //!   that address before a byte is sent, so no spool can inject an SMTP command.
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use super::reply::{Reply, ReplyError};
 use super::{Delivery, Outcome, RecipientSpec};
 use crate::address::{Notify, ReturnContent};
-use crate::sanitize;
+use crate::{line_ends, sanitize};
 
 /// How long to wait for the server at each stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -393,27 +394,30 @@ impl Conn {
     }
 }
 
-/// Bare LF becomes CRLF; CRLF and everything else are kept.
+/// The message as it goes on the wire, before dot-stuffing: every line end CRLF by the
+/// one rule (`line_ends`), and a bare CR that a `.` follows sent as a line end too:
+/// `<CR>.<CR><LF>` is read as the end of DATA by some servers, and a spooled message must
+/// never be able to end DATA early and smuggle commands after it. Borrowed when nothing
+/// changes.
 pub fn normalize_line_ends(content: &[u8]) -> Cow<'_, [u8]> {
-    let bare_lf = content
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || content[i - 1] != b'\r'));
-    if !bare_lf {
-        return Cow::Borrowed(content);
+    let crlf = line_ends::to_crlf(content);
+    if !crlf.windows(2).any(|w| w == b"\r.") {
+        return crlf;
     }
-    let mut out = Vec::with_capacity(content.len() + content.len() / 32);
-    for (i, &b) in content.iter().enumerate() {
-        if b == b'\n' && (i == 0 || content[i - 1] != b'\r') {
-            out.push(b'\r');
-        }
+    let mut out = Vec::with_capacity(crlf.len() + 16);
+    let mut bytes = crlf.iter().copied().peekable();
+    while let Some(b) = bytes.next() {
         out.push(b);
+        if b == b'\r' && bytes.peek() == Some(&b'.') {
+            out.push(b'\n');
+        }
     }
     Cow::Owned(out)
 }
 
-/// The body of DATA as sent: line ends normalized, every line that starts with `.` given
-/// another `.` (RFC 5321 4.5.2), ending in CRLF. The `.` CRLF terminator is not included.
+/// The body of DATA as sent: [`normalize_line_ends`], every line that starts with `.`
+/// given another `.` (RFC 5321 4.5.2), ending in CRLF. The `.` CRLF terminator is not
+/// included.
 pub fn data_body(content: &[u8]) -> Vec<u8> {
     let normalized = normalize_line_ends(content);
     let mut out = Vec::with_capacity(normalized.len() + 64);
@@ -648,16 +652,6 @@ mod tests {
     }
 
     #[test]
-    fn line_ends_become_crlf_and_nothing_else_changes() {
-        assert_eq!(&*normalize_line_ends(b"a\r\nb\r\n"), b"a\r\nb\r\n");
-        assert!(matches!(normalize_line_ends(b"a\r\n"), Cow::Borrowed(_)));
-        assert_eq!(
-            &*normalize_line_ends(b"\na\nb\r\nc\rd\n"),
-            b"\r\na\r\nb\r\nc\rd\r\n"
-        );
-    }
-
-    #[test]
     fn data_is_dot_stuffed_and_ends_in_crlf() {
         assert_eq!(
             data_body(b".a\n..b\nc.\n.\n"),
@@ -665,12 +659,45 @@ mod tests {
         );
         assert_eq!(data_body(b"x\r\n.y"), b"x\r\n..y\r\n");
         assert_eq!(data_body(b"no end"), b"no end\r\n");
-        assert_eq!(
-            data_body(b"a\r.b\n"),
-            b"a\r.b\r\n",
-            "a lone CR does not start a line"
-        );
         assert_eq!(data_body(b""), b"");
+    }
+
+    #[test]
+    fn data_line_ends_follow_the_one_rule() {
+        assert_eq!(data_body(b"A: 1\n\nb\n"), b"A: 1\r\n\r\nb\r\n");
+        assert_eq!(
+            data_body(b"A: 1\rB: 2\r\r.b\r"),
+            b"A: 1\r\nB: 2\r\n\r\n..b\r\n"
+        );
+        assert_eq!(
+            data_body(b"A: 1\n\nx\r\r\ny\rz\n"),
+            b"A: 1\r\n\r\nx\r\r\ny\rz\r\n",
+            "a bare CR inside a line is a byte, never dropped"
+        );
+    }
+
+    #[test]
+    fn a_bare_cr_cannot_end_data_early() {
+        let sent = data_body(b"A: 1\n\nhi\r.\r\nMAIL FROM:<x@y>\r\n");
+        assert_eq!(sent, b"A: 1\r\n\r\nhi\r\n..\r\nMAIL FROM:<x@y>\r\n");
+        for end in [
+            &b"\r.\r\n"[..],
+            b"\n.\r\n",
+            b"\r\n.\r\n",
+            b"\n.\n",
+            b"\r.\r",
+        ] {
+            let mut content = b"A: 1\n\nx".to_vec();
+            content.extend_from_slice(end);
+            content.extend_from_slice(b"RSET\n");
+            let body = data_body(&content);
+            assert!(
+                !body
+                    .windows(3)
+                    .any(|w| w == b"\r.\r" || w == b"\n.\r" || w == b"\n.\n"),
+                "{content:?} sent as {body:?}"
+            );
+        }
     }
 
     #[test]

@@ -43,6 +43,7 @@ use chrono::{DateTime, FixedOffset};
 use sha2::{Digest, Sha256};
 
 use crate::address::ReturnContent;
+use crate::line_ends;
 
 /// RFC 3464 Action for one recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -488,7 +489,8 @@ fn original_message_id(original: &[u8]) -> Option<String> {
 /// Unfolded `(name, value)` pairs of a header section; lines that are not fields are
 /// skipped.
 fn header_fields(section: &[u8]) -> Vec<(String, String)> {
-    let text = String::from_utf8_lossy(section);
+    let lf = line_ends::to_lf(section);
+    let text = String::from_utf8_lossy(&lf);
     let mut fields: Vec<(String, String)> = Vec::new();
     for line in text.split('\n').map(|l| l.trim_end_matches('\r')) {
         if line.starts_with([' ', '\t']) {
@@ -976,40 +978,21 @@ fn headers_part(req: &DsnRequest<'_>) -> Option<Vec<u8>> {
 }
 
 /// The header lines up to (not including) the first empty line; the whole input when it
-/// has no empty line.
+/// has no empty line. Lines end as `line_ends` says (classic-Mac CRs included).
 fn header_section(message: &[u8]) -> &[u8] {
     let mut start = 0;
-    while start < message.len() {
-        let end = message[start..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(message.len(), |p| start + p + 1);
-        let line = &message[start..end];
-        if line == b"\n" || line == b"\r\n" {
+    for (text, end) in line_ends::lines(message) {
+        if text.is_empty() && !end.is_empty() {
             return &message[..start];
         }
-        start = end;
+        start += text.len() + end.len();
     }
     message
 }
 
-/// Bare LF and bare CR become CRLF; nothing else changes.
+/// Every line end CRLF, by the one rule of `line_ends`.
 fn normalise_line_ends(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
-    let mut iter = bytes.iter().copied().peekable();
-    while let Some(b) = iter.next() {
-        match b {
-            b'\r' => {
-                if iter.peek() == Some(&b'\n') {
-                    iter.next();
-                }
-                out.extend_from_slice(b"\r\n");
-            }
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            _ => out.push(b),
-        }
-    }
-    out
+    line_ends::to_crlf(bytes).into_owned()
 }
 
 /// Legal as 7bit MIME content (RFC 2045 §2.7): no 8-bit bytes, no NUL, lines of at most
@@ -1018,13 +1001,21 @@ fn is_seven_bit(crlf_text: &[u8]) -> bool {
     crlf_text.is_ascii() && is_eight_bit(crlf_text)
 }
 
-/// Legal as 8bit MIME content (RFC 2045 §2.8): no NUL, lines of at most 998 octets.
-/// Expects CRLF line ends.
+/// Legal as 8bit MIME content (RFC 2045 §2.8): no NUL, CR only in CRLF, lines of at most
+/// 998 octets. Expects CRLF line ends (a bare CR left in a line by the line-end rule makes
+/// the text not 8bit: it then travels quoted-printable, headers only).
 fn is_eight_bit(crlf_text: &[u8]) -> bool {
     !crlf_text.contains(&0)
+        && !has_bare_cr(crlf_text)
         && crlf_text
             .split(|&b| b == b'\n')
             .all(|line| line.strip_suffix(b"\r").unwrap_or(line).len() <= LINE_LIMIT)
+}
+
+fn has_bare_cr(text: &[u8]) -> bool {
+    text.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\r' && text.get(i + 1) != Some(&b'\n'))
 }
 
 /// RFC 2045 quoted-printable of CRLF text, lines at most 76 characters. `=` is always

@@ -1021,8 +1021,12 @@ fn eight_bit_header_is_returned_quoted_printable() {
 
 #[test]
 fn line_ends_are_normalised_to_crlf() {
-    assert_eq!(normalise_line_ends(b"a\nb\rc\r\nd"), b"a\r\nb\r\nc\r\nd");
-    assert_eq!(normalise_line_ends(b"\r\r\n\n"), b"\r\n\r\n\r\n");
+    // The one rule (`line_ends`): a bare CR is a byte of its line, or a line end in
+    // classic-Mac mail (whose first line end is a bare CR); never two line ends.
+    assert_eq!(normalise_line_ends(b"a\nb\rc\r\nd"), b"a\r\nb\rc\r\nd");
+    assert_eq!(normalise_line_ends(b"a\r\nb\r\r\n"), b"a\r\nb\r\r\n");
+    assert_eq!(normalise_line_ends(b"a\rb\r\rc"), b"a\r\nb\r\n\r\nc");
+    assert_eq!(normalise_line_ends(b"\r\r\n\n"), b"\r\r\n\r\n");
     let mut c = with_recipient(expired("bob@example.com"));
     c.original = b"Subject: lf only\nMessage-ID: <lf@example.org>\n\nbody\n".to_vec();
     let id = c.message_id();

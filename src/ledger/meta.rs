@@ -1,6 +1,7 @@
 //! Facts about the ledger as a whole (the `meta` table): which shard of its spools it
-//! holds. A ledger belongs to one shard, so two shards never mix in one file and a
-//! combined report can say what it combined.
+//! holds, and how its content hashes are taken. A ledger belongs to one shard, so two
+//! shards never mix in one file and a combined report can say what it combined; its hash
+//! rule never changes, so a spool read again finds the rows it made.
 
 use anyhow::{Context, Result};
 use rusqlite::{OptionalExtension, params};
@@ -8,8 +9,13 @@ use rusqlite::{OptionalExtension, params};
 use super::Ledger;
 use crate::exit::{Exit, Failure, failure};
 use crate::shard::ShardSpec;
+use crate::spool::HashRule;
 
 const SHARD_KEY: &str = "shard";
+/// How content hashes are taken (`HashRule`): `lf` (over the LF form) or `bytes`.
+const HASH_KEY: &str = "content_hash";
+const LF_FORM: &str = "lf";
+const BYTES: &str = "bytes";
 /// The recorded value of a ledger ingested without `--shard`.
 const WHOLE: &str = "all";
 
@@ -66,6 +72,51 @@ impl Ledger {
                 Ok(())
             }),
         }
+    }
+
+    /// How this ledger's content hashes are taken: as recorded, or for a ledger that holds
+    /// messages and records none (made before the rule was recorded) the bytes as read.
+    pub fn hash_rule(&self) -> Result<HashRule> {
+        match self.meta(HASH_KEY)?.as_deref() {
+            Some(LF_FORM) => Ok(HashRule::LfForm),
+            Some(BYTES) => Ok(HashRule::Bytes),
+            Some(other) => Err(failure(
+                Exit::DataErr,
+                format!(
+                    "ledger `{}` records an unknown content hash rule `{other}`: it was made \
+                     by a newer spoolreplay",
+                    self.path.display()
+                ),
+            )),
+            None if self.holds_messages()? => Ok(HashRule::Bytes),
+            None => Ok(HashRule::LfForm),
+        }
+    }
+
+    /// The rule ingest hashes by, recorded on the first ingest so it never changes for
+    /// the rows a ledger holds.
+    pub fn claim_hash_rule(&mut self) -> Result<HashRule> {
+        let rule = self.hash_rule()?;
+        if self.meta(HASH_KEY)?.is_none() {
+            let value = match rule {
+                HashRule::LfForm => LF_FORM,
+                HashRule::Bytes => BYTES,
+            };
+            self.write(|tx| {
+                tx.tx.execute(
+                    "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+                    params![HASH_KEY, value],
+                )?;
+                Ok(())
+            })?;
+        }
+        Ok(rule)
+    }
+
+    fn holds_messages(&self) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM messages)", [], |r| r.get(0))?)
     }
 
     fn holds_anything(&self) -> Result<bool> {

@@ -629,7 +629,7 @@ pub struct Change<'a> {
 impl Tx<'_> {
     /// Adds a message and its recipients (state pending), unless the same content from the
     /// same source is already there. Clears a quarantine entry for that source.
-    /// `hash` is `msg.content_hash()`, taken by the caller (ingest hashes on its reader
+    /// `hash` is `msg.identify(rule)`, taken by the caller (ingest hashes on its reader
     /// thread, while this thread writes).
     pub fn insert_message(
         &self,

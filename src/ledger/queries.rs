@@ -163,6 +163,15 @@ const DOMAIN_OF_ENVELOPE_TO: &str = "lower(substr(d.envelope_to, \
 const DELIVERED_AT: &str = "(SELECT CAST(strftime('%s', min(e.at)) AS INTEGER) FROM events e \
      WHERE e.recipient_id = r.id AND e.to_state = 'delivered' AND e.from_state IS NOT NULL)";
 
+/// Which part of the spool each envelope field of a message was taken from, as ingest
+/// recorded it (`spool::FieldSource` names: `sidecar`, `x-original-to`, `queue-file`, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeSources {
+    pub sender: String,
+    pub recipients: String,
+    pub arrival: String,
+}
+
 impl Ledger {
     /// Recipients held because their spool file changed or vanished since ingest.
     pub fn spool_changed_count(&self) -> Result<u64> {
@@ -187,6 +196,22 @@ impl Ledger {
             .collect::<rusqlite::Result<Vec<_>>>()
             .with_context(|| format!("cannot read ledger `{}`", self.path.display()))?;
         Ok(names)
+    }
+
+    /// Where message `message_id`'s envelope came from (`status --message`).
+    pub fn envelope_sources(&self, message_id: i64) -> Result<EnvelopeSources> {
+        self.conn
+            .prepare_cached(
+                "SELECT sender_from, recipients_from, arrival_from FROM messages WHERE id = ?1",
+            )?
+            .query_row(params![message_id], |r| {
+                Ok(EnvelopeSources {
+                    sender: r.get(0)?,
+                    recipients: r.get(1)?,
+                    arrival: r.get(2)?,
+                })
+            })
+            .with_context(|| format!("message {message_id} is missing from the ledger"))
     }
 
     /// Recipients matching `filter`, in id order after `after_id`, at most `limit`.

@@ -21,7 +21,7 @@ use crate::config::PaceConfig;
 use crate::deliver::{Deliverer, StoreError};
 use crate::incident::Incident;
 use crate::ledger::{Change, Ledger, MessageRow, MessageWork, RcptState, SPOOL_CHANGED, Tx};
-use crate::spool::{self, ContentHash};
+use crate::spool::{self, ContentHash, SpoolFormat};
 
 /// Messages per page when walking the ledger outside of delivery batches.
 const PAGE: usize = 500;
@@ -429,14 +429,20 @@ fn apply_classification(
 }
 
 /// The message bytes from the spool, checked against the hash taken at ingest.
+///
+/// A row of a ledger made before `From ` lines were framing (`HashRule::Bytes`) reads a
+/// file with its leading `From ` line: that line is cut off here, so it is never delivered.
 fn read_verified(m: &MessageRow) -> std::result::Result<Vec<u8>, String> {
-    let content = spool::read_content(&m.source)
+    let mut content = spool::read_content(&m.source)
         .map_err(|e| format!("{SPOOL_CHANGED}: cannot read {}: {e}", m.source))?;
-    if ContentHash::of(&content).to_hex() != m.content_hash {
+    if !ContentHash::matches(&m.content_hash, &content) {
         return Err(format!(
             "{SPOOL_CHANGED}: {} is not what was ingested (content hash differs)",
             m.source
         ));
+    }
+    if matches!(m.source.format, SpoolFormat::Maildir | SpoolFormat::Eml) {
+        content.drain(..spool::leading_from_line_len(&content));
     }
     Ok(content)
 }

@@ -9,23 +9,34 @@
 //!   value is ignored, `Return-Path: <>` is the null sender. With none of these the message
 //!   is quarantined: a missing sender is *unknown*, not null, and `From:` is not the
 //!   envelope, so an operator must add a sidecar.
-//! * **recipients**: sidecar `recipients`, then all `X-Original-To:` headers, else all
-//!   `Delivered-To:`, else all `Envelope-To:` (only the first kind present counts). Values
-//!   may be comma-separated lists; angle brackets are stripped. Every recipient must have a
-//!   local part and a domain, otherwise the message is quarantined naming the header.
-//!   Duplicates (local part exact, domain case-insensitive) are dropped, keeping the first.
+//! * **recipients**: sidecar `recipients`, else the final delivery's own field: the
+//!   topmost `X-Original-To:`, else the topmost `Delivered-To:`, else the topmost
+//!   `Envelope-To:`, looking only **above the first `Received:`**. A delivery agent adds
+//!   these above the hops it received the message through; the same fields further down
+//!   were added by earlier deliveries (a mailing list, a forwarder) and name other people,
+//!   so they never count. The value may be a comma-separated list; angle brackets are
+//!   stripped. Every recipient must have a local part and a domain, otherwise the message
+//!   is quarantined naming the header. Duplicates (local part exact, domain
+//!   case-insensitive) are dropped, keeping the first.
 //! * **arrival**: sidecar `arrival`, then the date of the topmost `Received:` header that
 //!   has a usable date (the topmost is the newest hop), then the mbox `From ` line date,
 //!   then `Date:`, then the file's modification time.
 //!
 //! A file that begins with a `From ` line outside an mbox (some Maildir converters leave
-//! one) is read the same way: the line is used for the envelope but kept in the content.
+//! one) has it cut off by the reader as framing (`spool::file_item`): it is passed here as
+//! `Hints::from_line`, like the mbox reader's separator, and is not part of the content.
+//!
+//! Headers are read by the one line-end rule (`line_ends`): classic-Mac mail (CR line ends
+//! only) is read as lines, not as one long first header.
+
+use std::borrow::Cow;
 
 use chrono::{DateTime, FixedOffset, NaiveDate, Offset, TimeZone, Utc};
 use mail_parser::{HeaderValue, MessageParser};
 
 use super::{Envelope, FieldSource, Recipient};
 use crate::address::{Mailbox, ReturnContent, ReversePath};
+use crate::line_ends;
 
 /// What an mbox `From ` separator line says about the envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,14 +68,17 @@ pub struct Hints {
 
 /// Builds the envelope of `content`, or says why it cannot (the quarantine reason).
 pub fn derive(content: &[u8], hints: &Hints) -> Result<Envelope, String> {
+    // mail-parser takes CRLF and LF line ends, not CR: Mac mail is read in its LF form.
+    let content = if line_ends::is_mac(content) {
+        line_ends::to_lf(content)
+    } else {
+        Cow::Borrowed(content)
+    };
+    let content = &*content;
     check_header_block(content)?;
-    let from_line = hints
-        .from_line
-        .clone()
-        .or_else(|| leading_from_line(content));
-    let headers = header_block(content);
+    let from_line = hints.from_line.clone();
     let message = MessageParser::new()
-        .parse_headers(headers)
+        .parse_headers(content)
         .ok_or_else(|| "no header block: no `Name: value` header found".to_string())?;
     let fields = HeaderFields::collect(&message);
     let given = hints.given.clone().unwrap_or_default();
@@ -94,14 +108,17 @@ pub fn derive(content: &[u8], hints: &Hints) -> Result<Envelope, String> {
 }
 
 /// Refuses input that is not a message at all: the first line must be a header
-/// (`Name: value`, the name printable ASCII without `:`) or an mbox `From ` line.
+/// (`Name: value`, the name printable ASCII without `:`).
 pub fn check_header_block(content: &[u8]) -> Result<(), String> {
     if content.is_empty() {
         return Err("message is empty".into());
     }
     let first = first_line(content);
-    if first.starts_with(b"From ") || looks_like_header(first) {
+    if looks_like_header(first) {
         return Ok(());
+    }
+    if first.starts_with(b"From ") {
+        return Err("no header block: the message starts with a second mbox `From ` line".into());
     }
     if first.is_empty() {
         Err("no header block: the message starts with an empty line".into())
@@ -111,8 +128,9 @@ pub fn check_header_block(content: &[u8]) -> Result<(), String> {
 }
 
 fn first_line(content: &[u8]) -> &[u8] {
-    let line = content.split(|&b| b == b'\n').next().unwrap_or_default();
-    line.strip_suffix(b"\r").unwrap_or(line)
+    line_ends::lines(content)
+        .next()
+        .map_or(&[][..], |(text, _)| text)
 }
 
 fn looks_like_header(line: &[u8]) -> bool {
@@ -120,24 +138,6 @@ fn looks_like_header(line: &[u8]) -> bool {
         return false;
     };
     colon > 0 && line[..colon].iter().all(|&b| (33..=126).contains(&b))
-}
-
-/// The content without a leading `From ` line, so mail-parser sees the headers first.
-fn header_block(content: &[u8]) -> &[u8] {
-    if content.starts_with(b"From ") {
-        match content.iter().position(|&b| b == b'\n') {
-            Some(nl) => &content[nl + 1..],
-            None => &[],
-        }
-    } else {
-        content
-    }
-}
-
-fn leading_from_line(content: &[u8]) -> Option<FromLine> {
-    content
-        .starts_with(b"From ")
-        .then(|| parse_from_line(first_line(content)))
 }
 
 /// Parses an mbox separator line (`From alice@example.org Mon Jan 23 10:00:00 2023`, line
@@ -259,13 +259,17 @@ fn utc_offset() -> FixedOffset {
     Utc.fix()
 }
 
-/// The envelope-relevant headers, top to bottom, as raw unfolded text (and dates).
+/// The envelope-relevant headers, top to bottom, as raw unfolded text (and dates). The
+/// recipient fields are only those above the first `Received:` (the final delivery's).
 #[derive(Debug, Default)]
 struct HeaderFields {
     return_path: Vec<String>,
     x_original_to: Vec<String>,
     delivered_to: Vec<String>,
     envelope_to: Vec<String>,
+    /// Recipient fields below the first `Received:`: earlier hops', only to say why
+    /// none counted.
+    earlier_hops: usize,
     received_dates: Vec<Option<DateTime<FixedOffset>>>,
     date: Option<DateTime<FixedOffset>>,
 }
@@ -277,14 +281,23 @@ impl HeaderFields {
         for header in message.headers() {
             let name = header.name();
             let value = || raw_value(raw, header.offset_start(), header.offset_end());
-            if name.eq_ignore_ascii_case("Return-Path") {
-                fields.return_path.push(value());
-            } else if name.eq_ignore_ascii_case("X-Original-To") {
-                fields.x_original_to.push(value());
+            let recipient_list = if name.eq_ignore_ascii_case("X-Original-To") {
+                Some(&mut fields.x_original_to)
             } else if name.eq_ignore_ascii_case("Delivered-To") {
-                fields.delivered_to.push(value());
+                Some(&mut fields.delivered_to)
             } else if name.eq_ignore_ascii_case("Envelope-To") {
-                fields.envelope_to.push(value());
+                Some(&mut fields.envelope_to)
+            } else {
+                None
+            };
+            if let Some(list) = recipient_list {
+                if fields.received_dates.is_empty() {
+                    list.push(value());
+                } else {
+                    fields.earlier_hops += 1;
+                }
+            } else if name.eq_ignore_ascii_case("Return-Path") {
+                fields.return_path.push(value());
             } else if name.eq_ignore_ascii_case("Received") {
                 let date = match header.value() {
                     HeaderValue::Received(r) => r.date().as_ref().and_then(to_chrono),
@@ -370,12 +383,19 @@ fn pick_recipients(fields: &HeaderFields) -> Result<(Vec<Recipient>, FieldSource
         (&fields.envelope_to, FieldSource::EnvelopeTo, "Envelope-To"),
     ];
     let Some((values, source, name)) = kinds.into_iter().find(|(v, _, _)| !v.is_empty()) else {
+        if fields.earlier_hops > 0 {
+            return Err("no envelope recipients: no sidecar, and no X-Original-To/\
+                        Delivered-To/Envelope-To header above the first Received header \
+                        (those below it name earlier hops' recipients; add a sidecar)"
+                .into());
+        }
         return Err("no envelope recipients: no sidecar and no \
                     X-Original-To/Delivered-To/Envelope-To header"
             .into());
     };
+    // The topmost one: the final delivery agent's own field.
     let mut recipients = Vec::new();
-    for value in values {
+    if let Some(value) = values.first() {
         for item in split_address_list(value) {
             let address = bracketed(&item).trim_matches(['<', '>']).trim().to_string();
             if address.is_empty() {
@@ -536,9 +556,9 @@ mod tests {
 
     #[test]
     fn topmost_received_date_wins() {
-        let msg = b"Received: from b by c; Tue, 24 Jan 2023 11:00:00 +0100\r\n\
+        let msg = b"Return-Path: <s@x.test>\r\nDelivered-To: r@y.test\r\n\
+Received: from b by c; Tue, 24 Jan 2023 11:00:00 +0100\r\n\
 Received: from a by b; Mon, 23 Jan 2023 09:00:00 +0000\r\n\
-Return-Path: <s@x.test>\r\nDelivered-To: r@y.test\r\n\
 Date: Sun, 22 Jan 2023 08:00:00 +0000\r\n\r\nbody\r\n";
         let env = derive(msg, &hints()).unwrap();
         assert_eq!(env.arrival, dt("2023-01-24T11:00:00+01:00"));
@@ -547,12 +567,11 @@ Date: Sun, 22 Jan 2023 08:00:00 +0000\r\n\r\nbody\r\n";
 
     #[test]
     fn received_without_date_falls_through_to_next_then_date() {
-        let msg =
-            b"Received: from b by c\nReceived: from a by b; Mon, 23 Jan 2023 09:00:00 -0200\n\
-Return-Path: <s@x.test>\nDelivered-To: r@y.test\n\nbody\n";
+        let msg = b"Return-Path: <s@x.test>\nDelivered-To: r@y.test\nReceived: from b by c\n\
+Received: from a by b; Mon, 23 Jan 2023 09:00:00 -0200\n\nbody\n";
         let env = derive(msg, &hints()).unwrap();
         assert_eq!(env.arrival, dt("2023-01-23T09:00:00-02:00"));
-        let msg = b"Received: from b by c\nReturn-Path: <s@x.test>\nDelivered-To: r@y.test\n\
+        let msg = b"Return-Path: <s@x.test>\nDelivered-To: r@y.test\nReceived: from b by c\n\
 Date: Sun, 22 Jan 2023 08:00:00 +0000\n\nbody\n";
         let env = derive(msg, &hints()).unwrap();
         assert_eq!(env.arrival, dt("2023-01-22T08:00:00Z"));
@@ -597,14 +616,18 @@ Date: Sun, 22 Jan 2023 08:00:00 +0000\n\nbody\n";
 X-Original-To: o1@y.test, \"a,b\"@y.test\nDelivered-To: d2@y.test\nX-Original-To: <o2@y.test>\n\nb\n";
         let env = derive(msg, &hints()).unwrap();
         let addrs: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
-        assert_eq!(addrs, ["o1@y.test", "\"a,b\"@y.test", "o2@y.test"]);
+        assert_eq!(
+            addrs,
+            ["o1@y.test", "\"a,b\"@y.test"],
+            "the topmost one only"
+        );
         assert_eq!(env.recipients_from, FieldSource::XOriginalTo);
 
         let msg = b"Return-Path: <s@x.test>\nEnvelope-To: e@y.test\nDelivered-To: <d1@y.test>\n\
 Delivered-To: d2@y.test\n\nb\n";
         let env = derive(msg, &hints()).unwrap();
         let addrs: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
-        assert_eq!(addrs, ["d1@y.test", "d2@y.test"]);
+        assert_eq!(addrs, ["d1@y.test"]);
         assert_eq!(env.recipients_from, FieldSource::DeliveredTo);
 
         let msg = b"Return-Path: <s@x.test>\nEnvelope-to: e1@y.test,\n e2@y.test\n\nb\n";
@@ -656,7 +679,12 @@ Delivered-To: d2@y.test\n\nb\n";
     #[test]
     fn header_block_rule() {
         assert!(check_header_block(b"Subject: x\n\nbody").is_ok());
-        assert!(check_header_block(b"From a@b Mon Jan 23 10:00:00 2023\nSubject: x\n").is_ok());
+        assert!(check_header_block(b"Subject: x\rFrom: y\r\rbody").is_ok());
+        assert_eq!(
+            check_header_block(b"From a@b Mon Jan 23 10:00:00 2023\nSubject: x\n").unwrap_err(),
+            "no header block: the message starts with a second mbox `From ` line",
+            "the readers cut off the first as framing"
+        );
         assert_eq!(check_header_block(b"").unwrap_err(), "message is empty");
         assert!(check_header_block(b"\x89PNG\r\n\x1a\n\0\0").is_err());
         assert!(check_header_block(b"hello world: not a header\n").is_err());
@@ -665,12 +693,39 @@ Delivered-To: d2@y.test\n\nb\n";
     }
 
     #[test]
-    fn leading_from_line_in_a_file_is_used() {
-        let msg = b"From s@x.test Mon Jan 23 10:00:00 2023\nDelivered-To: r@y.test\n\nb\n";
+    fn only_the_final_delivery_names_recipients() {
+        // The reproduction of issue 11: a list's delivery fields further down.
+        let msg = b"Return-Path: <alice@example.org>\nX-Original-To: bob@example.test\n\
+Delivered-To: bob@example.test\nReceived: from mx.lists.example.org by mx.example.test; \
+Mon, 23 Jan 2023 10:00:00 +0000\nX-Original-To: some-list@lists.example.org\n\
+Delivered-To: some-list@lists.example.org\nSubject: x\n\nb\n";
         let env = derive(msg, &hints()).unwrap();
-        assert_eq!(env.sender_from, FieldSource::MboxFromLine);
-        assert_eq!(env.arrival, dt("2023-01-23T10:00:00Z"));
+        assert_eq!(env.recipients, vec![Recipient::plain("bob@example.test")]);
+        assert_eq!(env.recipients_from, FieldSource::XOriginalTo);
+
+        let below_only = b"Return-Path: <a@x.test>\nReceived: from a by b; \
+Mon, 23 Jan 2023 10:00:00 +0000\nDelivered-To: list@lists.example.org\n\nb\n";
+        let reason = derive(below_only, &hints()).unwrap_err();
+        assert!(
+            reason.contains("above the first Received header") && reason.contains("earlier hops"),
+            "{reason}"
+        );
+        // Envelope-To (Exim) above the hops, X-Original-To only below: Envelope-To counts.
+        let exim = b"Envelope-To: e@y.test\nReturn-Path: <a@x.test>\nReceived: from a by b\n\
+X-Original-To: old@y.test\n\nb\n";
+        let env = derive(exim, &hints()).unwrap();
+        assert_eq!(env.recipients, vec![Recipient::plain("e@y.test")]);
+        assert_eq!(env.recipients_from, FieldSource::EnvelopeTo);
+    }
+
+    #[test]
+    fn classic_mac_mail_is_read_as_lines() {
+        let msg = b"Return-Path: <s@x.test>\rX-Original-To: r@y.test\r\
+Date: Sun, 22 Jan 2023 08:00:00 +0000\r\rbody\r";
+        let env = derive(msg, &hints()).unwrap();
         assert_eq!(env.recipients, vec![Recipient::plain("r@y.test")]);
+        assert_eq!(env.sender, ReversePath::Address("s@x.test".into()));
+        assert_eq!(env.arrival_from, FieldSource::DateHeader);
     }
 
     #[test]

@@ -10,7 +10,10 @@
 //! trailing blank line (the separator writers add), with mboxrd unquoting: one `>` is
 //! removed from each line matching `^>+From `. `SourceRef` `offset`/`len` delimit the raw
 //! (still quoted) bytes in the file; `read_content` re-reads and unquotes them. LF and CRLF
-//! files are both read; line endings are kept as they are.
+//! files are both read; line endings are kept as they are (the backends write them by the
+//! one rule of `line_ends`, so a CR-only message between LF separators is read as lines).
+//! A file framed with CR line ends has no LF line starts to find separators at: it is
+//! quarantined with a reason that says how to convert it.
 //!
 //! The file is read line by line through a `BufReader`, so memory is bounded by the
 //! largest message. Messages are numbered `mbox#1`, `mbox#2`, … in file order, quarantined
@@ -189,6 +192,17 @@ impl MboxReader {
     }
 
     fn message(&self, from_line: &[u8], chunk: Chunk) -> SpoolItem {
+        // Separators are found at LF line starts: in a file with CR line ends the whole
+        // rest of the file reads as one `From ` line.
+        if from_line.trim_ascii_end().contains(&b'\r') {
+            return self.quarantine(
+                chunk.offset,
+                chunk.raw_len,
+                "the mbox has classic-Mac CR line ends, so its `From ` lines cannot be found: \
+                 convert it to LF line ends first (`tr '\\r' '\\n' < old > new`)"
+                    .into(),
+            );
+        }
         if chunk.content.is_empty() {
             return self.quarantine(
                 chunk.offset,
@@ -348,6 +362,32 @@ From a@x.test Mon Jan 23 10:00:00 2023\nDelivered-To: r@y.test\n\nhi\n";
                 "mbox#2",
             ]
         );
+    }
+
+    #[test]
+    fn a_cr_framed_mbox_is_quarantined_saying_why() {
+        let mbox = b"From a@x.test Mon Jan 23 10:00:00 2023\rDelivered-To: r@y.test\r\rhi\r\r\
+From b@x.test Mon Jan 23 10:00:00 2023\rDelivered-To: r@y.test\r\rbye\r";
+        let (_dir, items) = items_of(mbox);
+        let [SpoolItem::Quarantined(q)] = &items[..] else {
+            panic!("{items:?}");
+        };
+        assert!(
+            q.reason.contains("classic-Mac CR line ends"),
+            "{}",
+            q.reason
+        );
+    }
+
+    #[test]
+    fn a_cr_only_message_between_lf_separators_is_a_message() {
+        let mbox = b"From a@x.test Mon Jan 23 10:00:00 2023\nDelivered-To: r@y.test\r\rhi\r\n\n";
+        let (_dir, items) = items_of(mbox);
+        let [SpoolItem::Message(m)] = &items[..] else {
+            panic!("{items:?}");
+        };
+        assert_eq!(m.content, b"Delivered-To: r@y.test\r\rhi\r\n".to_vec());
+        assert_eq!(m.envelope.recipients[0].address, "r@y.test");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use chrono::{DateTime, FixedOffset};
 use sha2::{Digest, Sha256};
 
 use crate::address::{Notify, ReturnContent, ReversePath};
+use crate::line_ends;
 use crate::shard::ShardSpec;
 
 /// The spool formats spoolreplay reads.
@@ -70,8 +71,9 @@ impl FromStr for SpoolFormat {
 }
 
 /// Where a message lives in the spool, precise enough to read its bytes again at delivery
-/// time. For one-file-per-message formats `offset` is 0 and `len` the file length; for mbox
-/// they delimit the message (after its `From ` line) inside the mbox file.
+/// time. For one-file-per-message formats `offset` is 0 (or the length of a leading mbox
+/// `From ` line, which is framing) and `offset + len` the file length; for mbox they
+/// delimit the message (after its `From ` line) inside the mbox file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceRef {
     pub format: SpoolFormat,
@@ -125,6 +127,41 @@ impl FieldSource {
             FieldSource::DateHeader => "date",
             FieldSource::FileTime => "file-time",
             FieldSource::QueueFile => "queue-file",
+        }
+    }
+
+    /// All sources, to read back what the ledger recorded.
+    const ALL: [FieldSource; 10] = [
+        FieldSource::Sidecar,
+        FieldSource::MboxFromLine,
+        FieldSource::ReturnPath,
+        FieldSource::XOriginalTo,
+        FieldSource::DeliveredTo,
+        FieldSource::EnvelopeTo,
+        FieldSource::Received,
+        FieldSource::DateHeader,
+        FieldSource::FileTime,
+        FieldSource::QueueFile,
+    ];
+
+    /// The source recorded as `name` (`as_str`), if it is one.
+    pub fn from_name(name: &str) -> Option<FieldSource> {
+        FieldSource::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+
+    /// Where the field came from, as an operator reads it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            FieldSource::Sidecar => "the .json sidecar",
+            FieldSource::MboxFromLine => "the mbox `From ` line",
+            FieldSource::ReturnPath => "the Return-Path header",
+            FieldSource::XOriginalTo => "the X-Original-To header",
+            FieldSource::DeliveredTo => "the Delivered-To header",
+            FieldSource::EnvelopeTo => "the Envelope-To header",
+            FieldSource::Received => "the newest Received header",
+            FieldSource::DateHeader => "the Date header",
+            FieldSource::FileTime => "the file's modification time",
+            FieldSource::QueueFile => "the MTA's queue file",
         }
     }
 }
@@ -184,7 +221,8 @@ pub struct QueuedMessage {
     /// `mbox#N`), shown to operators.
     pub queue_id: String,
     pub envelope: Envelope,
-    /// The message bytes as they would go on the wire (mbox `>From ` unquoted).
+    /// The message bytes as spooled, framing removed (an mbox `From ` line, `>From `
+    /// unquoted); line ends as spooled: the backends write them by `line_ends`.
     pub content: Vec<u8>,
     /// The MTA queue the message was found in (`deferred`, `hold`, `input` …), if any.
     pub queue_name: Option<String>,
@@ -193,9 +231,40 @@ pub struct QueuedMessage {
 }
 
 impl QueuedMessage {
-    pub fn content_hash(&self) -> ContentHash {
-        ContentHash::of(&self.content)
+    /// The content hash by the rule of the ledger it goes into. Under the old
+    /// `HashRule::Bytes` the identity is also the old one: a leading `From ` line that the
+    /// reader cut off is counted back in (source from offset 0), so the same file read
+    /// again matches its row instead of becoming a second message.
+    pub fn identify(&mut self, rule: HashRule) -> ContentHash {
+        match rule {
+            HashRule::LfForm => ContentHash::of_message(&self.content),
+            HashRule::Bytes => {
+                let one_file =
+                    matches!(self.source.format, SpoolFormat::Maildir | SpoolFormat::Eml);
+                if one_file
+                    && self.source.offset > 0
+                    && let Ok(whole) = std::fs::read(&self.source.path)
+                    && whole.ends_with(&self.content)
+                {
+                    self.source.offset = 0;
+                    self.source.len = whole.len() as u64;
+                    return ContentHash::of(&whole);
+                }
+                ContentHash::of(&self.content)
+            }
+        }
     }
+}
+
+/// How a ledger takes content hashes (recorded in it, `ledger::meta`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashRule {
+    /// SHA-256 of the bytes as read, `From ` line included: ledgers made before line ends
+    /// were normalised keep it, so a spool read again matches the rows they hold.
+    Bytes,
+    /// SHA-256 of the LF form (`line_ends::to_lf`): mail that differs only in line ends
+    /// (saved once with LF, once with CRLF) is one content.
+    LfForm,
 }
 
 /// SHA-256 of a message's content.
@@ -203,8 +272,24 @@ impl QueuedMessage {
 pub struct ContentHash(pub [u8; 32]);
 
 impl ContentHash {
+    /// SHA-256 of these exact bytes.
     pub fn of(bytes: &[u8]) -> ContentHash {
         ContentHash(Sha256::digest(bytes).into())
+    }
+
+    /// The content hash of a message (`HashRule::LfForm`): SHA-256 of its LF form, fed in
+    /// pieces (Postfix content is CRLF: a copy would double ingest's memory and time).
+    pub fn of_message(content: &[u8]) -> ContentHash {
+        let mut hasher = Sha256::new();
+        line_ends::lf_pieces(content, |piece| hasher.update(piece));
+        ContentHash(hasher.finalize().into())
+    }
+
+    /// Whether `content` is what `hex` was taken over, by either rule (a ledger's rows
+    /// were hashed by one of them; the bytes as read must match it).
+    pub fn matches(hex: &str, content: &[u8]) -> bool {
+        ContentHash::of_message(content).to_hex() == hex
+            || (content.contains(&b'\r') && ContentHash::of(content).to_hex() == hex)
     }
 
     pub fn to_hex(&self) -> String {
@@ -249,8 +334,9 @@ pub enum SpoolError {
 }
 
 /// Looks at `path` and says which format it is: a directory with `new/` or `cur/` is a
-/// Maildir, a directory with `.eml` files an eml folder, a regular file whose first line
-/// starts with `From ` an mbox.
+/// Maildir, a Postfix queue or Exim spool by their folders and files, a directory with
+/// `.eml` files (at the top or in subfolders, see `has_eml_within`) an eml folder, a
+/// regular file whose first line starts with `From ` an mbox.
 pub fn detect(path: &Path) -> Result<SpoolFormat, SpoolError> {
     let metadata = match std::fs::metadata(path) {
         Ok(m) => m,
@@ -275,8 +361,8 @@ pub fn detect(path: &Path) -> Result<SpoolFormat, SpoolError> {
         path: path.to_path_buf(),
         why: "looked for a Postfix queue directory (`deferred/`, `active/`, `incoming/`, \
               `hold/` or `maildrop/`), an Exim spool (`input/` or `*-H` files), a directory \
-              with `new/` or `cur/` (maildir), a directory with `.eml` files (eml) and a file \
-              whose first line starts with `From ` (mbox)"
+              with `new/` or `cur/` (maildir), a directory with `.eml` files, at the top or \
+              in subfolders (eml), and a file whose first line starts with `From ` (mbox)"
             .into(),
     })
 }
@@ -292,14 +378,68 @@ fn detect_dir(path: &Path) -> Result<Option<SpoolFormat>, SpoolError> {
     if exim::looks_like_spool(path) {
         return Ok(Some(SpoolFormat::Exim));
     }
-    let entries = std::fs::read_dir(path).map_err(|source| SpoolError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let has_eml = entries
-        .flatten()
-        .any(|entry| eml::is_eml_name(&entry.file_name()));
+    let has_eml =
+        has_eml_within(path, DETECT_DEPTH, &mut { DETECT_ENTRIES }).map_err(|source| {
+            SpoolError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     Ok(has_eml.then_some(SpoolFormat::Eml))
+}
+
+/// How deep detection looks for `.eml` files below the spool folder (`2023/01/x.eml`).
+const DETECT_DEPTH: usize = 3;
+/// How many directory entries detection reads at most, so a huge folder that is no spool
+/// is refused quickly instead of walked.
+const DETECT_ENTRIES: usize = 10_000;
+
+/// Whether an `.eml` file sits in `dir` or in a subfolder at most `depth` levels down,
+/// reading at most `budget` entries in all. Each folder's own files are looked at before
+/// its subfolders (in name order), which are not followed through symlinks, like the
+/// reader. A folder without `.eml` files of its own that holds another spool (a Maildir
+/// folder, an mbox file) is a folder of spools, not an eml spool: the operator names the
+/// one meant. Only the top folder's listing failing is an error.
+fn has_eml_within(dir: &Path, depth: usize, budget: &mut usize) -> std::io::Result<bool> {
+    let mut subfolders = Vec::new();
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        if *budget == 0 {
+            return Ok(false);
+        }
+        *budget -= 1;
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            subfolders.push(entry.path());
+        } else if eml::is_eml_name(&name) {
+            return Ok(true);
+        } else {
+            files.push(entry.path());
+        }
+    }
+    if depth == 0 {
+        return Ok(false);
+    }
+    let other_spool = subfolders
+        .iter()
+        .any(|d| d.join("new").is_dir() || d.join("cur").is_dir())
+        || files
+            .iter()
+            .any(|f| matches!(detect_file(f), Ok(Some(SpoolFormat::Mbox))));
+    if other_spool {
+        return Ok(false);
+    }
+    subfolders.sort();
+    for sub in subfolders {
+        if has_eml_within(&sub, depth - 1, budget).unwrap_or(false) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn detect_file(path: &Path) -> Result<Option<SpoolFormat>, SpoolError> {
@@ -406,10 +546,22 @@ pub fn open_selected(
 pub fn read_content(source: &SourceRef) -> std::io::Result<Vec<u8>> {
     match source.format {
         SpoolFormat::Mbox => mbox::read_content(source),
-        SpoolFormat::Maildir | SpoolFormat::Eml => std::fs::read(&source.path),
+        SpoolFormat::Maildir | SpoolFormat::Eml => read_file_content(source),
         SpoolFormat::Postfix => postfix::read_content(source),
         SpoolFormat::Exim => exim::read_content(source),
     }
+}
+
+/// A whole-file message from `offset` (past a leading `From ` line). A file whose length
+/// is not `offset + len` any more is returned whole: it changed, and the content hash
+/// check says so.
+fn read_file_content(source: &SourceRef) -> std::io::Result<Vec<u8>> {
+    let mut bytes = std::fs::read(&source.path)?;
+    let offset = usize::try_from(source.offset).map_err(std::io::Error::other)?;
+    if source.offset.checked_add(source.len) == Some(bytes.len() as u64) {
+        bytes.drain(..offset);
+    }
+    Ok(bytes)
 }
 
 fn is_missing(path: &Path) -> bool {
@@ -442,17 +594,32 @@ fn file_item(
     if !metadata.is_file() {
         return quarantine(0, "not a regular file".into());
     }
-    let content = match std::fs::read(path) {
+    let mut content = match std::fs::read(path) {
         Ok(c) => c,
         Err(e) => return quarantine(0, format!("cannot read file: {e}")),
     };
-    let len = content.len() as u64;
     if content.is_empty() {
         return quarantine(0, "file is empty".into());
     }
+    // A leading mbox `From ` line (left by converters and mail clients) is framing, not
+    // content: it gives the envelope what it can, and the source starts after it.
+    let framing = leading_from_line_len(&content);
+    let from_line = (framing > 0).then(|| envelope::parse_from_line(&content[..framing]));
+    content.drain(..framing);
+    let len = content.len() as u64;
+    let source = |len: u64| SourceRef {
+        offset: framing as u64,
+        ..source(len)
+    };
+    if content.is_empty() {
+        return SpoolItem::Quarantined(Quarantined {
+            source: source(0),
+            reason: "file holds only an mbox `From ` line, no message".into(),
+        });
+    }
     let hints = envelope::Hints {
         given,
-        from_line: None,
+        from_line,
         file_time: envelope::file_time(&metadata),
     };
     match envelope::derive(&content, &hints) {
@@ -464,6 +631,18 @@ fn file_item(
             queue_name: None,
             mta_hold: false,
         }),
-        Err(reason) => quarantine(len, reason),
+        Err(reason) => SpoolItem::Quarantined(Quarantined {
+            source: source(len),
+            reason,
+        }),
+    }
+}
+
+/// The length of a leading mbox `From ` line with its line end; 0 when there is none.
+pub fn leading_from_line_len(content: &[u8]) -> usize {
+    if content.starts_with(b"From ") {
+        line_ends::first_line_len(content)
+    } else {
+        0
     }
 }

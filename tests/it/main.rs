@@ -17,6 +17,7 @@ mod exit_codes;
 mod faults;
 mod hostile_store;
 mod postfix;
+mod realworld;
 mod report_combined;
 mod report_golden;
 mod report_html;

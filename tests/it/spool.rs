@@ -128,7 +128,8 @@ fn maildir_fixture() {
         envelope(
             (ReversePath::Null, FieldSource::ReturnPath),
             (
-                plain(&["Carol@Example.NET", "carol@example.net"]),
+                // Only the topmost Delivered-To: the final delivery's own.
+                plain(&["Carol@Example.NET"]),
                 FieldSource::DeliveredTo,
             ),
             ("2023-01-24T08:30:00-05:00", FieldSource::DateHeader),
