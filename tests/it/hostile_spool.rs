@@ -390,6 +390,33 @@ fn a_sender_no_dsn_can_be_made_for_drops_its_recipients_and_the_other_dsns_are_m
 }
 
 #[test]
+fn bounces_preview_says_a_dsn_cannot_be_made_instead_of_failing() {
+    let cli = Cli::new();
+    minispool::ingest(&cli, &[Mail::plain(1, &["r@example.net"])]);
+    patch_message(&cli.ledger, "0001-mini", "sender", &"MAILER-DAEMON");
+    let incident = minispool::write_incident(
+        cli.path(),
+        Some(&minispool::INCIDENT.replace("action = \"deliver\"", "action = \"bounce\"")),
+    );
+    let out = cli.run(&[
+        "bounces".as_ref(),
+        "preview".as_ref(),
+        "--message".as_ref(),
+        "0001-mini".as_ref(),
+        "--incident".as_ref(),
+        incident.as_os_str(),
+        "--now".as_ref(),
+        crate::support::NOW.as_ref(),
+    ]);
+    check(&out, 0);
+    assert!(
+        out.stderr.contains("no DSN would be made") && out.stderr.contains("no `@domain`"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn one_arrival_an_earlier_version_kept_does_not_break_report_or_run() {
     let cli = Cli::new();
     let mails = [
