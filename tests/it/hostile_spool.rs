@@ -527,6 +527,28 @@ fn the_same_bytes_spooled_twice_with_other_spellings_are_duplicates() {
     }
 }
 
+/// Over LMTP into a real Dovecot: two MX hosts' copies of one message, the recipients
+/// spelled differently, reach each mailbox once (each got two copies before).
+#[test]
+fn two_spools_copies_reach_each_dovecot_mailbox_once_over_lmtp() {
+    use crate::support::mailhost::{MailHost, User};
+    let host = MailHost::start(&[User::new("bob@example.net"), User::new("carol@example.net")]);
+    let cli = Cli::new();
+    let first = Mail::plain(1, &["bob@example.net", "\"carol\"@example.net"]);
+    let mut second = first.clone();
+    second.name = "0002-other-mx".into();
+    second.sidecar["recipients"] = json!(["Bob@Example.NET", "carol@EXAMPLE.net"]);
+    minispool::ingest(&cli, &[first, second]);
+    check(
+        &cli.run(&minispool::run_args(&cli, &host.tcp_store(), &[])),
+        0,
+    );
+    for mailbox in ["bob@example.net", "carol@example.net"] {
+        let copies = minispool::copies_of(&host.delivered(mailbox), &minispool::message_id(1));
+        assert_eq!(copies, 1, "{mailbox}");
+    }
+}
+
 #[test]
 fn u0085_in_an_address_is_kept_and_refused_like_other_controls() {
     let cli = Cli::new();
