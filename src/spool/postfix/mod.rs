@@ -20,7 +20,6 @@
 mod queue_file;
 mod record;
 
-use std::fs::File;
 use std::io::{BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -327,7 +326,8 @@ fn holds_queue_file(dir: &Path, depth: usize) -> bool {
 fn starts_like_queue_file(path: &Path) -> bool {
     use std::io::Read;
     let mut first = [0u8; 1];
-    File::open(path)
-        .and_then(|mut f| f.read_exact(&mut first))
-        .is_ok_and(|()| matches!(first[0], b'C' | b'T'))
+    super::open_regular(path)
+        .ok()
+        .and_then(|(mut f, _)| f.read_exact(&mut first).ok())
+        .is_some_and(|()| matches!(first[0], b'C' | b'T'))
 }
