@@ -131,5 +131,10 @@ mod tests {
             lock_path(&dir.path().join("later.db")),
             lock_path(&dir.path().join("new.db"))
         );
+        // A link loop ends (SQLite's open then fails with its own error).
+        std::os::unix::fs::symlink("loop2.db", dir.path().join("loop1.db")).unwrap();
+        std::os::unix::fs::symlink("loop1.db", dir.path().join("loop2.db")).unwrap();
+        let looped = lock_path(&dir.path().join("loop1.db"));
+        assert!(looped.to_string_lossy().ends_with(".db.lock"), "{looped:?}");
     }
 }
