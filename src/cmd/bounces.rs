@@ -287,14 +287,28 @@ fn preview(
             message,
             recipients: failing,
         };
-        let (_, bytes) = make_dsn(
+        let built = make_dsn(
             incident,
             return_limit,
             &work,
             DsnKind::Failure,
             work.message.sender.as_str(),
             Local::now().fixed_offset(),
-        )?;
+        );
+        let bytes = match built {
+            Ok((_, bytes)) => bytes,
+            // What `run` does with it: no DSN, the recipients dropped with the reason.
+            Err(e) => match e.downcast_ref::<crate::replay::Unbuildable>() {
+                Some(u) => {
+                    printer.note(&format!(
+                        "{label}: no DSN would be made, its recipients would be dropped: {}",
+                        for_terminal(&u.why)
+                    ));
+                    continue;
+                }
+                None => return Err(e),
+            },
+        };
         printer.message(&bytes)?;
     }
     Ok(Exit::Done)

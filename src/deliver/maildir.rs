@@ -5,15 +5,22 @@
 //! crash leaves either no copy or a complete one.
 //!
 //! Decisions a reader should know:
-//! - Domain and local part are lowercased (ASCII only) for the path: mail stores such as
-//!   Dovecot (`%Lu`) and Postfix treat mailboxes case-insensitively, and ASCII folding does
-//!   not depend on the Unicode tables of the toolchain, so the same address always maps to
-//!   the same folder.
-//! - NAME is `{arrival secs}.M{hash}.spoolreplay,S={size}` where `hash` is the first 32 hex
-//!   digits of SHA-256 over the message key, a NUL and the lowercased mailbox. It is the same
-//!   in every run, which is how a resumed run recognises a copy it already made (in `new/`,
-//!   and when recovering also in `cur/`, where a mail client may have moved it as
-//!   `NAME:2,S`). `S=` is Dovecot's file size field.
+//! - Folders are the canonical mailbox (`address::Mailbox::canonical`): quoting undone,
+//!   the local part's ASCII letters lowercased (as Dovecot's `%Lu`; other characters of a
+//!   non-ASCII local part are kept as given), the domain IDNA-normalised to its Unicode
+//!   form, case-folded, so `a@EXÄMPLE.NET`, `a@exämple.net` and `a@xn--exmple-cua.net`
+//!   share one folder. Path checks apply to that form, as it is what becomes the path.
+//! - NAME is `M{hash}.spoolreplay` where `hash` is the first 32 hex digits of SHA-256 over
+//!   the message key (its content hash), a NUL and the canonical mailbox: nothing else, so
+//!   two spools' copies of the same bytes for `Bob@Example.NET` and `bob@example.net` have
+//!   one name whatever their arrival time or the `Delivered-To:` line written. It is the
+//!   same in every run, which is how a resumed run recognises a copy it already made (in
+//!   `new/`, and when recovering also in `cur/`, where a mail client may have moved it as
+//!   `NAME:2,S`).
+//! - Versions before this one named copies `{arrival secs}.M{hash}.spoolreplay,S={size}`
+//!   (hash over the ASCII-lowercased mailbox, size including the delivery headers): that
+//!   name is looked for too (`legacy_file_name`), so a ledger left in flight by such a
+//!   version resumes without a second copy.
 //! - The stored file starts with `Return-Path:` and `Delivered-To:` lines, as a delivery
 //!   agent writes them, followed by the message with LF line ends (the Maildir convention
 //!   Dovecot follows) by the one rule of `line_ends` (classic-Mac CRs are line ends, any
@@ -129,14 +136,9 @@ impl MaildirStore {
     ) -> Result<Outcome, Problem> {
         self.ensure_maildir(maildir)?;
         let bytes = stored_bytes(delivery.sender, &target.given, delivery.content);
-        let name = file_name(delivery, target, bytes.len());
+        let name = file_name(delivery, target);
         let new_path = maildir.join("new").join(&name);
-        if exists(&new_path)? {
-            return Ok(already_there(&new_path));
-        }
-        if delivery.recovering
-            && let Some(found) = find_in_cur(&maildir.join("cur"), &name)?
-        {
+        if let Some(found) = self.find_copy(delivery, target, maildir, &name, bytes.len())? {
             return Ok(already_there(&found));
         }
         let tmp_path = maildir.join("tmp").join(&name);
@@ -150,6 +152,49 @@ impl MaildirStore {
             detail: new_path.display().to_string(),
             remote: None,
         })
+    }
+
+    /// A copy already made: under today's name, or under the name an earlier version gave
+    /// it (in its folder, which differs for a non-ASCII domain); in `cur/` too when
+    /// recovering.
+    fn find_copy(
+        &self,
+        delivery: &Delivery<'_>,
+        target: &Target,
+        maildir: &Path,
+        name: &str,
+        size: usize,
+    ) -> Result<Option<PathBuf>, Problem> {
+        let legacy = legacy_file_name(delivery, target, size);
+        let legacy_maildir = self
+            .root
+            .join(&target.legacy_domain)
+            .join(&target.local)
+            .join("Maildir");
+        let mut places = vec![
+            (maildir.to_path_buf(), name),
+            (maildir.to_path_buf(), &legacy),
+        ];
+        if legacy_maildir != maildir && stays_under(&self.root, &legacy_maildir) {
+            places.push((legacy_maildir, &legacy));
+        }
+        for (dir, name) in &places {
+            let path = dir.join("new").join(name);
+            if exists(&path)? {
+                return Ok(Some(path));
+            }
+        }
+        if delivery.recovering {
+            for (dir, name) in &places {
+                let cur = dir.join("cur");
+                if (dir == maildir || exists(&cur)?)
+                    && let Some(found) = find_in_cur(&cur, name)?
+                {
+                    return Ok(Some(found));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Creates the domain, mailbox and Maildir folders as needed.
@@ -255,14 +300,17 @@ impl Deliverer for MaildirStore {
 struct Target {
     /// The address as the envelope gave it (brackets and spaces dropped, case kept).
     given: String,
-    /// Lowercased local part: the mailbox folder name.
+    /// Canonical local part (`Mailbox::canonical_local`): the mailbox folder name.
     local: String,
-    /// Lowercased domain: the domain folder name.
+    /// Canonical domain (IDNA, case-folded): the domain folder name.
     domain: String,
+    /// The domain folder versions before IDNA normalisation used (ASCII-lowercased only),
+    /// where a copy from such a version may be.
+    legacy_domain: String,
 }
 
 impl Target {
-    /// The lowercased mailbox: what the file name hash and duplicate check use.
+    /// The canonical mailbox: what the file name hash and duplicate check use.
     fn key(&self) -> String {
         format!("{}@{}", self.local, self.domain)
     }
@@ -291,7 +339,7 @@ fn check_recipient(raw: &str) -> Result<Target, String> {
     })?;
     // A quoted local part (`"john doe"@x`) names the mailbox `john doe`: the quotes are
     // syntax, not part of the name (RFC 5321 4.1.2), so they do not go into the folder.
-    let local = unquote_local(&mailbox.local);
+    let local = mailbox.canonical_local();
     check_path_part("local part", &local)?;
     if mailbox.local.len() > MAX_LOCAL_OCTETS {
         return Err(format!(
@@ -299,33 +347,18 @@ fn check_recipient(raw: &str) -> Result<Target, String> {
             mailbox.local.len()
         ));
     }
+    // The form that becomes the folder is the one checked: IDNA maps some characters
+    // (a full-width solidus becomes `/`).
     check_path_part("domain", &mailbox.domain)?;
-    check_domain(&mailbox.domain)?;
+    let domain = mailbox.canonical_domain();
+    check_path_part("domain", &domain)?;
+    check_domain(&domain)?;
     Ok(Target {
         given: mailbox.to_string(),
-        local: local.to_ascii_lowercase(),
-        domain: mailbox.domain.to_ascii_lowercase(),
+        local,
+        legacy_domain: mailbox.domain.to_ascii_lowercase(),
+        domain,
     })
-}
-
-/// `"john doe"` → `john doe`, `"a\"b"` → `a"b`; anything else unchanged.
-fn unquote_local(local: &str) -> String {
-    let Some(inner) = local
-        .strip_prefix('"')
-        .and_then(|s| s.strip_suffix('"'))
-        .filter(|_| local.len() >= 2)
-    else {
-        return local.to_string();
-    };
-    let mut out = String::with_capacity(inner.len());
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => out.extend(chars.next()),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// Rules that keep one part a single, ordinary path component.
@@ -434,18 +467,34 @@ fn stored_bytes(sender: &ReversePath, recipient: &str, content: &[u8]) -> Vec<u8
     out
 }
 
-/// `{arrival secs}.M{hash}.spoolreplay,S={size}`: the same for the same message and
-/// mailbox in every run.
-fn file_name(delivery: &Delivery<'_>, target: &Target, size: usize) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(delivery.message_key.as_bytes());
-    hasher.update([0u8]);
-    hasher.update(target.key().as_bytes());
-    let digest = hasher.finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    // Maildir readers take the leading number as a time; a pre-1970 arrival is bogus.
+/// `M{hash}.spoolreplay`: a function of the message key (content hash) and the canonical
+/// mailbox only, the same in every run and from every spool that holds these bytes.
+fn file_name(delivery: &Delivery<'_>, target: &Target) -> String {
+    format!(
+        "M{}.spoolreplay",
+        name_hash(delivery.message_key, &target.key())
+    )
+}
+
+/// The name versions before canonical mailboxes gave a copy, kept so that a crash
+/// recovery of their in-flight work finds it: `{arrival secs}.M{hash}.spoolreplay,S={size}`
+/// with the hash over the mailbox as they lowercased it (quotes undone, ASCII only) and
+/// `size` the stored bytes. Can go once no ledger of those versions is left in flight.
+fn legacy_file_name(delivery: &Delivery<'_>, target: &Target, size: usize) -> String {
+    let key = format!("{}@{}", target.local, target.legacy_domain);
+    let hex = name_hash(delivery.message_key, &key);
     let secs = delivery.arrival.timestamp().max(0);
     format!("{secs}.M{hex}.spoolreplay,S={size}")
+}
+
+/// The first 32 hex digits of SHA-256 over `message_key`, a NUL and `mailbox`.
+fn name_hash(message_key: &str, mailbox: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(message_key.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(mailbox.as_bytes());
+    let digest = hasher.finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Looks in `cur/` for `NAME` with flags (`NAME:2,S`) or more Dovecot fields (`NAME,W=…`).
@@ -591,9 +640,9 @@ mod tests {
             (t.local.as_str(), t.domain.as_str()),
             ("john doe", "example.test")
         );
-        assert_eq!(unquote_local("\"a\\\"b\""), "a\"b");
-        assert_eq!(unquote_local("plain"), "plain");
-        assert_eq!(unquote_local("\""), "\"");
+        assert_eq!(crate::address::unquote_local("\"a\\\"b\""), "a\"b");
+        assert_eq!(crate::address::unquote_local("plain"), "plain");
+        assert_eq!(crate::address::unquote_local("\""), "\"");
         // Unquoting must not open a way out of the store.
         assert!(check_recipient("\"../x\"@example.test").is_err());
         assert!(check_recipient("\"..\"@example.test").is_err());
@@ -610,6 +659,61 @@ mod tests {
         assert_eq!(idn.local, "jörg");
         assert_eq!(idn.domain, "bücher.example");
         assert!(check_recipient(&format!("{}@x.test", "a".repeat(64))).is_ok());
+    }
+
+    #[test]
+    fn idn_domains_share_one_folder() {
+        let folder = |raw: &str| check_recipient(raw).unwrap().domain;
+        assert_eq!(folder("a@EXÄMPLE.NET"), "exämple.net");
+        assert_eq!(folder("a@exämple.net"), "exämple.net");
+        assert_eq!(folder("a@xn--exmple-cua.net"), "exämple.net");
+        assert_eq!(folder("a@Xn--Exmple-Cua.Net"), "exämple.net");
+        // IDNA maps a full-width solidus to `/`: the mapped form is what is checked.
+        refused_because("a@x\u{ff0f}y.test", "path separator");
+    }
+
+    fn delivery<'a>(sender: &'a ReversePath, arrival: &str) -> Delivery<'a> {
+        Delivery {
+            message_key: "0123abcd",
+            sender,
+            content: b"Subject: x\r\n\r\nbody\r\n",
+            arrival: chrono::DateTime::parse_from_rfc3339(arrival).unwrap(),
+            recovering: false,
+            envid: None,
+            ret: None,
+        }
+    }
+
+    #[test]
+    fn file_names_depend_on_content_and_mailbox_only() {
+        let sender = ReversePath::Address("s@x.test".into());
+        let one = delivery(&sender, "2023-01-23T10:00:00Z");
+        let other_host = delivery(&sender, "2023-01-23T10:07:00+02:00");
+        let names: Vec<String> = [
+            (&one, "Bob@Example.NET"),
+            (&other_host, "bob@example.net"),
+            (&one, "\"bob\"@EXAMPLE.net"),
+        ]
+        .iter()
+        .map(|(d, rcpt)| file_name(d, &check_recipient(rcpt).unwrap()))
+        .collect();
+        assert_eq!(names[0], names[1]);
+        assert_eq!(names[0], names[2]);
+        assert!(
+            names[0].starts_with('M') && names[0].ends_with(".spoolreplay"),
+            "{}",
+            names[0]
+        );
+        let carol = file_name(&one, &check_recipient("carol@example.net").unwrap());
+        assert_ne!(names[0], carol, "another mailbox, another name");
+        // The name older versions gave: arrival, ASCII-lowercased mailbox, stored size.
+        assert_eq!(
+            legacy_file_name(&one, &check_recipient("Bob@Example.NET").unwrap(), 99),
+            format!(
+                "1674468000.M{}.spoolreplay,S=99",
+                name_hash("0123abcd", "bob@example.net")
+            )
+        );
     }
 
     #[test]

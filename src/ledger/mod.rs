@@ -14,11 +14,12 @@ pub mod queries;
 mod schema;
 pub mod state;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, params};
 
 use crate::address::ReversePath;
 use crate::exit::{Exit, Failure, failure};
@@ -171,8 +172,9 @@ impl Ledger {
         Ok(ledger)
     }
 
-    /// A writer must not build on a damaged file: SQLite notices damage only on the pages a
-    /// query happens to read, so check them all (cheap next to the work a writer does).
+    /// No command may build on, or report from, a damaged file: SQLite notices damage only
+    /// on the pages a query happens to read, so check them all (`quick_check`: every page
+    /// and index entry read once, a second or two per million messages).
     fn check_integrity(&self) -> Result<()> {
         let verdict: String = self
             .conn
@@ -190,7 +192,9 @@ impl Ledger {
         ))
     }
 
-    /// Opens an existing ledger to read it; no lock, no migration.
+    /// Opens an existing ledger to read it; no lock, no migration. Checked for damage like
+    /// a writer's open: a reader that only met the pages its queries touch would print
+    /// plausible counts from a damaged file (`status` did, exit 0).
     pub fn open_read(path: &Path) -> Result<Ledger> {
         if !path.exists() {
             return Err(no_ledger(path));
@@ -217,6 +221,7 @@ impl Ledger {
                 ),
             ));
         }
+        ledger.check_integrity()?;
         Ok(ledger)
     }
 
@@ -626,6 +631,14 @@ pub struct Change<'a> {
     pub remote: Option<&'a str>,
 }
 
+/// Where a mailbox was already met while inserting a message.
+enum SeenAt {
+    /// In an earlier message with the same content (its queue id).
+    Earlier(String),
+    /// Earlier in this message's own envelope (that recipient's address as given).
+    Sibling(String),
+}
+
 impl Tx<'_> {
     /// Adds a message and its recipients (state pending), unless the same content from the
     /// same source is already there. Clears a quarantine entry for that source.
@@ -674,6 +687,10 @@ impl Tx<'_> {
             "INSERT OR IGNORE INTO recipients (message_id, address, domain, orcpt, notify, state, reply, updated_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
+        // Mailboxes compare by `Mailbox::canonical` (`Bob@Example.NET` is `bob@example.net`),
+        // against earlier copies of this content and against this envelope's own earlier
+        // recipients. Both are maps built once per message: linear in recipients.
+        let mut earlier = self.earlier_copies(&hash, message_id)?;
         for rcpt in &env.recipients {
             let domain = rcpt
                 .address
@@ -682,11 +699,21 @@ impl Tx<'_> {
                 .unwrap_or_default();
             let notify = rcpt.notify.map(notify_name);
             // What the MTA already did is recorded as settled and never replayed; an exact
-            // copy of mail already in the ledger for this recipient is settled by that copy.
-            let earlier = self.earlier_copy(&hash, message_id, &rcpt.address)?;
-            let duplicate_note = earlier.as_ref().map(|q| {
-                format!("exact copy of {q} (same content): that copy's delivery covers it")
-            });
+            // copy of mail already in the ledger for this mailbox is settled by that copy.
+            let mailbox = crate::address::Mailbox::canonical_key(&rcpt.address);
+            let duplicate_note = match earlier.get(&mailbox) {
+                Some(SeenAt::Earlier(q)) => Some(format!(
+                    "exact copy of {q} (same content): that copy's delivery covers it"
+                )),
+                Some(SeenAt::Sibling(first)) => Some(format!(
+                    "same mailbox as `{first}` in this envelope: that recipient's delivery \
+                     covers it"
+                )),
+                None => None,
+            };
+            if duplicate_note.is_none() {
+                earlier.insert(mailbox, SeenAt::Sibling(rcpt.address.clone()));
+            }
             let (state, note) = match (rcpt.prior, &duplicate_note) {
                 (None, Some(note)) => (RcptState::Duplicate, Some(note.as_str())),
                 (None, None) => (RcptState::Pending, None),
@@ -721,16 +748,23 @@ impl Tx<'_> {
         Ok(Inserted::New)
     }
 
-    /// The queue id of an earlier message with the same content and this recipient.
-    fn earlier_copy(&self, hash: &str, message_id: i64, address: &str) -> Result<Option<String>> {
-        Ok(self
-            .tx
-            .prepare_cached(
-                "SELECT m.queue_id FROM messages m JOIN recipients r ON r.message_id = m.id \
-                 WHERE m.content_hash = ?1 AND m.id < ?2 AND r.address = ?3 ORDER BY m.id LIMIT 1",
-            )?
-            .query_row(params![hash, message_id, address], |r| r.get(0))
-            .optional()?)
+    /// The mailboxes (canonical) of earlier messages with the same content, each with the
+    /// queue id of the first such message. One query per message; none of this content
+    /// before (the usual case) costs one index look-up.
+    fn earlier_copies(&self, hash: &str, message_id: i64) -> Result<HashMap<String, SeenAt>> {
+        let mut statement = self.tx.prepare_cached(
+            "SELECT m.queue_id, r.address FROM messages m JOIN recipients r ON r.message_id = m.id \
+             WHERE m.content_hash = ?1 AND m.id < ?2 ORDER BY m.id, r.id",
+        )?;
+        let mut rows = statement.query(params![hash, message_id])?;
+        let mut copies = HashMap::new();
+        while let Some(row) = rows.next()? {
+            let (queue_id, address): (String, String) = (row.get(0)?, row.get(1)?);
+            copies
+                .entry(crate::address::Mailbox::canonical_key(&address))
+                .or_insert(SeenAt::Earlier(queue_id));
+        }
+        Ok(copies)
     }
 
     /// Records a quarantined item; returns false when it was already recorded.
@@ -840,7 +874,8 @@ impl Tx<'_> {
 }
 
 const MESSAGE_COLUMNS: &str = "m.id, m.content_hash, m.source_format, m.source_path, m.source_offset, m.source_len, \
-     m.queue_id, m.size, m.sender, m.arrival, m.envid, m.ret, m.window, m.disposition, m.queue_name, m.mta_hold";
+     m.queue_id, m.size, m.sender, m.arrival, m.envid, m.ret, m.window, m.disposition, m.queue_name, m.mta_hold, \
+     m.arrival_unix";
 
 const RECIPIENT_COLUMNS: &str = "id, message_id, address, domain, orcpt, notify, state, status, reply, attempts, \
      last_attempt, next_attempt, remote, delay_dsn_id";
@@ -856,8 +891,21 @@ fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<MessageRow
         let format: SpoolFormat = format
             .parse()
             .map_err(|e: String| anyhow::anyhow!("message {id} in the ledger: {e}"))?;
-        let arrival = DateTime::parse_from_rfc3339(&arrival)
-            .with_context(|| format!("message {id} in the ledger has a bad arrival `{arrival}`"))?;
+        // RFC 3339 has no year before 0 or after 9999: a row an earlier version ingested
+        // with such a time (a Postfix `T` record of -99999999999) is read by its seconds,
+        // so that one row does not stop a report of the whole ledger.
+        let arrival = match DateTime::parse_from_rfc3339(&arrival) {
+            Ok(a) => a,
+            Err(e) => r
+                .get::<_, i64>(16)
+                .ok()
+                .and_then(|secs| DateTime::from_timestamp(secs, 0))
+                .map(|a| a.fixed_offset())
+                .ok_or(e)
+                .with_context(|| {
+                    format!("message {id} in the ledger has a bad arrival `{arrival}`")
+                })?,
+        };
         Ok(MessageRow {
             id,
             content_hash: r.get(1)?,

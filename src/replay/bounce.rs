@@ -1,12 +1,12 @@
 //! Making the DSNs that are owed: one per message for its failed recipients, never to the
 //! null sender, never against NOTIFY, never twice (see ARCHITECTURE.md).
 
-use anyhow::{Context, Result};
-use chrono::{DateTime, FixedOffset, Local};
+use anyhow::Result;
+use chrono::{DateTime, Datelike, FixedOffset, Local};
 
 use super::{Event, Replay, STATUS_EXPIRED, read_verified, test_hook};
-use crate::address::ReturnContent;
-use crate::dsn::{self, Action, Diagnostic, DsnRecipient, DsnRequest};
+use crate::address::{ReturnContent, ReversePath};
+use crate::dsn::{self, Action, Diagnostic, DsnError, DsnRecipient, DsnRequest};
 use crate::incident::Incident;
 use crate::ledger::DsnKind;
 use crate::ledger::{Change, MessageWork, RcptState, RecipientRow};
@@ -162,14 +162,21 @@ impl Replay<'_> {
     /// warns) in one transaction, and tells the printer.
     fn issue(&mut self, work: &MessageWork, kind: DsnKind, to: &str) -> Result<()> {
         let m = &work.message;
-        let (message_id, bytes) = make_dsn(
+        let built = make_dsn(
             self.settings.incident,
             self.settings.return_limit,
             work,
             kind,
             to,
             Local::now().fixed_offset(),
-        )?;
+        );
+        let (message_id, bytes) = match built {
+            Ok(built) => built,
+            Err(e) => match e.downcast_ref::<Unbuildable>() {
+                Some(unbuildable) => return self.settle_unbuildable(work, kind, unbuildable),
+                None => return Err(e),
+            },
+        };
         let covered = &work.recipients;
         let id = self.ledger.write(|tx| match kind {
             DsnKind::Failure => tx.record_dsn(m.id, to, &message_id, &bytes, covered),
@@ -192,9 +199,60 @@ impl Replay<'_> {
     }
 }
 
+impl Replay<'_> {
+    /// One message's DSN cannot be made: its failed recipients are dropped with the reason
+    /// (a delay warning is just not sent), and the other messages' DSNs go on.
+    fn settle_unbuildable(
+        &mut self,
+        work: &MessageWork,
+        kind: DsnKind,
+        unbuildable: &Unbuildable,
+    ) -> Result<()> {
+        let notice = crate::sanitize::for_terminal(&unbuildable.to_string());
+        (self.on_event)(Event::Notice(&notice));
+        match kind {
+            DsnKind::Delay => Ok(()),
+            DsnKind::Failure | DsnKind::Postmaster => {
+                self.drop_all(&work.recipients, false, |_| {
+                    format!("no DSN: {}", unbuildable.why)
+                })
+            }
+        }
+    }
+}
+
+/// A DSN that cannot be made for one message: its return path is not one (an old ledger
+/// kept a sender today's ingest quarantines), its arrival cannot be written as a date, or
+/// a recipient cannot be reported. Its recipients are settled without one; only problems
+/// of the configuration (reporting MTA, `From:`) stop the run.
+#[derive(Debug, thiserror::Error)]
+#[error("no DSN can be made for message {queue_id}: {why}")]
+pub struct Unbuildable {
+    pub queue_id: String,
+    pub why: String,
+}
+
+/// What in one message keeps its DSN from being made, found before building it.
+fn unbuildable(m: &crate::ledger::MessageRow, to: &str) -> Option<String> {
+    if let Err(why) = ReversePath::parse(to).check() {
+        return Some(why);
+    }
+    // RFC 5322 dates have four-digit years; screened at ingest since, but a ledger may
+    // be older.
+    let year = m.arrival.year();
+    if m.arrival < crate::spool::screen::earliest_arrival() || year > 9999 {
+        return Some(format!(
+            "its arrival time {} cannot be a real one",
+            m.arrival.to_rfc3339()
+        ));
+    }
+    None
+}
+
 /// Builds the DSN of `kind` for `work` (its message and the recipients it reports),
 /// addressed to `to`; returns its Message-ID and bytes. Reads the original from the spool
-/// (headers only are returned when it is unreadable).
+/// (headers only are returned when it is unreadable). `Unbuildable` (in the error chain)
+/// when this message can have no DSN.
 pub fn make_dsn(
     incident: &Incident,
     return_limit: usize,
@@ -204,6 +262,12 @@ pub fn make_dsn(
     date: DateTime<FixedOffset>,
 ) -> Result<(String, Vec<u8>)> {
     let m = &work.message;
+    if let Some(why) = unbuildable(m, to) {
+        return Err(anyhow::Error::new(Unbuildable {
+            queue_id: m.queue_id.clone(),
+            why,
+        }));
+    }
     let original = read_verified(m).unwrap_or_default();
     let deadline = crate::classify::deadline(incident, m.arrival);
     let recipients: Vec<DsnRecipient> = work
@@ -254,8 +318,17 @@ pub fn make_dsn(
         smtputf8: needs_smtputf8(work),
         from: incident.dsn_from.as_deref(),
     };
-    let bytes = dsn::build(&request)
-        .with_context(|| format!("cannot build the DSN for message {}", m.queue_id))?;
+    let bytes = dsn::build(&request).map_err(|e| match e {
+        // The configuration's fault: every DSN would fail the same way.
+        DsnError::BadReportingMta(_) | DsnError::BadFrom(_) | DsnError::BadMessageId(_) => {
+            anyhow::Error::new(e)
+                .context(format!("cannot build the DSN for message {}", m.queue_id))
+        }
+        other => anyhow::Error::new(Unbuildable {
+            queue_id: m.queue_id.clone(),
+            why: other.to_string(),
+        }),
+    })?;
     let bytes = match kind {
         DsnKind::Postmaster => postmaster_copy(bytes),
         _ => bytes,

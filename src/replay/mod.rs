@@ -8,7 +8,7 @@
 mod bounce;
 mod deliver;
 
-pub use bounce::make_dsn;
+pub use bounce::{Unbuildable, make_dsn};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -159,12 +159,42 @@ fn timeline_section(page: &mut String, r: &HtmlReport<'_>) {
         escape(&r.incident.restored_at.offset().to_string()),
         svg::stacked_columns(&chart, 420.0)
     );
+    if let Some(start) = timeline_start(r) {
+        let earlier: u64 = r
+            .plan
+            .arrivals
+            .iter()
+            .filter(|((h, _), _)| *h < start)
+            .map(|(_, n)| n)
+            .sum();
+        if earlier > 0 {
+            let _ = write!(
+                page,
+                r#"<p class="note">{earlier} messages that arrived before {} are not drawn (the chart shows the last {} days of arrivals).</p>"#,
+                escape(&start.format("%Y-%m-%d %H:00").to_string()),
+                MAX_TIMELINE_HOURS / 24
+            );
+        }
+    }
 }
 
-/// The hours from the first to the last arrival, one series per window that has mail.
+/// The longest timeline drawn, in hours: one column per hour, so one arrival decades off
+/// (a damaged date) must not make millions of columns.
+const MAX_TIMELINE_HOURS: i64 = 92 * 24;
+
+/// The first hour the timeline shows: the first arrival, or `MAX_TIMELINE_HOURS` before
+/// the last one.
+fn timeline_start(r: &HtmlReport<'_>) -> Option<DateTime<FixedOffset>> {
+    let first = r.plan.arrivals.keys().map(|(h, _)| *h).min()?;
+    let last = r.plan.arrivals.keys().map(|(h, _)| *h).max()?;
+    Some(first.max(last - TimeDelta::hours(MAX_TIMELINE_HOURS - 1)))
+}
+
+/// The hours from the first to the last arrival (at most `MAX_TIMELINE_HOURS`), one
+/// series per window that has mail.
 pub fn timeline_chart(r: &HtmlReport<'_>) -> Option<StackedChart> {
     let inc = r.incident;
-    let first = r.plan.arrivals.keys().map(|(h, _)| *h).min()?;
+    let first = timeline_start(r)?;
     let last = r.plan.arrivals.keys().map(|(h, _)| *h).max()?;
     let hours = ((last - first).num_hours().max(0) + 1) as usize;
     let slot_of = |t: DateTime<FixedOffset>| (t - first).num_hours().max(0) as usize;
@@ -175,7 +205,12 @@ pub fn timeline_chart(r: &HtmlReport<'_>) -> Option<StackedChart> {
         .iter()
         .map(|&w| {
             let mut values = vec![0; hours];
-            for ((h, _), n) in r.plan.arrivals.iter().filter(|((_, x), _)| *x == w) {
+            for ((h, _), n) in r
+                .plan
+                .arrivals
+                .iter()
+                .filter(|((h, x), _)| *x == w && *h >= first)
+            {
                 if let Some(v) = values.get_mut(slot_of(*h)) {
                     *v += n;
                 }

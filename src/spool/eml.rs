@@ -171,7 +171,8 @@ impl Iterator for EmlReader {
 }
 
 fn quarantine(path: &Path, reason: String) -> SpoolItem {
-    let len = std::fs::metadata(path).map_or(0, |m| if m.is_file() { m.len() } else { 0 });
+    // The link itself, never its target: a link to `/etc/shadow` says nothing about it.
+    let len = std::fs::symlink_metadata(path).map_or(0, |m| if m.is_file() { m.len() } else { 0 });
     SpoolItem::Quarantined(Quarantined {
         source: SourceRef {
             format: SpoolFormat::Eml,
@@ -190,12 +191,19 @@ fn message(path: &Path, queue_id: String) -> SpoolItem {
     }
 }
 
-/// `Ok(None)` when there is no sidecar; `Err` is a quarantine reason.
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// `Ok(None)` when there is no sidecar; `Err` is a quarantine reason. A sidecar that is
+/// not a regular file (a FIFO, a link to `/dev/zero`) is refused without being opened.
 fn read_sidecar(path: &Path) -> Result<Option<GivenEnvelope>, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read sidecar: {e}")),
+    let bytes = match super::read_regular(path) {
+        Ok((b, _)) => b,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(format!("sidecar `{}`: {e}", file_name(path))),
     };
     parse_sidecar(&bytes)
         .map(Some)
@@ -264,12 +272,13 @@ fn optional_string<'a>(map: &'a Map<String, Value>, key: &str) -> Result<Option<
 
 fn parse_recipient(index: usize, value: &Value) -> Result<Recipient, String> {
     let recipient = match value {
-        Value::String(address) => Recipient::plain(address.trim()),
+        // Blanks only: U+0085 and other controls stay, to be refused rather than hidden.
+        Value::String(address) => Recipient::plain(address.trim_matches([' ', '\t'])),
         Value::Object(map) => {
             reject_unknown_keys(map, &RECIPIENT_KEYS, &format!("recipients[{index}]."))?;
             let at = |key: &str| format!("recipients[{index}].{key}");
             let address = match map.get("address") {
-                Some(Value::String(a)) => a.trim().to_string(),
+                Some(Value::String(a)) => a.trim_matches([' ', '\t']).to_string(),
                 Some(_) => return Err(format!("`{}` must be a string", at("address"))),
                 None => return Err(format!("missing `{}`", at("address"))),
             };

@@ -436,26 +436,18 @@ fn split_address_list(value: &str) -> Vec<String> {
     items
 }
 
-/// Drops repeated recipients (local part exact, domain case-insensitive), keeping the
-/// first occurrence and its parameters.
+/// Drops repeated recipients (the same mailbox by `Mailbox::canonical`), keeping the
+/// first occurrence and its parameters. A set, not a list scan: 100k recipients in one
+/// envelope cost 100k look-ups, not 5 billion comparisons.
 pub fn dedupe(recipients: Vec<Recipient>) -> Vec<Recipient> {
-    let mut seen: Vec<String> = Vec::with_capacity(recipients.len());
+    let mut seen = std::collections::HashSet::with_capacity(recipients.len());
     let mut out = Vec::with_capacity(recipients.len());
     for recipient in recipients {
-        let key = dedupe_key(&recipient.address);
-        if !seen.contains(&key) {
-            seen.push(key);
+        if seen.insert(crate::address::Mailbox::canonical_key(&recipient.address)) {
             out.push(recipient);
         }
     }
     out
-}
-
-fn dedupe_key(address: &str) -> String {
-    match address.rsplit_once('@') {
-        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
-        None => address.to_string(),
-    }
 }
 
 fn pick_arrival(
@@ -650,9 +642,21 @@ Delivered-To: d2@y.test\n\nb\n";
                 prior: None,
             },
         ];
+        let mut list = list;
+        list.push(Recipient::plain("\"carol\"@example.org"));
+        list.push(Recipient::plain("Carol@EXAMPLE.org"));
+        list.push(Recipient::plain("carol@example.net"));
         let out = dedupe(list);
         let addrs: Vec<&str> = out.iter().map(|r| r.address.as_str()).collect();
-        assert_eq!(addrs, ["Bob@Example.ORG", "bob@example.org"]);
+        // One mailbox per `Mailbox::canonical`: local part case and quoting do not count.
+        assert_eq!(
+            addrs,
+            [
+                "Bob@Example.ORG",
+                "\"carol\"@example.org",
+                "carol@example.net"
+            ]
+        );
     }
 
     #[test]

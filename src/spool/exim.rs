@@ -352,9 +352,9 @@ fn recipients(header: &SpoolHeader, delivered: &HashSet<String>) -> Vec<Recipien
 /// before its delivery run was interrupted.
 fn read_journal(h_path: &Path, delivered: &mut HashSet<String>) -> Result<(), Problem> {
     let j_path = h_path.with_file_name(sibling_name(h_path, "-J"));
-    let bytes = match std::fs::read(&j_path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+    let bytes = match super::read_regular(&j_path) {
+        Ok((b, _)) => b,
+        Err(e) if e.is_not_found() => return Ok(()),
         Err(e) => {
             return Err(Problem {
                 path: j_path,
@@ -409,12 +409,13 @@ fn load(h_path: &Path) -> Result<Loaded, Problem> {
     };
     let header = header::parse(&id, &bytes).map_err(|e| in_header(e.offset, e.reason))?;
     let d_path = h_path.with_file_name(format!("{id}-D"));
-    let data = match std::fs::read(&d_path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    // A `-D` that is a FIFO or a link (to `/dev/zero`) is refused before it is opened.
+    let data = match super::read_regular(&d_path) {
+        Ok((d, _)) => d,
+        Err(e) if e.is_not_found() => {
             return Err(in_header(0, format!("its data file `{id}-D` is missing")));
         }
-        Err(e) => return Err(problem(&d_path, 0, format!("cannot read file: {e}"))),
+        Err(e) => return Err(problem(&d_path, 0, e.to_string())),
     };
     let body = data_body(&id, &data).map_err(|reason| problem(&d_path, 0, reason))?;
     Ok(Loaded {
@@ -426,11 +427,9 @@ fn load(h_path: &Path) -> Result<Loaded, Problem> {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, String> {
-    let metadata = std::fs::metadata(path).map_err(|e| format!("cannot read file: {e}"))?;
-    if !metadata.is_file() {
-        return Err("not a regular file".into());
-    }
-    std::fs::read(path).map_err(|e| format!("cannot read file: {e}"))
+    super::read_regular(path)
+        .map(|(bytes, _)| bytes)
+        .map_err(|e| e.to_string())
 }
 
 /// The body of a `-D` file: everything after its first line, which must be `<id>-D`.

@@ -26,13 +26,16 @@
 //! messages. A read error that stops the file has no key (see `shard`).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Take};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, FixedOffset};
 
 use super::envelope::{self, Hints};
-use super::{Quarantined, QueuedMessage, Selection, SourceRef, SpoolError, SpoolFormat, SpoolItem};
+use super::{
+    FileError, Links, Quarantined, QueuedMessage, Selection, SourceRef, SpoolError, SpoolFormat,
+    SpoolItem,
+};
 
 /// Opens the mbox file at `path` for streaming.
 pub fn read(path: &Path) -> Result<MboxReader, SpoolError> {
@@ -51,17 +54,21 @@ pub fn read_selected(path: &Path, selection: Selection) -> Result<MboxReader, Sp
         source,
     };
     let abs = std::path::absolute(path).map_err(io_err)?;
-    let file = File::open(&abs).map_err(io_err)?;
-    let metadata = file.metadata().map_err(io_err)?;
-    if !metadata.is_file() {
-        return Err(SpoolError::Unrecognized {
-            path: path.to_path_buf(),
-            why: "an mbox spool must be a regular file".into(),
-        });
-    }
+    // The operator named this file, so a link to it is followed; a FIFO or device is not
+    // opened, and reading stops at the size it had when opened.
+    let (file, metadata) = match super::open_file(&abs, Links::Follow) {
+        Ok(opened) => opened,
+        Err(FileError::Io(e)) => return Err(io_err(e)),
+        Err(_) => {
+            return Err(SpoolError::Unrecognized {
+                path: path.to_path_buf(),
+                why: "an mbox spool must be a regular file".into(),
+            });
+        }
+    };
     Ok(MboxReader {
         path: abs,
-        reader: BufReader::new(file),
+        reader: BufReader::new(file.take(metadata.len())),
         position: 0,
         pending_from: None,
         started: false,
@@ -75,7 +82,7 @@ pub fn read_selected(path: &Path, selection: Selection) -> Result<MboxReader, Sp
 /// Streams the messages of one mbox file, one `SpoolItem` per `From ` line.
 pub struct MboxReader {
     path: PathBuf,
-    reader: BufReader<File>,
+    reader: BufReader<Take<File>>,
     /// File offset of the next byte `reader` will return.
     position: u64,
     /// The `From ` line that starts the next message, already read.
@@ -279,7 +286,7 @@ pub fn unquote(raw: &[u8]) -> Vec<u8> {
 
 /// Re-reads one message's content from the mbox, exactly as the reader produced it.
 pub fn read_content(source: &SourceRef) -> std::io::Result<Vec<u8>> {
-    let mut file = File::open(&source.path)?;
+    let (mut file, _) = super::open_file(&source.path, Links::Follow)?;
     file.seek(SeekFrom::Start(source.offset))?;
     let len = usize::try_from(source.len).map_err(std::io::Error::other)?;
     let mut raw = vec![0; len];

@@ -109,6 +109,8 @@ fn forced_mbox_on_a_folder_is_an_error_not_a_panic() {
 fn small_fixture_spools_of_every_format() {
     // (spool, format, messages, recipients, quarantined)
     let cases = [
+        // Only the final delivery's Delivered-To names a recipient (one per Maildir file), and
+        // `Carol@Example.NET` and `carol@example.net` would be one mailbox anyway.
         ("spools/maildir", "maildir", 2, 2, 3),
         ("spools/inbox.mbox", "mbox", 3, 4, 2),
         ("spools/eml", "eml", 3, 5, 7),

@@ -171,25 +171,19 @@ fn file_name_is_deterministic_and_dovecot_shaped() {
             .unwrap();
         let path = delivered_path(&outcomes[0]);
         names.push(path.file_name().unwrap().to_string_lossy().into_owned());
-        let size = fs::metadata(&path).unwrap().len();
-        assert!(
-            names.last().unwrap().ends_with(&format!(",S={size}")),
-            "{names:?}"
-        );
     }
     assert_eq!(names[0], names[1]);
-    // 2024-03-05T09:20:30Z, then M + 32 hex digits.
+    // M + 32 hex digits: nothing of the arrival time or the stored size (they differ
+    // between two spools' copies of the same bytes).
     let name = &names[0];
-    let (secs, rest) = name.split_once(".M").unwrap();
-    assert_eq!(secs, "1709630430");
-    let (hash, tail) = rest.split_once('.').unwrap();
+    let (hash, tail) = name.strip_prefix('M').unwrap().split_once('.').unwrap();
     assert_eq!(hash.len(), 32, "{name}");
     assert!(
         hash.bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
         "{name}"
     );
-    assert!(tail.starts_with("spoolreplay,S="), "{name}");
+    assert_eq!(tail, "spoolreplay", "{name}");
 
     // Another mailbox or another message gets another name.
     let tmp = tempfile::tempdir().unwrap();
@@ -252,6 +246,100 @@ fn recipient_listed_twice_gets_one_copy() {
         }
     );
     assert_eq!(files_in(&root.join("example.net/bob/Maildir/new")).len(), 1);
+}
+
+/// Issue 13.1: two spools' copies of one message (another arrival time, another spelling
+/// of the mailbox, so another `Delivered-To:` line and file size) are one copy.
+#[test]
+fn the_same_bytes_from_two_spools_make_one_copy_per_mailbox() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut store, root) = store_in(tmp.path());
+    let s = sender();
+    let first = store
+        .deliver_plain(
+            &delivery(&s, false),
+            &["bob@example.net", "\"carol\"@example.net"],
+        )
+        .unwrap();
+    let bob = delivered_path(&first[0]);
+    let carol = delivered_path(&first[1]);
+    let mut other_host = delivery(&s, false);
+    other_host.arrival = DateTime::parse_from_rfc3339("2024-03-05T11:02:00+01:00").unwrap();
+    let second = store
+        .deliver_plain(&other_host, &["Bob@Example.NET", "carol@EXAMPLE.net"])
+        .unwrap();
+    assert_eq!(
+        second,
+        vec![
+            Outcome::AlreadyThere {
+                detail: bob.display().to_string()
+            },
+            Outcome::AlreadyThere {
+                detail: carol.display().to_string()
+            },
+        ]
+    );
+    for mailbox in ["bob", "carol"] {
+        let new = root.join("example.net").join(mailbox).join("Maildir/new");
+        assert_eq!(files_in(&new).len(), 1, "{mailbox}");
+    }
+}
+
+#[test]
+fn idn_domains_in_either_form_share_one_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut store, root) = store_in(tmp.path());
+    let s = sender();
+    let first = store
+        .deliver_plain(&delivery(&s, false), &["a@EXÄMPLE.NET"])
+        .unwrap();
+    let path = delivered_path(&first[0]);
+    for spelling in ["a@exämple.net", "a@xn--exmple-cua.net"] {
+        let again = store
+            .deliver_plain(&delivery(&s, false), &[spelling])
+            .unwrap();
+        assert_eq!(
+            again,
+            vec![Outcome::AlreadyThere {
+                detail: path.display().to_string()
+            }],
+            "{spelling}"
+        );
+    }
+    assert_eq!(files_in(&root), ["exämple.net"]);
+}
+
+/// A copy an earlier version made (`{arrival}.M{hash}.spoolreplay,S={size}`, hash over the
+/// ASCII-lowercased mailbox) before a crash is found by a recovering run: no second copy.
+#[test]
+fn a_copy_named_by_an_earlier_version_is_found_when_recovering() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut store, root) = store_in(tmp.path());
+    let s = sender();
+    let given = "Bob@Example.NET";
+    let mut stored =
+        format!("Return-Path: <Alice@Example.org>\nDelivered-To: {given}\n").into_bytes();
+    stored.extend_from_slice(STORED_BODY);
+    let hash = crate::support::sha256_hex(b"spool:q/4F2A1B\0bob@example.net")[..32].to_string();
+    let legacy = format!("1709630430.M{hash}.spoolreplay,S={}", stored.len());
+    let maildir = root.join("example.net/bob/Maildir");
+    for sub in ["tmp", "new", "cur"] {
+        fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    for (folder, name) in [("new", legacy.clone()), ("cur", format!("{legacy}:2,S"))] {
+        let path = maildir.join(folder).join(&name);
+        fs::write(&path, &stored).unwrap();
+        let found = store.deliver_plain(&delivery(&s, true), &[given]).unwrap();
+        assert_eq!(
+            found,
+            vec![Outcome::AlreadyThere {
+                detail: path.display().to_string()
+            }],
+            "in {folder}/"
+        );
+        fs::remove_file(&path).unwrap();
+    }
+    assert!(files_in(&maildir.join("new")).is_empty());
 }
 
 #[test]

@@ -496,7 +496,7 @@ fn malformed_messages_are_quarantined_and_the_rest_read() {
         d[0] = b'X';
         d
     });
-    // An orphan -D, and an -H that cannot be read (a dangling link).
+    // An orphan -D, and an -H that is a (dangling) link: never followed.
     std::fs::write(
         b.dir.path().join("input/1xX64b-0000ZZ-00-D"),
         b"1xX64b-0000ZZ-00-D\nbody\n",
@@ -569,7 +569,8 @@ fn malformed_messages_are_quarantined_and_the_rest_read() {
         &items,
         &b.dir.path().join("input/1xX64b-0000ZZ-01-H"),
         0,
-        "cannot read file: No such file or directory (os error 2)",
+        "symbolic link: not followed (only the spool's own files are read; copy the target \
+         into the spool to ingest it)",
     );
     let read: Vec<&str> = items
         .iter()

@@ -15,6 +15,7 @@ mod dsn;
 mod exim;
 mod exit_codes;
 mod faults;
+mod hostile_spool;
 mod hostile_store;
 mod postfix;
 mod realworld;

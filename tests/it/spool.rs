@@ -530,11 +530,15 @@ fn unreadable_entries_are_quarantined() {
     std::fs::create_dir(dir.path().join("cur/a-folder")).unwrap();
     let items = read_all(dir.path(), SpoolFormat::Maildir);
     assert_eq!(items.len(), 2);
-    check_quarantined(&items[0], "cur/a-folder", "not a regular file");
+    check_quarantined(&items[0], "cur/a-folder", "not a regular file (a folder)");
     match &items[1] {
         SpoolItem::Quarantined(q) => {
             assert!(q.source.path.ends_with("cur/dangling:2,S"));
-            assert!(q.reason.starts_with("cannot read file: "), "{}", q.reason);
+            assert!(
+                q.reason.starts_with("symbolic link: not followed"),
+                "{}",
+                q.reason
+            );
         }
         other => panic!("dangling symlink not quarantined: {other:?}"),
     }
@@ -547,7 +551,11 @@ fn unreadable_entries_are_quarantined() {
         .collect();
     assert_eq!(items.len(), 1);
     match &items[0] {
-        SpoolItem::Quarantined(q) => assert!(q.reason.starts_with("cannot read file: ")),
+        SpoolItem::Quarantined(q) => assert!(
+            q.reason.starts_with("symbolic link: not followed"),
+            "{}",
+            q.reason
+        ),
         other => panic!("dangling eml not quarantined: {other:?}"),
     }
 }

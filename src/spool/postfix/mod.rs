@@ -20,8 +20,7 @@
 mod queue_file;
 mod record;
 
-use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -89,9 +88,9 @@ pub fn read_selected(path: &Path, selection: Selection) -> Result<PostfixReader,
 
 /// Reads a message's content again, exactly as `read` produced it.
 pub fn read_content(source: &SourceRef) -> std::io::Result<Vec<u8>> {
-    let file = File::open(&source.path)?;
-    let len = file.metadata()?.len();
-    queue_file::parse(BufReader::new(file), len)
+    let (file, metadata) = super::open_regular(&source.path)?;
+    let len = metadata.len();
+    queue_file::parse(BufReader::new(file.take(len)), len)
         .map(|q| q.content)
         .map_err(|Malformed(reason)| {
             std::io::Error::new(
@@ -120,25 +119,23 @@ pub fn read_file(path: &Path, queue: &str) -> SpoolItem {
             reason,
         })
     };
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) => return quarantine(0, format!("cannot open queue file: {e}")),
-    };
-    let metadata = match file.metadata() {
-        Ok(m) => m,
-        Err(e) => return quarantine(0, format!("cannot read queue file: {e}")),
+    // Non-blocking and without following links: the walk saw a regular file, but it may
+    // have been swapped since.
+    let (file, metadata) = match super::open_regular(path) {
+        Ok(opened) => opened,
+        Err(super::FileError::Io(e)) => {
+            return quarantine(0, format!("cannot open queue file: {e}"));
+        }
+        Err(e) => return quarantine(0, e.to_string()),
     };
     let len = metadata.len();
-    if !metadata.is_file() {
-        return quarantine(len, "not a regular file".into());
-    }
     if matches!(queue, "incoming" | "maildrop") && metadata.permissions().mode() & 0o100 == 0 {
         return quarantine(len, INCOMPLETE.into());
     }
     if len == 0 {
         return quarantine(0, "file is empty".into());
     }
-    match queue_file::parse(BufReader::new(file), len) {
+    match queue_file::parse(BufReader::new(file.take(len)), len) {
         Ok(parsed) => SpoolItem::Message(QueuedMessage {
             source: source(len),
             queue_id: file_name(path),
@@ -329,7 +326,8 @@ fn holds_queue_file(dir: &Path, depth: usize) -> bool {
 fn starts_like_queue_file(path: &Path) -> bool {
     use std::io::Read;
     let mut first = [0u8; 1];
-    File::open(path)
-        .and_then(|mut f| f.read_exact(&mut first))
-        .is_ok_and(|()| matches!(first[0], b'C' | b'T'))
+    super::open_regular(path)
+        .ok()
+        .and_then(|(mut f, _)| f.read_exact(&mut first).ok())
+        .is_some_and(|()| matches!(first[0], b'C' | b'T'))
 }

@@ -44,7 +44,7 @@ pub struct Output {
 }
 
 impl Output {
-    fn from(out: std::process::Output) -> Output {
+    pub fn from(out: std::process::Output) -> Output {
         Output {
             code: out.status.code(),
             signal: out.status.signal(),
