@@ -22,4 +22,5 @@ mod report_html;
 mod run_lmtp;
 mod run_smtp;
 mod shard;
+mod signals;
 mod spool;

@@ -478,3 +478,101 @@ pub fn ingested() -> Cli {
     std::fs::write(&cli.ledger, bytes).expect("write ledger");
     cli
 }
+
+/// A child process stopped (SIGKILL) and reaped when the guard goes, so a failing test
+/// leaves nothing running.
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    /// Waits for the child to end and takes it out of the guard.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let mut child = self.0.take().expect("the child was already waited for");
+        child.wait().expect("wait for the child")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends `signal` (`"TERM"`, `"HUP"`, `"INT"`) to `pid` with kill(1).
+#[track_caller]
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// How the stderr of a signalled command is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stderr {
+    /// Read to the end.
+    Kept,
+    /// Closed by the test just before the signal, so every later write there fails
+    /// (EPIPE), as when an ssh session drops and SIGHUP follows.
+    Gone,
+}
+
+/// Starts `cmd` with stdout into `stdout_file`, waits until its stderr shows `ready` (a
+/// line the command prints once its signal handlers are in place), lets it run for
+/// `delay`, then sends `signal`; returns what it did. The child is stopped if the test
+/// fails on the way.
+#[track_caller]
+pub fn signal_after(
+    mut cmd: Command,
+    stdout_file: &Path,
+    ready: &str,
+    delay: std::time::Duration,
+    signal: &str,
+    stderr: Stderr,
+) -> Output {
+    use std::io::{BufRead, Read};
+    let out = std::fs::File::create(stdout_file).expect("stdout file");
+    let mut guard = ChildGuard(Some(
+        cmd.stdout(out)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn spoolreplay"),
+    ));
+    let child = guard.0.as_mut().expect("child");
+    let pid = child.id();
+    let mut err = std::io::BufReader::new(child.stderr.take().expect("piped stderr"));
+    let mut seen = String::new();
+    while !seen.contains(ready) {
+        let mut line = String::new();
+        let n = err.read_line(&mut line).expect("read stderr");
+        assert!(n > 0, "the command ended before printing `{ready}`: {seen}");
+        seen.push_str(&line);
+    }
+    let rest = match stderr {
+        Stderr::Gone => {
+            drop(err);
+            None
+        }
+        Stderr::Kept => Some(std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = err.read_to_string(&mut rest);
+            rest
+        })),
+    };
+    std::thread::sleep(delay);
+    send_signal(pid, signal);
+    let status = guard.wait();
+    if let Some(rest) = rest {
+        seen.push_str(&rest.join().expect("stderr reader"));
+    }
+    Output {
+        code: status.code(),
+        signal: status.signal(),
+        stdout: std::fs::read_to_string(stdout_file).expect("read stdout file"),
+        stderr: seen,
+    }
+}
