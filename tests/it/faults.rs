@@ -872,3 +872,81 @@ fn kill_9_during_ingest_then_ingest_again_gives_the_clean_ledger() {
         "only {killed_mid_way} of {trials} kills landed before ingest finished ({clean_time:?})"
     );
 }
+
+/// SIGTERM and SIGHUP (stderr closed first, as when an ssh session drops) at seeded
+/// moments of `ingest`: it commits what it read, prints its summary, exits 143 / 129; the
+/// ledger then holds exactly the messages the summary counts, and ingesting again gives
+/// the clean ledger.
+#[test]
+fn sigterm_or_sighup_during_ingest_commits_what_was_read() {
+    use crate::support::{Stderr, parse_json_lines, signal_after};
+    let spool = ingest_drill_spool();
+    let reference = Cli::new();
+    let started = Instant::now();
+    let out = reference.run_env(
+        &["ingest".as_ref(), spool.as_os_str()],
+        &[("SPOOLREPLAY_TEST_COMMIT_ITEMS", "100")],
+    );
+    check(&out, 0);
+    let window = started.elapsed().as_millis() as u64 + 1;
+    let clean = ledger_content(&reference.ledger);
+
+    let mut rng = Rng::new(1_4301);
+    let trials = drill_trials(10);
+    let mut stopped_mid_way = 0;
+    for trial in 0..trials {
+        let (signal, code, stderr) = if trial.is_multiple_of(2) {
+            ("TERM", 143, Stderr::Kept)
+        } else {
+            ("HUP", 129, Stderr::Gone)
+        };
+        let delay = Duration::from_millis(rng.below(window));
+        let what = format!("trial {trial} (SIG{signal} after {delay:?})");
+        let cli = Cli::new();
+        let mut cmd = cli.command(&["--json".as_ref(), "ingest".as_ref(), spool.as_os_str()]);
+        cmd.env("SPOOLREPLAY_TEST_COMMIT_ITEMS", "100");
+        let out = signal_after(
+            cmd,
+            &cli.at("ingest.stdout"),
+            "reading",
+            delay,
+            signal,
+            stderr,
+        );
+        assert!(!out.stderr.contains("panicked"), "{what}: {}", out.stderr);
+        let summary = parse_json_lines(&out.stdout)
+            .into_iter()
+            .find(|v| v["type"] == "ingest_summary")
+            .unwrap_or_else(|| panic!("{what}: no ingest_summary: {out:?}"));
+        assert_eq!(
+            Some(summary["exit"].as_i64().unwrap_or(-1) as i32),
+            out.code
+        );
+        match out.code {
+            Some(c) if c == code => {
+                stopped_mid_way += 1;
+                assert!(
+                    summary["stopped"]
+                        .as_str()
+                        .is_some_and(|s| s.contains(&format!("SIG{signal}"))),
+                    "{what}: {summary}"
+                );
+                let messages = ledger_content(&cli.ledger)
+                    .iter()
+                    .filter(|r| r.starts_with("Text(\"m\")"))
+                    .count() as u64;
+                assert_eq!(summary["new"], messages, "{what}: committed = counted");
+            }
+            // The signal came after the last commit: nothing was left to stop.
+            Some(0) => assert!(summary["stopped"].is_null(), "{what}: {summary}"),
+            other => panic!("{what}: exit {other:?}: {out:?}"),
+        }
+        let again = cli.run(&["ingest".as_ref(), spool.as_os_str()]);
+        check(&again, 0);
+        assert_eq!(ledger_content(&cli.ledger), clean, "{what}");
+    }
+    assert!(
+        stopped_mid_way >= trials / 2,
+        "only {stopped_mid_way} of {trials} signals landed before ingest finished"
+    );
+}
