@@ -188,14 +188,8 @@ fn a_second_sigterm_stops_at_once() {
     let mails = minispool::plain_spool(5, |_| vec!["alice@example.test".to_string()]);
     minispool::ingest(&cli, &mails);
     let args = minispool::run_args(&cli, &peer.url(), &[]);
-    let mut child = crate::support::ChildGuard(Some(
-        cli.command(&args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn run"),
-    ));
-    let pid = child.0.as_ref().expect("child").id();
+    let child = cli.spawn(&args);
+    let pid = child.id();
     for _ in 0..600 {
         if *held.lock().unwrap_or_else(|e| e.into_inner()) {
             break;
@@ -210,12 +204,7 @@ fn a_second_sigterm_stops_at_once() {
     // The note says the first signal was seen; then the second one.
     std::thread::sleep(Duration::from_millis(300));
     send_signal(pid, "TERM");
-    let out = child
-        .0
-        .take()
-        .expect("child")
-        .wait_with_output()
-        .expect("wait");
+    let out = child.wait_with_output().expect("wait");
     release.store(true, Ordering::SeqCst);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

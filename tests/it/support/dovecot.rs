@@ -219,6 +219,9 @@ impl Dovecot {
 
 impl Drop for Dovecot {
     fn drop(&mut self) {
+        let master = std::fs::read_to_string(self.root().join("run").join("master.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok());
         let _ = Command::new("doveadm")
             .arg("-c")
             .arg(&self.conf)
@@ -227,7 +230,23 @@ impl Drop for Dovecot {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        // The daemon is detached (parent pid 1): if `doveadm stop` did not end it within a
+        // few seconds, kill its master (its children follow it), so no test leaves one.
+        let Some(pid) = master else { return };
+        let alive = || Path::new(&format!("/proc/{pid}")).exists() && is_dovecot(pid);
+        let until = Instant::now() + Duration::from_secs(5);
+        while alive() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if alive() {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
     }
+}
+
+/// Whether `pid` is still a dovecot process (a recycled pid is left alone).
+fn is_dovecot(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "dovecot")
 }
 
 fn users_file(users: &[User]) -> String {

@@ -157,13 +157,16 @@ impl Cli {
         Output::from(cmd.output().expect("run spoolreplay"))
     }
 
-    /// Starts the binary in the background with piped output.
-    pub fn spawn<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Child {
-        self.command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn spoolreplay")
+    /// Starts the binary in the background with piped output; it is killed if the test
+    /// ends (passes or fails) before waiting for it.
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> ChildGuard {
+        ChildGuard(Some(
+            self.command(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn spoolreplay"),
+        ))
     }
 
     /// `--json ingest` of the sample spool, expected to succeed.
@@ -355,7 +358,7 @@ pub fn drill_trials(ci: usize) -> usize {
 /// Lets `child` run for `delay`, then `kill -9`s it; asserts that it was still running
 /// (a drill whose kill came after the end tests nothing). `what` names the trial.
 #[track_caller]
-pub fn kill_9_after(mut child: Child, delay: std::time::Duration, what: &str) {
+pub fn kill_9_after(mut child: ChildGuard, delay: std::time::Duration, what: &str) {
     std::thread::sleep(delay);
     child.kill().expect("kill -9");
     let status = child.wait().expect("wait");
@@ -484,10 +487,26 @@ pub fn ingested() -> Cli {
 pub struct ChildGuard(pub Option<Child>);
 
 impl ChildGuard {
-    /// Waits for the child to end and takes it out of the guard.
-    pub fn wait(&mut self) -> std::process::ExitStatus {
-        let mut child = self.0.take().expect("the child was already waited for");
-        child.wait().expect("wait for the child")
+    /// `Child::wait_with_output`, taking the child out of the guard.
+    pub fn wait_with_output(mut self) -> std::io::Result<std::process::Output> {
+        self.0
+            .take()
+            .expect("the child was already waited for")
+            .wait_with_output()
+    }
+}
+
+impl std::ops::Deref for ChildGuard {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("the child was already waited for")
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the child was already waited for")
     }
 }
 
@@ -565,7 +584,7 @@ pub fn signal_after(
     };
     std::thread::sleep(delay);
     send_signal(pid, signal);
-    let status = guard.wait();
+    let status = guard.wait().expect("wait for the command");
     if let Some(rest) = rest {
         seen.push_str(&rest.join().expect("stderr reader"));
     }
