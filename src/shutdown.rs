@@ -119,3 +119,20 @@ impl Shutdown {
         Signal::from_number(self.first.load(Ordering::SeqCst))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Signal;
+
+    #[test]
+    fn each_signal_exits_with_128_plus_its_number_as_a_shell_reports_it() {
+        for s in Signal::ALL {
+            assert_eq!(i32::from(s.exit().code()), 128 + s.number(), "{s:?}");
+            assert_eq!(Signal::from_number(s.number() as usize), Some(s));
+        }
+        assert_eq!(Signal::Terminate.exit().code(), 143);
+        assert_eq!(Signal::HangUp.exit().code(), 129);
+        assert_eq!(Signal::Interrupt.exit().code(), 130);
+        assert_eq!(Signal::from_number(0), None);
+    }
+}

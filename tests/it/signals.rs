@@ -228,3 +228,16 @@ fn a_second_sigterm_stops_at_once() {
     assert_eq!(state(&status, "uncertain"), in_flight, "{status}");
     assert_eq!(state(&status, "delivered"), 5 - in_flight, "{status}");
 }
+
+#[test]
+fn help_lists_the_exit_code_of_each_signal() {
+    let out = Cli::new().run(&["--help"]);
+    check(&out, 0);
+    for phrase in [
+        "130  interrupted by Ctrl-C",
+        "143  stopped by SIGTERM",
+        "129 by SIGHUP",
+    ] {
+        assert!(out.stdout.contains(phrase), "{phrase}: {}", out.stdout);
+    }
+}
