@@ -753,32 +753,29 @@ fn hostile_eml_spool_at_volume_is_quarantined_item_by_item_in_flat_memory() {
 // ---------------------------------------------------------------------------------------
 // kill -9 during ingest
 
-/// A Postfix spool of small messages (plus a few malformed files), made once.
-fn ingest_drill_spool() -> &'static Path {
-    static SPOOL: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    SPOOL
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let q = dir.path().join("deferred");
-            let mut rng = Rng::new(4242);
-            for i in 0..1200u64 {
-                let n = 1 + rng.below(3);
-                let rcpts: Vec<Vec<u8>> = (0..n)
-                    .map(|k| format!("u{}@d{}.example", i * 7 + k, k).into_bytes())
-                    .collect();
-                let refs: Vec<&[u8]> = rcpts.iter().map(Vec::as_slice).collect();
-                let lines = vec![b"X-Filler: some header text".to_vec(); rng.below(40) as usize];
-                write_file(
-                    &q.join(format!("{:X}/{i:08X}", i % 16)),
-                    &queue_file(i, &refs, &lines),
-                );
-            }
-            for i in 0..30u64 {
-                write_file(&q.join(format!("Z/junk{i}")), b"not a queue file");
-            }
-            dir
-        })
-        .path()
+/// A Postfix spool of small messages (plus a few malformed files), made per test (a few
+/// hundred milliseconds) rather than kept in a static: a static is never dropped, so its
+/// temp dir would outlive the suite.
+fn ingest_drill_spool() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let q = dir.path().join("deferred");
+    let mut rng = Rng::new(4242);
+    for i in 0..1200u64 {
+        let n = 1 + rng.below(3);
+        let rcpts: Vec<Vec<u8>> = (0..n)
+            .map(|k| format!("u{}@d{}.example", i * 7 + k, k).into_bytes())
+            .collect();
+        let refs: Vec<&[u8]> = rcpts.iter().map(Vec::as_slice).collect();
+        let lines = vec![b"X-Filler: some header text".to_vec(); rng.below(40) as usize];
+        write_file(
+            &q.join(format!("{:X}/{i:08X}", i % 16)),
+            &queue_file(i, &refs, &lines),
+        );
+    }
+    for i in 0..30u64 {
+        write_file(&q.join(format!("Z/junk{i}")), b"not a queue file");
+    }
+    dir
 }
 
 /// The ledger's content without its timestamps: messages, recipients with state, the
@@ -819,7 +816,8 @@ fn ledger_content(ledger: &Path) -> Vec<String> {
 
 #[test]
 fn kill_9_during_ingest_then_ingest_again_gives_the_clean_ledger() {
-    let spool = ingest_drill_spool();
+    let spool_dir = ingest_drill_spool();
+    let spool = spool_dir.path();
     let reference = Cli::new();
     let started = Instant::now();
     let out = reference.run_env(
@@ -880,7 +878,8 @@ fn kill_9_during_ingest_then_ingest_again_gives_the_clean_ledger() {
 #[test]
 fn sigterm_or_sighup_during_ingest_commits_what_was_read() {
     use crate::support::{Stderr, parse_json_lines, signal_after};
-    let spool = ingest_drill_spool();
+    let spool_dir = ingest_drill_spool();
+    let spool = spool_dir.path();
     let reference = Cli::new();
     let started = Instant::now();
     let out = reference.run_env(
