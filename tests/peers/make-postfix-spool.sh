@@ -207,14 +207,18 @@ start_helpers() {
     exit 1
 }
 
+# Until smtpd greets as this instance: the port was free when picked, but only the
+# greeting proves that it is ours and not a process that took the port meanwhile.
 wait_for_smtp() {
     for _ in $(seq 100); do
-        if $PY -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()' "$SMTP_PORT" 2>/dev/null; then
-            return
-        fi
+        if $PY - "$SMTP_PORT" <<'EOF' 2>/dev/null; then return; fi
+import socket, sys
+with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2) as s:
+    assert s.makefile("rb").readline().startswith(b"220 mx.example.test")
+EOF
         sleep 0.1
     done
-    say "postfix does not listen on 127.0.0.1:$SMTP_PORT (see $LOG)"
+    say "this instance's postfix does not greet on 127.0.0.1:$SMTP_PORT (see $LOG)"
     exit 1
 }
 
