@@ -85,7 +85,10 @@ fn sigterm_and_sighup_stop_a_run_gracefully_and_the_next_run_finishes() {
         let mails = minispool::plain_spool(MESSAGES, |i| recipients_of(trial, i));
         minispool::ingest(&cli, &mails);
         let store = host.tcp_store();
-        let args = minispool::run_args(&cli, &store, &["--rate", "20/s", "--batch-size", "5"]);
+        // -v: each failed recipient (the ghost) is a line on stderr, which SIGHUP trials
+        // have closed by then; the run must shrug that off.
+        let mut args = minispool::run_args(&cli, &store, &["--rate", "20/s", "--batch-size", "5"]);
+        args.insert(0, "-v".into());
         let out = signal_after(
             cli.command(&args),
             &cli.at("run.stdout"),
