@@ -93,9 +93,12 @@ stop_all() {
     return 0
 }
 trap stop_all EXIT
+# Signals end the script through its EXIT trap; so does a broken pipe (the test that
+# reads our output is gone), after which stop_all writes nothing anywhere.
 trap 'exit 143' TERM
 trap 'exit 129' HUP
 trap 'exit 130' INT
+trap 'exit 141' PIPE
 
 prepare() {
     rm -rf "$W"
