@@ -661,6 +661,10 @@ fn real_postfix(ids: &str) {
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
+    // Everything the script started (master and its daemons, the milter, the tarpit, the
+    // stalled injector) has stopped: nothing runs from the instance any more.
+    let left = crate::support::processes_under(&queue.path().join("instance"));
+    assert!(left.is_empty(), "left running: {left:#?}");
     let out = &queue;
     let count = check_against_postfix(out.path());
     assert!(

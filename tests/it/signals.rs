@@ -161,6 +161,11 @@ fn sigterm_and_sighup_stop_a_run_gracefully_and_the_next_run_finishes() {
             }
         }
     });
+    // Dovecot stops with its guard: nothing runs from its folder afterwards.
+    let root = host.root().to_path_buf();
+    drop(host);
+    let left = crate::support::processes_under(&root);
+    assert!(left.is_empty(), "left running: {left:#?}");
 }
 
 /// The first SIGTERM waits for the message in flight, which the (scripted) store holds

@@ -595,3 +595,30 @@ pub fn signal_after(
         stderr: seen,
     }
 }
+
+/// Processes whose command line or working directory is under `dir` (`pid: command`):
+/// what a test's peers left running there. Read from /proc.
+pub fn processes_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let cwd = std::fs::read_link(e.path().join("cwd"))
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (cmdline.contains(&dir) || cwd.starts_with(&dir)).then(|| {
+                format!(
+                    "{}: {} (in {cwd})",
+                    e.file_name().to_string_lossy(),
+                    cmdline.trim()
+                )
+            })
+        })
+        .collect()
+}
