@@ -24,9 +24,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -41,9 +43,18 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, shell=isinstance(cmd, str), check=True, **kw)
 
 
+def free_port():
+    """A loopback port nobody listens on now (the kernel's pick), so two benchmarks, or a
+    benchmark and the test suite, never share one."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def timed(cmd, stdout=subprocess.DEVNULL):
     """(wall seconds, peak RSS in MB) of a command, by GNU time."""
-    out = "/tmp/spoolreplay-bench.time"
+    fd, out = tempfile.mkstemp(prefix="spoolreplay-bench-", suffix=".time")
+    os.close(fd)
     full = ["/usr/bin/time", "-f", "%e %M", "-o", out] + (
         ["sh", "-c", cmd] if isinstance(cmd, str) else cmd
     )
@@ -53,6 +64,7 @@ def timed(cmd, stdout=subprocess.DEVNULL):
     wall = time.monotonic() - started
     with open(out) as f:
         _, rss_kb = f.read().split()[-2:]
+    os.unlink(out)
     return wall, int(rss_kb) / 1024
 
 
@@ -182,7 +194,7 @@ class Bench:
         c.close()
         spool = self.spool(fmt, count)
         timed(f"find {spool} -type f -print0 | xargs -0 cat > /dev/null")  # warm
-        port = 2525 + (1 if lmtp else 0)
+        port = free_port()
         sink = self.sink(lmtp, port)
         try:
             proto = "lmtp" if lmtp else "smtp"
@@ -334,7 +346,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         os.makedirs(qdir)
         os.makedirs(os.path.join(root, "data"))
         shutil.chown(os.path.join(root, "data"), "postfix", "postfix")
-        port = 2535 + (1 if lmtp else 0)
+        port = free_port()
         settings = self.pf_settings(lmtp, port, conc, root)
         with open(os.path.join(cfg, "main.cf"), "w") as f:
             for k, v in settings.items():

@@ -10,6 +10,7 @@ Exit codes:
   0    done (held and quarantined items are reported, not pending)
   75   deliverable work remains, or the ledger is busy: run again to resume
   130  interrupted by Ctrl-C after a clean checkpoint
+  143  stopped by SIGTERM, 129 by SIGHUP, likewise (a second signal stops at once)
   64 usage, 65 bad data (also: spool changed since ingest), 66 input not found,
   69 store unavailable, 73 cannot create output, 74 i/o error,
   78 bad configuration (also: a run that would bounce more than --max-bounce-share)";

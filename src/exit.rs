@@ -24,8 +24,12 @@ pub enum Exit {
     TempFail = 75,
     /// The configuration (incident file, options) is invalid.
     Config = 78,
-    /// Interrupted by Ctrl-C after a clean checkpoint.
+    /// Stopped by SIGHUP (the terminal or ssh session went away) after a clean checkpoint.
+    HangUp = 129,
+    /// Stopped by Ctrl-C (SIGINT) after a clean checkpoint.
     Interrupted = 130,
+    /// Stopped by SIGTERM (a service manager, `kill`) after a clean checkpoint.
+    Terminated = 143,
 }
 
 impl Exit {
@@ -44,7 +48,9 @@ impl Exit {
             Exit::IoErr => "i/o error",
             Exit::TempFail => "work remains: run again to resume",
             Exit::Config => "bad configuration",
+            Exit::HangUp => "stopped by SIGHUP: run again to resume",
             Exit::Interrupted => "interrupted: run again to resume",
+            Exit::Terminated => "stopped by SIGTERM: run again to resume",
         }
     }
 }

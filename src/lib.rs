@@ -22,6 +22,7 @@ pub mod replay;
 pub mod report;
 pub mod sanitize;
 pub mod shard;
+pub mod shutdown;
 pub mod spool;
 pub mod throttle;
 
@@ -88,6 +89,6 @@ fn render_error(err: &anyhow::Error) -> Exit {
     if let Some(hint) = exit::hint_for(err) {
         text.push_str(&format!("\nhint: {hint}"));
     }
-    eprintln!("{text}");
+    report::to_stderr(&text);
     exit::exit_for(err)
 }

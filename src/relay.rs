@@ -73,6 +73,11 @@ impl Sender<'_> {
                 .with_context(|| format!("DSN {} vanished from the ledger", dsn.id))?;
             let wait = self.pace.wait(started.elapsed(), content.len() as u64);
             std::thread::sleep(wait);
+            // A stop asked for during the pace's wait: this DSN has not gone yet.
+            if !wait.is_zero() && self.interrupted.load(Ordering::SeqCst) {
+                stats.interrupted = true;
+                break;
+            }
             self.ledger
                 .write(|tx| tx.set_send_state(dsn.id, dsn.send_state, SendState::Sending, None))?;
             crate::replay::test_hook("after-dsn-sending");

@@ -1,7 +1,5 @@
 //! `spoolreplay bounces`: the DSNs made and owed; show, preview, send or write them.
 
-use std::sync::atomic::AtomicBool;
-
 use anyhow::Result;
 use chrono::Local;
 use serde_json::json;
@@ -19,6 +17,7 @@ use crate::replay::{failure_for, make_dsn};
 use crate::report::table::Table;
 use crate::report::{Printer, json as events};
 use crate::sanitize::for_terminal;
+use crate::shutdown::Shutdown;
 
 pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) -> Result<Exit> {
     let printer = Printer::new(output);
@@ -72,7 +71,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
                     format!("cannot reach the relay {relay}"),
                 ))
             })?;
-            let interrupted = AtomicBool::new(false);
+            let shutdown = Shutdown::install("finishing the DSN being sent")?;
             let started = std::time::Instant::now();
             let mut on_sent = |s: Sent<'_>| {
                 printer.verbose(&format!(
@@ -92,7 +91,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
                 relay: &mut store as &mut dyn Deliverer,
                 pace: Pace::new(rate.map(|r| r.per_second()), None),
                 resend_uncertain,
-                interrupted: &interrupted,
+                interrupted: shutdown.flag(),
                 on_sent: &mut on_sent,
             };
             let stats = sender.run()?;
@@ -101,17 +100,33 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
                     resend_uncertain: false,
                 })?
                 .len();
-            let exit = if stats.stopped.is_some() || unsent > 0 {
+            let signal = shutdown.signal();
+            let exit = if let Some(signal) = signal {
+                signal.exit()
+            } else if stats.stopped.is_some() || unsent > 0 {
                 Exit::TempFail
             } else {
                 Exit::Done
             };
-            printer.event(&json!({
+            let stopped = stats.stopped.clone().or_else(|| {
+                signal.map(|s| {
+                    format!(
+                        "{} received; the DSN being sent was finished and recorded",
+                        s.name()
+                    )
+                })
+            });
+            // After a signal, output may be gone (SIGHUP): the ledger and the exit code
+            // matter then, not whether the summary could be printed.
+            let summary_event = printer.event(&json!({
                 "type": "send_summary", "sent": stats.sent, "deferred": stats.deferred,
                 "failed": stats.failed, "uncertain": stats.uncertain,
                 "recovered_uncertain": stats.recovered_uncertain, "unsent": unsent,
-                "stopped": stats.stopped, "exit": exit.code(),
-            }))?;
+                "stopped": stopped, "exit": exit.code(),
+            }));
+            if signal.is_none() {
+                summary_event?;
+            }
             let mut t = Table::new(&["DSNs", "count#"]);
             for (label, n) in [
                 ("sent", stats.sent),
@@ -136,7 +151,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
                 t.row(vec![label.to_string(), n.to_string()]);
             }
             let mut summary = t.render();
-            if let Some(why) = &stats.stopped {
+            if let Some(why) = &stopped {
                 summary.push_str(&format!("Stopped early: {}\n", for_terminal(why)));
             }
             summary.push_str(&format!(
@@ -146,7 +161,10 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
                 exit.code(),
                 exit.meaning()
             ));
-            printer.summary(&summary)?;
+            let printed = printer.summary(&summary);
+            if signal.is_none() {
+                printed?;
+            }
             Ok(exit)
         }
     }

@@ -11,6 +11,7 @@ use crate::ledger::{self, Inserted, Ledger};
 use crate::report::progress::Progress;
 use crate::report::{Printer, json as events};
 use crate::sanitize::for_terminal;
+use crate::shutdown::Shutdown;
 use crate::spool::{
     self, ContentHash, HashRule, Quarantined, QueuedMessage, Selection, SpoolError, SpoolItem,
 };
@@ -76,6 +77,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
     }
     ledger.checkpoint_in_large_steps()?;
     let deferred_indexes = ledger.defer_lookup_indexes()?;
+    let shutdown = Shutdown::install("committing what was read")?;
     printer.note(&format!(
         "reading {format} spool `{}`{}",
         for_terminal(&root.display().to_string()),
@@ -92,14 +94,18 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
     let (items_tx, items_rx) = std::sync::mpsc::sync_channel::<Vec<Read>>(READ_AHEAD);
     std::thread::scope(|scope| -> Result<()> {
         scope.spawn(move || read_ahead(reader, hash_rule, &items_tx));
-        let mut items = items_rx.iter().flatten().peekable();
+        // The receiver is moved in, so it is dropped when this closure returns (done, an
+        // error, a signal): a reader blocked on a full channel then sees the send fail
+        // and ends, instead of the scope waiting for it forever.
+        let mut items = items_rx.into_iter().flatten().peekable();
         let items_per_commit = items_per_commit();
-        while items.peek().is_some() {
+        while !shutdown.requested() && items.peek().is_some() {
             let now = ledger::timestamp();
             // One transaction per chunk, items consumed one at a time.
             let (count, fresh) = ledger.write(|tx| {
                 let (mut count, mut bytes, mut fresh) = (0usize, 0usize, Vec::new());
-                while count < items_per_commit && bytes < BYTES_PER_COMMIT {
+                while count < items_per_commit && bytes < BYTES_PER_COMMIT && !shutdown.requested()
+                {
                     let Some(read) = items.next() else { break };
                     count += 1;
                     match read {
@@ -143,37 +149,58 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
         ledger.ensure_lookup_indexes()?;
     }
 
-    printer.event(&json!({
-        "type": "ingest_summary",
-        "spool": root.to_string_lossy(),
-        "format": format.as_str(),
-        "ledger": ledger.path().to_string_lossy(),
-        "messages": tally.messages,
-        "new": tally.new,
-        "known": tally.known,
-        "recipients": tally.recipients,
-        "quarantined": tally.quarantined,
-        "new_quarantined": tally.new_quarantined,
-        "shard": cfg.shard.map(|s| s.to_string()),
-        "other_shards": selection.skipped(),
-    }))?;
-    printer.summary(&format!(
-        "ingested {} messages from `{}`: {} new ({} recipients), {} already in the ledger; {} quarantined ({} new)",
-        tally.messages,
-        for_terminal(&root.display().to_string()),
-        tally.new,
-        tally.recipients,
-        tally.known,
-        tally.quarantined,
-        tally.new_quarantined
-    ))?;
-    if let Some(shard) = cfg.shard {
+    let signal = shutdown.signal();
+    let exit = signal.map_or(Exit::Done, |s| s.exit());
+    let printed = (|| -> std::io::Result<()> {
+        printer.event(&json!({
+            "type": "ingest_summary",
+            "spool": root.to_string_lossy(),
+            "format": format.as_str(),
+            "ledger": ledger.path().to_string_lossy(),
+            "messages": tally.messages,
+            "new": tally.new,
+            "known": tally.known,
+            "recipients": tally.recipients,
+            "quarantined": tally.quarantined,
+            "new_quarantined": tally.new_quarantined,
+            "shard": cfg.shard.map(|s| s.to_string()),
+            "other_shards": selection.skipped(),
+            "stopped": signal.map(|s| s.name()),
+            "exit": exit.code(),
+        }))?;
         printer.summary(&format!(
-            "took shard {shard}: {} items left to the other shards",
-            selection.skipped()
+            "ingested {} messages from `{}`: {} new ({} recipients), {} already in the ledger; {} quarantined ({} new)",
+            tally.messages,
+            for_terminal(&root.display().to_string()),
+            tally.new,
+            tally.recipients,
+            tally.known,
+            tally.quarantined,
+            tally.new_quarantined
         ))?;
+        if let Some(shard) = cfg.shard {
+            printer.summary(&format!(
+                "took shard {shard}: {} items left to the other shards",
+                selection.skipped()
+            ))?;
+        }
+        if let Some(signal) = signal {
+            printer.summary(&format!(
+                "Stopped early: {} received; what was read is committed. Run the same ingest \
+                 again to read the rest (items already in the ledger are recognised)\nExit {}: {}",
+                signal.name(),
+                exit.code(),
+                exit.meaning()
+            ))?;
+        }
+        Ok(())
+    })();
+    // After a signal, output may be gone (SIGHUP): the ledger and the exit code matter
+    // then, not whether the summary could be printed.
+    if signal.is_none() {
+        printed?;
     }
-    Ok(Exit::Done)
+    Ok(exit)
 }
 
 /// `ITEMS_PER_COMMIT`, or `SPOOLREPLAY_TEST_COMMIT_ITEMS` (a test hook, like

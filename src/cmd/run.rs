@@ -1,8 +1,6 @@
 //! `spoolreplay run`: the recovery itself (see `replay`), with progress, a summary and the
 //! exit code that tells a script whether to run again.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::Result;
@@ -22,6 +20,7 @@ use crate::report::progress::Progress;
 use crate::report::table::Table;
 use crate::report::{Printer, json as events};
 use crate::sanitize::for_terminal;
+use crate::shutdown::{Shutdown, Signal};
 use crate::throttle::format_duration;
 
 pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Result<Exit> {
@@ -33,7 +32,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     let deliveries = refuse_mass_bounce(&printer, &ledger, &cfg)?;
     let factory = store_factory(&cfg);
     let describe = cfg.store.to_string();
-    let interrupted = install_ctrl_c()?;
+    let shutdown = Shutdown::install("finishing the deliveries in flight")?;
     let started = Instant::now();
     if cfg.fixed_clock {
         printer.note(&format!(
@@ -128,15 +127,19 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         &mut ledger,
         &*factory,
         settings,
-        &interrupted,
+        shutdown.flag(),
         &mut on_event,
     );
     let outcome = replay.run();
-    let stats = std::mem::take(&mut replay.stats);
+    let mut stats = std::mem::take(&mut replay.stats);
     drop(replay);
     progress.finish();
     outcome?;
-    if let Some(e) = event_error {
+    // After a signal, output may be gone (SIGHUP: the terminal closed): what matters then
+    // is the ledger and the exit code, not whether the events could be printed.
+    if let Some(e) = event_error
+        && !shutdown.requested()
+    {
         return Err(e.into());
     }
 
@@ -153,8 +156,14 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         .map(|(_, n)| *n)
         .sum();
 
+    // A signal that came after the last delivery still names the exit: the caller asked
+    // for a stop and learns that it happened.
+    let signal = shutdown.signal();
+    if signal.is_some() && stats.stop.is_none() {
+        stats.stop = Some(Stop::Interrupted);
+    }
     let exit = match &stats.stop {
-        Some(Stop::Interrupted) => Exit::Interrupted,
+        Some(Stop::Interrupted) => signal.map_or(Exit::Interrupted, Signal::exit),
         Some(Stop::StoreDown(_)) => Exit::Unavailable,
         Some(Stop::StoreLost(_)) | Some(Stop::StoreFull(_)) => Exit::TempFail,
         None if remaining > 0 => Exit::TempFail,
@@ -164,7 +173,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         None => Exit::Done,
     };
     let elapsed = started.elapsed();
-    printer.event(&json!({
+    let summary_event = printer.event(&json!({
         "type": "run_summary",
         "delivered": stats.delivered,
         "already_there": stats.already_there,
@@ -184,9 +193,12 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         "uncertain": stats.uncertain,
         "messages": stats.messages,
         "seconds": elapsed.as_secs_f64(),
-        "stopped": stats.stop.as_ref().map(stop_text),
+        "stopped": stats.stop.as_ref().map(|s| stop_text(s, signal)),
         "exit": exit.code(),
-    }))?;
+    }));
+    if summary_event.is_err() && signal.is_none() {
+        summary_event?;
+    }
     let mut summary = states_table(&before, &counts);
     summary.push_str(&format!(
         "This run: delivered {}, already in the store {}, deferred {} times, failed {} (then bounced with a DSN, or dropped: null sender or NOTIFY), uncertain {}, held {}, released from hold {}\n",
@@ -216,7 +228,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     if let Some(stop) = &stats.stop {
         summary.push_str(&format!(
             "Stopped early: {}\n",
-            for_terminal(&stop_text(stop))
+            for_terminal(&stop_text(stop, signal))
         ));
     }
     // Running again cannot write or send DSNs: say what does.
@@ -228,7 +240,10 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     };
     summary.push_str(&format!("Exit {}: {meaning}\n", exit.code()));
     if !printer.json_mode() {
-        printer.summary(&summary)?;
+        let printed = printer.summary(&summary);
+        if signal.is_none() {
+            printed?;
+        }
     }
     Ok(exit)
 }
@@ -332,11 +347,12 @@ fn dsn_whereabouts(
     }
 }
 
-fn stop_text(stop: &Stop) -> String {
+fn stop_text(stop: &Stop, signal: Option<Signal>) -> String {
     match stop {
-        Stop::Interrupted => {
-            "interrupted by Ctrl-C; the current batch was finished and recorded".into()
-        }
+        Stop::Interrupted => format!(
+            "{} received; the deliveries in flight were finished and recorded",
+            signal.map_or("a stop request", Signal::name)
+        ),
         Stop::StoreDown(why) => format!("{why}; nothing was delivered"),
         Stop::StoreLost(why) => format!("{why}; run again when it is back"),
         Stop::StoreFull(why) => format!("{why}; free space and run again"),
@@ -369,18 +385,4 @@ fn store_factory(cfg: &RunConfig) -> Box<StoreFactory<'static>> {
             })
         }
     }
-}
-
-/// First Ctrl-C: finish the batch, checkpoint, exit 130. Second: stop now (what was in
-/// flight is completed by the next run).
-fn install_ctrl_c() -> Result<Arc<AtomicBool>> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let handler_flag = flag.clone();
-    ctrlc::set_handler(move || {
-        if handler_flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(Exit::Interrupted.code() as i32);
-        }
-        eprintln!("interrupted: finishing the current batch (Ctrl-C again to stop at once)");
-    })?;
-    Ok(flag)
 }

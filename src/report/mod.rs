@@ -76,23 +76,29 @@ impl Printer {
     /// A note for people on stderr (not with `--quiet`).
     pub fn note(&self, text: &str) {
         if !self.output.quiet() {
-            eprintln!("{text}");
+            to_stderr(text);
         }
     }
 
     /// A warning for people on stderr (even with `--json`, never with `--quiet`).
     pub fn warn(&self, text: &str) {
         if !self.output.quiet() {
-            eprintln!("warning: {text}");
+            to_stderr(&format!("warning: {text}"));
         }
     }
 
     /// Detail shown with `-v`.
     pub fn verbose(&self, text: &str) {
         if matches!(self.output.verbosity, crate::config::Verbosity::Verbose(_)) {
-            eprintln!("{text}");
+            to_stderr(text);
         }
     }
+}
+
+/// A line for people on stderr. `eprintln!` panics when stderr is gone (a closed pipe, a
+/// terminal that hung up: EPIPE, EIO); a note is not worth a crash, so errors are ignored.
+pub fn to_stderr(text: &str) {
+    let _ = writeln!(io::stderr(), "{text}");
 }
 
 /// A message made safe to show: each line through the sanitizer, line ends kept.

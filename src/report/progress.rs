@@ -2,7 +2,7 @@
 //! line every few seconds so a cron log is never silent for hours. Nothing with `--quiet`;
 //! with `--json` only the plain heartbeat lines on stderr.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
@@ -73,7 +73,9 @@ impl Progress {
             Mode::Heartbeat { last } => {
                 if last.elapsed() >= HEARTBEAT {
                     *last = Instant::now();
-                    eprintln!(
+                    // stderr may be gone (SIGHUP): a progress line is not worth a panic.
+                    let _ = writeln!(
+                        std::io::stderr(),
                         "{}",
                         heartbeat_line(self.what, self.done, self.total, self.started, message)
                     );

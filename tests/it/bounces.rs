@@ -526,3 +526,77 @@ fn write_puts_each_dsn_in_the_outbox_once() {
     ]);
     assert_eq!(again.event("dsns_written")["written"], 0);
 }
+
+/// SIGTERM and SIGHUP (stderr closed first) at seeded moments of a paced `bounces send`:
+/// the DSN being sent is finished and recorded, the summary printed, exit 143 / 129; no
+/// DSN is left sending or uncertain, and the next send sends the rest, each DSN once.
+#[test]
+fn sigterm_or_sighup_during_send_finishes_the_dsn_being_sent() {
+    use crate::support::{Stderr, parse_json_lines, signal_after};
+    run_trials(drill_trials(4), 2, |trial| {
+        let (signal, code, stderr) = if trial.is_multiple_of(2) {
+            ("TERM", 143, Stderr::Kept)
+        } else {
+            ("HUP", 129, Stderr::Gone)
+        };
+        let cli = unsent_dsns();
+        let ids = dsn_message_ids(&cli);
+        let sink = Sink::start(&cli.at("sink"));
+        let mut rng = Rng::new(1_4329 + trial as u64);
+        // 20 DSNs a second: the whole send takes longer than the latest signal.
+        let delay = Duration::from_millis(rng.below(ids.len() as u64 * 50 / 2));
+        let what = format!("trial {trial} (SIG{signal} after {delay:?})");
+        let args = [
+            "--json",
+            "-v",
+            "bounces",
+            "send",
+            "--rate",
+            "20/s",
+            "--relay",
+            &sink.url(),
+        ];
+        let out = signal_after(
+            cli.command(&args),
+            &cli.at("send.stdout"),
+            "dsn ",
+            delay,
+            signal,
+            stderr,
+        );
+        assert_eq!(out.code, Some(code), "{what}: {out:?}");
+        assert!(!out.stderr.contains("panicked"), "{what}: {}", out.stderr);
+        let summary = parse_json_lines(&out.stdout)
+            .into_iter()
+            .find(|v| v["type"] == "send_summary")
+            .unwrap_or_else(|| panic!("{what}: no send_summary: {}", out.stdout));
+        assert_eq!(summary["exit"], code, "{what}: {summary}");
+        assert!(
+            summary["stopped"]
+                .as_str()
+                .is_some_and(|s| s.contains(&format!("SIG{signal}"))),
+            "{what}: {summary}"
+        );
+        let states = send_states(&cli);
+        let got = received(&sink);
+        let pending = states.values().filter(|s| *s == "pending").count();
+        assert!(pending > 0, "{what}: stopped before the end: {states:?}");
+        for (id, state) in &states {
+            let count = got.get(&ids[id]).copied().unwrap_or(0);
+            match state.as_str() {
+                "sent" => assert_eq!(count, 1, "{what}: DSN {id}"),
+                "pending" => assert_eq!(count, 0, "{what}: DSN {id}"),
+                other => panic!("{what}: DSN {id} left {other}"),
+            }
+        }
+        assert_eq!(summary["sent"], (states.len() - pending) as u64, "{what}");
+
+        let again = cli.run(&["--json", "bounces", "send", "--relay", &sink.url()]);
+        check(&again, 0);
+        let got = received(&sink);
+        for (id, state) in send_states(&cli) {
+            assert_eq!(state, "sent", "{what}: DSN {id}");
+            assert_eq!(got.get(&ids[&id]).copied(), Some(1), "{what}: DSN {id}");
+        }
+    });
+}

@@ -737,32 +737,29 @@ fn hostile_eml_spool_at_volume_is_quarantined_item_by_item_in_flat_memory() {
 // ---------------------------------------------------------------------------------------
 // kill -9 during ingest
 
-/// A Postfix spool of small messages (plus a few malformed files), made once.
-fn ingest_drill_spool() -> &'static Path {
-    static SPOOL: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    SPOOL
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let q = dir.path().join("deferred");
-            let mut rng = Rng::new(4242);
-            for i in 0..1200u64 {
-                let n = 1 + rng.below(3);
-                let rcpts: Vec<Vec<u8>> = (0..n)
-                    .map(|k| format!("u{}@d{}.example", i * 7 + k, k).into_bytes())
-                    .collect();
-                let refs: Vec<&[u8]> = rcpts.iter().map(Vec::as_slice).collect();
-                let lines = vec![b"X-Filler: some header text".to_vec(); rng.below(40) as usize];
-                write_file(
-                    &q.join(format!("{:X}/{i:08X}", i % 16)),
-                    &queue_file(i, &refs, &lines),
-                );
-            }
-            for i in 0..30u64 {
-                write_file(&q.join(format!("Z/junk{i}")), b"not a queue file");
-            }
-            dir
-        })
-        .path()
+/// A Postfix spool of small messages (plus a few malformed files), made per test (a few
+/// hundred milliseconds) rather than kept in a static: a static is never dropped, so its
+/// temp dir would outlive the suite.
+fn ingest_drill_spool() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let q = dir.path().join("deferred");
+    let mut rng = Rng::new(4242);
+    for i in 0..1200u64 {
+        let n = 1 + rng.below(3);
+        let rcpts: Vec<Vec<u8>> = (0..n)
+            .map(|k| format!("u{}@d{}.example", i * 7 + k, k).into_bytes())
+            .collect();
+        let refs: Vec<&[u8]> = rcpts.iter().map(Vec::as_slice).collect();
+        let lines = vec![b"X-Filler: some header text".to_vec(); rng.below(40) as usize];
+        write_file(
+            &q.join(format!("{:X}/{i:08X}", i % 16)),
+            &queue_file(i, &refs, &lines),
+        );
+    }
+    for i in 0..30u64 {
+        write_file(&q.join(format!("Z/junk{i}")), b"not a queue file");
+    }
+    dir
 }
 
 /// The ledger's content without its timestamps: messages, recipients with state, the
@@ -803,7 +800,8 @@ fn ledger_content(ledger: &Path) -> Vec<String> {
 
 #[test]
 fn kill_9_during_ingest_then_ingest_again_gives_the_clean_ledger() {
-    let spool = ingest_drill_spool();
+    let spool_dir = ingest_drill_spool();
+    let spool = spool_dir.path();
     let reference = Cli::new();
     let started = Instant::now();
     let out = reference.run_env(
@@ -854,5 +852,86 @@ fn kill_9_during_ingest_then_ingest_again_gives_the_clean_ledger() {
     assert!(
         killed_mid_way >= trials / 2,
         "only {killed_mid_way} of {trials} kills landed before ingest finished ({clean_time:?})"
+    );
+}
+
+/// SIGTERM and SIGHUP (stderr closed first, as when an ssh session drops) at seeded
+/// moments of `ingest`: it commits what it read, prints its summary, exits 143 / 129; the
+/// ledger then holds exactly the messages the summary counts, and ingesting again gives
+/// the clean ledger.
+#[test]
+fn sigterm_or_sighup_during_ingest_commits_what_was_read() {
+    use crate::support::{Stderr, parse_json_lines, signal_after};
+    let spool_dir = ingest_drill_spool();
+    let spool = spool_dir.path();
+    let reference = Cli::new();
+    let started = Instant::now();
+    let out = reference.run_env(
+        &["ingest".as_ref(), spool.as_os_str()],
+        &[("SPOOLREPLAY_TEST_COMMIT_ITEMS", "100")],
+    );
+    check(&out, 0);
+    let window = started.elapsed().as_millis() as u64 + 1;
+    let clean = ledger_content(&reference.ledger);
+
+    let mut rng = Rng::new(1_4301);
+    let trials = drill_trials(10);
+    let mut stopped_mid_way = 0;
+    for trial in 0..trials {
+        let (signal, code, stderr) = if trial.is_multiple_of(2) {
+            ("TERM", 143, Stderr::Kept)
+        } else {
+            ("HUP", 129, Stderr::Gone)
+        };
+        // Within the first half of a clean ingest's time, counted from the `reading` line
+        // (after start-up): most signals land mid-way, some in the last commits.
+        let delay = Duration::from_millis(rng.below(window / 2 + 1));
+        let what = format!("trial {trial} (SIG{signal} after {delay:?})");
+        let cli = Cli::new();
+        let mut cmd = cli.command(&["--json".as_ref(), "ingest".as_ref(), spool.as_os_str()]);
+        cmd.env("SPOOLREPLAY_TEST_COMMIT_ITEMS", "100");
+        let out = signal_after(
+            cmd,
+            &cli.at("ingest.stdout"),
+            "reading",
+            delay,
+            signal,
+            stderr,
+        );
+        assert!(!out.stderr.contains("panicked"), "{what}: {}", out.stderr);
+        let summary = parse_json_lines(&out.stdout)
+            .into_iter()
+            .find(|v| v["type"] == "ingest_summary")
+            .unwrap_or_else(|| panic!("{what}: no ingest_summary: {out:?}"));
+        assert_eq!(
+            Some(summary["exit"].as_i64().unwrap_or(-1) as i32),
+            out.code
+        );
+        match out.code {
+            Some(c) if c == code => {
+                stopped_mid_way += 1;
+                assert!(
+                    summary["stopped"]
+                        .as_str()
+                        .is_some_and(|s| s.contains(&format!("SIG{signal}"))),
+                    "{what}: {summary}"
+                );
+                let messages = ledger_content(&cli.ledger)
+                    .iter()
+                    .filter(|r| r.starts_with("Text(\"m\")"))
+                    .count() as u64;
+                assert_eq!(summary["new"], messages, "{what}: committed = counted");
+            }
+            // The signal came after the last commit: nothing was left to stop.
+            Some(0) => assert!(summary["stopped"].is_null(), "{what}: {summary}"),
+            other => panic!("{what}: exit {other:?}: {out:?}"),
+        }
+        let again = cli.run(&["ingest".as_ref(), spool.as_os_str()]);
+        check(&again, 0);
+        assert_eq!(ledger_content(&cli.ledger), clean, "{what}");
+    }
+    assert!(
+        stopped_mid_way >= trials / 2,
+        "only {stopped_mid_way} of {trials} signals landed before ingest finished"
     );
 }

@@ -599,16 +599,6 @@ fn a_sidecar_with_100k_recipients_is_ingested_whole() {
 // ---------------------------------------------------------------------------------------
 // 3: one lock per ledger, whatever the path
 
-/// A child process stopped when the test ends, pass or fail.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_second_run_through_a_symlink_to_the_ledger_is_refused() {
     let cli = Cli::new();
@@ -616,7 +606,8 @@ fn a_second_run_through_a_symlink_to_the_ledger_is_refused() {
     minispool::ingest(&cli, &mails);
     let store = format!("maildir:{}", cli.store().display());
     let slow = minispool::run_args(&cli, &store, &["--rate", "2/s", "--batch-size", "1"]);
-    let mut first = Killed(cli.spawn(&slow));
+    // `ChildGuard` stops it when the test ends, pass or fail.
+    let mut first = cli.spawn(&slow);
     let lock = PathBuf::from(format!("{}.lock", cli.ledger.display()));
     let started = Instant::now();
     // The ingest left its own name in the lock file: wait for the run's.
@@ -637,7 +628,7 @@ fn a_second_run_through_a_symlink_to_the_ledger_is_refused() {
         .args(&slow)
         .stdin(std::process::Stdio::null());
     let second = Output::from(second.output().expect("run the second"));
-    let still_running = first.0.try_wait().expect("try_wait").is_none();
+    let still_running = first.try_wait().expect("try_wait").is_none();
     assert!(
         still_running,
         "the first run ended before the second started"

@@ -26,4 +26,5 @@ mod run_lmtp;
 mod run_smtp;
 mod safety;
 mod shard;
+mod signals;
 mod spool;

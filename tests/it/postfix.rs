@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 
 use serde_json::Value;
 use spoolreplay::address::{ReturnContent, ReversePath};
@@ -578,28 +577,95 @@ fn mutate(bytes: &mut Vec<u8>, rng: &mut Rng) {
 
 // ---- real Postfix ----
 
-/// The peer script drives the machine's one Postfix: one run at a time.
-static POSTFIX: Mutex<()> = Mutex::new(());
+/// The output folder of one make-postfix-spool.sh run, with the private Postfix instance
+/// it ran (`instance/`: config, queue, `postfix.log`). If the test fails, the logs are
+/// printed: an empty assertion message says nothing about what Postfix did.
+struct RealQueue {
+    out: tempfile::TempDir,
+}
 
+impl RealQueue {
+    fn path(&self) -> &Path {
+        self.out.path()
+    }
+
+    fn logs(&self) -> String {
+        let instance = self.path().join("instance");
+        [
+            "postfix.log",
+            "run/milter.log",
+            "run/tarpit.log",
+            "run/stall.log",
+        ]
+        .iter()
+        .map(|name| {
+            let text =
+                std::fs::read_to_string(instance.join(name)).unwrap_or_else(|e| format!("({e})"));
+            format!("--- {name} ---\n{text}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+    }
+}
+
+impl Drop for RealQueue {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+/// Why the script may not have been able to run at all, if it is one of the things it
+/// needs (said only when it is so, not as a guess).
+fn missing_prerequisites() -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    let uid = Command::new("id").arg("-u").output();
+    if !uid.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0") {
+        missing.push("it must run as root");
+    }
+    let postconf = Command::new("postconf")
+        .arg("-d")
+        .arg("mail_version")
+        .output();
+    if !postconf.is_ok_and(|o| o.status.success()) {
+        missing.push("Postfix is not installed (the script installs it with apt-get)");
+    }
+    missing
+}
+
+/// Builds a fresh real queue with a private Postfix instance: its own config, queue and
+/// data directories under a temp dir, smtpd on a free loopback port, the milter on a unix
+/// socket. Nothing machine-wide is used, so both id flavours run at once and beside any
+/// other Postfix on the machine.
 #[track_caller]
 fn real_postfix(ids: &str) {
-    let _guard = POSTFIX.lock().unwrap_or_else(|e| e.into_inner());
-    let out = tempfile::tempdir().unwrap();
+    let queue = RealQueue {
+        out: tempfile::tempdir().expect("temp dir"),
+    };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/make-postfix-spool.sh");
     let run = Command::new("bash")
         .arg(&script)
-        .arg(out.path())
+        .arg(queue.path())
         .arg(ids)
         .output()
         .expect("run make-postfix-spool.sh");
     assert!(
         run.status.success(),
-        "make-postfix-spool.sh {ids} failed ({}): it needs root, and Postfix installed or \
-         installable with apt-get\nstdout:\n{}\nstderr:\n{}",
+        "make-postfix-spool.sh {ids} failed ({}){}\nstdout:\n{}\nstderr:\n{}",
         run.status,
+        missing_prerequisites()
+            .iter()
+            .map(|m| format!("; {m}"))
+            .collect::<String>(),
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
+    // Everything the script started (master and its daemons, the milter, the tarpit, the
+    // stalled injector) has stopped: nothing runs from the instance any more.
+    let left = crate::support::processes_under(&queue.path().join("instance"));
+    assert!(left.is_empty(), "left running: {left:#?}");
+    let out = &queue;
     let count = check_against_postfix(out.path());
     assert!(
         count >= 200,

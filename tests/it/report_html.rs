@@ -390,11 +390,10 @@ fn html_report_loads_in_headless_chromium_with_its_charts() {
         "the probe sees no wrapped note either: {lines:?}"
     );
 
-    let dir = artifacts();
-    std::fs::create_dir_all(&dir).expect("create target/ci-artifacts");
-    let png = dir.join("report.png");
-    let _ = std::fs::remove_file(&png);
+    // The screenshot is made in a temp dir and only then renamed into target/: two suites
+    // running at once on one tree never read each other's half-written file.
     let profile = tempfile::tempdir().expect("profile dir");
+    let png = profile.path().join("report.png");
     let shot = chromium(
         profile.path(),
         &[
@@ -412,4 +411,9 @@ fn html_report_loads_in_headless_chromium_with_its_charts() {
     let bytes = std::fs::read(&png).expect("screenshot written");
     assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
     assert!(bytes.len() > 20_000, "screenshot suspiciously small");
+    let dir = artifacts();
+    std::fs::create_dir_all(&dir).expect("create target/ci-artifacts");
+    let partial = dir.join(format!("report.png.{}", std::process::id()));
+    std::fs::write(&partial, &bytes).expect("write the screenshot artifact");
+    std::fs::rename(&partial, dir.join("report.png")).expect("rename the screenshot artifact");
 }

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,10 @@ pub struct Dovecot {
     dir: tempfile::TempDir,
     conf: PathBuf,
     pub port: u16,
+    /// The master process, run in the foreground (`-F`) as our child: it stays in the
+    /// suite's process group, so even a Ctrl-C of the whole suite, which skips `Drop`,
+    /// stops it; a daemonized master would be left running.
+    master: Mutex<Option<Child>>,
 }
 
 impl Dovecot {
@@ -80,48 +84,62 @@ impl Dovecot {
         std::fs::write(root.join("users"), users_file(users)).expect("users file");
         let conf = root.join("dovecot.conf");
         std::fs::write(&conf, config(root, port)).expect("dovecot.conf");
-        let d = Dovecot { dir, conf, port };
+        let d = Dovecot {
+            dir,
+            conf,
+            port,
+            master: Mutex::new(None),
+        };
         d.launch();
         d
     }
 
-    /// Starts the daemon with this instance's config and waits until LMTP answers.
+    /// Starts the master with this instance's config and waits until LMTP answers.
     #[track_caller]
     fn launch(&self) {
         let root = self.root();
         let stderr = std::fs::File::create(root.join("dovecot.stderr")).expect("stderr file");
         let stdout = stderr.try_clone().expect("stderr file");
         // Dovecot's log child keeps stdout/stderr open: never a pipe.
-        let status = Command::new("dovecot")
+        let child = Command::new("dovecot")
+            .arg("-F")
             .arg("-c")
             .arg(&self.conf)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
-            .status()
+            .spawn()
             .expect("run dovecot");
-        assert!(
-            status.success(),
-            "dovecot did not start: {}",
-            self.diagnostics()
-        );
+        *self.master.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
         self.wait_ready();
     }
 
-    /// Stops the daemon (the store goes away); `restart` brings it back on the same port,
-    /// with the same mailboxes.
-    #[track_caller]
-    pub fn stop(&self) {
-        let status = Command::new("doveadm")
+    /// Asks the master to stop and waits until it has (`kill -9` after 10 s).
+    fn shut_down(&self) {
+        let _ = Command::new("doveadm")
             .arg("-c")
             .arg(&self.conf)
             .arg("stop")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status()
-            .expect("run doveadm stop");
-        assert!(status.success(), "doveadm stop failed");
+            .status();
+        let Some(mut child) = self.master.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let until = Instant::now() + Duration::from_secs(10);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Stops the daemon (the store goes away); `restart` brings it back on the same port,
+    /// with the same mailboxes.
+    #[track_caller]
+    pub fn stop(&self) {
+        self.shut_down();
         // Until nothing listens any more.
         let until = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
@@ -201,6 +219,15 @@ impl Dovecot {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
+            if let Some(child) = self
+                .master
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("dovecot exited ({status}): {}", self.diagnostics());
+            }
             if let Ok(s) = TcpStream::connect(("127.0.0.1", self.port)) {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                 let mut line = String::new();
@@ -219,14 +246,7 @@ impl Dovecot {
 
 impl Drop for Dovecot {
     fn drop(&mut self) {
-        let _ = Command::new("doveadm")
-            .arg("-c")
-            .arg(&self.conf)
-            .arg("stop")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        self.shut_down();
     }
 }
 

@@ -157,13 +157,16 @@ impl Cli {
         Output::from(cmd.output().expect("run spoolreplay"))
     }
 
-    /// Starts the binary in the background with piped output.
-    pub fn spawn<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Child {
-        self.command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn spoolreplay")
+    /// Starts the binary in the background with piped output; it is killed if the test
+    /// ends (passes or fails) before waiting for it.
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> ChildGuard {
+        ChildGuard(Some(
+            self.command(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn spoolreplay"),
+        ))
     }
 
     /// `--json ingest` of the sample spool, expected to succeed.
@@ -355,7 +358,7 @@ pub fn drill_trials(ci: usize) -> usize {
 /// Lets `child` run for `delay`, then `kill -9`s it; asserts that it was still running
 /// (a drill whose kill came after the end tests nothing). `what` names the trial.
 #[track_caller]
-pub fn kill_9_after(mut child: Child, delay: std::time::Duration, what: &str) {
+pub fn kill_9_after(mut child: ChildGuard, delay: std::time::Duration, what: &str) {
     std::thread::sleep(delay);
     child.kill().expect("kill -9");
     let status = child.wait().expect("wait");
@@ -477,4 +480,145 @@ pub fn ingested() -> Cli {
     let cli = Cli::new();
     std::fs::write(&cli.ledger, bytes).expect("write ledger");
     cli
+}
+
+/// A child process stopped (SIGKILL) and reaped when the guard goes, so a failing test
+/// leaves nothing running.
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    /// `Child::wait_with_output`, taking the child out of the guard.
+    pub fn wait_with_output(mut self) -> std::io::Result<std::process::Output> {
+        self.0
+            .take()
+            .expect("the child was already waited for")
+            .wait_with_output()
+    }
+}
+
+impl std::ops::Deref for ChildGuard {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("the child was already waited for")
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the child was already waited for")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends `signal` (`"TERM"`, `"HUP"`, `"INT"`) to `pid` with kill(1).
+#[track_caller]
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// How the stderr of a signalled command is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stderr {
+    /// Read to the end.
+    Kept,
+    /// Closed by the test just before the signal, so every later write there fails
+    /// (EPIPE), as when an ssh session drops and SIGHUP follows.
+    Gone,
+}
+
+/// Starts `cmd` with stdout into `stdout_file`, waits until its stderr shows `ready` (a
+/// line the command prints once its signal handlers are in place), lets it run for
+/// `delay`, then sends `signal`; returns what it did. The child is stopped if the test
+/// fails on the way.
+#[track_caller]
+pub fn signal_after(
+    mut cmd: Command,
+    stdout_file: &Path,
+    ready: &str,
+    delay: std::time::Duration,
+    signal: &str,
+    stderr: Stderr,
+) -> Output {
+    use std::io::{BufRead, Read};
+    let out = std::fs::File::create(stdout_file).expect("stdout file");
+    let mut guard = ChildGuard(Some(
+        cmd.stdout(out)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn spoolreplay"),
+    ));
+    let child = guard.0.as_mut().expect("child");
+    let pid = child.id();
+    let mut err = std::io::BufReader::new(child.stderr.take().expect("piped stderr"));
+    let mut seen = String::new();
+    while !seen.contains(ready) {
+        let mut line = String::new();
+        let n = err.read_line(&mut line).expect("read stderr");
+        assert!(n > 0, "the command ended before printing `{ready}`: {seen}");
+        seen.push_str(&line);
+    }
+    let rest = match stderr {
+        Stderr::Gone => {
+            drop(err);
+            None
+        }
+        Stderr::Kept => Some(std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = err.read_to_string(&mut rest);
+            rest
+        })),
+    };
+    std::thread::sleep(delay);
+    send_signal(pid, signal);
+    let status = guard.wait().expect("wait for the command");
+    if let Some(rest) = rest {
+        seen.push_str(&rest.join().expect("stderr reader"));
+    }
+    Output {
+        code: status.code(),
+        signal: status.signal(),
+        stdout: std::fs::read_to_string(stdout_file).expect("read stdout file"),
+        stderr: seen,
+    }
+}
+
+/// Processes whose command line or working directory is under `dir` (`pid: command`):
+/// what a test's peers left running there. Read from /proc.
+pub fn processes_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let cwd = std::fs::read_link(e.path().join("cwd"))
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (cmdline.contains(&dir) || cwd.starts_with(&dir)).then(|| {
+                format!(
+                    "{}: {} (in {cwd})",
+                    e.file_name().to_string_lossy(),
+                    cmdline.trim()
+                )
+            })
+        })
+        .collect()
 }

@@ -1,11 +1,13 @@
 #!/usr/bin/python3
-"""Injects a deterministic, varied set of messages into Postfix over SMTP (127.0.0.1:25),
-for make-postfix-spool.sh. Usage: inject.py smtp COUNT | inject.py stall | inject.py tarpit PORT
+"""Injects a deterministic, varied set of messages into Postfix over SMTP (127.0.0.1:PORT),
+for make-postfix-spool.sh. Usage: inject.py smtp PORT COUNT | inject.py stall PORT |
+inject.py tarpit PORTFILE (listens on a port the kernel picks and writes it to PORTFILE)
 
 Domains (see make-postfix-spool.sh): example.test goes to a relay that refuses (deferred),
 done.example.test to discard: (done `D` records), slow.example.test to a tarpit (stays in
 active/), list@ and info@example.test are virtual aliases (`O` records).
 """
+import os
 import random
 import smtplib
 import socket
@@ -79,9 +81,9 @@ def body(i, rnd, n=None):
     return out
 
 
-def smtp_batch(count):
+def smtp_batch(port, count):
     rnd = random.Random(20230123)
-    s = smtplib.SMTP("127.0.0.1", 25, local_hostname="injector.example.test", timeout=60)
+    s = smtplib.SMTP("127.0.0.1", port, local_hostname="injector.example.test", timeout=60)
     s.ehlo()
     kinds = ["plain", "multi", "null", "dsn", "8bit", "utf8", "quoted", "longline", "alias",
              "milter", "dup", "slow"]
@@ -168,10 +170,10 @@ def smtp_batch(count):
     print(f"inject: {sent} messages over SMTP")
 
 
-def stall():
+def stall(port):
     """One message the milter sits on: its queue file stays incomplete in incoming/."""
     try:
-        s = smtplib.SMTP("127.0.0.1", 25, local_hostname="injector.example.test", timeout=120)
+        s = smtplib.SMTP("127.0.0.1", port, local_hostname="injector.example.test", timeout=120)
         s.ehlo()
         msg = text_message(9999, "stall@remote.test", "stall@example.test", "Stalled",
                            ["never finished"], extra=["X-Test-Milter: stall"])
@@ -180,12 +182,15 @@ def stall():
         print(f"inject stall: ended as planned ({type(e).__name__})")
 
 
-def tarpit(port):
+def tarpit(port_file):
     """Accepts connections and never answers, so Postfix's smtp client waits."""
     srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", port))
+    srv.bind(("127.0.0.1", 0))
     srv.listen(50)
+    tmp = port_file + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(str(srv.getsockname()[1]))
+    os.rename(tmp, port_file)
     held = []
     deadline = time.time() + 600
     srv.settimeout(5)
@@ -199,8 +204,8 @@ def tarpit(port):
 
 if __name__ == "__main__":
     if sys.argv[1] == "smtp":
-        smtp_batch(int(sys.argv[2]))
+        smtp_batch(int(sys.argv[2]), int(sys.argv[3]))
     elif sys.argv[1] == "stall":
-        stall()
+        stall(int(sys.argv[2]))
     elif sys.argv[1] == "tarpit":
-        tarpit(int(sys.argv[2]))
+        tarpit(sys.argv[2])

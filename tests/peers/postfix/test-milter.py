@@ -46,7 +46,7 @@ class TestMilter(Milter.Base):
 
 
 def main():
-    socket = sys.argv[1] if len(sys.argv) > 1 else "inet:8899@127.0.0.1"
+    socket = sys.argv[1]  # e.g. unix:/path/milter.sock (make-postfix-spool.sh gives one)
     Milter.factory = TestMilter
     Milter.set_flags(
         Milter.ADDHDRS + Milter.CHGHDRS + Milter.ADDRCPT + Milter.DELRCPT + Milter.CHGBODY
