@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use chrono::DateTime;
 
 use crate::address::{Notify, ReversePath};
-use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
+use crate::deliver::{Answer, Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::ledger::{DsnFilter, DsnRow, Ledger, SendState};
 use crate::pace::Pace;
 
@@ -90,15 +90,15 @@ impl Sender<'_> {
                 }
                 Ok(Outcome::Deferred { reply, .. }) => {
                     stats.deferred += 1;
-                    (SendState::Pending, reply)
+                    (SendState::Pending, reply.to_string())
                 }
                 Ok(Outcome::Failed { reply, .. }) => {
                     stats.failed += 1;
-                    (SendState::Failed, reply)
+                    (SendState::Failed, reply.to_string())
                 }
                 Ok(Outcome::Uncertain { reply, .. }) => {
                     stats.uncertain += 1;
-                    (SendState::Uncertain, reply)
+                    (SendState::Uncertain, reply.to_string())
                 }
                 Err(e) => {
                     // Nothing reached the relay: back to pending, and stop.
@@ -150,7 +150,7 @@ impl Sender<'_> {
         };
         let mut outcomes = self.relay.deliver(&delivery, &[recipient])?;
         Ok(outcomes.pop().unwrap_or(Outcome::Deferred {
-            reply: "the relay gave no answer for the recipient".into(),
+            reply: Answer::Local("the relay gave no answer for the recipient".into()),
             remote: None,
         }))
     }

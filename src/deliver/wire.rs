@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::reply::{Reply, ReplyError};
-use super::{Delivery, Outcome, RecipientSpec};
+use super::{Answer, Delivery, Outcome, RecipientSpec};
 use crate::address::{Notify, ReturnContent};
 use crate::{line_ends, sanitize};
 
@@ -599,13 +599,13 @@ pub fn outcome_of(reply: &Reply, remote: &str) -> Outcome {
     let remote = Some(remote.to_string());
     if reply.is_permanent() {
         Outcome::Failed {
-            reply: reply.to_string(),
+            reply: Answer::Reply(reply.clone()),
             status: reply.status(),
             remote,
         }
     } else if reply.is_transient() {
         Outcome::Deferred {
-            reply: reply.to_string(),
+            reply: Answer::Reply(reply.clone()),
             remote,
         }
     } else {
@@ -620,7 +620,10 @@ pub fn outcome_of(reply: &Reply, remote: &str) -> Outcome {
 /// due): not trusted as a delivery, so the recipient is retried.
 pub fn unexpected(reply: &Reply, step: &str, remote: &str) -> Outcome {
     Outcome::Deferred {
-        reply: format!("unexpected reply to {step}: {reply}"),
+        reply: Answer::Unexpected {
+            step: step.to_string(),
+            reply: reply.clone(),
+        },
         remote: Some(remote.to_string()),
     }
 }
@@ -628,7 +631,7 @@ pub fn unexpected(reply: &Reply, step: &str, remote: &str) -> Outcome {
 /// Our own refusal, made before the server saw the recipient.
 pub fn refused_locally(reply: String, status: &str) -> Outcome {
     Outcome::Failed {
-        reply,
+        reply: Answer::Local(reply),
         status: status.to_string(),
         remote: None,
     }
@@ -801,7 +804,7 @@ mod tests {
         assert_eq!(
             outcome_of(&r("550 5.1.1 <x@y> User doesn't exist\r\n"), "mx"),
             Outcome::Failed {
-                reply: "550 5.1.1 <x@y> User doesn't exist".into(),
+                reply: Answer::Reply(r("550 5.1.1 <x@y> User doesn't exist\r\n")),
                 status: "5.1.1".into(),
                 remote: Some("mx".into())
             }

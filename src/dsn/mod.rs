@@ -33,9 +33,7 @@ mod notify;
 mod status;
 
 pub use notify::{dsn_owed, failure_dsn_owed, warn_suppressed};
-pub use status::{
-    LocalFailure, status_at_expiry, status_for_local, status_for_reply, status_for_reply_text,
-};
+pub use status::{LocalFailure, status_at_expiry, status_for, status_for_local, status_for_reply};
 
 use std::fmt::Write as _;
 

@@ -10,6 +10,7 @@ use mail_parser::{MessageParser, MimeHeaders};
 
 use super::*;
 use crate::address::Notify;
+use crate::deliver::reply::Reply;
 
 const MTA: &str = "mx.example.net";
 const QUEUE_ID: &str = "1749000000.M1P2.spool";
@@ -146,11 +147,19 @@ fn recipient(addr: &str, action: Action, status: &str) -> DsnRecipient {
 
 const STORE: &str = "store1.example.net";
 
+/// The status a reply maps to, read from the parsed reply as the replay does.
+fn status_of(reply: &str) -> String {
+    let (parsed, _) = Reply::parse(format!("{reply}\r\n").as_bytes())
+        .expect("test replies are well formed")
+        .expect("test replies are complete");
+    status_for(&parsed)
+}
+
 /// Expired while the store kept answering 451: `failed` + 4.4.7 (`status_at_expiry`),
 /// with the store's last reply as the diagnostic.
 fn expired(addr: &str) -> DsnRecipient {
     let reply = "451 4.3.0 mailbox store not reachable";
-    let last = status_for_reply_text(reply);
+    let last = Some(status_of(reply));
     DsnRecipient {
         diagnostic: Some(Diagnostic::Smtp(reply.into())),
         remote_mta: Some(STORE.into()),
@@ -161,7 +170,7 @@ fn expired(addr: &str) -> DsnRecipient {
 
 /// A recipient the store refused with `reply`, status mapped from it.
 fn refused(addr: &str, reply: &str) -> DsnRecipient {
-    let status = status_for_reply_text(reply).expect("test replies have a code");
+    let status = status_of(reply);
     DsnRecipient {
         diagnostic: Some(Diagnostic::Smtp(reply.into())),
         remote_mta: Some(STORE.into()),
@@ -173,7 +182,7 @@ fn refused(addr: &str, reply: &str) -> DsnRecipient {
 /// Still over quota when the queue lifetime ran out: `failed` + 4.2.2.
 fn full_at_expiry(addr: &str) -> DsnRecipient {
     let reply = "452 4.2.2 mailbox full";
-    let last = status_for_reply_text(reply);
+    let last = Some(status_of(reply));
     DsnRecipient {
         diagnostic: Some(Diagnostic::Smtp(reply.into())),
         remote_mta: Some(STORE.into()),

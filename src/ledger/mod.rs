@@ -22,6 +22,7 @@ use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use rusqlite::{Connection, OpenFlags, params};
 
 use crate::address::ReversePath;
+use crate::deliver::reply::Reply;
 use crate::exit::{Exit, Failure, failure};
 use crate::spool::{ContentHash, Prior, Quarantined, QueuedMessage, SourceRef, SpoolFormat};
 pub use dsns::{DsnFilter, DsnKind, DsnRow, SendState};
@@ -72,6 +73,10 @@ pub struct RecipientRow {
     pub remote: Option<String>,
     /// The delay warning this recipient got, if any.
     pub delay_dsn_id: Option<i64>,
+    /// The code of the store's last reply, when `reply` is one (not our own words).
+    pub reply_code: Option<u16>,
+    /// The RFC 3463 enhanced status the store sent with that reply, if it sent one.
+    pub reply_status: Option<String>,
 }
 
 /// A message with the recipients selected alongside it.
@@ -629,6 +634,9 @@ pub struct Change<'a> {
     pub next_attempt: Option<i64>,
     /// The server that gave the reply in `detail`.
     pub remote: Option<&'a str>,
+    /// The server reply `detail` is, when one decided the change: its code and enhanced
+    /// status are stored beside the text.
+    pub reply: Option<&'a Reply>,
 }
 
 /// Where a mailbox was already met while inserting a message.
@@ -801,7 +809,9 @@ impl Tx<'_> {
                 "UPDATE recipients SET state = ?1, updated_at = ?2, \
              reply = coalesce(?3, reply), status = coalesce(?4, status), \
              attempts = attempts + ?5, last_attempt = coalesce(?6, last_attempt), \
-             next_attempt = ?9, remote = CASE WHEN ?3 IS NULL THEN remote ELSE ?10 END \
+             next_attempt = ?9, remote = CASE WHEN ?3 IS NULL THEN remote ELSE ?10 END, \
+             reply_code = CASE WHEN ?3 IS NULL THEN reply_code ELSE ?11 END, \
+             reply_status = CASE WHEN ?3 IS NULL THEN reply_status ELSE ?12 END \
              WHERE id = ?7 AND state = ?8",
             )?
             .execute(params![
@@ -815,6 +825,8 @@ impl Tx<'_> {
                 rcpt.state.as_str(),
                 change.next_attempt,
                 change.remote,
+                change.reply.map(|r| r.code),
+                change.reply.and_then(Reply::enhanced_status),
             ])?;
         if updated != 1 {
             anyhow::bail!(
@@ -878,7 +890,7 @@ const MESSAGE_COLUMNS: &str = "m.id, m.content_hash, m.source_format, m.source_p
      m.arrival_unix";
 
 const RECIPIENT_COLUMNS: &str = "id, message_id, address, domain, orcpt, notify, state, status, reply, attempts, \
-     last_attempt, next_attempt, remote, delay_dsn_id";
+     last_attempt, next_attempt, remote, delay_dsn_id, reply_code, reply_status";
 
 /// Reads a message row; a row the tool cannot understand is an error naming the row, wrapped
 /// in the Result so rusqlite's own error type stays out of the callers.
@@ -948,6 +960,8 @@ fn recipient_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Recipien
             next_attempt: r.get(11)?,
             remote: r.get(12)?,
             delay_dsn_id: r.get(13)?,
+            reply_code: r.get(14)?,
+            reply_status: r.get(15)?,
         })
     };
     Ok(build())

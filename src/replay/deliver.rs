@@ -19,9 +19,10 @@ use super::{
 };
 use crate::address::ReturnContent;
 use crate::classify::Disposition;
-use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
+use crate::deliver::reply::Reply;
+use crate::deliver::{Answer, Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::ledger::{Change, MessageWork, RcptState, Tx};
-use crate::pace::{Pace, PushBack, Signal, format_rate};
+use crate::pace::{self, Pace, PushBack, Signal, format_rate};
 
 /// How often a dispatcher waiting on the store tells the printer it is still there.
 const TICK: Duration = Duration::from_secs(1);
@@ -491,6 +492,7 @@ impl Replay<'_> {
                         attempted_at: if s.retry_now { None } else { rec.at.as_deref() },
                         next_attempt,
                         remote: s.remote.as_deref(),
+                        reply: s.reply.as_ref(),
                         audit_only: false,
                     };
                     tx.set_state(r, s.state, change)?;
@@ -641,6 +643,8 @@ struct Settled {
     retry_now: bool,
     /// The server whose reply `detail` is.
     remote: Option<String>,
+    /// The server reply `detail` is, when one decided the state.
+    reply: Option<Reply>,
 }
 
 impl Settled {
@@ -652,6 +656,20 @@ impl Settled {
             already: false,
             retry_now: false,
             remote: None,
+            reply: None,
+        }
+    }
+
+    /// A recipient the store did not take, with its answer.
+    fn answered(state: RcptState, answer: Answer, remote: Option<String>) -> Settled {
+        let detail = answer.to_string();
+        Settled {
+            remote,
+            reply: match answer {
+                Answer::Reply(reply) => Some(reply),
+                Answer::Unexpected { .. } | Answer::Local(_) => None,
+            },
+            ..Settled::new(state, detail)
         }
     }
 }
@@ -670,23 +688,20 @@ impl From<Outcome> for Settled {
                     format!("already in the store from an interrupted run: {detail}"),
                 )
             },
-            Outcome::Deferred { reply, remote } => Settled {
-                remote,
-                ..Settled::new(RcptState::Deferred, reply)
-            },
+            Outcome::Deferred { reply, remote } => {
+                Settled::answered(RcptState::Deferred, reply, remote)
+            }
             Outcome::Failed {
                 reply,
                 status,
                 remote,
             } => Settled {
                 status: Some(status),
-                remote,
-                ..Settled::new(RcptState::Failed, reply)
+                ..Settled::answered(RcptState::Failed, reply, remote)
             },
-            Outcome::Uncertain { reply, remote } => Settled {
-                remote,
-                ..Settled::new(RcptState::Uncertain, reply)
-            },
+            Outcome::Uncertain { reply, remote } => {
+                Settled::answered(RcptState::Uncertain, reply, remote)
+            }
         }
     }
 }
@@ -709,42 +724,19 @@ fn signal_of(result: &Attempt) -> Option<Signal> {
             ..
         } => {
             let pushback = outcomes.iter().find_map(|o| match o {
-                Outcome::Deferred { reply, .. } if store_is_pushing_back(reply) => {
-                    reply_code(reply)
-                }
+                Outcome::Deferred { reply, .. } => reply.reply().and_then(pace::pushback_of),
                 _ => None,
             });
             let timeout = outcomes
                 .iter()
                 .any(|o| matches!(o, Outcome::Uncertain { .. }));
             Some(match (pushback, timeout) {
-                (Some(code), _) => Signal::PushBack(PushBack::TransientReply(code)),
+                (Some(why), _) => Signal::PushBack(why),
                 (None, true) => Signal::PushBack(PushBack::Timeout),
                 (None, false) => Signal::Healthy { latency: *latency },
             })
         }
     }
-}
-
-/// Whether a transient reply speaks of the store as a whole (421, 451, 452 for system
-/// storage) rather than of one mailbox: a full mailbox (x.2.x, RFC 3463) must not slow the
-/// run for everyone else.
-fn store_is_pushing_back(reply: &str) -> bool {
-    let enhanced = reply.split_whitespace().nth(1).unwrap_or("");
-    match reply_code(reply) {
-        Some(421 | 451) => true,
-        Some(452) => !enhanced.starts_with("4.2."),
-        _ => false,
-    }
-}
-
-/// The three-digit code at the start of a server reply.
-fn reply_code(reply: &str) -> Option<u16> {
-    let code = reply.get(..3)?;
-    code.bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| code.parse().ok())
-        .flatten()
 }
 
 fn worst(a: Health, b: Health) -> Health {
@@ -753,30 +745,5 @@ fn worst(a: Health, b: Health) -> Health {
         (Health::Down, _) | (_, Health::Down) => Health::Down,
         (Health::LosingReplies, _) | (_, Health::LosingReplies) => Health::LosingReplies,
         _ => Health::Fine,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_full_mailbox_is_not_the_store_pushing_back() {
-        assert!(store_is_pushing_back("421 4.4.2 closing"));
-        assert!(store_is_pushing_back("451 4.3.0 try later"));
-        assert!(store_is_pushing_back(
-            "452 4.3.1 insufficient system storage"
-        ));
-        assert!(store_is_pushing_back("452 too many recipients"));
-        assert!(!store_is_pushing_back("452 4.2.2 <a@b> Quota exceeded"));
-        assert!(!store_is_pushing_back("450 4.2.1 mailbox busy"));
-        assert!(!store_is_pushing_back("cannot write"));
-    }
-
-    #[test]
-    fn reply_codes() {
-        assert_eq!(reply_code("452 4.2.2 full"), Some(452));
-        assert_eq!(reply_code("45"), None);
-        assert_eq!(reply_code("cannot write"), None);
     }
 }

@@ -399,10 +399,13 @@ fn apply_classification(
         let keep_reply = r.state == RcptState::Deferred && r.reply.is_some();
         let expiry_status;
         let status = if c.disposition == Disposition::Expire && keep_reply {
-            let last = r
-                .reply
-                .as_deref()
-                .and_then(crate::dsn::status_for_reply_text);
+            let last = r.reply_code.map(|code| {
+                crate::dsn::status_for_reply(
+                    code,
+                    r.reply_status.as_deref(),
+                    r.reply.as_deref().unwrap_or(""),
+                )
+            });
             expiry_status = crate::dsn::status_at_expiry(last.as_deref());
             Some(expiry_status.as_str())
         } else {

@@ -7,6 +7,7 @@ use std::process::Command;
 use chrono::{DateTime, FixedOffset};
 use serde_json::Value;
 use spoolreplay::address::{Notify, ReturnContent};
+use spoolreplay::deliver::reply::Reply;
 use spoolreplay::dsn::{self, Action, Diagnostic, DsnRecipient, DsnRequest, LocalFailure};
 
 const ORIGINAL: &str = "From: Alice <alice@example.org>\r\n\
@@ -101,7 +102,10 @@ fn store_reply(addr: &str, action: Action, status: &str, reply: &str) -> DsnReci
 }
 
 fn mapped(reply: &str) -> String {
-    dsn::status_for_reply_text(reply).unwrap_or_else(|| panic!("no code in {reply}"))
+    let (parsed, _) = Reply::parse(format!("{reply}\r\n").as_bytes())
+        .unwrap_or_else(|e| panic!("{reply}: {e}"))
+        .unwrap_or_else(|| panic!("{reply}: not a complete reply"));
+    dsn::status_for(&parsed)
 }
 
 fn notify(failure: bool, delay: bool, success: bool) -> Option<Notify> {
