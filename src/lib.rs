@@ -20,6 +20,7 @@ pub mod plan;
 pub mod relay;
 pub mod replay;
 pub mod report;
+pub mod rfc3461;
 pub mod sanitize;
 pub mod shard;
 pub mod shutdown;

@@ -310,7 +310,7 @@ fn preview(
             return_limit,
             &work,
             DsnKind::Failure,
-            work.message.sender.as_str(),
+            &work.message.sender,
             Local::now().fixed_offset(),
         );
         let bytes = match built {
@@ -338,13 +338,7 @@ fn would_fail(
     incident: &Incident,
     c: &crate::classify::Classification,
 ) -> Option<RecipientRow> {
-    let owed = |r: &RecipientRow| {
-        let notify = r
-            .notify
-            .as_deref()
-            .and_then(|n| crate::spool::eml::parse_notify(n).ok());
-        crate::dsn::dsn_owed(notify, crate::dsn::Action::Failed)
-    };
+    let owed = |r: &RecipientRow| crate::dsn::failure_dsn_owed(r.notify);
     match r.state {
         RcptState::Failed if owed(r) => Some(r.clone()),
         RcptState::Pending | RcptState::Deferred | RcptState::Held if owed(r) => {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::reply::{Reply, ReplyError};
 use super::{Answer, Delivery, Outcome, RecipientSpec};
-use crate::address::{Notify, ReturnContent};
+use crate::rfc3461::xtext_encode;
 use crate::{line_ends, sanitize};
 
 /// How long to wait for the server at each stage.
@@ -499,11 +499,7 @@ pub fn mail_params(
     }
     if caps.dsn {
         if let Some(ret) = delivery.ret {
-            let value = match ret {
-                ReturnContent::Full => "FULL",
-                ReturnContent::Headers => "HDRS",
-            };
-            params.push(("RET", Some(value.to_string())));
+            params.push(("RET", Some(ret.to_string())));
         }
         if let Some(envid) = delivery.envid {
             params.push(("ENVID", Some(envid.to_string())));
@@ -521,8 +517,8 @@ pub fn rcpt_params(
     if !caps.dsn {
         return params;
     }
-    if let Some(notify) = spec.notify.and_then(notify_value) {
-        params.push(("NOTIFY", Some(notify)));
+    if let Some(notify) = spec.notify.filter(|n| !n.is_empty()) {
+        params.push(("NOTIFY", Some(notify.to_string())));
     }
     if let Some(orcpt) = spec.orcpt {
         params.push(("ORCPT", Some(orcpt.to_string())));
@@ -530,41 +526,12 @@ pub fn rcpt_params(
     params
 }
 
-/// `NEVER` or the comma list of SUCCESS, FAILURE, DELAY; `None` for an empty set.
-fn notify_value(n: Notify) -> Option<String> {
-    if n.never {
-        return Some("NEVER".to_string());
-    }
-    let words: Vec<&str> = [
-        (n.success, "SUCCESS"),
-        (n.failure, "FAILURE"),
-        (n.delay, "DELAY"),
-    ]
-    .into_iter()
-    .filter_map(|(on, w)| on.then_some(w))
-    .collect();
-    (!words.is_empty()).then(|| words.join(","))
-}
-
-/// RFC 3461 4: `+`, `=`, and anything outside `!`..`~` become `+XX`.
-pub fn xtext(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("+{b:02X}"));
-        }
-    }
-    out
-}
-
 /// ` KEY=xtext(value)` for each parameter.
 pub fn format_params(params: &[(&'static str, Option<String>)]) -> String {
     params
         .iter()
         .map(|(k, v)| match v {
-            Some(v) => format!(" {k}={}", xtext(v)),
+            Some(v) => format!(" {k}={}", xtext_encode(v)),
             None => format!(" {k}"),
         })
         .collect()
@@ -640,7 +607,7 @@ pub fn refused_locally(reply: String, status: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::address::ReversePath;
+    use crate::address::{Notify, ReturnContent, ReversePath};
 
     fn delivery<'a>(sender: &'a ReversePath, content: &'a [u8]) -> Delivery<'a> {
         Delivery {

@@ -13,6 +13,7 @@ mod meta;
 pub mod queries;
 mod schema;
 pub mod state;
+mod values;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use rusqlite::{Connection, OpenFlags, params};
 use crate::address::ReversePath;
 use crate::deliver::reply::Reply;
 use crate::exit::{Exit, Failure, failure};
+use crate::rfc3461::{Notify, ReturnContent};
 use crate::spool::{ContentHash, Prior, Quarantined, QueuedMessage, SourceRef, SpoolFormat};
 pub use dsns::{DsnFilter, DsnKind, DsnRow, SendState};
 pub use meta::describe as describe_shard;
@@ -46,7 +48,7 @@ pub struct MessageRow {
     pub sender: ReversePath,
     pub arrival: DateTime<FixedOffset>,
     pub envid: Option<String>,
-    pub ret: Option<String>,
+    pub ret: Option<ReturnContent>,
     pub window: Option<String>,
     pub disposition: Option<String>,
     pub queue_name: Option<String>,
@@ -61,7 +63,8 @@ pub struct RecipientRow {
     pub address: String,
     pub domain: String,
     pub orcpt: Option<String>,
-    pub notify: Option<String>,
+    /// `None`: the spool gave no NOTIFY (an empty set is read as none too).
+    pub notify: Option<Notify>,
     pub state: RcptState,
     pub status: Option<String>,
     pub reply: Option<String>,
@@ -681,7 +684,7 @@ impl Tx<'_> {
                 env.arrival.timestamp(),
                 env.arrival_from.as_str(),
                 env.envid,
-                env.ret.map(ret_name),
+                env.ret,
                 now,
                 msg.queue_name,
                 msg.mta_hold,
@@ -705,7 +708,7 @@ impl Tx<'_> {
                 .rsplit_once('@')
                 .map(|(_, d)| d.to_ascii_lowercase())
                 .unwrap_or_default();
-            let notify = rcpt.notify.map(notify_name);
+            let notify = rcpt.notify.filter(|n| !n.is_empty());
             // What the MTA already did is recorded as settled and never replayed; an exact
             // copy of mail already in the ledger for this mailbox is settled by that copy.
             let mailbox = crate::address::Mailbox::canonical_key(&rcpt.address);
@@ -951,7 +954,7 @@ fn recipient_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Recipien
             address: r.get(2)?,
             domain: r.get(3)?,
             orcpt: r.get(4)?,
-            notify: r.get(5)?,
+            notify: r.get::<_, Option<Notify>>(5)?.filter(|n| !n.is_empty()),
             state: parse_state(&state)?,
             status: r.get(7)?,
             reply: r.get(8)?,
@@ -969,30 +972,6 @@ fn recipient_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Recipien
 
 fn parse_state(s: &str) -> Result<RcptState> {
     s.parse::<RcptState>().map_err(anyhow::Error::msg)
-}
-
-fn ret_name(ret: crate::address::ReturnContent) -> &'static str {
-    match ret {
-        crate::address::ReturnContent::Full => "FULL",
-        crate::address::ReturnContent::Headers => "HDRS",
-    }
-}
-
-fn notify_name(n: crate::address::Notify) -> String {
-    if n.never {
-        return "NEVER".to_string();
-    }
-    let mut parts = Vec::new();
-    if n.success {
-        parts.push("SUCCESS");
-    }
-    if n.failure {
-        parts.push("FAILURE");
-    }
-    if n.delay {
-        parts.push("DELAY");
-    }
-    parts.join(",")
 }
 
 #[cfg(test)]

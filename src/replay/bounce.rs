@@ -5,7 +5,7 @@ use anyhow::Result;
 use chrono::{DateTime, Datelike, FixedOffset, Local};
 
 use super::{Event, Replay, STATUS_EXPIRED, read_verified, test_hook};
-use crate::address::{ReturnContent, ReversePath};
+use crate::address::ReversePath;
 use crate::dsn::{self, Action, Diagnostic, DsnError, DsnRecipient, DsnRequest};
 use crate::incident::Incident;
 use crate::ledger::DsnKind;
@@ -44,13 +44,7 @@ impl Replay<'_> {
                     .recipients
                     .iter()
                     .filter(|r| r.delay_dsn_id.is_none())
-                    .filter(|r| {
-                        let notify = r
-                            .notify
-                            .as_deref()
-                            .and_then(|n| crate::spool::eml::parse_notify(n).ok());
-                        dsn::dsn_owed(notify, Action::Delayed)
-                    })
+                    .filter(|r| dsn::dsn_owed(r.notify, Action::Delayed))
                     .cloned()
                     .collect();
                 if due.is_empty() {
@@ -64,7 +58,7 @@ impl Replay<'_> {
                     message: m.clone(),
                     recipients: due,
                 };
-                self.issue(&work, DsnKind::Delay, m.sender.as_str())?;
+                self.issue(&work, DsnKind::Delay, &m.sender)?;
             }
         }
     }
@@ -92,7 +86,8 @@ impl Replay<'_> {
         if m.sender.is_null() {
             // A bounce that cannot be replayed is never bounced (RFC 5321 4.5.4); the
             // postmaster may get a copy.
-            if let Some(postmaster) = self.settings.postmaster.clone() {
+            if let Some(postmaster) = &self.settings.postmaster {
+                let postmaster = ReversePath::parse(postmaster);
                 self.issue(work, DsnKind::Postmaster, &postmaster)?;
                 return Ok(());
             }
@@ -106,7 +101,7 @@ impl Replay<'_> {
             .recipients
             .iter()
             .cloned()
-            .partition(|r| wants_failure_dsn(r.notify.as_deref()));
+            .partition(|r| dsn::failure_dsn_owed(r.notify));
         // The last reply says it was dropped (and still why it failed): left as it was, a
         // "bounced by the incident policy" would read as if a DSN had gone out.
         self.drop_all(&unwanted, false, |r| {
@@ -117,7 +112,7 @@ impl Replay<'_> {
                 .unwrap_or_default();
             format!(
                 "dropped without a DSN: NOTIFY={}, the sender asked for no failure DSN{failed}",
-                r.notify.as_deref().unwrap_or_default()
+                r.notify.map(|n| n.to_string()).unwrap_or_default()
             )
         })?;
         if owed.is_empty() {
@@ -127,7 +122,7 @@ impl Replay<'_> {
             message: m.clone(),
             recipients: owed,
         };
-        self.issue(work, DsnKind::Failure, m.sender.as_str())
+        self.issue(work, DsnKind::Failure, &m.sender)
     }
 
     /// Settles failed recipients without a DSN. With `keep_reply` their last reply (the
@@ -160,7 +155,7 @@ impl Replay<'_> {
 
     /// Makes a DSN of `kind` for `work`, records it with the recipients it settles (or
     /// warns) in one transaction, and tells the printer.
-    fn issue(&mut self, work: &MessageWork, kind: DsnKind, to: &str) -> Result<()> {
+    fn issue(&mut self, work: &MessageWork, kind: DsnKind, to: &ReversePath) -> Result<()> {
         let m = &work.message;
         let built = make_dsn(
             self.settings.incident,
@@ -178,6 +173,7 @@ impl Replay<'_> {
             },
         };
         let covered = &work.recipients;
+        let to = to.as_str();
         let id = self.ledger.write(|tx| match kind {
             DsnKind::Failure => tx.record_dsn(m.id, to, &message_id, &bytes, covered),
             DsnKind::Delay => tx.record_delay_warning(m.id, to, &message_id, &bytes, covered),
@@ -233,8 +229,8 @@ pub struct Unbuildable {
 }
 
 /// What in one message keeps its DSN from being made, found before building it.
-fn unbuildable(m: &crate::ledger::MessageRow, to: &str) -> Option<String> {
-    if let Err(why) = ReversePath::parse(to).check() {
+fn unbuildable(m: &crate::ledger::MessageRow, to: &ReversePath) -> Option<String> {
+    if let Err(why) = to.check() {
         return Some(why);
     }
     // RFC 5322 dates have four-digit years; screened at ingest since, but a ledger may
@@ -258,7 +254,7 @@ pub fn make_dsn(
     return_limit: usize,
     work: &MessageWork,
     kind: DsnKind,
-    to: &str,
+    to: &ReversePath,
     date: DateTime<FixedOffset>,
 ) -> Result<(String, Vec<u8>)> {
     let m = &work.message;
@@ -296,11 +292,6 @@ pub fn make_dsn(
             explanation(work, incident)
         ),
     };
-    let ret = m.ret.as_deref().and_then(|r| match r {
-        "HDRS" => Some(ReturnContent::Headers),
-        "FULL" => Some(ReturnContent::Full),
-        _ => None,
-    });
     let request = DsnRequest {
         reporting_mta: &incident.reporting_mta,
         incident: &incident.name,
@@ -308,7 +299,7 @@ pub fn make_dsn(
         to,
         original: &original,
         envid: m.envid.as_deref(),
-        ret,
+        ret: m.ret,
         return_limit,
         arrival: m.arrival,
         queue_id: &m.queue_id,
@@ -360,13 +351,6 @@ fn postmaster_copy(dsn: Vec<u8>) -> Vec<u8> {
     let mut out = head.into_bytes();
     out.extend_from_slice(body);
     out
-}
-
-/// Whether a recipient's NOTIFY (as stored: `NEVER` or a comma list) asks for a failure
-/// DSN (RFC 3461 5.2.6: absent NOTIFY means FAILURE). A stored value that no longer parses
-/// is treated as absent: better a DSN too many than a silent loss.
-fn wants_failure_dsn(notify: Option<&str>) -> bool {
-    dsn::failure_dsn_owed(notify)
 }
 
 /// The original needed SMTPUTF8 (an address in its envelope is not ASCII): its DSN uses the
@@ -464,7 +448,12 @@ fn is_expiry(r: &RecipientRow, m: &crate::ledger::MessageRow) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::wants_failure_dsn;
+    use crate::dsn::failure_dsn_owed;
+
+    /// Whether a failure DSN is owed for NOTIFY as the ledger stores it.
+    fn wants_failure_dsn(stored: Option<&str>) -> bool {
+        failure_dsn_owed(stored.map(|n| n.parse().expect("a NOTIFY value")))
+    }
 
     #[test]
     fn notify_decides_failure_dsns() {

@@ -17,7 +17,6 @@ use super::{
     Event, Replay, Stop, UncertainPolicy, apply_classification, classify_message, read_verified,
     redeliver_once, test_hook,
 };
-use crate::address::ReturnContent;
 use crate::classify::Disposition;
 use crate::deliver::reply::Reply;
 use crate::deliver::{Answer, Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
@@ -75,10 +74,7 @@ pub(super) fn attempt(store: &mut dyn Deliverer, work: &MessageWork, recovering:
         .map(|r| RecipientSpec {
             address: &r.address,
             orcpt: r.orcpt.as_deref(),
-            notify: r
-                .notify
-                .as_deref()
-                .and_then(|n| crate::spool::eml::parse_notify(n).ok()),
+            notify: r.notify,
         })
         .collect();
     let delivery = Delivery {
@@ -88,11 +84,7 @@ pub(super) fn attempt(store: &mut dyn Deliverer, work: &MessageWork, recovering:
         arrival: m.arrival,
         recovering,
         envid: m.envid.as_deref(),
-        ret: match m.ret.as_deref() {
-            Some("FULL") => Some(ReturnContent::Full),
-            Some("HDRS") => Some(ReturnContent::Headers),
-            _ => None,
-        },
+        ret: m.ret,
     };
     let at = Local::now().fixed_offset().to_rfc3339();
     let started = Instant::now();

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use chrono::{DateTime, FixedOffset};
 use serde_json::Value;
-use spoolreplay::address::{Notify, ReturnContent};
+use spoolreplay::address::{Notify, ReturnContent, ReversePath};
 use spoolreplay::deliver::reply::Reply;
 use spoolreplay::dsn::{self, Action, Diagnostic, DsnRecipient, DsnRequest, LocalFailure};
 
@@ -76,7 +76,7 @@ impl Case {
             reporting_mta: "mx.example.net",
             incident: "store-outage-2025-06",
             explanation: "The mail store was out of service; mail was kept and retried.",
-            to: self.to,
+            to: &ReversePath::parse(self.to),
             original: &self.original,
             envid: self.envid.as_deref(),
             ret: self.ret,
@@ -183,7 +183,7 @@ fn cases() -> Vec<Case> {
             full(),
         ],
     );
-    multi.envid = Some(dsn::xtext_decode("QQ+2B1"));
+    multi.envid = Some(spoolreplay::rfc3461::xtext_decode("QQ+2B1"));
     multi.ret = Some(ReturnContent::Headers);
     all.push(multi);
     // Mixed outcomes for one message: the DSN lists only what NOTIFY says is owed.
