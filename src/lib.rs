@@ -4,20 +4,20 @@
 //! `run` is the whole program behind `main`: parse, validate, dispatch, render errors.
 
 pub mod address;
+pub mod bounce;
 pub mod classify;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod crash_hook;
 pub mod deliver;
 pub mod dsn;
 pub mod exit;
 pub mod incident;
 pub mod ledger;
 pub mod line_ends;
-pub mod outbox;
 pub mod pace;
 pub mod plan;
-pub mod relay;
 pub mod replay;
 pub mod report;
 pub mod rfc3461;

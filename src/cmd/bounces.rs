@@ -4,6 +4,8 @@ use anyhow::Result;
 use chrono::Local;
 use serde_json::json;
 
+use crate::bounce::relay::{Sender, Sent};
+use crate::bounce::{self, Decision, make_dsn};
 use crate::config::{BouncesConfig, Output};
 use crate::deliver::Deliverer;
 use crate::deliver::smtp::{SmtpOptions, SmtpStore};
@@ -12,8 +14,7 @@ use crate::exit::{Exit, Failure, failure};
 use crate::incident::Incident;
 use crate::ledger::{DsnFilter, DsnKind, Ledger, MessageWork, RcptState, RecipientRow};
 use crate::pace::Pace;
-use crate::relay::{Sender, Sent};
-use crate::replay::{failure_for, make_dsn};
+use crate::replay::failure_for;
 use crate::report::table::Table;
 use crate::report::{Printer, json as events};
 use crate::sanitize::for_terminal;
@@ -39,7 +40,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
         ),
         BouncesConfig::Write { outbox } => {
             let mut ledger = Ledger::open_existing_for_write(ledger_path, "bounces write")?;
-            let written = crate::outbox::write_pending(&mut ledger, &outbox)?;
+            let written = bounce::outbox::write_pending(&mut ledger, &outbox)?;
             printer
                 .event(&json!({"type": "dsns_written", "written": written, "outbox": outbox}))?;
             printer.summary(&format!(
@@ -287,17 +288,24 @@ fn preview(
             .filter_map(|r| would_fail(r, incident, &c))
             .collect();
         let label = format!("{} ({})", for_terminal(queue_id), message.source);
+        // The decision `run`'s DSN step takes (the preview names no postmaster).
+        let decision =
+            (!failing.is_empty()).then(|| bounce::decide(&message.sender, failing, None));
+        let failing = match decision {
+            Some(Decision::Failure { owed, .. }) => owed,
+            Some(Decision::NullSender | Decision::Postmaster(_)) => {
+                printer.note(&format!(
+                    "{label}: no DSN would be made: the sender is <> (RFC 5321 6.1)"
+                ));
+                continue;
+            }
+            None => Vec::new(),
+        };
         if failing.is_empty() {
             printer.note(&format!(
                 "{label}: no DSN would be made ({}: {})",
                 c.disposition.as_str(),
                 for_terminal(&c.reason)
-            ));
-            continue;
-        }
-        if message.sender.is_null() {
-            printer.note(&format!(
-                "{label}: no DSN would be made: the sender is <> (RFC 5321 6.1)"
             ));
             continue;
         }
@@ -316,7 +324,7 @@ fn preview(
         let bytes = match built {
             Ok((_, bytes)) => bytes,
             // What `run` does with it: no DSN, the recipients dropped with the reason.
-            Err(e) => match e.downcast_ref::<crate::replay::Unbuildable>() {
+            Err(e) => match e.downcast_ref::<bounce::Unbuildable>() {
                 Some(u) => {
                     printer.note(&format!(
                         "{label}: no DSN would be made, its recipients would be dropped: {}",
@@ -332,16 +340,16 @@ fn preview(
     Ok(Exit::Done)
 }
 
-/// A recipient as it would stand in its DSN, if it would get one.
+/// A recipient as it would stand when the DSN step meets it, if it would have failed by
+/// then (whether it gets a DSN is `bounce::decide`'s to say).
 fn would_fail(
     r: &RecipientRow,
     incident: &Incident,
     c: &crate::classify::Classification,
 ) -> Option<RecipientRow> {
-    let owed = |r: &RecipientRow| crate::dsn::failure_dsn_owed(r.notify);
     match r.state {
-        RcptState::Failed if owed(r) => Some(r.clone()),
-        RcptState::Pending | RcptState::Deferred | RcptState::Held if owed(r) => {
+        RcptState::Failed => Some(r.clone()),
+        RcptState::Pending | RcptState::Deferred | RcptState::Held => {
             let (status, detail) = failure_for(incident, c)?;
             let mut r = r.clone();
             r.status = Some(status);

@@ -15,7 +15,7 @@ use chrono::Local;
 
 use super::{
     Event, Replay, Stop, UncertainPolicy, apply_classification, classify_message, read_verified,
-    redeliver_once, test_hook,
+    redeliver_once,
 };
 use crate::classify::Disposition;
 use crate::deliver::reply::Reply;
@@ -248,7 +248,7 @@ impl Replay<'_> {
                     after = work.message.id - 1;
                     break;
                 };
-                test_hook("after-in-flight");
+                crate::crash_hook::at("after-in-flight");
                 // The channel has room (see `until_a_worker_is_free`): no wait on the store.
                 jobs.send(work).context("the delivery workers stopped")?;
                 d.outstanding += 1;
@@ -423,7 +423,7 @@ impl Replay<'_> {
             d.outstanding -= 1;
             d.handled += 1;
             self.stats.messages += 1;
-            test_hook("after-store");
+            crate::crash_hook::at("after-store");
             signals.extend(signal_of(&done.result));
         }
         let (health, handed) = self.record_all(batch, next)?;

@@ -5,10 +5,7 @@
 //!
 //! `deliver.rs` holds the delivery loop and its workers, `bounce.rs` the DSN step.
 
-mod bounce;
 mod deliver;
-
-pub use bounce::{Unbuildable, make_dsn};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -186,7 +183,7 @@ impl<'a> Replay<'a> {
     }
 
     /// The clock: `--now` (or the wall clock at the start), advanced by the time elapsed.
-    fn now(&self) -> DateTime<FixedOffset> {
+    pub(crate) fn now(&self) -> DateTime<FixedOffset> {
         self.settings.now + chrono::TimeDelta::from_std(self.started.elapsed()).unwrap_or_default()
     }
 
@@ -435,7 +432,7 @@ fn apply_classification(
 ///
 /// A row of a ledger made before `From ` lines were framing (`HashRule::Bytes`) reads a
 /// file with its leading `From ` line: that line is cut off here, so it is never delivered.
-fn read_verified(m: &MessageRow) -> std::result::Result<Vec<u8>, String> {
+pub(crate) fn read_verified(m: &MessageRow) -> std::result::Result<Vec<u8>, String> {
     let mut content = spool::read_content(&m.source)
         .map_err(|e| format!("{SPOOL_CHANGED}: cannot read {}: {e}", m.source))?;
     if !ContentHash::matches(&m.content_hash, &content) {
@@ -448,26 +445,4 @@ fn read_verified(m: &MessageRow) -> std::result::Result<Vec<u8>, String> {
         content.drain(..spool::leading_from_line_len(&content));
     }
     Ok(content)
-}
-
-/// Test-only crash injection: with `SPOOLREPLAY_CRASH_AT=POINT:N` the process aborts (like
-/// `kill -9`: no cleanup, no checkpoint) the Nth time it reaches POINT. Points:
-/// `after-in-flight`, `after-store`, `after-dsn-record`, `after-outbox-write`.
-pub fn test_hook(point: &str) {
-    use std::sync::atomic::AtomicU64;
-    static SEEN: AtomicU64 = AtomicU64::new(0);
-    let Some(spec) = std::env::var_os("SPOOLREPLAY_CRASH_AT") else {
-        return;
-    };
-    let spec = spec.to_string_lossy();
-    let Some((at, n)) = spec.split_once(':') else {
-        return;
-    };
-    if at != point {
-        return;
-    }
-    let n: u64 = n.parse().unwrap_or(1);
-    if SEEN.fetch_add(1, Ordering::SeqCst) + 1 >= n {
-        std::process::abort();
-    }
 }

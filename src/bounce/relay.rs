@@ -80,9 +80,9 @@ impl Sender<'_> {
             }
             self.ledger
                 .write(|tx| tx.set_send_state(dsn.id, dsn.send_state, SendState::Sending, None))?;
-            crate::replay::test_hook("after-dsn-sending");
+            crate::crash_hook::at("after-dsn-sending");
             let result = self.send_one(dsn, &content);
-            crate::replay::test_hook("after-dsn-send");
+            crate::crash_hook::at("after-dsn-send");
             let (state, reply) = match result {
                 Ok(Outcome::Delivered { detail, .. } | Outcome::AlreadyThere { detail }) => {
                     stats.sent += 1;

@@ -1,15 +1,18 @@
-//! Making the DSNs that are owed: one per message for its failed recipients, never to the
-//! null sender, never against NOTIFY, never twice (see ARCHITECTURE.md).
+//! Making the DSNs that are owed (the DSN step of `run`): one per message for its failed
+//! recipients as `bounce::decide` settles them, never to the null sender, never against
+//! NOTIFY, never twice (see ARCHITECTURE.md); delay warnings; postmaster copies.
 
 use anyhow::Result;
 use chrono::{DateTime, Datelike, FixedOffset, Local};
 
-use super::{Event, Replay, STATUS_EXPIRED, read_verified, test_hook};
+use super::Decision;
 use crate::address::ReversePath;
+use crate::crash_hook;
 use crate::dsn::{self, Action, Diagnostic, DsnError, DsnRecipient, DsnRequest};
 use crate::incident::Incident;
 use crate::ledger::DsnKind;
 use crate::ledger::{Change, MessageWork, RcptState, RecipientRow};
+use crate::replay::{Event, Replay, STATUS_EXPIRED, read_verified};
 
 /// Messages per page when walking failed recipients.
 const PAGE: usize = 500;
@@ -18,7 +21,7 @@ impl Replay<'_> {
     /// `--warn-after`: one `delayed` DSN per message for its recipients held or deferred
     /// longer than the threshold, once per recipient; never to `<>`, never against NOTIFY,
     /// never for bulk or list mail (RFC 3834 spirit: no automatic chatter to lists).
-    pub(super) fn warn_delayed(&mut self) -> Result<()> {
+    pub(crate) fn warn_delayed(&mut self) -> Result<()> {
         let Some(after) = self.settings.warn_after else {
             return Ok(());
         };
@@ -64,7 +67,7 @@ impl Replay<'_> {
     }
 
     /// One DSN per message for its failed recipients; the null sender gets none.
-    pub(super) fn make_dsns(&mut self) -> Result<()> {
+    pub(crate) fn make_dsns(&mut self) -> Result<()> {
         loop {
             // Each page is settled (bounced or dropped) before the next query, so always
             // start from the beginning.
@@ -76,32 +79,29 @@ impl Replay<'_> {
             }
             for work in &page {
                 self.settle_failed(work)?;
-                test_hook("after-dsn-record");
+                crash_hook::at("after-dsn-record");
             }
         }
     }
 
     fn settle_failed(&mut self, work: &MessageWork) -> Result<()> {
         let m = &work.message;
-        if m.sender.is_null() {
-            // A bounce that cannot be replayed is never bounced (RFC 5321 4.5.4); the
-            // postmaster may get a copy.
-            if let Some(postmaster) = &self.settings.postmaster {
-                let postmaster = ReversePath::parse(postmaster);
-                self.issue(work, DsnKind::Postmaster, &postmaster)?;
-                return Ok(());
+        let decision = super::decide(
+            &m.sender,
+            work.recipients.clone(),
+            self.settings.postmaster.as_deref(),
+        );
+        let (owed, unwanted) = match decision {
+            Decision::Postmaster(postmaster) => {
+                return self.issue(work, DsnKind::Postmaster, &postmaster);
             }
-            return self.drop_all(&work.recipients, true, |_| {
-                "null sender: no DSN (RFC 5321 6.1)".into()
-            });
-        }
-        // RFC 3461 5.2.6: a failure DSN only for recipients whose NOTIFY asks for it (or
-        // says nothing); the others are settled without one.
-        let (owed, unwanted): (Vec<RecipientRow>, Vec<RecipientRow>) = work
-            .recipients
-            .iter()
-            .cloned()
-            .partition(|r| dsn::failure_dsn_owed(r.notify));
+            Decision::NullSender => {
+                return self.drop_all(&work.recipients, true, |_| {
+                    "null sender: no DSN (RFC 5321 6.1)".into()
+                });
+            }
+            Decision::Failure { owed, unwanted } => (owed, unwanted),
+        };
         // The last reply says it was dropped (and still why it failed): left as it was, a
         // "bounced by the incident policy" would read as if a DSN had gone out.
         self.drop_all(&unwanted, false, |r| {
