@@ -5,8 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::support::mailhost::{MailHost, User, as_stored, without_trace};
+use crate::support::minispool::{self, Mail};
 use crate::support::{
     ChildGuard, Cli, LedgerRecipient, NOW, Rng, check, drill_trials, incident, ingested,
     kill_9_after, ledger_recipients, run_trials,
@@ -208,52 +210,61 @@ fn run_imap_sample_appends_exact_copies_dated_by_arrival_and_bounces_unknown() {
     }
 }
 
+/// A mailbox over its quota answers `NO [OVERQUOTA]` (Dovecot's IMAP has no grace for a
+/// message larger than the whole quota): every copy is deferred, retried, and when its
+/// lifetime ends it expires with 4.4.7, never bounced as an unknown mailbox.
 #[test]
 fn run_imap_over_quota_defers() {
-    let cli = ingested();
-    let rows = ledger_recipients(&cli.ledger);
-    let full = "peter.hoffmann@example.net";
-    let users: Vec<User> = users(&rows)
-        .into_iter()
-        .map(|u| {
-            if u.address == full {
-                User::with_quota(full, "1K")
-            } else {
-                u
-            }
+    let full = "full@example.test";
+    let host = MailHost::start_imap(&[User::with_quota(full, "1K")]);
+    let cli = Cli::new();
+    let mails: Vec<Mail> = (1..=3)
+        .map(|i| {
+            let mut m = Mail::plain(i, &[full]);
+            m.content
+                .extend_from_slice("padding to exceed the quota\r\n".repeat(150).as_bytes());
+            m
         })
         .collect();
-    let host = MailHost::start_imap(&users);
-    let out = run_imap(&cli, &host, &["--retry-delay", "1s", "--retry-max", "1s"]);
-    let summary = out.event("run_summary");
-    let rows = ledger_recipients(&cli.ledger);
-    let to_full: Vec<&LedgerRecipient> = rows
-        .iter()
-        .filter(|r| r.address.eq_ignore_ascii_case(full))
-        .filter(|r| r.reply.as_deref().is_some_and(|t| t.contains("OVERQUOTA")))
-        .collect();
-    assert!(
-        !to_full.is_empty(),
-        "no recipient of {full} saw OVERQUOTA; summary {summary}"
+    minispool::ingest(&cli, &mails);
+    let args = minispool::run_args(
+        &cli,
+        &host.imap_store(),
+        &["--retry-delay", "1s", "--retry-max", "1s"],
     );
-    for r in to_full {
+    // The mail expires a few seconds into the run, after some retries: NOW is 116 h after
+    // the mini spool's arrival.
+    let lifetime = 116 * 3600 + 6;
+    minispool::write_incident(
+        cli.path(),
+        Some(&minispool::INCIDENT.replace("\"30d\"", &format!("\"{lifetime}s\""))),
+    );
+    let out = cli.run_env(&args, &MailHost::imap_env());
+    let summary = out.event("run_summary");
+    assert!(summary["deferred"].as_u64().unwrap_or(0) >= 2, "{summary}");
+    let events = minispool::ledger_events(&cli.ledger);
+    let over: Vec<_> = events
+        .iter()
+        .filter(|e| e.to_state == "deferred")
+        .filter(|e| {
+            e.detail
+                .as_deref()
+                .is_some_and(|d| d.contains("[OVERQUOTA]"))
+        })
+        .collect();
+    assert!(over.len() >= 2, "no OVERQUOTA deferrals: {events:?}");
+    let rows = ledger_recipients(&cli.ledger);
+    assert_eq!(rows.len(), 3);
+    for r in &rows {
+        assert_eq!(r.state, "bounced", "{r:?}");
+        assert_eq!(r.status.as_deref(), Some("4.4.7"), "{r:?}");
         assert!(
-            matches!(
-                r.state.as_str(),
-                "deferred" | "bounced" | "dropped" | "failed"
-            ),
-            "{}: {}",
-            r.address,
-            r.state
-        );
-        assert_ne!(r.state, "delivered");
-        assert!(
-            r.status.as_deref().is_none_or(|s| s.starts_with('4')),
-            "{:?}",
-            r.status
+            r.reply
+                .as_deref()
+                .is_some_and(|t| t.contains("[OVERQUOTA]")),
+            "{r:?}"
         );
     }
-    assert!(summary["deferred"].as_u64().unwrap_or(0) > 0, "{summary}");
     assert!(
         host.delivered(full).is_empty(),
         "a copy reached the full mailbox"
@@ -264,6 +275,7 @@ fn run_imap_over_quota_defers() {
 /// done: every delivered recipient has exactly one copy, and none is missing.
 #[test]
 fn run_imap_kill_9_then_verify_ends_with_exactly_one_copy() {
+    let recovered = AtomicU64::new(0);
     run_trials(drill_trials(20), 4, |trial| {
         let mut rng = Rng::new(0x1_5000 + trial as u64);
         let cli = ingested();
@@ -297,6 +309,11 @@ fn run_imap_kill_9_then_verify_ends_with_exactly_one_copy() {
         args.extend(["--uncertain".into(), "verify".into()]);
         let out = cli.run_env(&args, &MailHost::imap_env());
         check(&out, 0);
+        let summary = out.event("run_summary");
+        recovered.fetch_add(
+            summary["recovered_in_flight"].as_u64().unwrap_or(0),
+            Ordering::Relaxed,
+        );
         let rows = ledger_recipients(&cli.ledger);
         assert!(
             !rows
@@ -306,4 +323,9 @@ fn run_imap_kill_9_then_verify_ends_with_exactly_one_copy() {
         );
         assert_exactly_once(&host, &rows);
     });
+    // The kills landed while copies were in flight: the store was searched for them.
+    assert!(
+        recovered.load(Ordering::Relaxed) > 0,
+        "no trial left a delivery in flight"
+    );
 }
