@@ -734,6 +734,28 @@ mod tests {
     }
 
     #[test]
+    fn copies_carry_the_arrival_as_mtime_also_when_written_again() {
+        let root = tempfile::tempdir().unwrap();
+        let mut store = MaildirStore::new(root.path()).unwrap();
+        let sender = ReversePath::Address("s@x.test".into());
+        let d = delivery(&sender, "2023-01-23T10:00:07+01:00");
+        let rcpt = [RecipientSpec::plain("bob@example.net")];
+        let path = |o: &Outcome| match o {
+            Outcome::Delivered { detail, .. } => PathBuf::from(detail),
+            other => panic!("not delivered: {other:?}"),
+        };
+        let first = path(&store.deliver(&d, &rcpt).unwrap()[0]);
+        let mtime = |p: &Path| fs::metadata(p).unwrap().modified().unwrap();
+        let want = UNIX_EPOCH + Duration::from_secs(1_674_464_407);
+        assert_eq!(mtime(&first), want);
+        // A crash lost the copy (a restore from backup, say): written again, same date.
+        fs::remove_file(&first).unwrap();
+        let again = path(&store.deliver(&d, &rcpt).unwrap()[0]);
+        assert_eq!(again, first);
+        assert_eq!(mtime(&again), want);
+    }
+
+    #[test]
     fn unsafe_addresses_are_refused_with_a_reason() {
         refused_because("../../etc/passwd@example.net", "path separator");
         refused_because("a/b@x", "`/`, a path separator");

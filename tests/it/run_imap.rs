@@ -329,3 +329,48 @@ fn run_imap_kill_9_then_verify_ends_with_exactly_one_copy() {
         "no trial left a delivery in flight"
     );
 }
+
+/// A Maildir store written by `run` and read by Dovecot's IMAP shows each copy's arrival
+/// as its INTERNALDATE (the file's mtime), to the second.
+#[test]
+fn maildir_store_read_through_dovecot_imap_shows_arrival_as_internaldate() {
+    let cli = ingested();
+    let rows = ledger_recipients(&cli.ledger);
+    let host = MailHost::start_imap(&users(&rows));
+    // Dovecot's layout is the Maildir store's: ROOT/<domain>/<user>/Maildir.
+    let root = host.root().join("mail");
+    let out = cli.run(&[
+        "--json",
+        "run",
+        "--incident",
+        &incident().display().to_string(),
+        "--store",
+        &format!("maildir:{}", root.display()),
+        "--outbox",
+        &cli.outbox().display().to_string(),
+        "--now",
+        NOW,
+    ]);
+    check(&out, 0);
+    // The replay ran as root; the store's owner is the mail user (as an operator would
+    // run it, as that user).
+    let chown = Command::new("chown")
+        .args(["-R", "5000:5000"])
+        .arg(&root)
+        .status()
+        .expect("chown");
+    assert!(chown.success());
+    let arrivals = delivered_arrivals(&cli.ledger);
+    assert!(arrivals.len() > 30, "only {} mailboxes", arrivals.len());
+    // A Maildir store has no user list: the unknown users got folders Dovecot cannot open.
+    for (address, want) in arrivals
+        .iter()
+        .filter(|(a, _)| mailbox_addresses(&rows).contains(*a) && !UNKNOWN.contains(&a.as_str()))
+    {
+        assert_eq!(
+            &internal_dates(&host, address),
+            want,
+            "{address}: INTERNALDATEs"
+        );
+    }
+}
