@@ -250,6 +250,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "POLICY", default_value = "redeliver")]
     pub uncertain: String,
 
+    /// With an LMTP or SMTP store: the same mailboxes over IMAP (imap://, imaps://,
+    /// imap+starttls://), where `--uncertain verify` and crash recovery look for a copy;
+    /// each copy then goes in its own transaction with a trace field
+    #[arg(long, value_name = "TARGET")]
+    pub verify_store: Option<String>,
+
     /// First wait before retrying deferred mail; doubled after each deferral
     #[arg(long, value_name = "DURATION", default_value = "1m")]
     pub retry_delay: String,

@@ -161,8 +161,10 @@ pub struct RunConfig {
     pub retry: RetryPolicy,
     /// SMTP AUTH credentials, from the environment or a file (never the command line).
     pub credentials: Option<SmtpCredentials>,
-    /// The IMAP store's administrative identity (an `imap://` store only).
+    /// The IMAP store's administrative identity (an `imap://` store or `--verify-store`).
     pub imap_credentials: Option<ImapCredentials>,
+    /// `--verify-store`: where an LMTP/SMTP store's copies are looked for over IMAP.
+    pub verify_store: Option<ImapTarget>,
     /// Accept any TLS certificate (`--insecure-tls`).
     pub insecure_tls: bool,
     pub warn_after: Option<Duration>,
@@ -195,15 +197,16 @@ pub enum BouncesConfig {
 }
 
 /// `--uncertain`; `verify` needs a store that can be searched for a copy (IMAP, Maildir).
-fn uncertain_policy(policy: &str, store: &str) -> Result<UncertainPolicy> {
+fn uncertain_policy(policy: &str, store: &str, verify_store: bool) -> Result<UncertainPolicy> {
     match policy {
         "redeliver" => Ok(UncertainPolicy::Redeliver),
         "hold" => Ok(UncertainPolicy::Hold),
         "verify" => match StoreTarget::parse(store) {
-            Ok(StoreTarget::Lmtp(_) | StoreTarget::Smtp(_)) => Err(usage(
+            Ok(StoreTarget::Lmtp(_) | StoreTarget::Smtp(_)) if !verify_store => Err(usage(
                 "--uncertain",
                 "`verify` needs a store that can be searched for a copy: an IMAP store \
-                 (imap://, imaps://) or a Maildir store; LMTP and SMTP cannot be asked",
+                 (imap://, imaps://), a Maildir store, or LMTP/SMTP with \
+                 --verify-store imap://… (the same mailboxes over IMAP)",
             )),
             _ => Ok(UncertainPolicy::Verify),
         },
@@ -215,8 +218,8 @@ fn uncertain_policy(policy: &str, store: &str) -> Result<UncertainPolicy> {
 }
 
 /// The IMAP administrative identity, required for an IMAP store and ignored otherwise.
-fn imap_credentials(store: &str) -> Result<Option<ImapCredentials>> {
-    if !matches!(StoreTarget::parse(store), Ok(StoreTarget::Imap(_))) {
+fn imap_credentials(store: &str, verify_store: bool) -> Result<Option<ImapCredentials>> {
+    if !verify_store && !matches!(StoreTarget::parse(store), Ok(StoreTarget::Imap(_))) {
         return Ok(None);
     }
     let config = |why: String| {
@@ -237,6 +240,26 @@ fn imap_credentials(store: &str) -> Result<Option<ImapCredentials>> {
         )),
         Err(e) => Err(config(e)),
     }
+}
+
+/// `--verify-store`: an IMAP target, only beside an LMTP or SMTP store.
+fn verify_store(target: Option<&str>, store: &str) -> Result<Option<ImapTarget>> {
+    let Some(target) = target else {
+        return Ok(None);
+    };
+    if !matches!(
+        StoreTarget::parse(store),
+        Ok(StoreTarget::Lmtp(_) | StoreTarget::Smtp(_))
+    ) {
+        return Err(usage(
+            "--verify-store",
+            "only an LMTP or SMTP store needs it (IMAP and Maildir stores are looked in directly)",
+        ));
+    }
+    target
+        .parse::<ImapTarget>()
+        .map(Some)
+        .map_err(|e| usage("--verify-store", e))
 }
 
 fn usage(option: &str, why: impl std::fmt::Display) -> anyhow::Error {
@@ -294,8 +317,9 @@ impl Config {
                         0 => return Err(usage("--concurrency", "must be at least 1")),
                         n => n,
                     },
-                    uncertain: uncertain_policy(&a.uncertain, &a.store)?,
-                    imap_credentials: imap_credentials(&a.store)?,
+                    uncertain: uncertain_policy(&a.uncertain, &a.store, a.verify_store.is_some())?,
+                    imap_credentials: imap_credentials(&a.store, a.verify_store.is_some())?,
+                    verify_store: verify_store(a.verify_store.as_deref(), &a.store)?,
                     credentials: SmtpCredentials::from_env().map_err(|e| {
                         anyhow::Error::new(Failure::new(
                             Exit::Config,

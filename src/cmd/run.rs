@@ -12,6 +12,7 @@ use crate::deliver::imap::{ImapOptions, ImapStore, Proven};
 use crate::deliver::lmtp::LmtpStore;
 use crate::deliver::maildir::MaildirStore;
 use crate::deliver::smtp::{SmtpOptions, SmtpStore};
+use crate::deliver::verify::VerifiedStore;
 use crate::deliver::wire::ClientOptions;
 use crate::exit::{Exit, Failure};
 use crate::ledger::{DsnFilter, Ledger, RcptState};
@@ -369,8 +370,42 @@ fn stop_text(stop: &Stop, signal: Option<Signal>) -> String {
     }
 }
 
-/// A constructor of store connections, one per worker.
+/// A constructor of store connections, one per worker; with `--verify-store`, each LMTP or
+/// SMTP connection is paired with an IMAP one to look in the mailboxes.
 fn store_factory(cfg: &RunConfig) -> Box<StoreFactory<'static>> {
+    let plain = plain_store_factory(cfg);
+    let (Some(target), Some(credentials)) =
+        (cfg.verify_store.clone(), cfg.imap_credentials.clone())
+    else {
+        return plain;
+    };
+    let client = ClientOptions {
+        timeouts: cfg.timeouts,
+        ..ClientOptions::default()
+    };
+    let with = match cfg.store {
+        StoreTarget::Smtp(_) => "ESMTP",
+        _ => "LMTP",
+    };
+    let options = ImapOptions {
+        client: client.clone(),
+        credentials,
+        insecure: cfg.insecure_tls,
+        proven: Proven::default(),
+    };
+    Box::new(move || {
+        let inner = plain()?;
+        let imap = ImapStore::connect(target.clone(), options.clone())?;
+        Ok(Box::new(VerifiedStore::new(
+            inner,
+            imap,
+            client.hello_name.clone(),
+            with,
+        )) as Box<dyn Deliverer>)
+    })
+}
+
+fn plain_store_factory(cfg: &RunConfig) -> Box<StoreFactory<'static>> {
     let client = ClientOptions {
         timeouts: cfg.timeouts,
         ..ClientOptions::default()

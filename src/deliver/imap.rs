@@ -392,17 +392,30 @@ pub fn trace_id(message_key: &str, mailbox: &str) -> String {
     format!("SR{}", name_hash(message_key, mailbox))
 }
 
+/// Our `Received:` field for the copy of `delivery` for `mailbox` (canonical), CRLF-ended:
+/// its `id` is [`trace_id`], its date the arrival, so the same copy gets the same bytes in
+/// every run. `with` is the protocol it is handed over with (`IMAP`, `LMTP`, `ESMTP`).
+pub fn trace_field(
+    delivery: &Delivery<'_>,
+    rcpt: &str,
+    mailbox: &str,
+    host: &str,
+    with: &str,
+) -> String {
+    let id = trace_id(delivery.message_key, mailbox);
+    let date = delivery.arrival.to_rfc2822();
+    format!("Received: by {host} (spoolreplay) with {with} id {id}\r\n\tfor <{rcpt}>; {date}\r\n")
+}
+
 /// The copy as appended: our three delivery headers, then the message, CRLF line ends.
 pub fn appended_bytes(delivery: &Delivery<'_>, rcpt: &str, mailbox: &str, host: &str) -> Vec<u8> {
     let sender = match delivery.sender {
         ReversePath::Null => String::new(),
         other => other.as_str().to_string(),
     };
-    let id = trace_id(delivery.message_key, mailbox);
-    let date = delivery.arrival.to_rfc2822();
     let header = format!(
-        "Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\nReceived: by {host} (spoolreplay) \
-         with IMAP id {id}\r\n\tfor <{rcpt}>; {date}\r\n"
+        "Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n{}",
+        trace_field(delivery, rcpt, mailbox, host, "IMAP")
     );
     let body = line_ends::to_crlf(delivery.content);
     let mut out = Vec::with_capacity(header.len() + body.len() + 2);
@@ -633,6 +646,37 @@ impl ImapStore {
         ))
     }
 
+    /// Looks in `rcpt`'s INBOX for the copy of `delivery` by its trace id (and its size,
+    /// when known: a copy delivered over LMTP has the server's own headers too). `Ok(None)`:
+    /// not there (or no such mailbox); `Err`: the store could not be asked.
+    pub fn look_for(
+        &mut self,
+        delivery: &Delivery<'_>,
+        rcpt: &str,
+        size: Option<usize>,
+    ) -> Result<Option<String>, String> {
+        let Some(mailbox) = checked_mailbox(rcpt) else {
+            return Ok(None);
+        };
+        let mut session = match self.open_mailbox(&mailbox).map_err(|e| e.to_string())? {
+            Opened::Ready(s) => s,
+            // Known to be no such mailbox: nothing can be there.
+            Opened::Refused(Outcome::Failed { .. }) => return Ok(None),
+            Opened::Refused(Outcome::Deferred { reply, .. }) => return Err(reply),
+            Opened::Refused(_) => return Err("the mailbox could not be opened".into()),
+        };
+        match self.find_copy(&mut session, delivery, &mailbox, size) {
+            Ok(found) => {
+                self.session = Some(session);
+                Ok(found)
+            }
+            Err(Broken::Lost(why)) => {
+                session.conn.abandon();
+                Err(why)
+            }
+        }
+    }
+
     /// One recipient's copy: looked for first when `recovering`, else appended.
     fn deliver_one(
         &mut self,
@@ -659,7 +703,7 @@ impl ImapStore {
         let bytes = appended_bytes(delivery, rcpt, mailbox, &self.options.client.hello_name);
         let remote = Some(session.server.clone());
         if delivery.recovering {
-            match self.find_copy(&mut session, delivery, mailbox, bytes.len()) {
+            match self.find_copy(&mut session, delivery, mailbox, Some(bytes.len())) {
                 Ok(Some(detail)) => {
                     self.session = Some(session);
                     return Ok(Outcome::AlreadyThere { detail });
@@ -762,7 +806,7 @@ impl ImapStore {
         session: &mut Session,
         delivery: &Delivery<'_>,
         mailbox: &str,
-        size: usize,
+        size: Option<usize>,
     ) -> Result<Option<String>, Broken> {
         let wait = self.options.client.timeouts.command;
         let examined = session.command("EXAMINE INBOX", wait, &mut |_| {})?;
@@ -800,7 +844,7 @@ impl ImapStore {
                             .and_then(|n| n.parse::<usize>().ok());
                     }
                 })?;
-            if fetched.ok() && got == Some(size) {
+            if fetched.ok() && got.is_some() && (size.is_none() || got == size) {
                 found = Some(uid);
                 break;
             }
@@ -810,7 +854,7 @@ impl ImapStore {
         Ok(found.map(|uid| {
             format!(
                 "verified in the store: mailbox {} INBOX has this copy already (UID {uid}, \
-                 trace id {id}, {size} octets)",
+                 trace id {id})",
                 sanitize::for_terminal(mailbox)
             )
         }))

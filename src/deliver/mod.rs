@@ -12,6 +12,7 @@ pub mod smtp;
 mod testpeer;
 mod tls;
 mod transaction;
+pub mod verify;
 pub mod wire;
 
 use crate::address::{Notify, ReturnContent, ReversePath};
