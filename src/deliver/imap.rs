@@ -1089,6 +1089,139 @@ mod tests {
         );
     }
 
+    use super::super::testpeer::{Peer, Step};
+    use crate::deliver::wire::Timeouts;
+
+    const GREETING: &str = "* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ AUTH=PLAIN] ready\n";
+
+    fn store(peer: &Peer) -> Result<ImapStore, StoreError> {
+        let options = ImapOptions {
+            client: ClientOptions {
+                hello_name: "replay.test".into(),
+                timeouts: Timeouts {
+                    connect: Duration::from_secs(5),
+                    command: Duration::from_secs(3),
+                    data_end: Duration::from_secs(3),
+                },
+            },
+            credentials: ImapCredentials {
+                user: "replay".into(),
+                password: "pw".into(),
+            },
+            insecure: false,
+            proven: Proven::default(),
+        };
+        let target = ImapTarget {
+            security: Security::Plain,
+            host: "127.0.0.1".into(),
+            port: peer.port,
+        };
+        ImapStore::connect(target, options)
+    }
+
+    fn delivery(sender: &ReversePath) -> Delivery<'_> {
+        Delivery {
+            message_key: "0123abcd",
+            sender,
+            content: b"Subject: x\r\n\r\nbody\r\n",
+            arrival: chrono::DateTime::parse_from_rfc3339("2023-01-23T10:00:00+01:00").unwrap(),
+            recovering: false,
+            envid: None,
+            ret: None,
+        }
+    }
+
+    /// The APPEND line and the 8 lines of the literal (our 4 header lines, the message's
+    /// 3, the CRLF that ends the command).
+    fn append_steps() -> Vec<Step> {
+        let mut steps = vec![Step::Expect(
+            "R2 APPEND INBOX () \"23-Jan-2023 10:00:00 +0100\" {",
+        )];
+        steps.extend(std::iter::repeat_n(Step::Expect(""), 8));
+        steps
+    }
+
+    #[test]
+    fn a_connection_lost_after_the_message_is_uncertain_and_before_it_unavailable() {
+        let mut after = vec![
+            Step::Send(GREETING),
+            Step::Expect("R1 AUTHENTICATE PLAIN "),
+            Step::Send("R1 OK Logged in\n"),
+        ];
+        after.extend(append_steps());
+        let peer = Peer::spawn(vec![
+            vec![Step::Send(GREETING)],
+            after,
+            vec![Step::Send(GREETING), Step::Expect("R1 AUTHENTICATE")],
+        ]);
+        let mut s = store(&peer).unwrap();
+        let sender = ReversePath::Address("s@x.test".into());
+        let d = delivery(&sender);
+        let out = s
+            .deliver(&d, &[RecipientSpec::plain("bob@example.test")])
+            .unwrap();
+        assert!(matches!(out[0], Outcome::Uncertain { .. }), "{out:?}");
+        // The next mailbox: the store drops the connection during AUTHENTICATE.
+        let err = s.deliver(&d, &[RecipientSpec::plain("carol@example.test")]);
+        assert!(matches!(err, Err(StoreError::Unavailable(_))), "{err:?}");
+        let transcript = peer.transcript().join("\n");
+        // The copy carried its date and our trace field.
+        assert!(transcript.contains("Received: by replay.test (spoolreplay) with IMAP id SR"));
+        assert!(transcript.contains("Delivered-To: bob@example.test"));
+    }
+
+    #[test]
+    fn a_refused_mailbox_defers_until_the_credentials_proved_good_then_fails_5_1_1() {
+        let open = |n: &'static str| {
+            vec![
+                Step::Send(GREETING),
+                Step::Expect("R1 AUTHENTICATE PLAIN "),
+                Step::Send(n),
+            ]
+        };
+        let mut alice = open("R1 OK Logged in\n");
+        alice.extend(append_steps());
+        alice.push(Step::Send("R2 OK [APPENDUID 1 1] Append completed.\n"));
+        alice.push(Step::Expect("R3 LOGOUT"));
+        let peer = Peer::spawn(vec![
+            vec![Step::Send(GREETING)],
+            open("R1 NO [AUTHENTICATIONFAILED] Authentication failed.\n"),
+            alice,
+            open("R1 NO [AUTHENTICATIONFAILED] Authentication failed.\n"),
+        ]);
+        let mut s = store(&peer).unwrap();
+        let sender = ReversePath::Address("s@x.test".into());
+        let d = delivery(&sender);
+        let ghost = [RecipientSpec::plain("ghost@example.test")];
+        let first = s.deliver(&d, &ghost).unwrap();
+        assert!(matches!(first[0], Outcome::Deferred { .. }), "{first:?}");
+        let ok = s
+            .deliver(&d, &[RecipientSpec::plain("alice@example.test")])
+            .unwrap();
+        assert!(matches!(ok[0], Outcome::Delivered { .. }), "{ok:?}");
+        let again = s.deliver(&d, &ghost).unwrap();
+        assert!(
+            matches!(&again[0], Outcome::Failed { status, .. } if status == "5.1.1"),
+            "{again:?}"
+        );
+        drop(s);
+        peer.transcript();
+    }
+
+    #[test]
+    fn an_endless_greeting_is_refused_after_a_bounded_read() {
+        let peer = Peer::spawn(vec![vec![Step::Endless]]);
+        let err = store(&peer).unwrap_err().to_string();
+        assert!(err.contains("too long"), "{err}");
+        let transcript = peer.transcript();
+        let sent: usize = transcript
+            .iter()
+            .find_map(|l| l.strip_prefix("ENDLESS:"))
+            .and_then(|n| n.parse().ok())
+            .expect("endless count");
+        assert!(sent < 64 * 1024 * 1024, "the client read it all: {sent}");
+    }
+
     #[test]
     fn addresses_that_could_inject_are_refused() {
         assert_eq!(checked_mailbox("a@x.test"), Some("a@x.test".to_string()));
