@@ -318,8 +318,9 @@ impl Config {
                         n => n,
                     },
                     uncertain: uncertain_policy(&a.uncertain, &a.store, a.verify_store.is_some())?,
-                    imap_credentials: imap_credentials(&a.store, a.verify_store.is_some())?,
+                    // Before the credentials: a misplaced option is the clearer error.
                     verify_store: verify_store(a.verify_store.as_deref(), &a.store)?,
+                    imap_credentials: imap_credentials(&a.store, a.verify_store.is_some())?,
                     credentials: SmtpCredentials::from_env().map_err(|e| {
                         anyhow::Error::new(Failure::new(
                             Exit::Config,

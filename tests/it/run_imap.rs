@@ -422,3 +422,47 @@ fn maildir_store_read_through_dovecot_imap_shows_arrival_as_internaldate() {
         );
     }
 }
+
+/// What `run` refuses before touching anything: an IMAP store without credentials (78),
+/// `--uncertain verify` with a store that cannot be asked, `--verify-store` beside a
+/// store that needs none (64).
+#[test]
+fn run_refuses_imap_without_credentials_and_verify_without_a_store_to_look_in() {
+    let cli = ingested();
+    let base = |store: &str, extra: &[&str]| {
+        let mut args = vec![
+            "run".to_string(),
+            "--incident".into(),
+            incident().display().to_string(),
+            "--store".into(),
+            store.into(),
+            "--now".into(),
+            NOW.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let out = cli.run(&base("imap://127.0.0.1:1", &[]));
+    check(&out, 78);
+    assert!(
+        out.stderr.contains("SPOOLREPLAY_IMAP_USER"),
+        "{}",
+        out.stderr
+    );
+    let out = cli.run(&base("lmtp://127.0.0.1:1", &["--uncertain", "verify"]));
+    check(&out, 64);
+    assert!(out.stderr.contains("--verify-store"), "{}", out.stderr);
+    let out = cli.run(&base(
+        "maildir:/nonexistent",
+        &["--verify-store", "imap://127.0.0.1:1"],
+    ));
+    check(&out, 64);
+    // Nothing was done: every recipient is as ingest left it.
+    assert!(
+        ledger_recipients(&cli.ledger).iter().all(|r| matches!(
+            r.state.as_str(),
+            "pending" | "duplicate" | "delivered_before" | "dropped" | "held"
+        )),
+        "a refused run changed the ledger"
+    );
+}
