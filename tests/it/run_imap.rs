@@ -466,3 +466,86 @@ fn run_refuses_imap_without_credentials_and_verify_without_a_store_to_look_in() 
         "a refused run changed the ledger"
     );
 }
+
+/// Uncertain recipients (left so by a run without a way to look: `--uncertain hold`) are
+/// settled by a later `--uncertain verify` run: found in the store → delivered, not found
+/// → delivered now; the summary counts both, and every recipient ends with one copy.
+#[test]
+fn uncertain_recipients_are_verified_in_the_store_by_a_later_run() {
+    let found = AtomicU64::new(0);
+    let missing = AtomicU64::new(0);
+    run_trials(drill_trials(8), 4, |trial| {
+        let mut rng = Rng::new(0x1_5800 + trial as u64);
+        let cli = ingested();
+        let rows = ledger_recipients(&cli.ledger);
+        let host = MailHost::start_imap(&users(&rows));
+        let base = vec![
+            "--json".to_string(),
+            "run".into(),
+            "--incident".into(),
+            incident().display().to_string(),
+            "--store".into(),
+            host.tcp_store(),
+            "--outbox".into(),
+            cli.outbox().display().to_string(),
+            "--now".into(),
+            NOW.into(),
+            "--concurrency".into(),
+            "4".into(),
+        ];
+        let verify = ["--verify-store".to_string(), host.imap_store()];
+        let with = |extra: &[&str]| {
+            let mut a = base.clone();
+            a.extend(extra.iter().map(|s| s.to_string()));
+            a
+        };
+        // 1: with trace fields, killed mid-run.
+        let mut first = cli.command(&[with(&["--rate", "50/s"]).as_slice(), &verify].concat());
+        for (k, v) in MailHost::imap_env() {
+            first.env(k, v);
+        }
+        let child = first
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn spoolreplay");
+        let delay = std::time::Duration::from_millis(200 + rng.below(1500));
+        kill_9_after(ChildGuard(Some(child)), delay, &format!("trial {trial}"));
+        // 2: LMTP cannot look: the in-flight ones become uncertain and are held.
+        let out = cli.run(&with(&["--uncertain", "hold"]));
+        let held = out.event("run_summary")["recovered_in_flight"]
+            .as_u64()
+            .unwrap_or(0);
+        let uncertain_now = ledger_recipients(&cli.ledger)
+            .iter()
+            .filter(|r| r.state == "uncertain")
+            .count() as u64;
+        assert_eq!(uncertain_now, held, "trial {trial}: in flight → uncertain");
+        // 3: looked for in the store.
+        let mut third = with(&["--uncertain", "verify"]);
+        third.extend(verify.iter().cloned());
+        let out = cli.run_env(&third, &MailHost::imap_env());
+        check(&out, 0);
+        let summary = out.event("run_summary");
+        let f = summary["verified_in_store"].as_u64().unwrap_or(0);
+        let m = summary["verified_missing_redelivered"]
+            .as_u64()
+            .unwrap_or(0);
+        assert_eq!(f + m, uncertain_now, "trial {trial}: {summary}");
+        assert_eq!(summary["verify_impossible"], 0, "trial {trial}: {summary}");
+        found.fetch_add(f, Ordering::Relaxed);
+        missing.fetch_add(m, Ordering::Relaxed);
+        let rows = ledger_recipients(&cli.ledger);
+        assert!(
+            !rows
+                .iter()
+                .any(|r| r.state == "uncertain" || r.state == "in_flight"),
+            "trial {trial}: left unsettled"
+        );
+        assert_exactly_once(&host, &rows);
+    });
+    assert!(
+        found.load(Ordering::Relaxed) > 0,
+        "no uncertain copy was found in the store"
+    );
+}
