@@ -140,9 +140,21 @@ fn without_our_trace(stored: &[u8]) -> &[u8] {
 /// headers aside), nothing else; returns how many copies were compared.
 #[track_caller]
 fn assert_exactly_once(host: &MailHost, rows: &[LedgerRecipient]) -> usize {
+    assert_exactly_once_of(host, rows, &|r| {
+        std::fs::read(&r.source_path).expect("read the spooled message")
+    })
+}
+
+/// As `assert_exactly_once`, with the original message of a row from `original`.
+#[track_caller]
+fn assert_exactly_once_of(
+    host: &MailHost,
+    rows: &[LedgerRecipient],
+    original: &dyn Fn(&LedgerRecipient) -> Vec<u8>,
+) -> usize {
     let mut expected: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
     for r in rows.iter().filter(|r| r.state == "delivered") {
-        let original = std::fs::read(&r.source_path).expect("read the spooled message");
+        let original = original(r);
         expected
             .entry(r.address.to_ascii_lowercase())
             .or_default()
@@ -548,4 +560,70 @@ fn uncertain_recipients_are_verified_in_the_store_by_a_later_run() {
         found.load(Ordering::Relaxed) > 0,
         "no uncertain copy was found in the store"
     );
+}
+
+/// A real Postfix queue (fixtures/postfix, made by a real Postfix) replayed over IMAP:
+/// every recipient Dovecot knows has its message exactly once, dated by its arrival.
+#[test]
+fn run_imap_real_postfix_queue_exactly_once_dated_by_arrival() {
+    let cli = Cli::new();
+    let spool = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/postfix/spool");
+    check(&cli.run(&["ingest".as_ref(), spool.as_os_str()]), 0);
+    let incident = cli.at("incident.toml");
+    std::fs::write(
+        &incident,
+        r#"name = "postfix queue"
+reporting_mta = "mx1.example.net"
+restored_at = "2030-01-01T00:00:00Z"
+queue_lifetime = "36500d"
+lifetime_from = "arrival"
+outside = "hold"
+
+[[window]]
+name = "all"
+start = "2000-01-01T00:00:00Z"
+end = "2030-01-01T00:00:00Z"
+action = "deliver"
+"#,
+    )
+    .expect("incident");
+    let rows = ledger_recipients(&cli.ledger);
+    let host = MailHost::start_imap(
+        &mailbox_addresses(&rows)
+            .into_iter()
+            .map(|a| User::new(&a))
+            .collect::<Vec<_>>(),
+    );
+    let out = cli.run_env(
+        &[
+            "--json",
+            "run",
+            "--incident",
+            &incident.display().to_string(),
+            "--store",
+            &host.imap_store(),
+            "--outbox",
+            &cli.outbox().display().to_string(),
+            "--now",
+            "2030-01-01T00:00:00Z",
+            "--max-bounce-share",
+            "100",
+        ],
+        &MailHost::imap_env(),
+    );
+    check(&out, 0);
+    let rows = ledger_recipients(&cli.ledger);
+    // Postfix's own view of each message (`postcat -bh`), not our reader's.
+    let postcat = spool.parent().expect("fixture dir").join("postcat");
+    let stored = assert_exactly_once_of(&host, &rows, &|r| {
+        std::fs::read(postcat.join(&r.queue_id)).expect("postcat output")
+    });
+    assert!(stored > 0, "nothing delivered: {}", out.stdout);
+    for (address, want) in &delivered_arrivals(&cli.ledger) {
+        assert_eq!(
+            &internal_dates(&host, address),
+            want,
+            "{address}: INTERNALDATEs"
+        );
+    }
 }
