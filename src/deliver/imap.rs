@@ -461,7 +461,7 @@ impl ImapStore {
             session: None,
             connections: 0,
         };
-        let (mut conn, _, _) = store.dial()?;
+        let (mut conn, _, _, _) = store.dial()?;
         let _ = conn.write_all(b"R0 LOGOUT\r\n");
         conn.abandon();
         Ok(store)
@@ -490,8 +490,9 @@ impl ImapStore {
     }
 
     /// Connects, TLS as configured, reads the greeting; returns the connection, the
-    /// server's name and its capabilities.
-    fn dial(&mut self) -> Result<(Conn, String, Vec<String>), StoreError> {
+    /// server's name, its capabilities and the last tag used (tags stay unique per
+    /// connection).
+    fn dial(&mut self) -> Result<(Conn, String, Vec<String>, u32), StoreError> {
         let timeouts = self.options.client.timeouts;
         let wait = timeouts.command;
         let mut conn = Conn::tcp(&self.target.host, self.target.port, timeouts)
@@ -543,7 +544,7 @@ impl ImapStore {
             // RFC 9051 6.2.1: what was said before TLS is forgotten; ask again.
             caps = self.ask_capabilities(&mut session)?;
         }
-        Ok((session.conn, session.server, caps))
+        Ok((session.conn, session.server, caps, session.tag))
     }
 
     fn ask_capabilities(&self, session: &mut Session) -> Result<Vec<String>, StoreError> {
@@ -581,13 +582,13 @@ impl ImapStore {
                  is not loopback (use imaps:// or imap+starttls://, or --insecure-tls)",
             ));
         }
-        let (conn, server, caps) = self.dial()?;
+        let (conn, server, caps, tag) = self.dial()?;
         let wait = self.options.client.timeouts.command;
         let mut session = Session {
             conn,
             mailbox: mailbox.to_string(),
             literal_plus: caps.iter().any(|c| c == "LITERAL+"),
-            tag: 0,
+            tag,
             server,
         };
         let creds = &self.options.credentials;
@@ -1095,6 +1096,14 @@ mod tests {
     const GREETING: &str = "* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ AUTH=PLAIN] ready\n";
 
     fn store(peer: &Peer) -> Result<ImapStore, StoreError> {
+        store_with(peer, Security::Plain, false)
+    }
+
+    fn store_with(
+        peer: &Peer,
+        security: Security,
+        insecure: bool,
+    ) -> Result<ImapStore, StoreError> {
         let options = ImapOptions {
             client: ClientOptions {
                 hello_name: "replay.test".into(),
@@ -1108,11 +1117,11 @@ mod tests {
                 user: "replay".into(),
                 password: "pw".into(),
             },
-            insecure: false,
+            insecure,
             proven: Proven::default(),
         };
         let target = ImapTarget {
-            security: Security::Plain,
+            security,
             host: "127.0.0.1".into(),
             port: peer.port,
         };
@@ -1206,6 +1215,55 @@ mod tests {
         );
         drop(s);
         peer.transcript();
+    }
+
+    #[test]
+    fn starttls_and_imaps_are_used_and_certificates_checked() {
+        // imap+starttls: CAPABILITY, STARTTLS, TLS, CAPABILITY again (what came before TLS
+        // is forgotten), then AUTHENTICATE over TLS.
+        let starttls = |then: Vec<Step>| {
+            let mut s = vec![
+                Step::Send("* OK ready\n"),
+                Step::Expect("R1 CAPABILITY"),
+                Step::Send("* CAPABILITY IMAP4rev1 STARTTLS\nR1 OK done\n"),
+                Step::Expect("R2 STARTTLS"),
+                Step::Send("R2 OK Begin TLS negotiation now.\n"),
+                Step::StartTls,
+                Step::Expect("R3 CAPABILITY"),
+                Step::Send("* CAPABILITY IMAP4rev1 SASL-IR LITERAL+ AUTH=PLAIN\nR3 OK done\n"),
+            ];
+            s.extend(then);
+            s
+        };
+        let mut deliver = starttls(vec![Step::Expect("R4 AUTHENTICATE PLAIN ")]);
+        deliver.push(Step::Send("R4 OK Logged in\n"));
+        deliver.push(Step::Expect("R5 APPEND INBOX () "));
+        deliver.extend(std::iter::repeat_n(Step::Expect(""), 8));
+        deliver.push(Step::Send("R5 OK [APPENDUID 1 1] Append completed.\n"));
+        deliver.push(Step::Expect("R6 LOGOUT"));
+        let peer = Peer::spawn(vec![starttls(vec![]), deliver]);
+        let mut s = store_with(&peer, Security::StartTls, true).unwrap();
+        let sender = ReversePath::Address("s@x.test".into());
+        let out = s
+            .deliver(
+                &delivery(&sender),
+                &[RecipientSpec::plain("bob@example.test")],
+            )
+            .unwrap();
+        assert!(matches!(out[0], Outcome::Delivered { .. }), "{out:?}");
+        drop(s);
+        peer.transcript();
+        // imaps without --insecure-tls: the self-signed test certificate is refused.
+        let peer = Peer::spawn(vec![vec![
+            Step::StartTls,
+            Step::Send(GREETING),
+            Step::AwaitClose,
+        ]]);
+        match store_with(&peer, Security::Tls, false) {
+            Err(StoreError::Unavailable(m)) => assert!(m.contains("certificate"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        drop(peer);
     }
 
     #[test]
