@@ -55,6 +55,10 @@ const MAX_UNTAGGED: usize = 10_000;
 /// Largest literal inside a response we accept (we never fetch message content).
 const MAX_LITERAL_OCTETS: usize = 64 * 1024;
 
+/// Why an `imap://` store that is not on loopback is refused (no password in clear).
+const PLAINTEXT_REFUSED: &str = "refusing to send the administrator's password without TLS to a \
+     host that is not loopback (use imaps:// or imap+starttls://, or --insecure-tls)";
+
 /// Environment variables the administrative credentials are read from.
 pub const ENV_USER: &str = "SPOOLREPLAY_IMAP_USER";
 pub const ENV_PASSWORD: &str = "SPOOLREPLAY_IMAP_PASSWORD";
@@ -461,6 +465,12 @@ impl ImapStore {
             session: None,
             connections: 0,
         };
+        if store.target.security == Security::Plain
+            && !store.options.insecure
+            && !is_loopback(&store.target.host)
+        {
+            return Err(store.unavailable(PLAINTEXT_REFUSED));
+        }
         let (mut conn, _, _, _) = store.dial()?;
         let _ = conn.write_all(b"R0 LOGOUT\r\n");
         conn.abandon();
@@ -577,10 +587,7 @@ impl ImapStore {
             && !self.options.insecure
             && !is_loopback(&self.target.host)
         {
-            return Err(self.unavailable(
-                "refusing to send the administrator's password without TLS to a host that \
-                 is not loopback (use imaps:// or imap+starttls://, or --insecure-tls)",
-            ));
+            return Err(self.unavailable(PLAINTEXT_REFUSED));
         }
         let (conn, server, caps, tag) = self.dial()?;
         let wait = self.options.client.timeouts.command;
@@ -687,6 +694,14 @@ impl ImapStore {
     ) -> Result<Outcome, StoreError> {
         let mut session = match self.open_mailbox(mailbox) {
             Ok(Opened::Ready(s)) => s,
+            // Refused for now (credentials not proven, a busy server): a copy from before
+            // cannot be ruled out, and a deferral would append it later without looking.
+            Ok(Opened::Refused(Outcome::Deferred { reply, remote })) if delivery.recovering => {
+                return Ok(Outcome::Uncertain {
+                    reply: format!("could not look for an earlier copy: {reply}"),
+                    remote,
+                });
+            }
             Ok(Opened::Refused(outcome)) => return Ok(outcome),
             // A copy may be there from before: without looking, it stays uncertain (a
             // deferral would append it later without looking).
@@ -1278,6 +1293,24 @@ mod tests {
             .and_then(|n| n.parse().ok())
             .expect("endless count");
         assert!(sent < 64 * 1024 * 1024, "the client read it all: {sent}");
+    }
+
+    #[test]
+    fn no_password_in_clear_to_a_host_that_is_not_loopback() {
+        let options = ImapOptions {
+            client: ClientOptions::default(),
+            credentials: ImapCredentials {
+                user: "replay".into(),
+                password: "pw".into(),
+            },
+            insecure: false,
+            proven: Proven::default(),
+        };
+        let target: ImapTarget = "imap://192.0.2.1".parse().unwrap();
+        match ImapStore::connect(target, options) {
+            Err(StoreError::Unavailable(m)) => assert!(m.contains("without TLS"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
