@@ -171,6 +171,17 @@ impl Pace {
         })
     }
 
+    /// Takes a pace set elsewhere (a cluster's shared back-off or recovery), never above
+    /// the ceiling; AIMD carries on from there.
+    pub fn follow(&mut self, rate: Option<f64>) {
+        self.healthy_streak = 0;
+        self.current = match (rate, self.ceiling) {
+            (Some(r), Some(c)) => Some(r.clamp(FLOOR, c)),
+            (Some(r), None) => Some(r.max(FLOOR)),
+            (None, c) => c,
+        };
+    }
+
     fn slow_down(&mut self, now: Duration, reason: String) -> PaceChange {
         self.healthy_streak = 0;
         let base = self.current.unwrap_or_else(|| self.achieved(now));
@@ -190,6 +201,49 @@ impl Pace {
             }
             _ => 10.0,
         }
+    }
+}
+
+/// What a [`TokenSource`] answers when asked for one message's turn.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Grant {
+    /// The turn is booked: send after this wait.
+    Go(Duration),
+    /// Nothing was booked (the cluster is paused, or its coordinator is being waited
+    /// for): ask again after this wait; `why` is shown to the operator.
+    Hold { wait: Duration, why: String },
+}
+
+/// Where the pace gets its turns beyond its own spacing: a run alone needs nobody's
+/// permission ([`Alone`]); a member of a cluster takes its turns from the cluster-wide
+/// budget (`crate::cluster`). The local [`Pace`] still spaces messages and adapts to the
+/// store; the source only adds waits, so a cluster can only make a run slower.
+pub trait TokenSource {
+    /// One message of `bytes` wants to go: how long to wait first.
+    fn take(&mut self, bytes: u64) -> Grant;
+    /// The local pace changed (a back-off or a step up): tell the others.
+    fn publish(&mut self, _change: &PaceChange) {}
+    /// A change of pace made elsewhere that this run must follow, if any.
+    fn follow(&mut self) -> Option<PaceChange> {
+        None
+    }
+    /// Things the operator should hear about (the coordinator lost or back).
+    fn news(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The run hands nothing more to the store: give back turns booked and not used.
+    fn finish(&mut self) {}
+    /// Progress for others to see (messages handed over, the pace text).
+    fn progress(&mut self, _handled: u64, _pace: &str) {}
+}
+
+/// A run on its own: every turn is granted at once.
+#[derive(Debug, Default)]
+pub struct Alone;
+
+impl TokenSource for Alone {
+    fn take(&mut self, _bytes: u64) -> Grant {
+        Grant::Go(Duration::ZERO)
     }
 }
 

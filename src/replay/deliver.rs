@@ -21,7 +21,7 @@ use crate::address::ReturnContent;
 use crate::classify::Disposition;
 use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::ledger::{Change, MessageWork, RcptState, Tx};
-use crate::pace::{Pace, PushBack, Signal, format_rate};
+use crate::pace::{Grant, Pace, PushBack, Signal, format_rate};
 
 /// How often a dispatcher waiting on the store tells the printer it is still there.
 const TICK: Duration = Duration::from_secs(1);
@@ -176,6 +176,8 @@ impl Replay<'_> {
             drop(done_tx);
             let result = self.dispatch(&job_tx, &done_rx);
             drop(job_tx);
+            // Turns booked and not used go back to the cluster at once.
+            self.tokens.finish();
             result
         })
     }
@@ -235,7 +237,14 @@ impl Replay<'_> {
                 }
                 // Wait for the pace while recording whatever comes back meanwhile, so an
                 // accepted message never waits in flight for the next one's turn.
-                let wait = d.pace.wait(self.started.elapsed(), work.message.size);
+                let Some(turn) = self.turn(done, &mut d, work.message.size, &mut health)? else {
+                    after = work.message.id - 1;
+                    break;
+                };
+                let wait = d
+                    .pace
+                    .wait(self.started.elapsed(), work.message.size)
+                    .max(turn);
                 if !wait.is_zero() {
                     health = worst(health, self.collect(done, &mut d, Instant::now() + wait)?);
                     if health != Health::Fine {
@@ -278,6 +287,34 @@ impl Replay<'_> {
                 Health::Down => self.wait_for_store(&mut d, "unreachable"),
                 Health::LosingReplies => {
                     self.wait_for_store(&mut d, "losing its replies after the final dot")
+                }
+            }
+        }
+    }
+
+    /// The token source's turn for one message of `bytes` (a cluster member waits for
+    /// the cluster's budget; paused, it records what comes back and asks again). `None`:
+    /// stop handing out work (interrupted, or the store went unhealthy meanwhile).
+    fn turn(
+        &mut self,
+        done: &Receiver<Done>,
+        d: &mut Dispatch,
+        bytes: u64,
+        health: &mut Health,
+    ) -> Result<Option<Duration>> {
+        let mut told = false;
+        loop {
+            match self.tokens.take(bytes) {
+                Grant::Go(wait) => return Ok(Some(wait)),
+                Grant::Hold { wait, why } => {
+                    if !told {
+                        (self.on_event)(Event::Notice(&format!("{why}; waiting")));
+                        told = true;
+                    }
+                    *health = worst(*health, self.collect(done, d, Instant::now() + wait)?);
+                    if *health != Health::Fine || self.is_interrupted() {
+                        return Ok(None);
+                    }
                 }
             }
         }
@@ -439,9 +476,21 @@ impl Replay<'_> {
                 d.pace_text = format!("pace {} ({})", format_rate(change.rate), change.reason);
                 let text = d.pace_text.clone();
                 (self.on_event)(Event::Notice(&text));
+                self.tokens.publish(&change);
             }
         }
+        for news in self.tokens.news() {
+            (self.on_event)(Event::Notice(&news));
+        }
+        // A back-off or recovery elsewhere in the cluster: this run follows it.
+        if let Some(change) = self.tokens.follow() {
+            d.pace.follow(change.rate);
+            d.pace_text = format!("pace {} ({})", format_rate(change.rate), change.reason);
+            let text = d.pace_text.clone();
+            (self.on_event)(Event::Notice(&text));
+        }
         if settled > 0 {
+            self.tokens.progress(d.handled, &d.pace_text);
             let text = d.pace_text.clone();
             (self.on_event)(Event::Delivered {
                 messages: d.handled,

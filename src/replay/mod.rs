@@ -21,6 +21,7 @@ use crate::config::PaceConfig;
 use crate::deliver::{Deliverer, StoreError};
 use crate::incident::Incident;
 use crate::ledger::{Change, Ledger, MessageRow, MessageWork, RcptState, SPOOL_CHANGED, Tx};
+use crate::pace::{Alone, TokenSource};
 use crate::spool::{self, ContentHash, SpoolFormat};
 
 /// Messages per page when walking the ledger outside of delivery batches.
@@ -140,6 +141,8 @@ pub struct Replay<'a> {
     pub on_event: &'a mut dyn FnMut(Event<'_>),
     pub stats: Stats,
     started: Instant,
+    /// Turns beyond the local pace: none needed alone, the cluster's with `--cluster`.
+    tokens: Box<dyn TokenSource + 'a>,
 }
 
 impl<'a> Replay<'a> {
@@ -158,7 +161,14 @@ impl<'a> Replay<'a> {
             on_event,
             stats: Stats::default(),
             started: Instant::now(),
+            tokens: Box::new(Alone),
         }
+    }
+
+    /// Takes turns from `tokens` (a cluster) as well as from the local pace.
+    pub fn with_tokens(mut self, tokens: Box<dyn TokenSource + 'a>) -> Replay<'a> {
+        self.tokens = tokens;
+        self
     }
 
     /// The whole recovery pass.
