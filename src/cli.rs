@@ -304,6 +304,17 @@ pub struct RunArgs {
     /// for TLS; the password from SPOOLREPLAY_REDIS_PASSWORD or the address)
     #[arg(long, value_name = "URL")]
     pub cluster: Option<String>,
+
+    /// With --cluster, while the coordinator is away: `best-effort` goes on and records
+    /// that duplicates across ledgers were not checked; `strict` waits (exit 75 after
+    /// --store-timeout)
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "best-effort",
+        requires = "cluster"
+    )]
+    pub cluster_dedupe: String,
 }
 
 #[derive(Debug, Args)]

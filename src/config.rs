@@ -160,6 +160,8 @@ pub struct RunConfig {
     pub pace: PaceConfig,
     /// `--cluster`: the pace is shared with the other runs at this address.
     pub cluster: Option<ClusterUrl>,
+    /// `--cluster-dedupe strict`.
+    pub cluster_strict: bool,
     pub concurrency: usize,
     pub uncertain: UncertainPolicy,
     pub retry: RetryPolicy,
@@ -254,6 +256,16 @@ impl Config {
                     return_limit: a.return_limit,
                     pace: pace(&a.pace)?,
                     cluster: a.cluster.as_deref().map(cluster_url).transpose()?,
+                    cluster_strict: match a.cluster_dedupe.as_str() {
+                        "strict" => true,
+                        "best-effort" => false,
+                        _ => {
+                            return Err(usage(
+                                "--cluster-dedupe",
+                                "must be `strict` or `best-effort`",
+                            ));
+                        }
+                    },
                     concurrency: match a.concurrency {
                         0 => return Err(usage("--concurrency", "must be at least 1")),
                         n => n,

@@ -235,6 +235,27 @@ pub trait TokenSource {
     fn finish(&mut self) {}
     /// Progress for others to see (messages handed over, the pace text).
     fn progress(&mut self, _handled: u64, _pace: &str) {}
+    /// Claims each of `recipients` (canonical) of the content `key` before it is handed
+    /// to the store, so two ledgers of one cluster never both deliver one copy.
+    fn claim(&mut self, _key: &str, recipients: &[String]) -> Vec<Claim> {
+        vec![Claim::Mine; recipients.len()]
+    }
+    /// The store took the copy claimed for `recipient`: others will see it delivered.
+    fn confirm(&mut self, _key: &str, _recipient: &str) {}
+}
+
+/// Whether another ledger of the cluster already has a copy (same content, same
+/// canonical recipient).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This run may deliver it (claimed, or nobody to ask: a run alone).
+    Mine,
+    /// Another ledger delivered it (`delivered`) or is delivering it now.
+    Theirs { ledger: String, delivered: bool },
+    /// The coordinator cannot be asked: not checked across ledgers.
+    Unchecked,
+    /// The coordinator cannot be asked and checking is required: ask again later.
+    Wait,
 }
 
 /// A run on its own: every turn is granted at once.
@@ -375,5 +396,32 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(slow(&mut pace, 200 * MS), None);
         }
+    }
+
+    #[test]
+    fn a_followed_pace_stays_under_the_ceiling_and_recovers_from_there() {
+        let mut pace = Pace::new(Some(150.0), None);
+        pace.follow(Some(75.0));
+        assert_eq!(pace.rate(), Some(75.0));
+        // The additive increase carries on from the followed pace.
+        let steps = healthy(&mut pace, HEALTHY_STEP);
+        assert_eq!(steps.len(), 1);
+        assert_eq!(pace.rate(), Some(90.0));
+        // Never above the ceiling, never under the floor.
+        pace.follow(Some(500.0));
+        assert_eq!(pace.rate(), Some(150.0));
+        pace.follow(Some(0.0));
+        assert_eq!(pace.rate(), Some(FLOOR));
+        pace.follow(None);
+        assert_eq!(pace.rate(), Some(150.0));
+    }
+
+    #[test]
+    fn alone_grants_every_turn_and_claims_every_copy() {
+        let mut alone = Alone;
+        assert_eq!(alone.take(1_000_000), Grant::Go(Duration::ZERO));
+        let rcpts = vec!["a@example.net".to_string(), "b@example.net".to_string()];
+        assert_eq!(alone.claim("hash", &rcpts), vec![Claim::Mine, Claim::Mine]);
+        assert_eq!(alone.follow(), None);
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Commands, Connection, Script};
 
-use crate::pace::{Grant, PaceChange, TokenSource, format_rate};
+use crate::pace::{Claim, Grant, PaceChange, TokenSource, format_rate};
 pub use url::ClusterUrl;
 
 /// How long a lease lasts at the cluster's rate: short, so a change of pace reaches every
@@ -40,6 +40,11 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// A shared pace nobody changed for this long is forgotten (seconds), so yesterday's
 /// back-off does not slow today's run.
 const PACE_TTL: u64 = 600;
+/// A claim not confirmed within this long expires (a member that died holding it): longer
+/// than one delivery can take (twice the default 5-minute reply timeout, and some).
+const CLAIM_TTL: Duration = Duration::from_secs(15 * 60);
+/// A delivered copy is remembered this long (seconds): longer than any recovery.
+const DELIVERED_TTL: u64 = 30 * 24 * 3600;
 /// Member records live this long after their last heartbeat (seconds).
 const MEMBER_TTL: u64 = 3600;
 
@@ -105,6 +110,29 @@ redis.call('ZADD', KEYS[2], now, ARGV[1])
 return now
 "#;
 
+/// Claims copies before they go to the store. KEYS: one claim per recipient. ARGV: the
+/// claiming ledger, the claim's expiry (ms). Returns per key '' (this ledger's to deliver)
+/// or the value another ledger left (`held|LEDGER` or `delivered|LEDGER`).
+const CLAIM: &str = r#"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if not v then
+    redis.call('SET', key, 'held|' .. ARGV[1], 'PX', ARGV[2])
+    out[i] = ''
+  else
+    local bar = string.find(v, '|', 1, true) or 0
+    if string.sub(v, bar + 1) == ARGV[1] then
+      if string.sub(v, 1, 5) == 'held|' then redis.call('PEXPIRE', key, ARGV[2]) end
+      out[i] = ''
+    else
+      out[i] = v
+    end
+  end
+end
+return out
+"#;
+
 /// The names of one cluster's keys.
 #[derive(Debug, Clone)]
 struct Keys {
@@ -130,6 +158,10 @@ impl Keys {
 
     fn member(&self, id: &str) -> String {
         format!("{}:member:{id}", self.prefix)
+    }
+
+    fn claim(&self, content: &str, recipient: &str) -> String {
+        format!("{}:claim:{content}:{recipient}", self.prefix)
     }
 }
 
@@ -167,6 +199,11 @@ pub struct Member {
     take: Script,
     give_back: Script,
     beat: Script,
+    claim: Script,
+    /// Who claims copies: the host and the ledger's path (the same across reruns).
+    owner: String,
+    /// `--cluster-dedupe strict`: without the coordinator, wait rather than send unchecked.
+    strict: bool,
     /// The operator's ceilings, which are the cluster's totals.
     ceiling: Option<f64>,
     bytes_ceiling: Option<f64>,
@@ -201,6 +238,7 @@ impl Member {
         ledger: &std::path::Path,
         ceiling: Option<f64>,
         bytes_ceiling: Option<f64>,
+        strict: bool,
     ) -> Result<Member, Unreachable> {
         let keys = Keys::new(url.name());
         let mut conn = connect(url).map_err(|e| unreachable(url, &e))?;
@@ -224,6 +262,14 @@ impl Member {
             take: Script::new(TAKE),
             give_back: Script::new(GIVE_BACK),
             beat: Script::new(BEAT),
+            claim: Script::new(CLAIM),
+            owner: format!(
+                "{host}:{}",
+                std::fs::canonicalize(ledger)
+                    .unwrap_or_else(|_| ledger.to_path_buf())
+                    .display()
+            ),
+            strict,
             ceiling,
             bytes_ceiling,
             lease_left: 0,
@@ -485,6 +531,54 @@ impl TokenSource for Member {
         }
         if let Err(e) = self.heartbeat("finished", true) {
             self.lost(&e);
+        }
+    }
+
+    fn claim(&mut self, key: &str, recipients: &[String]) -> Vec<Claim> {
+        let away = if self.strict {
+            Claim::Wait
+        } else {
+            Claim::Unchecked
+        };
+        let keys: Vec<String> = recipients.iter().map(|r| self.keys.claim(key, r)).collect();
+        let (script, owner) = (self.claim.clone(), self.owner.clone());
+        let Some(conn) = self.connection() else {
+            return vec![away; recipients.len()];
+        };
+        let mut call = script.prepare_invoke();
+        for k in &keys {
+            call.key(k);
+        }
+        call.arg(&owner).arg(CLAIM_TTL.as_millis() as u64);
+        match call.invoke::<Vec<String>>(conn) {
+            Ok(found) if found.len() == recipients.len() => found
+                .into_iter()
+                .map(|v| match v.split_once('|') {
+                    None => Claim::Mine,
+                    Some((state, ledger)) => Claim::Theirs {
+                        ledger: ledger.to_string(),
+                        delivered: state == "delivered",
+                    },
+                })
+                .collect(),
+            Ok(_) => vec![away; recipients.len()],
+            Err(e) => {
+                self.lost(&e);
+                vec![away; recipients.len()]
+            }
+        }
+    }
+
+    fn confirm(&mut self, key: &str, recipient: &str) {
+        let k = self.keys.claim(key, recipient);
+        let value = format!("delivered|{}", self.owner);
+        if let Some(conn) = self.connection() {
+            let r: redis::RedisResult<()> = conn.set_ex(&k, value, DELIVERED_TTL);
+            // Not confirmed: the claim expires and another ledger may deliver a second
+            // copy, which is what `--uncertain redeliver` accepts; never queued for later.
+            if let Err(e) = r {
+                self.lost(&e);
+            }
         }
     }
 

@@ -41,6 +41,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
                 ledger_path,
                 cfg.pace.rate.map(|r| r.per_second()),
                 cfg.pace.max_bytes_rate,
+                cfg.cluster_strict,
             )
             .map_err(crate::cmd::cluster::unavailable)?;
             printer.note(&format!(

@@ -143,6 +143,8 @@ pub struct Replay<'a> {
     started: Instant,
     /// Turns beyond the local pace: none needed alone, the cluster's with `--cluster`.
     tokens: Box<dyn TokenSource + 'a>,
+    /// The message about to go in flight was not checked across ledgers.
+    unchecked: bool,
 }
 
 impl<'a> Replay<'a> {
@@ -162,6 +164,7 @@ impl<'a> Replay<'a> {
             stats: Stats::default(),
             started: Instant::now(),
             tokens: Box::new(Alone),
+            unchecked: false,
         }
     }
 

@@ -7,7 +7,10 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use crate::support::minispool::{plain_spool, run_args, write_spool};
+use crate::support::mailhost::{MailHost, User};
+use crate::support::minispool::{
+    copies_of, ledger_events, message_id, plain_spool, run_args, write_spool,
+};
 use crate::support::redis::Redis;
 use crate::support::sink::{Sink, header};
 use crate::support::smtp_peer::{Peer, Script};
@@ -143,10 +146,11 @@ fn a_member_that_finishes_early_leaves_its_share_to_the_others() {
     let dir = tempfile::tempdir().expect("temp dir");
     let small = Cli::new();
     let big = Cli::new();
-    for (cli, n) in [(&small, 60), (&big, 600)] {
+    // Different recipients, so different content: no copy is the other's duplicate.
+    for (cli, n, who) in [(&small, 60, "small"), (&big, 600, "big")] {
         let spool = write_spool(
             &cli.at("spool"),
-            &plain_spool(n, |i| vec![format!("user{}@example.net", i % 7)]),
+            &plain_spool(n, |i| vec![format!("{who}{}@example.net", i % 7)]),
         );
         check(&cli.run(&["ingest".as_ref(), spool.as_os_str()]), 0);
     }
@@ -359,5 +363,155 @@ fn the_coordinator_lost_and_back_mid_run_doubles_nothing() {
         rate <= 100.0 * 1.1,
         "combined rate {rate:.1}/s {per:?} {:?}",
         outs.iter().map(notices).collect::<Vec<_>>()
+    );
+}
+
+/// Recipients per state in a ledger's `status`.
+fn state_count(cli: &Cli, state: &str) -> u64 {
+    cli.status()["states"][state].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn two_ledgers_of_one_spool_deliver_each_copy_once_into_dovecot() {
+    let users = ["anna@example.net", "bert@example.net", "cora@example.net"];
+    let host = MailHost::start(&users.map(User::new));
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The same spool copied from two MX hosts: every message in both ledgers; some
+    // messages have two recipients, one written in another case (the same mailbox).
+    let n = 60;
+    let mails = plain_spool(n, |i| {
+        let mut r = vec![users[i % 3].to_string()];
+        if i % 4 == 0 {
+            r.push(users[(i + 1) % 3].to_ascii_uppercase());
+        }
+        r
+    });
+    let spool = write_spool(&dir.path().join("spool"), &mails);
+    let a = member(&spool, 1, 1);
+    let b = member(&spool, 1, 1);
+    let url = redis.url("twice");
+    let args = ["--rate", "100/s", "--cluster", url.as_str()];
+    let runs = [
+        spawn_run(&a, &host.tcp_store(), &args),
+        spawn_run(&b, &host.tcp_store(), &args),
+    ];
+    let outs: Vec<Output> = runs.into_iter().map(|r| finish(r, 0)).collect();
+    for (i, user) in users.iter().enumerate() {
+        let stored = host.delivered(user);
+        for m in 1..=n {
+            let expected = usize::from(m % 3 == i || (m % 4 == 0 && (m + 1) % 3 == i));
+            assert_eq!(
+                copies_of(&stored, &message_id(m)),
+                expected,
+                "{user}: copies of message {m}"
+            );
+        }
+    }
+    // Between them, the ledgers delivered every copy once; the other copy is a duplicate
+    // whose event names the ledger that has it.
+    let copies: u64 = mails
+        .iter()
+        .map(|m| {
+            m.sidecar["recipients"]
+                .as_array()
+                .map_or(0, |r| r.len() as u64)
+        })
+        .sum();
+    let delivered = state_count(&a, "delivered") + state_count(&b, "delivered");
+    let duplicates = state_count(&a, "duplicate") + state_count(&b, "duplicate");
+    assert_eq!(delivered, copies);
+    assert_eq!(duplicates, copies);
+    for (cli, other, out) in [(&a, &b, &outs[0]), (&b, &a, &outs[1])] {
+        let other_ledger = other
+            .ledger
+            .canonicalize()
+            .expect("ledger")
+            .display()
+            .to_string();
+        for e in out.events("outcome") {
+            if e["state"] == "duplicate" {
+                let detail = e["detail"].as_str().unwrap_or("");
+                assert!(
+                    detail.contains(&other_ledger),
+                    "{}: {detail}",
+                    cli.ledger.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn strict_dedupe_waits_for_a_lost_coordinator_and_stops_with_75() {
+    let mut redis = Redis::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let n = 300;
+    let spool = spool(dir.path(), n);
+    let sink = Sink::start(&dir.path().join("sink"));
+    let m = member(&spool, 1, 1);
+    let url = redis.url("strict");
+    let run = spawn_run(
+        &m,
+        &sink.url(),
+        &[
+            "--rate",
+            "50/s",
+            "--cluster",
+            &url,
+            "--cluster-dedupe",
+            "strict",
+            "--store-timeout",
+            "2s",
+        ],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sink.messages().len() < 10 {
+        assert!(std::time::Instant::now() < deadline, "nothing delivered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    redis.kill();
+    let out = finish(run, 75);
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        said.contains("cluster coordinator has been unreachable"),
+        "{said}"
+    );
+    // Nothing was sent unchecked: what the sink has is what the ledger delivered.
+    let seen = copies(&sink);
+    assert!(seen.len() < n);
+    assert_eq!(state_count(&m, "delivered"), seen.len() as u64);
+    assert_eq!(state_count(&m, "pending"), (n - seen.len()) as u64);
+}
+
+#[test]
+fn best_effort_dedupe_goes_on_without_the_coordinator_and_says_so() {
+    let mut redis = Redis::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let n = 150;
+    let spool = spool(dir.path(), n);
+    let sink = Sink::start(&dir.path().join("sink"));
+    let m = member(&spool, 1, 1);
+    let url = redis.url("besteffort");
+    let run = spawn_run(&m, &sink.url(), &["--rate", "100/s", "--cluster", &url]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sink.messages().len() < 10 {
+        assert!(std::time::Instant::now() < deadline, "nothing delivered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    redis.kill();
+    finish(run, 0);
+    assert_eq!(copies(&sink).len(), n);
+    let unchecked = ledger_events(&m.ledger)
+        .iter()
+        .filter(|e| {
+            e.detail
+                .as_deref()
+                .is_some_and(|d| d.contains("duplicates across ledgers not checked"))
+        })
+        .count();
+    assert!(
+        unchecked > 0 && unchecked < n,
+        "{unchecked} copies recorded as unchecked"
     );
 }
