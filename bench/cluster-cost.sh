@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: the cost of coordination (issue 16).
-# The cost of coordination: messages/s of one `run` into smtp-sink with and without
-# `--cluster` (one local redis-server), same spool, no --rate (so the run goes as fast as
-# it can and every lease and claim is on the clock). Each pass uses a fresh ledger and a
+# Messages/s of one `run` into smtp-sink with and without `--cluster` (one local
+# redis-server), same spool, no --rate (so the run goes as fast as it can and every lease
+# and claim is on the clock). Each pass uses a fresh ledger and a
 # fresh Redis. Needs redis-server and Postfix's smtp-sink; everything lives in a temp dir.
 # Usage: [SPOOLREPLAY_BIN=path] bench/cluster-cost.sh [MESSAGES] [WORKDIR]   (default 5000)
 set -euo pipefail

@@ -233,8 +233,9 @@ pub trait TokenSource {
     }
     /// The run hands nothing more to the store: give back turns booked and not used.
     fn finish(&mut self) {}
-    /// Progress for others to see (messages handed over, the pace text).
-    fn progress(&mut self, _handled: u64, _pace: &str) {}
+    /// Progress for others to see: messages handed over, recipients per outcome
+    /// (`delivered`, `deferred`, …), the pace text.
+    fn progress(&mut self, _handled: u64, _counts: &[(&str, u64)], _pace: &str) {}
     /// Claims each of `recipients` (canonical) of the content `key` before it is handed
     /// to the store, so two ledgers of one cluster never both deliver one copy.
     fn claim(&mut self, _key: &str, recipients: &[String]) -> Vec<Claim> {

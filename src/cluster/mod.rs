@@ -227,6 +227,8 @@ pub struct Member {
     news: Vec<String>,
     last_beat: Option<Instant>,
     handled: u64,
+    /// Recipients per outcome, as the heartbeat shows them.
+    counts: Vec<(String, u64)>,
     pace_text: String,
 }
 
@@ -286,6 +288,7 @@ impl Member {
             news: Vec::new(),
             last_beat: None,
             handled: 0,
+            counts: Vec::new(),
             pace_text: String::new(),
         };
         member
@@ -446,6 +449,9 @@ impl Member {
             .arg(&self.pace_text)
             .arg("state")
             .arg(state);
+        for (k, v) in &self.counts {
+            call.arg(format!("count:{k}")).arg(*v);
+        }
         call.invoke::<i64>(conn).map(|_| ())
     }
 }
@@ -582,8 +588,9 @@ impl TokenSource for Member {
         }
     }
 
-    fn progress(&mut self, handled: u64, pace: &str) {
+    fn progress(&mut self, handled: u64, counts: &[(&str, u64)], pace: &str) {
         self.handled = handled;
+        self.counts = counts.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         pace.clone_into(&mut self.pace_text);
         if let Err(e) = self.heartbeat("running", false) {
             self.lost(&e);
@@ -599,6 +606,8 @@ pub struct MemberStatus {
     pub state: String,
     pub handled: u64,
     pub pace: String,
+    /// Recipients per outcome (`delivered`, `deferred`, `failed`, `duplicate`, …).
+    pub counts: std::collections::BTreeMap<String, u64>,
     /// Seconds since its last heartbeat, by the server's clock.
     pub heartbeat_age: u64,
     pub stale: bool,
@@ -615,6 +624,8 @@ pub struct ClusterStatus {
     pub pace_member: Option<String>,
     pub members: Vec<MemberStatus>,
     pub handled: u64,
+    /// Recipients per outcome over all members.
+    pub counts: std::collections::BTreeMap<String, u64>,
 }
 
 /// An operator's connection to a cluster: `cluster pause|resume|status`.
@@ -678,12 +689,25 @@ impl Admin {
                     .and_then(|h| h.parse().ok())
                     .unwrap_or(0),
                 pace: fields.get("pace").cloned().unwrap_or_default(),
+                counts: fields
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((k.strip_prefix("count:")?.to_string(), v.parse().ok()?))
+                    })
+                    .collect(),
                 heartbeat_age: age,
                 state,
                 id,
             });
         }
+        let mut counts = std::collections::BTreeMap::new();
+        for m in &members {
+            for (k, v) in &m.counts {
+                *counts.entry(k.clone()).or_insert(0) += v;
+            }
+        }
         Ok(ClusterStatus {
+            counts,
             cluster: self.url.to_string(),
             paused,
             pace: rate.filter(|r| *r > 0.0),

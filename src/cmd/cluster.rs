@@ -35,8 +35,21 @@ pub fn run(output: Output, url: &ClusterUrl, action: ClusterAction) -> Result<Ex
                 printer.event(&value)?;
                 return Ok(Exit::Done);
             }
-            let mut table =
-                Table::new(&["Member", "Ledger", "State", "Messages", "Pace", "Heartbeat"]);
+            let mut table = Table::new(&[
+                "Member",
+                "Ledger",
+                "State",
+                "Messages",
+                "Delivered",
+                "Deferred",
+                "Failed",
+                "Duplicate",
+                "Pace",
+                "Heartbeat",
+            ]);
+            let count = |c: &std::collections::BTreeMap<String, u64>, k: &str| {
+                c.get(k).copied().unwrap_or(0).to_string()
+            };
             for m in &status.members {
                 let beat = if m.stale {
                     format!("{}s ago (stale)", m.heartbeat_age)
@@ -48,6 +61,10 @@ pub fn run(output: Output, url: &ClusterUrl, action: ClusterAction) -> Result<Ex
                     for_terminal(&m.ledger),
                     m.state.clone(),
                     m.handled.to_string(),
+                    count(&m.counts, "delivered"),
+                    count(&m.counts, "deferred"),
+                    count(&m.counts, "failed"),
+                    count(&m.counts, "duplicate"),
                     for_terminal(&m.pace),
                     beat,
                 ]);
@@ -57,6 +74,10 @@ pub fn run(output: Output, url: &ClusterUrl, action: ClusterAction) -> Result<Ex
                 String::new(),
                 String::new(),
                 status.handled.to_string(),
+                count(&status.counts, "delivered"),
+                count(&status.counts, "deferred"),
+                count(&status.counts, "failed"),
+                count(&status.counts, "duplicate"),
                 String::new(),
                 String::new(),
             ]);

@@ -390,6 +390,7 @@ impl Replay<'_> {
             }
         }
         work.recipients = mine;
+        self.stats.cluster_duplicates += theirs.len() as u64;
         if !theirs.is_empty() {
             self.ledger.write(|tx| {
                 for (r, why) in &theirs {
@@ -409,12 +410,27 @@ impl Replay<'_> {
                     detail: why,
                 });
             }
+            self.share_progress(d);
         }
         Ok(if work.recipients.is_empty() {
             Claimed::Skip
         } else {
             Claimed::Send(Box::new(work))
         })
+    }
+
+    /// Tells the cluster (if any) how far this run is.
+    fn share_progress(&mut self, d: &Dispatch) {
+        let s = &self.stats;
+        let counts = [
+            ("delivered", s.delivered + s.already_there),
+            ("deferred", s.deferred),
+            ("failed", s.failed),
+            ("held", s.held),
+            ("uncertain", s.uncertain),
+            ("duplicate", s.cluster_duplicates),
+        ];
+        self.tokens.progress(d.handled, &counts, &d.pace_text);
     }
 
     /// While every worker is busy and one more message waits for them in the channel,
@@ -587,7 +603,7 @@ impl Replay<'_> {
             (self.on_event)(Event::Notice(&text));
         }
         if settled > 0 {
-            self.tokens.progress(d.handled, &d.pace_text);
+            self.share_progress(d);
             let text = d.pace_text.clone();
             (self.on_event)(Event::Delivered {
                 messages: d.handled,

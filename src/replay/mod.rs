@@ -119,6 +119,8 @@ pub struct Stats {
     pub held: u64,
     pub dropped: u64,
     pub uncertain: u64,
+    /// Recipients whose copy another ledger of the cluster has (`run --cluster`).
+    pub cluster_duplicates: u64,
     /// Messages handed to the store.
     pub messages: u64,
     pub dsns: u64,

@@ -138,6 +138,7 @@ fn three_members_on_three_shards_share_one_rate() {
         assert!(m["handled"].as_u64().unwrap_or(0) > 0, "{status}");
     }
     assert_eq!(status["handled"], n as u64, "{status}");
+    assert_eq!(status["counts"]["delivered"], n as u64, "{status}");
 }
 
 #[test]
@@ -422,6 +423,15 @@ fn two_ledgers_of_one_spool_deliver_each_copy_once_into_dovecot() {
     let duplicates = state_count(&a, "duplicate") + state_count(&b, "duplicate");
     assert_eq!(delivered, copies);
     assert_eq!(duplicates, copies);
+    // `cluster status` counts the same, per member and in total.
+    let status = cluster_status(&redis, "twice");
+    assert_eq!(status["counts"]["delivered"], copies, "{status}");
+    assert_eq!(status["counts"]["duplicate"], copies, "{status}");
+    assert_eq!(
+        status["members"].as_array().map(Vec::len),
+        Some(2),
+        "{status}"
+    );
     for (cli, other, out) in [(&a, &b, &outs[0]), (&b, &a, &outs[1])] {
         let other_ledger = other
             .ledger
@@ -514,4 +524,44 @@ fn best_effort_dedupe_goes_on_without_the_coordinator_and_says_so() {
         unchecked > 0 && unchecked < n,
         "{unchecked} copies recorded as unchecked"
     );
+}
+
+#[test]
+fn cluster_status_marks_a_member_whose_heartbeat_stopped() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spool = spool(dir.path(), 200);
+    let sink = Sink::start(&dir.path().join("sink"));
+    let m = member(&spool, 1, 1);
+    let url = redis.url("stale");
+    let mut run = spawn_run(&m, &sink.url(), &["--rate", "20/s", "--cluster", &url]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sink.messages().len() < 5 {
+        assert!(std::time::Instant::now() < deadline, "nothing delivered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = cluster_status(&redis, "stale");
+    assert_eq!(status["members"][0]["stale"], false, "{status}");
+    assert_eq!(status["members"][0]["state"], "running", "{status}");
+    // A member that dies (SIGKILL: no goodbye) stops its heartbeat: shown as stale.
+    run.kill().expect("kill the run");
+    let _ = run.wait();
+    let status = loop {
+        let status = cluster_status(&redis, "stale");
+        if status["members"][0]["stale"] == true {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never stale: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(status["members"][0]["state"], "running", "{status}");
+    // The table says so too, with the total.
+    let out = Cli::new().run(&["cluster", "status", "--cluster", &url]);
+    check(&out, 0);
+    assert!(out.stdout.contains("(stale)"), "{}", out.stdout);
+    assert!(out.stdout.contains("Total"), "{}", out.stdout);
+    assert!(out.stdout.contains("ledger.db"), "{}", out.stdout);
 }
