@@ -565,3 +565,25 @@ fn cluster_status_marks_a_member_whose_heartbeat_stopped() {
     assert!(out.stdout.contains("Total"), "{}", out.stdout);
     assert!(out.stdout.contains("ledger.db"), "{}", out.stdout);
 }
+
+#[test]
+fn bad_cluster_options_are_usage_errors() {
+    let cli = Cli::new();
+    let out = cli.run(&["cluster", "status"]);
+    check(&out, 64);
+    assert!(out.stderr.contains("--cluster"), "{}", out.stderr);
+    let out = cli.run(&["cluster", "pause", "--cluster", "http://10.0.0.5/x"]);
+    check(&out, 64);
+    assert!(out.stderr.contains("redis://"), "{}", out.stderr);
+    // A password in a refused address is never echoed.
+    let out = cli.run(&["cluster", "status", "--cluster", "redis://:hunter2@h:0/x"]);
+    check(&out, 64);
+    assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let m = member(&spool(dir.path(), 1), 1, 1);
+    let mut args = run_args(&m, "smtp://127.0.0.1:1", &["--cluster", "redis://h/x"]);
+    args.extend(["--cluster-dedupe".into(), "sometimes".into()]);
+    let out = m.run(&args);
+    check(&out, 64);
+    assert!(out.stderr.contains("--cluster-dedupe"), "{}", out.stderr);
+}
