@@ -107,6 +107,8 @@ local now = tonumber(redis.call('TIME')[1])
 redis.call('HSET', KEYS[1], 'at', now, unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 redis.call('ZADD', KEYS[2], now, ARGV[1])
+-- Members whose record expired are forgotten.
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]))
 return now
 "#;
 
