@@ -96,6 +96,13 @@ pub enum Command {
             spoolreplay audit --window rejected-550 --state bounced"
     )]
     Audit(AuditArgs),
+
+    /// Pause, resume or watch the runs that share a `--cluster` address
+    #[command(
+        after_help = "Example:\n  spoolreplay cluster status --cluster redis://10.0.0.5/mx-recovery\n  \
+            spoolreplay cluster pause --cluster redis://10.0.0.5/mx-recovery"
+    )]
+    Cluster(ClusterArgs),
 }
 
 #[derive(Debug, Args)]
@@ -300,6 +307,43 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub pace: Pace,
+
+    /// Share --rate and --max-bytes-rate with every run given the same address, as
+    /// cluster-wide totals, with a shared back-off (redis://HOST[:PORT][/NAME], rediss://
+    /// for TLS; the password from SPOOLREPLAY_REDIS_PASSWORD or the address)
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+
+    /// With --cluster, while the coordinator is away: `best-effort` goes on and records
+    /// that duplicates across ledgers were not checked; `strict` waits (exit 75 after
+    /// --store-timeout)
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "best-effort",
+        requires = "cluster"
+    )]
+    pub cluster_dedupe: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub action: ClusterAction,
+
+    /// The cluster's address, as given to `run --cluster`
+    #[arg(long, value_name = "URL", global = true)]
+    pub cluster: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterAction {
+    /// Members finish what is in flight and hand nothing more to the store until `resume`
+    Pause,
+    /// Members go on where they paused
+    Resume,
+    /// Every member's progress and heartbeat, and the total
+    Status,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ use anyhow::Result;
 use chrono::{DateTime, FixedOffset};
 
 use crate::cli::{self, Cli};
+use crate::cluster::ClusterUrl;
 use crate::deliver::imap::{ImapCredentials, ImapTarget};
 use crate::deliver::lmtp::LmtpTarget;
 use crate::deliver::smtp::{SmtpCredentials, SmtpTarget};
@@ -54,9 +55,15 @@ pub enum CommandConfig {
     Ingest(IngestConfig),
     Report(ReportConfig),
     Run(Box<RunConfig>),
-    Status { message: Option<String> },
+    Status {
+        message: Option<String>,
+    },
     Bounces(BouncesConfig),
     Audit(AuditConfig),
+    Cluster {
+        url: ClusterUrl,
+        action: cli::ClusterAction,
+    },
 }
 
 #[derive(Debug)]
@@ -156,6 +163,10 @@ pub struct RunConfig {
     pub outbox: Option<PathBuf>,
     pub return_limit: usize,
     pub pace: PaceConfig,
+    /// `--cluster`: the pace is shared with the other runs at this address.
+    pub cluster: Option<ClusterUrl>,
+    /// `--cluster-dedupe strict`.
+    pub cluster_strict: bool,
     pub concurrency: usize,
     pub uncertain: UncertainPolicy,
     pub retry: RetryPolicy,
@@ -194,6 +205,12 @@ pub enum BouncesConfig {
     Write {
         outbox: PathBuf,
     },
+}
+
+/// A `--cluster` address, with the password from `SPOOLREPLAY_REDIS_PASSWORD` if set.
+fn cluster_url(s: &str) -> Result<ClusterUrl> {
+    let url: ClusterUrl = s.parse().map_err(|e| usage("--cluster", e))?;
+    Ok(url.with_password(std::env::var("SPOOLREPLAY_REDIS_PASSWORD").ok()))
 }
 
 /// `--uncertain`; `verify` needs a store that can be searched for a copy (IMAP, Maildir).
@@ -313,6 +330,17 @@ impl Config {
                     outbox: a.outbox,
                     return_limit: a.return_limit,
                     pace: pace(&a.pace)?,
+                    cluster: a.cluster.as_deref().map(cluster_url).transpose()?,
+                    cluster_strict: match a.cluster_dedupe.as_str() {
+                        "strict" => true,
+                        "best-effort" => false,
+                        _ => {
+                            return Err(usage(
+                                "--cluster-dedupe",
+                                "must be `strict` or `best-effort`",
+                            ));
+                        }
+                    },
                     concurrency: match a.concurrency {
                         0 => return Err(usage("--concurrency", "must be at least 1")),
                         n => n,
@@ -358,6 +386,15 @@ impl Config {
             }
             cli::Command::Status(a) => CommandConfig::Status { message: a.message },
             cli::Command::Bounces(a) => CommandConfig::Bounces(bounces(a)?),
+            cli::Command::Cluster(a) => CommandConfig::Cluster {
+                url: cluster_url(a.cluster.as_deref().ok_or_else(|| {
+                    usage(
+                        "--cluster",
+                        "is needed: the address given to `run --cluster`",
+                    )
+                })?)?,
+                action: a.action,
+            },
             cli::Command::Audit(a) => CommandConfig::Audit(AuditConfig {
                 filter: AuditFilter {
                     state: a.state.as_deref().map(parse_state_option).transpose()?,
@@ -386,6 +423,7 @@ fn one_ledger(cli: &Cli) -> Result<PathBuf> {
         cli::Command::Status(_) => Some("status"),
         cli::Command::Bounces(_) => Some("bounces"),
         cli::Command::Audit(_) => Some("audit"),
+        cli::Command::Cluster(_) => None,
     };
     match (cli.ledger.as_slice(), name) {
         ([], _) => Err(usage("--ledger", "needs a path")),

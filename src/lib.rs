@@ -6,6 +6,7 @@
 pub mod address;
 pub mod classify;
 pub mod cli;
+pub mod cluster;
 pub mod cmd;
 pub mod config;
 pub mod deliver;
@@ -65,6 +66,7 @@ fn dispatch(cfg: Config) -> anyhow::Result<Exit> {
         CommandConfig::Status { message: Some(q) } => cmd::status::message(ledger, cfg.output, &q),
         CommandConfig::Bounces(c) => cmd::bounces::run(ledger, cfg.output, c),
         CommandConfig::Audit(c) => cmd::audit::run(ledger, cfg.output, c),
+        CommandConfig::Cluster { url, action } => cmd::cluster::run(cfg.output, &url, action),
     }
 }
 

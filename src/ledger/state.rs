@@ -94,8 +94,9 @@ impl RcptState {
     pub fn check_transition(self, to: RcptState) -> Result<(), BadTransition> {
         use RcptState::*;
         let allowed = match self {
-            Pending => matches!(to, InFlight | Held | Failed | Dropped),
-            Deferred => matches!(to, InFlight | Held | Failed | Dropped),
+            // Duplicate: another ledger of the cluster has (or is delivering) this copy.
+            Pending => matches!(to, InFlight | Held | Failed | Dropped | Duplicate),
+            Deferred => matches!(to, InFlight | Held | Failed | Dropped | Duplicate),
             Held => matches!(to, Pending | Failed | Dropped),
             InFlight => matches!(to, Delivered | Deferred | Failed | Held | Uncertain),
             Failed => matches!(to, Bounced | Dropped),
@@ -145,6 +146,26 @@ mod tests {
             for to in ALL_STATES {
                 assert!(from.check_transition(to).is_err(), "{from} -> {to}");
             }
+        }
+    }
+
+    #[test]
+    fn open_work_may_become_another_ledgers_duplicate() {
+        for from in [RcptState::Pending, RcptState::Deferred] {
+            assert!(
+                from.check_transition(RcptState::Duplicate).is_ok(),
+                "{from}"
+            );
+        }
+        for from in [
+            RcptState::InFlight,
+            RcptState::Delivered,
+            RcptState::Uncertain,
+        ] {
+            assert!(
+                from.check_transition(RcptState::Duplicate).is_err(),
+                "{from}"
+            );
         }
     }
 

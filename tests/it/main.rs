@@ -7,6 +7,7 @@ mod bounces;
 mod cli_ingest;
 mod cli_report;
 mod cli_run;
+mod cluster;
 mod crash;
 mod deliver_lmtp;
 mod deliver_maildir;
