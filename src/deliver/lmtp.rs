@@ -11,6 +11,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use super::target::split_host_port;
 use super::transaction::{self, Protocol, Session};
 use super::wire::{self, Capabilities, ClientOptions, Conn};
 use super::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
@@ -60,48 +61,6 @@ impl fmt::Display for LmtpTarget {
             LmtpTarget::Unix(path) => write!(f, "lmtp:{}", path.display()),
         }
     }
-}
-
-/// `host`, `host:port`, `[v6]`, `[v6]:port` (nothing after: no path, user or query).
-pub(crate) fn split_host_port(authority: &str, default: u16) -> Result<(String, u16), String> {
-    if authority.is_empty() {
-        return Err("no host".to_string());
-    }
-    if authority.contains(['/', '@', '?', '#']) {
-        return Err("only host[:port] may follow `//`".to_string());
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or_else(|| "unclosed `[` in the host".to_string())?;
-        match after {
-            "" => (host, None),
-            p => (
-                host,
-                Some(
-                    p.strip_prefix(':')
-                        .ok_or_else(|| format!("unexpected `{p}` after the host"))?,
-                ),
-            ),
-        }
-    } else {
-        match authority.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return Err("no host".to_string());
-    }
-    let port = match port {
-        None => default,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p != 0)
-            .ok_or_else(|| format!("`{p}` is not a port"))?,
-    };
-    Ok((host.to_string(), port))
 }
 
 /// A delivery store reached over LMTP.

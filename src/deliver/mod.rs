@@ -7,6 +7,7 @@ pub mod lmtp;
 pub mod maildir;
 pub mod reply;
 pub mod smtp;
+pub mod target;
 #[cfg(test)]
 mod testpeer;
 mod tls;

@@ -21,8 +21,8 @@ use std::str::FromStr;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use super::lmtp::split_host_port;
 use super::reply::Reply;
+use super::target::split_host_port;
 use super::transaction::{self, Protocol, Session};
 use super::wire::{self, Capabilities, ClientOptions, Conn};
 use super::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
