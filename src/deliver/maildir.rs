@@ -430,7 +430,7 @@ fn refused(raw: &str, reason: &str) -> Outcome {
 
 /// An address safe to put in a reply: sanitized and cut short.
 fn quoted(raw: &str) -> String {
-    let clean = sanitize::for_terminal(raw);
+    let clean = sanitize::for_terminal(raw).into_owned();
     if clean.chars().count() <= MAX_QUOTED_CHARS {
         clean
     } else {

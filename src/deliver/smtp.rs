@@ -311,7 +311,7 @@ impl SmtpStore {
                 if mechanisms.is_empty() {
                     "nothing".to_string()
                 } else {
-                    sanitize::for_terminal(&mechanisms.join(" "))
+                    sanitize::for_terminal(&mechanisms.join(" ")).into_owned()
                 }
             )));
         };

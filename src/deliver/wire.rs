@@ -475,7 +475,7 @@ pub fn server_name(reply: &Reply) -> Option<String> {
         .lines
         .first()
         .and_then(|l| l.split_whitespace().next())
-        .map(sanitize::for_terminal)
+        .map(|n| sanitize::for_terminal(n).into_owned())
         .filter(|n| !n.is_empty())
 }
 

@@ -78,7 +78,7 @@ impl LedgerLock {
             Err(TryLockError::WouldBlock) => {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
-                let holder = crate::sanitize::for_terminal(holder.trim());
+                let holder = crate::sanitize::for_terminal(holder.trim()).into_owned();
                 let holder = if holder.is_empty() {
                     "another process".to_string()
                 } else {
