@@ -32,7 +32,7 @@
 //!   store is not mounted, and writing would fill the mount point instead.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, ErrorKind, Write};
 use std::path::{Component, Path, PathBuf};
 
@@ -515,29 +515,10 @@ fn find_in_cur(cur: &Path, name: &str) -> Result<Option<PathBuf>, Problem> {
     Ok(None)
 }
 
-/// Writes and fsyncs `tmp/NAME`, replacing a leftover from a crashed run; removes it again
-/// if anything fails.
+/// Writes and fsyncs `tmp/NAME` (exclusively, mode 0600), replacing a leftover from a
+/// crashed run; removes it again if anything fails.
 fn write_tmp(path: &Path, bytes: &[u8]) -> Result<(), Problem> {
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(io_problem(&e, "cannot remove leftover", path)),
-    }
-    // `create_new` (O_EXCL) also refuses a symlink planted at the name.
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .map_err(|e| io_problem(&e, "cannot create", path))?;
-    let written = file.write_all(bytes).and_then(|()| file.sync_all());
-    drop(file);
-    if let Err(e) = written {
-        let _ = fs::remove_file(path);
-        return Err(io_problem(&e, "cannot write", path));
-    }
-    Ok(())
+    crate::durable::write_new(path, bytes).map_err(|e| io_problem(&e.source, e.action, &e.path))
 }
 
 /// Makes sure `path` is a directory, creating it (and fsyncing its parent) if missing.
