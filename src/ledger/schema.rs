@@ -3,7 +3,7 @@
 //! new one.
 
 /// Step N (1-based) brings the schema from version N-1 to N.
-pub const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: messages, recipients, the audit trail, quarantine and DSNs.
     r#"
     CREATE TABLE messages (
@@ -129,7 +129,7 @@ pub const MIGRATIONS: &[&str] = &[
 /// `audit --recipient/--sender`), as migration 5 made them: a bulk ingest may leave them
 /// out and build them at its end (`Ledger::defer_lookup_indexes`). Keep in step with
 /// step 5 (a unit test compares them).
-pub const LOOKUP_INDEXES: &[(&str, &str)] = &[
+pub(super) const LOOKUP_INDEXES: &[(&str, &str)] = &[
     (
         "recipients_mailbox",
         "CREATE INDEX recipients_mailbox ON recipients (lower(address))",
@@ -140,7 +140,7 @@ pub const LOOKUP_INDEXES: &[(&str, &str)] = &[
     ),
 ];
 
-pub fn latest_version() -> i64 {
+pub(super) fn latest_version() -> i64 {
     MIGRATIONS.len() as i64
 }
 

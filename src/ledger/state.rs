@@ -10,7 +10,7 @@ pub enum RcptState {
     /// Ingested; no decision yet, or released for delivery.
     Pending,
     /// Handed to the store; the outcome is not yet recorded. After a crash such rows are
-    /// completed first (see `cmd::run`).
+    /// completed first (see `replay::Replay::run`, which settles in-flight work).
     InFlight,
     Delivered,
     /// The store refused for now; retried by the next run.
