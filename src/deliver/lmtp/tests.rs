@@ -6,6 +6,7 @@ use super::*;
 use crate::address::ReversePath;
 use crate::deliver::testpeer::{Peer, Step::*};
 use crate::deliver::wire::Timeouts;
+use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec};
 
 const LHLO_REPLY: &str =
     "250-mx.example.test\n250-8BITMIME\n250-ENHANCEDSTATUSCODES\n250 PIPELINING\n";

@@ -9,6 +9,7 @@ use crate::deliver::testpeer::{
     Peer, Step,
     Step::{Expect, Send},
 };
+use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec};
 
 const GREETING: &str = "220 sink.example.test ESMTP\n";
 const EHLO_DSN: &str = "250-sink.example.test\n250-PIPELINING\n250-8BITMIME\n250 DSN\n";
