@@ -654,15 +654,12 @@ mod tests {
     }
 
     fn delivery<'a>(sender: &'a ReversePath, arrival: &str) -> Delivery<'a> {
-        Delivery {
-            message_key: "0123abcd",
+        Delivery::new(
+            "0123abcd",
             sender,
-            content: b"Subject: x\r\n\r\nbody\r\n",
-            arrival: chrono::DateTime::parse_from_rfc3339(arrival).unwrap(),
-            recovering: false,
-            envid: None,
-            ret: None,
-        }
+            b"Subject: x\r\n\r\nbody\r\n",
+            chrono::DateTime::parse_from_rfc3339(arrival).unwrap(),
+        )
     }
 
     #[test]

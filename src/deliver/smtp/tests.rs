@@ -54,13 +54,14 @@ fn script(parts: &[&[Step]]) -> Vec<Step> {
 
 fn delivery<'a>(sender: &'a ReversePath, content: &'a [u8]) -> Delivery<'a> {
     Delivery {
-        message_key: "k",
-        sender,
-        content,
-        arrival: chrono::DateTime::parse_from_rfc3339("2023-01-23T10:00:00+01:00").unwrap(),
-        recovering: false,
         envid: Some("QID+1"),
         ret: Some(ReturnContent::Headers),
+        ..Delivery::new(
+            "k",
+            sender,
+            content,
+            chrono::DateTime::parse_from_rfc3339("2023-01-23T10:00:00+01:00").unwrap(),
+        )
     }
 }
 
