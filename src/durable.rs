@@ -27,6 +27,16 @@ fn at<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Wri
 /// Writes and fsyncs `path` as a new file, replacing a leftover of a crashed run (the
 /// leftover is removed, not opened: a symlink there is unlinked, its target untouched).
 pub fn write_new(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    write_new_at(path, bytes, None)
+}
+
+/// `write_new` that also sets the file's modification time (before the fsync, so it is
+/// durable with the bytes): a Maildir copy carries its arrival, which IMAP servers show.
+pub fn write_new_at(
+    path: &Path,
+    bytes: &[u8],
+    mtime: Option<std::time::SystemTime>,
+) -> Result<(), WriteError> {
     match fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -37,7 +47,10 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).map_err(at("cannot create", path))?;
-    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| mtime.map_or(Ok(()), |t| file.set_modified(t)))
+        .and_then(|()| file.sync_all());
     drop(file);
     if let Err(e) = written {
         let _ = fs::remove_file(path);

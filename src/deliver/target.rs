@@ -1,8 +1,9 @@
 //! Where `run` delivers: the `--store` target (`maildir:DIR`, `lmtp://…`, `lmtp:/SOCKET`,
-//! `smtp://…`) parsed once, and the `host[:port]` syntax the network targets share.
+//! `smtp://…`, `imap://…`) parsed once, and the `host[:port]` syntax the network targets share.
 
 use std::path::PathBuf;
 
+use super::imap::ImapTarget;
 use super::lmtp::LmtpTarget;
 use super::smtp::SmtpTarget;
 
@@ -12,6 +13,7 @@ pub enum StoreTarget {
     Maildir(PathBuf),
     Lmtp(LmtpTarget),
     Smtp(SmtpTarget),
+    Imap(ImapTarget),
 }
 
 impl StoreTarget {
@@ -26,9 +28,11 @@ impl StoreTarget {
         match scheme {
             "lmtp" => s.parse().map(StoreTarget::Lmtp),
             "smtp" | "smtps" | "smtp+starttls" => s.parse().map(StoreTarget::Smtp),
+            "imap" | "imaps" | "imap+starttls" => s.parse().map(StoreTarget::Imap),
             _ => Err(format!(
                 "`{s}` is not a store target; expected maildir:DIR, lmtp://HOST[:PORT], \
-                 lmtp:/SOCKET, smtp://HOST[:PORT], smtp+starttls://… or smtps://…"
+                 lmtp:/SOCKET, smtp://HOST[:PORT], smtp+starttls://…, smtps://…, \
+                 imap://HOST[:PORT], imap+starttls://… or imaps://…"
             )),
         }
     }
@@ -40,6 +44,7 @@ impl std::fmt::Display for StoreTarget {
             StoreTarget::Maildir(dir) => write!(f, "maildir:{}", dir.display()),
             StoreTarget::Lmtp(t) => write!(f, "{t}"),
             StoreTarget::Smtp(t) => write!(f, "{t}"),
+            StoreTarget::Imap(t) => write!(f, "{t}"),
         }
     }
 }
