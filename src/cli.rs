@@ -5,16 +5,6 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-const EXIT_CODES: &str = "\
-Exit codes:
-  0    done (held and quarantined items are reported, not pending)
-  75   deliverable work remains, or the ledger is busy: run again to resume
-  130  interrupted by Ctrl-C after a clean checkpoint
-  143  stopped by SIGTERM, 129 by SIGHUP, likewise (a second signal stops at once)
-  64 usage, 65 bad data (also: spool changed since ingest), 66 input not found,
-  69 store unavailable, 73 cannot create output, 74 i/o error,
-  78 bad configuration (also: a run that would bounce more than --max-bounce-share)";
-
 #[derive(Debug, Parser)]
 #[command(
     name = "spoolreplay",
@@ -23,7 +13,7 @@ Exit codes:
     long_about = "Replay mail spooled during a mail-store outage into the restored store.\n\n\
         ingest reads a spool into the ledger; report shows what run would do; run delivers, \
         bounces what expired and records every outcome; status and bounces show where things stand.",
-    after_help = EXIT_CODES
+    after_help = crate::exit::Exit::help_table()
 )]
 pub struct Cli {
     /// The SQLite ledger that records every message and decision; `report` takes several

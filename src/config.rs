@@ -10,38 +10,20 @@ use chrono::{DateTime, FixedOffset};
 use crate::cli::{self, Cli};
 use crate::cluster::ClusterUrl;
 use crate::deliver::imap::{ImapCredentials, ImapTarget};
-use crate::deliver::lmtp::LmtpTarget;
 use crate::deliver::smtp::{SmtpCredentials, SmtpTarget};
+pub use crate::deliver::target::StoreTarget;
 use crate::deliver::wire::Timeouts;
 use crate::exit::{Exit, Failure};
 use crate::incident::{self, Incident};
 use crate::ledger::RcptState;
 use crate::ledger::queries::AuditFilter;
+pub use crate::pace::PaceConfig;
 use crate::replay::{RetryPolicy, UncertainPolicy};
 use crate::report::sheet::Format;
+pub use crate::report::{Output, Verbosity};
 use crate::shard::ShardSpec;
 use crate::spool::SpoolFormat;
 use crate::throttle::RateSpec;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verbosity {
-    Quiet,
-    Normal,
-    Verbose(u8),
-}
-
-/// How output is rendered.
-#[derive(Debug, Clone, Copy)]
-pub struct Output {
-    pub json: bool,
-    pub verbosity: Verbosity,
-}
-
-impl Output {
-    pub fn quiet(&self) -> bool {
-        self.verbosity == Verbosity::Quiet
-    }
-}
 
 #[derive(Debug)]
 pub struct Config {
@@ -75,16 +57,6 @@ pub struct IngestConfig {
     pub shard: Option<ShardSpec>,
 }
 
-/// Throttle settings shared by `run` and the projections of `report`.
-#[derive(Debug, Clone, Copy)]
-pub struct PaceConfig {
-    pub rate: Option<RateSpec>,
-    /// Bytes per second.
-    pub max_bytes_rate: Option<f64>,
-    pub batch_size: usize,
-    pub pause: Duration,
-}
-
 #[derive(Debug)]
 pub struct ReportConfig {
     /// One or more; several are reported on as one (one per MX host, or per shard).
@@ -107,48 +79,6 @@ pub struct ReportConfig {
 #[derive(Debug)]
 pub struct AuditConfig {
     pub filter: AuditFilter,
-}
-
-/// Where `run` delivers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreTarget {
-    Maildir(PathBuf),
-    Lmtp(LmtpTarget),
-    Smtp(SmtpTarget),
-    Imap(ImapTarget),
-}
-
-impl StoreTarget {
-    pub fn parse(s: &str) -> Result<StoreTarget, String> {
-        if let Some(dir) = s.strip_prefix("maildir:") {
-            if dir.is_empty() {
-                return Err("`maildir:` needs a folder, e.g. maildir:/srv/restored".into());
-            }
-            return Ok(StoreTarget::Maildir(PathBuf::from(dir)));
-        }
-        let scheme = s.split(':').next().unwrap_or("");
-        match scheme {
-            "lmtp" => s.parse().map(StoreTarget::Lmtp),
-            "smtp" | "smtps" | "smtp+starttls" => s.parse().map(StoreTarget::Smtp),
-            "imap" | "imaps" | "imap+starttls" => s.parse().map(StoreTarget::Imap),
-            _ => Err(format!(
-                "`{s}` is not a store target; expected maildir:DIR, lmtp://HOST[:PORT], \
-                 lmtp:/SOCKET, smtp://HOST[:PORT], smtp+starttls://…, smtps://…, \
-                 imap://HOST[:PORT], imap+starttls://… or imaps://…"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for StoreTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StoreTarget::Maildir(dir) => write!(f, "maildir:{}", dir.display()),
-            StoreTarget::Lmtp(t) => write!(f, "{t}"),
-            StoreTarget::Smtp(t) => write!(f, "{t}"),
-            StoreTarget::Imap(t) => write!(f, "{t}"),
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -604,28 +534,5 @@ mod tests {
         assert!(parse_bytes_rate("0MB/s").is_err());
         assert!(parse_bytes_rate("fast").is_err());
         assert!(parse_bytes_rate("5PB/s").is_err());
-    }
-
-    #[test]
-    fn store_targets() {
-        assert_eq!(
-            StoreTarget::parse("maildir:/srv/x"),
-            Ok(StoreTarget::Maildir("/srv/x".into()))
-        );
-        assert!(StoreTarget::parse("maildir:").is_err());
-        assert!(matches!(
-            StoreTarget::parse("lmtp://127.0.0.1:24"),
-            Ok(StoreTarget::Lmtp(_))
-        ));
-        assert!(matches!(
-            StoreTarget::parse("lmtp:/run/dovecot/lmtp"),
-            Ok(StoreTarget::Lmtp(_))
-        ));
-        assert!(matches!(
-            StoreTarget::parse("smtp+starttls://mx.example.net"),
-            Ok(StoreTarget::Smtp(_))
-        ));
-        assert!(StoreTarget::parse("ftp://x").is_err());
-        assert!(StoreTarget::parse("/srv/x").is_err());
     }
 }

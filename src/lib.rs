@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod config;
 pub mod deliver;
 pub mod dsn;
+pub mod durable;
 pub mod exit;
 pub mod incident;
 pub mod ledger;

@@ -8,6 +8,18 @@
 
 use std::time::Duration;
 
+use crate::throttle::RateSpec;
+
+/// Throttle settings shared by `run` and the projections of `report`.
+#[derive(Debug, Clone, Copy)]
+pub struct PaceConfig {
+    pub rate: Option<RateSpec>,
+    /// Bytes per second.
+    pub max_bytes_rate: Option<f64>,
+    pub batch_size: usize,
+    pub pause: Duration,
+}
+
 /// What the store just did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Signal {

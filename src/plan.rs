@@ -13,9 +13,9 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset, SecondsFormat, Timelike};
 
 use crate::classify::{self, Disposition};
-use crate::config::PaceConfig;
 use crate::incident::Incident;
 use crate::ledger::{MessageRow, RcptState, RecipientRow};
+use crate::pace::PaceConfig;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {

@@ -214,13 +214,13 @@ fn list(printer: &Printer, ledger: &Ledger) -> Result<Exit> {
             t.row(vec![
                 d.id.to_string(),
                 d.kind.as_str().to_string(),
-                for_terminal(&d.queue_id),
-                for_terminal(&d.envelope_to),
+                for_terminal(&d.queue_id).into_owned(),
+                for_terminal(&d.envelope_to).into_owned(),
                 d.recipients.to_string(),
                 d.created_at.clone(),
                 d.written_path
                     .as_deref()
-                    .map(for_terminal)
+                    .map(|p| for_terminal(p).into_owned())
                     .unwrap_or_else(|| "(not written)".into()),
                 d.send_state.as_str().to_string(),
             ]);

@@ -57,15 +57,15 @@ pub fn run(output: Output, url: &ClusterUrl, action: ClusterAction) -> Result<Ex
                     format!("{}s ago", m.heartbeat_age)
                 };
                 table.row(vec![
-                    for_terminal(&m.id),
-                    for_terminal(&m.ledger),
+                    for_terminal(&m.id).into_owned(),
+                    for_terminal(&m.ledger).into_owned(),
                     m.state.clone(),
                     m.handled.to_string(),
                     count(&m.counts, "delivered"),
                     count(&m.counts, "deferred"),
                     count(&m.counts, "failed"),
                     count(&m.counts, "duplicate"),
-                    for_terminal(&m.pace),
+                    for_terminal(&m.pace).into_owned(),
                     beat,
                 ]);
             }

@@ -208,7 +208,7 @@ impl Replay<'_> {
         kind: DsnKind,
         unbuildable: &Unbuildable,
     ) -> Result<()> {
-        let notice = crate::sanitize::for_terminal(&unbuildable.to_string());
+        let notice = crate::sanitize::for_terminal(&unbuildable.to_string()).into_owned();
         (self.on_event)(Event::Notice(&notice));
         match kind {
             DsnKind::Delay => Ok(()),

@@ -17,11 +17,10 @@ use anyhow::Result;
 use chrono::{DateTime, FixedOffset};
 
 use crate::classify::{self, Classification, Disposition};
-use crate::config::PaceConfig;
 use crate::deliver::{Deliverer, Outcome, StoreError};
 use crate::incident::Incident;
 use crate::ledger::{Change, Ledger, MessageRow, MessageWork, RcptState, SPOOL_CHANGED, Tx};
-use crate::pace::{Alone, TokenSource};
+use crate::pace::{Alone, PaceConfig, TokenSource};
 use crate::spool::{self, ContentHash, SpoolFormat};
 
 /// Messages per page when walking the ledger outside of delivery batches.

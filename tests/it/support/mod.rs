@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test module uses a different part
 
 pub mod dovecot;
+pub mod golden;
 pub mod mailhost;
 pub mod minispool;
 pub mod redis;
