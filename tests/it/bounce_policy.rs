@@ -1,0 +1,233 @@
+//! Integration tests: the `[bounces]` policy. A spool whose messages carry real-format
+//! verdicts of our MX (and forged ones) is bounced by its window; only the senders the
+//! policy trusts get a DSN, the others' recipients end `dropped` with the rule and verdict,
+//! and Sisimai reads every DSN made.
+
+use std::collections::BTreeMap;
+
+use crate::dsn::sisimai_dump;
+use crate::support::{Cli, check, ledger_recipients};
+
+const INCIDENT: &str = r#"
+name = "test outage"
+reporting_mta = "mx.example.net"
+restored_at = "2023-01-10T00:00:00Z"
+queue_lifetime = "30d"
+[[window]]
+name = "rejected"
+start = "2023-01-05T00:00:00Z"
+end = "2023-01-10T00:00:00Z"
+action = "bounce"
+status = "5.2.1"
+
+[bounces]
+authserv_id = "mx.example.net"
+require = "dmarc-or-aligned-pass"
+spam = "suppress"
+"#;
+
+/// Our MX's Received: (the topmost one of every message here).
+const OUR_RECEIVED: &str = "Received: from mail.sender.example (mail.sender.example [192.0.2.7])\n\
+    \tby mx.example.net (Postfix) with ESMTPS id 4QxYz1\n\
+    \tfor <b@example.net>; Fri, 6 Jan 2023 10:00:00 +0000\n";
+
+/// One message: its name, envelope sender, fields above and below our Received:, and
+/// whether the policy bounces it (`None`) or why it drops it (`Some(text in the reason)`).
+struct Case {
+    name: &'static str,
+    sender: &'static str,
+    above: &'static str,
+    below: &'static str,
+    dropped: Option<&'static str>,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "01-spf-pass",
+            sender: "a@s1.example",
+            above: "Authentication-Results: mx.example.net;\n\tspf=pass (mx.example.net: domain of a@s1.example designates 192.0.2.7 as permitted sender) smtp.mailfrom=a@s1.example\n",
+            below: "",
+            dropped: None,
+        },
+        Case {
+            name: "02-spf-fail",
+            sender: "a@s2.example",
+            above: "Authentication-Results: mx.example.net; spf=fail (mx.example.net: domain of a@s2.example does not designate 198.51.100.9 as permitted sender) smtp.mailfrom=a@s2.example\n",
+            below: "",
+            dropped: Some(
+                "unauthenticated sender: require = dmarc-or-aligned-pass, mx.example.net found spf=fail",
+            ),
+        },
+        Case {
+            name: "03-spf-softfail",
+            sender: "a@s3.example",
+            above: "Authentication-Results: mx.example.net; spf=softfail smtp.mailfrom=a@s3.example\n",
+            below: "",
+            dropped: Some("found spf=softfail"),
+        },
+        Case {
+            name: "04-dkim-aligned",
+            sender: "bounces@news.s4.example",
+            above: "Authentication-Results: mx.example.net; dkim=pass (2048-bit key; unprotected) header.d=s4.example header.i=@s4.example header.b=\"kX3+9aQ1\"\n",
+            below: "",
+            dropped: None,
+        },
+        Case {
+            name: "05-dkim-unaligned",
+            sender: "a@s5.example",
+            above: "Authentication-Results: mx.example.net; dkim=pass (1024-bit key) header.d=esp.example header.i=@esp.example header.b=\"Zz9\"\n",
+            below: "",
+            dropped: Some(
+                "dkim=pass (header.d=esp.example header.i=@esp.example header.b=Zz9) by mx.example.net is not aligned",
+            ),
+        },
+        Case {
+            name: "06-dmarc-pass",
+            sender: "a@s6.example",
+            above: "Authentication-Results: mx.example.net; dmarc=pass (p=reject dis=none) header.from=s6.example\n",
+            below: "",
+            dropped: None,
+        },
+        Case {
+            name: "07-dmarc-fail",
+            sender: "a@s7.example",
+            above: "Authentication-Results: mx.example.net; dmarc=fail (p=none dis=none) header.from=s7.example\n",
+            below: "",
+            dropped: Some("found dmarc=fail"),
+        },
+        Case {
+            name: "08-forged-other-id",
+            sender: "a@s8.example",
+            above: "Authentication-Results: mx.attacker.example; dmarc=pass header.from=s8.example\n",
+            below: "",
+            dropped: Some("no Authentication-Results from mx.example.net above our Received"),
+        },
+        Case {
+            name: "09-forged-below",
+            sender: "a@s9.example",
+            above: "",
+            below: "Authentication-Results: mx.example.net; dmarc=pass header.from=s9.example\n",
+            dropped: Some("below our Received: ignored as forged"),
+        },
+        Case {
+            name: "10-spam-spamassassin",
+            sender: "a@s10.example",
+            above: "X-Spam-Flag: YES\nX-Spam-Status: Yes, score=12.9 required=5.0 tests=BAYES_99,\n\tRDNS_NONE autolearn=no version=3.4.6\nAuthentication-Results: mx.example.net; dmarc=pass header.from=s10.example\n",
+            below: "",
+            dropped: Some("spam: our MX marked it as spam (X-Spam-Flag: YES)"),
+        },
+        Case {
+            name: "11-spam-rspamd",
+            sender: "a@s11.example",
+            above: "X-Spamd-Result: default: True [17.20 / 15.00];\n\tBAYES_SPAM(5.10)[99.99%]; R_DKIM_ALLOW(-0.20)[s11.example:s]\nAuthentication-Results: mx.example.net; dmarc=pass header.from=s11.example\n",
+            below: "",
+            dropped: Some(
+                "spam: our MX marked it as spam (X-Spamd-Result: default: True [17.20 / 15.00])",
+            ),
+        },
+        Case {
+            name: "12-ham-rspamd",
+            sender: "a@s12.example",
+            above: "X-Spamd-Result: default: False [-0.10 / 15.00];\n\tR_DKIM_ALLOW(-0.20)[s12.example:s]\nX-Spam-Flag: NO\nAuthentication-Results: mx.example.net; dmarc=pass header.from=s12.example\n",
+            below: "X-Spam-Flag: YES\n",
+            dropped: None,
+        },
+    ]
+}
+
+fn message(c: &Case) -> String {
+    format!(
+        "{above}{OUR_RECEIVED}{below}From: <{sender}>\nTo: b@example.net\nSubject: {name}\n\
+         Message-ID: <{name}@example.test>\nDate: Fri, 6 Jan 2023 09:59:00 +0000\n\nHello.\n",
+        above = c.above,
+        below = c.below,
+        sender = c.sender,
+        name = c.name,
+    )
+    .replace('\n', "\r\n")
+}
+
+#[test]
+fn only_senders_the_policy_trusts_get_a_dsn_and_the_rest_are_dropped_with_the_reason() {
+    let cli = Cli::new();
+    let spool = cli.at("spool");
+    std::fs::create_dir_all(&spool).expect("spool dir");
+    let cases = cases();
+    for c in &cases {
+        std::fs::write(spool.join(format!("{}.eml", c.name)), message(c)).expect("eml");
+        std::fs::write(
+            spool.join(format!("{}.json", c.name)),
+            format!(
+                r#"{{"sender": "{}", "recipients": ["b@example.net"], "arrival": "2023-01-06T10:00:00Z"}}"#,
+                c.sender
+            ),
+        )
+        .expect("sidecar");
+    }
+    let incident = cli.at("incident.toml");
+    std::fs::write(&incident, INCIDENT).expect("incident");
+    check(&cli.run(&["ingest".as_ref(), spool.as_os_str()]), 0);
+    let out = cli.run(&[
+        "--json",
+        "run",
+        "--incident",
+        &incident.display().to_string(),
+        "--store",
+        &format!("maildir:{}", cli.store().display()),
+        "--outbox",
+        &cli.outbox().display().to_string(),
+        "--now",
+        "2023-01-11T00:00:00Z",
+        "--max-bounce-share",
+        "100",
+    ]);
+    check(&out, 0);
+
+    let by_name: BTreeMap<String, _> = ledger_recipients(&cli.ledger)
+        .into_iter()
+        .map(|r| (r.queue_id.clone(), r))
+        .collect();
+    for c in &cases {
+        let r = by_name
+            .iter()
+            .find(|(q, _)| q.contains(c.name))
+            .map(|(_, r)| r)
+            .unwrap_or_else(|| panic!("{} not in the ledger: {by_name:?}", c.name));
+        let reply = r.reply.as_deref().unwrap_or_default();
+        match c.dropped {
+            None => assert_eq!(r.state, "bounced", "{}: {reply}", c.name),
+            Some(why) => {
+                assert_eq!(r.state, "dropped", "{}: {reply}", c.name);
+                assert!(
+                    reply.contains("dropped without a DSN by the bounce policy"),
+                    "{}: {reply}",
+                    c.name
+                );
+                assert!(reply.contains(why), "{}: {reply:?} lacks {why:?}", c.name);
+            }
+        }
+    }
+
+    let dsns = cli.run(&["--json", "bounces"]).events("dsn");
+    let mut to: Vec<String> = dsns
+        .iter()
+        .map(|d| d["to"].as_str().unwrap_or_default().to_string())
+        .collect();
+    to.sort();
+    let mut expected: Vec<String> = cases
+        .iter()
+        .filter(|c| c.dropped.is_none())
+        .map(|c| c.sender.to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(to, expected, "a DSN exactly where the policy says");
+
+    // Sisimai reads every DSN made, and names the original recipient.
+    for d in &dsns {
+        let path = cli.outbox().join(format!("dsn-{}.eml", d["id"]));
+        let results = sisimai_dump(&path);
+        assert_eq!(results.len(), 1, "{}: {results:?}", path.display());
+        assert_eq!(results[0]["recipient"], "b@example.net", "{results:?}");
+    }
+}
