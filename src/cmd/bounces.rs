@@ -301,6 +301,21 @@ fn preview(
             ));
             continue;
         }
+        // `[bounces]`: which rule decides, as `run` will apply it.
+        if incident.bounces.is_active() {
+            let verdict = crate::replay::policy_verdict(incident, &message);
+            if !verdict.bounces() {
+                printer.note(&format!(
+                    "{label}: no DSN would be made, its recipients would be {}",
+                    for_terminal(&verdict.reason())
+                ));
+                continue;
+            }
+            printer.note(&format!(
+                "{label}: bounce policy: {}",
+                for_terminal(&verdict.reason())
+            ));
+        }
         let work = MessageWork {
             message,
             recipients: failing,

@@ -168,17 +168,92 @@ fn only_senders_the_policy_trusts_get_a_dsn_and_the_rest_are_dropped_with_the_re
     let incident = cli.at("incident.toml");
     std::fs::write(&incident, INCIDENT).expect("incident");
     check(&cli.run(&["ingest".as_ref(), spool.as_os_str()]), 0);
+    let incident_arg = incident.display().to_string();
+    let now = "2023-01-11T00:00:00Z";
+
+    // Before anything happens: the report predicts the policy's counts.
+    let report = cli.run(&[
+        "report",
+        "--incident",
+        &incident_arg,
+        "--now",
+        now,
+        "--format",
+        "json",
+    ]);
+    check(&report, 0);
+    let bounced = cases.iter().filter(|c| c.dropped.is_none()).count();
+    let spam = cases
+        .iter()
+        .filter(|c| c.dropped.is_some_and(|w| w.starts_with("spam:")))
+        .count();
+    let unauthenticated = cases.len() - bounced - spam;
+    let summary = report.event("report_summary");
+    assert_eq!(summary["dsns"], bounced, "{summary}");
+    assert_eq!(summary["dsns_suppressed_unauthenticated"], unauthenticated);
+    assert_eq!(summary["dsns_suppressed_spam"], spam);
+    let window = report.event("bounce_policy");
+    assert_eq!(window["window"], "rejected");
+    assert_eq!(window["dsns"], bounced);
+    assert_eq!(window["suppressed_unauthenticated"], unauthenticated);
+    assert_eq!(window["suppressed_spam"], spam);
+    let domains = report.events("dsn_sender_domain");
+    assert_eq!(domains.len(), 10, "the top 10 of 12 sender domains");
+    assert!(
+        domains[..bounced].iter().all(|d| d["dsns"] == 1),
+        "domains that receive DSNs come first: {domains:?}"
+    );
+
+    // `bounces preview` names the rule that decides.
+    let preview = |name: &str| {
+        let out = cli.run(&[
+            "bounces",
+            "preview",
+            "--message",
+            name,
+            "--incident",
+            &incident_arg,
+            "--now",
+            now,
+        ]);
+        check(&out, 0);
+        out
+    };
+    let pass = preview("01-spf-pass");
+    assert!(
+        pass.stderr
+            .contains("bounce policy: DSN sent: require = dmarc-or-aligned-pass: spf=pass"),
+        "{}",
+        pass.stderr
+    );
+    assert!(
+        pass.stdout
+            .contains("Final-Recipient: rfc822; b@example.net")
+    );
+    let forged = preview("09-forged-below");
+    assert!(
+        forged.stderr.contains("no DSN would be made")
+            && forged.stderr.contains("ignored as forged"),
+        "{}",
+        forged.stderr
+    );
+    assert!(
+        forged.stdout.is_empty(),
+        "no DSN printed: {}",
+        forged.stdout
+    );
+
     let out = cli.run(&[
         "--json",
         "run",
         "--incident",
-        &incident.display().to_string(),
+        &incident_arg,
         "--store",
         &format!("maildir:{}", cli.store().display()),
         "--outbox",
         &cli.outbox().display().to_string(),
         "--now",
-        "2023-01-11T00:00:00Z",
+        now,
         "--max-bounce-share",
         "100",
     ]);
@@ -222,6 +297,15 @@ fn only_senders_the_policy_trusts_get_a_dsn_and_the_rest_are_dropped_with_the_re
         .collect();
     expected.sort();
     assert_eq!(to, expected, "a DSN exactly where the policy says");
+    assert_eq!(
+        dsns.len(),
+        bounced,
+        "the run made what the report predicted"
+    );
+    let dropped = cli.status()["states"]["dropped"]
+        .as_u64()
+        .unwrap_or_default();
+    assert_eq!(dropped as usize, unauthenticated + spam, "as predicted");
 
     // Sisimai reads every DSN made, and names the original recipient.
     for d in &dsns {
