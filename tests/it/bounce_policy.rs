@@ -204,6 +204,26 @@ fn only_senders_the_policy_trusts_get_a_dsn_and_the_rest_are_dropped_with_the_re
         "domains that receive DSNs come first: {domains:?}"
     );
 
+    // The HTML report shows the same numbers.
+    let html = cli.at("report.html");
+    check(
+        &cli.run(&[
+            "report",
+            "--incident",
+            &incident_arg,
+            "--now",
+            now,
+            "--html",
+            &html.display().to_string(),
+        ]),
+        0,
+    );
+    let page = std::fs::read_to_string(&html).expect("HTML report written");
+    let row = format!(
+        "<tr><td class=\"name\">rejected</td><td class=\"n\">{bounced}</td><td class=\"n\">{unauthenticated}</td><td class=\"n\">{spam}</td></tr>"
+    );
+    assert!(page.contains(&row), "{row} not in the HTML report");
+
     // `bounces preview` names the rule that decides.
     let preview = |name: &str| {
         let out = cli.run(&[
