@@ -707,6 +707,7 @@ fn mailbox_sheet(out: &mut dyn Sink, f: Format) -> Result<SheetWriter<'_>> {
             "held",
             "pending",
             "uncertain",
+            "over_quota",
         ],
     )
     .context("cannot write the report")
@@ -723,6 +724,7 @@ fn mailbox_line(w: &mut SheetWriter<'_>, m: &MailboxRow) -> Result<()> {
         Cell::Count(m.held),
         Cell::Count(m.pending),
         Cell::Count(m.uncertain),
+        Cell::Count(m.over_quota),
     ])
     .context("cannot write the report")
 }

@@ -475,13 +475,21 @@ fn explanation(work: &MessageWork, incident: &Incident) -> String {
             .and_then(|w| w.note.as_deref());
         dsn::explain::bounced(m.arrival, note)
     } else {
-        dsn::explain::expired(&dsn::explain::Expiry {
+        let text = dsn::explain::expired(&dsn::explain::Expiry {
             arrival: m.arrival,
             lifetime: incident.queue_lifetime,
             deadline: crate::classify::deadline(incident, m.arrival),
             restored_at: incident.restored_at,
             tried: expired.iter().any(|r| r.attempts > 0),
-        })
+        });
+        let full = expired
+            .iter()
+            .any(|r| matches!(r.status.as_deref(), Some("4.2.2" | "5.2.2")));
+        if full {
+            dsn::explain::mailbox_full(text)
+        } else {
+            text
+        }
     };
     dsn::explain::with_operator_text(text, incident.dsn_text.as_deref())
 }

@@ -335,3 +335,106 @@ fn only_senders_the_policy_trusts_get_a_dsn_and_the_rest_are_dropped_with_the_re
         assert_eq!(results[0]["recipient"], "b@example.net", "{results:?}");
     }
 }
+
+/// How long after the run starts the over-quota message's queue lifetime ends.
+const FULL_LEAD: std::time::Duration = std::time::Duration::from_secs(4);
+
+#[test]
+fn a_552_full_mailbox_is_retried_until_its_lifetime_ends_and_its_dsn_says_it_was_full() {
+    use crate::support::dovecot::{Dovecot, User};
+    use crate::support::minispool::{self, Mail};
+    use chrono::{DateTime, TimeDelta};
+
+    // Dovecot's default: a full mailbox is a permanent 552 5.2.2.
+    let dovecot = Dovecot::start_hard_quota(&[
+        User::with_quota("full@example.test", "1K"),
+        User::new("alice@example.test"),
+    ]);
+    let cli = Cli::new();
+    let now = DateTime::parse_from_rfc3339(crate::support::NOW).expect("NOW");
+    let arrival = now - TimeDelta::days(1) + TimeDelta::from_std(FULL_LEAD).expect("lead");
+    let mut mail = Mail::plain(1, &["full@example.test", "alice@example.test"]);
+    mail.sidecar["arrival"] = arrival.to_rfc3339().into();
+    mail.content
+        .extend_from_slice("padding to exceed the quota\r\n".repeat(150).as_bytes());
+    minispool::ingest(&cli, &[mail]);
+    let incident = minispool::write_incident(
+        cli.path(),
+        Some(
+            r#"name = "test outage"
+reporting_mta = "mx1.example.net"
+restored_at = "2023-01-26T13:00:00+01:00"
+queue_lifetime = "1d"
+[[window]]
+name = "all"
+start = "2023-01-01T00:00:00+01:00"
+end = "2023-02-01T00:00:00+01:00"
+action = "deliver"
+"#,
+        ),
+    );
+    let store = format!("lmtp://127.0.0.1:{}", dovecot.port);
+    let out = cli.run(&[
+        "--json",
+        "run",
+        "--incident",
+        &incident.display().to_string(),
+        "--store",
+        &store,
+        "--outbox",
+        &cli.outbox().display().to_string(),
+        "--now",
+        crate::support::NOW,
+        "--retry-delay",
+        "1s",
+        "--retry-max",
+        "1s",
+    ]);
+    check(&out, 0);
+
+    // Deferred (not failed at once) and retried, then expired into one DSN.
+    let paths = minispool::state_paths(&cli.ledger);
+    let full = paths
+        .iter()
+        .find(|((_, a), _)| a == "full@example.test")
+        .map(|(_, p)| p.clone())
+        .expect("full@ in the ledger");
+    let deferrals = full.iter().filter(|s| *s == "deferred").count();
+    assert!(deferrals >= 2, "retried within its lifetime: {full:?}");
+    assert_eq!(full.last().map(String::as_str), Some("bounced"), "{full:?}");
+    assert_eq!(dovecot.delivered("alice@example.test").len(), 1);
+    assert!(dovecot.delivered("full@example.test").is_empty());
+
+    let dsns = minispool::outbox_dsns(&cli.outbox());
+    assert_eq!(dsns.len(), 1, "{:?}", dsns.keys());
+    let dsn = dsns.values().next().expect("one DSN");
+    let fields = minispool::dsn_recipient_fields(dsn);
+    assert_eq!(fields.len(), 1, "{fields:?}");
+    assert_eq!(fields[0]["status"], "5.2.2", "{fields:?}");
+    assert!(
+        fields[0]["diagnostic-code"].contains("Quota exceeded"),
+        "{fields:?}"
+    );
+    let words = dsn.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains("The recipient's mailbox was full (over its storage quota)"),
+        "{dsn}"
+    );
+    let path = cli.outbox().join(dsns.keys().next().expect("one DSN"));
+    let results = sisimai_dump(&path);
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0]["recipient"], "full@example.test", "{results:?}");
+
+    // `report --affected` lists the mailbox whose quota to raise.
+    let affected = cli.run(&["report", "--affected", "--format", "json"]);
+    check(&affected, 0);
+    let rows = affected.events("mailbox");
+    let row = |mailbox: &str| {
+        rows.iter()
+            .find(|r| r["mailbox"] == mailbox)
+            .unwrap_or_else(|| panic!("{mailbox} not in {rows:?}"))
+            .clone()
+    };
+    assert_eq!(row("full@example.test")["over_quota"], 1);
+    assert_eq!(row("alice@example.test")["over_quota"], 0);
+}

@@ -71,6 +71,18 @@ impl Dovecot {
     /// mailbox answers 452 4.2.2.
     #[track_caller]
     pub fn start_with(users: &[User]) -> Dovecot {
+        Dovecot::start_quota(users, true)
+    }
+
+    /// Starts a Dovecot knowing `users` with Dovecot's default `quota_full_tempfail = no`:
+    /// a full mailbox answers `552 5.2.2 … Quota exceeded (mailbox for user is full)`.
+    #[track_caller]
+    pub fn start_hard_quota(users: &[User]) -> Dovecot {
+        Dovecot::start_quota(users, false)
+    }
+
+    #[track_caller]
+    fn start_quota(users: &[User], tempfail: bool) -> Dovecot {
         ensure_installed();
         let dir = tempfile::tempdir().expect("temp dir for dovecot");
         // Dovecot's processes run as other users: they must reach the folder.
@@ -83,7 +95,11 @@ impl Dovecot {
         let port = free_port();
         std::fs::write(root.join("users"), users_file(users)).expect("users file");
         let conf = root.join("dovecot.conf");
-        std::fs::write(&conf, config(root, port)).expect("dovecot.conf");
+        let mut text = config(root, port);
+        if !tempfail {
+            text = text.replace("quota_full_tempfail = yes", "quota_full_tempfail = no");
+        }
+        std::fs::write(&conf, text).expect("dovecot.conf");
         let d = Dovecot {
             dir,
             conf,
