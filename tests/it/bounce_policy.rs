@@ -438,3 +438,155 @@ action = "deliver"
     assert_eq!(row("full@example.test")["over_quota"], 1);
     assert_eq!(row("alice@example.test")["over_quota"], 0);
 }
+
+/// Ingests `senders.len()` messages of the bounce window (no policy), one from each
+/// sender, and runs without an outbox: their DSNs wait in the ledger for `bounces send`.
+fn owed_dsns(cli: &Cli, senders: &[String]) {
+    let spool = cli.at("spool");
+    std::fs::create_dir_all(&spool).expect("spool dir");
+    for (i, sender) in senders.iter().enumerate() {
+        let name = format!("{i:02}-paced");
+        let c = Case {
+            name: "paced",
+            sender: "unused@example.test",
+            above: "",
+            below: "",
+            dropped: None,
+        };
+        let content = message(&c).replace("<paced@", &format!("<{name}@"));
+        std::fs::write(spool.join(format!("{name}.eml")), content).expect("eml");
+        std::fs::write(
+            spool.join(format!("{name}.json")),
+            format!(
+                r#"{{"sender": "{sender}", "recipients": ["b@example.net"], "arrival": "2023-01-06T10:00:00Z"}}"#
+            ),
+        )
+        .expect("sidecar");
+    }
+    let incident = cli.at("incident.toml");
+    let no_policy = &INCIDENT[..INCIDENT.find("[bounces]").expect("policy section")];
+    std::fs::write(&incident, no_policy).expect("incident");
+    check(&cli.run(&["ingest".as_ref(), spool.as_os_str()]), 0);
+    let out = cli.run(&[
+        "run",
+        "--incident",
+        &incident.display().to_string(),
+        "--store",
+        &format!("maildir:{}", cli.store().display()),
+        "--now",
+        "2023-01-11T00:00:00Z",
+        "--max-bounce-share",
+        "100",
+    ]);
+    check(&out, 75);
+}
+
+fn senders(a: usize, b: usize) -> Vec<String> {
+    (0..a)
+        .map(|i| format!("s{i}@a.example"))
+        .chain((0..b).map(|i| format!("s{i}@b.example")))
+        .collect()
+}
+
+/// The domains' (sent, deferred, refused) from `send_domain` events.
+fn by_domain(out: &crate::support::Output) -> BTreeMap<String, (u64, u64, u64)> {
+    out.events("send_domain")
+        .iter()
+        .map(|d| {
+            let n = |k: &str| d[k].as_u64().unwrap_or_default();
+            (
+                d["domain"].as_str().unwrap_or_default().to_string(),
+                (n("sent"), n("deferred"), n("refused")),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn bounces_send_stays_under_rate_and_per_domain_rate_and_reports_per_domain() {
+    use crate::support::sink::Sink;
+    use std::time::Instant;
+
+    // --rate: 8 DSNs at 4/s take at least 7 quarter seconds (the first goes at once).
+    let cli = Cli::new();
+    owed_dsns(&cli, &senders(6, 2));
+    let sink = Sink::start(&cli.at("sink"));
+    let started = Instant::now();
+    let out = cli.run(&[
+        "--json",
+        "bounces",
+        "send",
+        "--rate",
+        "4/s",
+        "--relay",
+        &sink.url(),
+    ]);
+    let elapsed = started.elapsed().as_secs_f64();
+    check(&out, 0);
+    assert_eq!(sink.messages_settled().len(), 8);
+    let rate = 7.0 / elapsed;
+    assert!(rate <= 4.0, "measured {rate:.2}/s over --rate 4/s");
+    let domains = by_domain(&out);
+    assert_eq!(domains["a.example"], (6, 0, 0), "{domains:?}");
+    assert_eq!(domains["b.example"], (2, 0, 0), "{domains:?}");
+
+    // --per-domain-rate: a.example's 6 DSNs at 2/s take at least 5 half seconds, however
+    // fast the overall rate.
+    let cli = Cli::new();
+    owed_dsns(&cli, &senders(6, 2));
+    let sink = Sink::start(&cli.at("sink"));
+    let started = Instant::now();
+    let out = cli.run(&[
+        "--json",
+        "bounces",
+        "send",
+        "--rate",
+        "1000/s",
+        "--per-domain-rate",
+        "2/s",
+        "--relay",
+        &sink.url(),
+    ]);
+    let elapsed = started.elapsed().as_secs_f64();
+    check(&out, 0);
+    assert_eq!(sink.messages_settled().len(), 8);
+    let rate = 5.0 / elapsed;
+    assert!(
+        rate <= 2.0,
+        "measured {rate:.2}/s to a.example over --per-domain-rate 2/s"
+    );
+}
+
+#[test]
+fn a_421_from_the_relay_halves_the_pace_of_bounces_send() {
+    use crate::support::smtp_peer::{Peer, Script};
+
+    let cli = Cli::new();
+    owed_dsns(&cli, &senders(4, 0));
+    let mut script = Script::accepting(&["8BITMIME", "DSN"]);
+    script.on_mail = Box::new(|n| (n == 2).then(|| "421 4.7.0 slow down, please".to_string()));
+    let relay = Peer::start(script);
+    let out = cli.run(&[
+        "--json",
+        "bounces",
+        "send",
+        "--rate",
+        "20/s",
+        "--relay",
+        &relay.url(),
+    ]);
+    // The deferred DSN waits for the next send.
+    check(&out, 75);
+    let paces = out.events("pace");
+    assert_eq!(paces.len(), 1, "{}", out.stdout);
+    assert_eq!(paces[0]["rate"], 10.0, "{paces:?}");
+    assert!(
+        paces[0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("421"),
+        "{paces:?}"
+    );
+    assert_eq!(by_domain(&out)["a.example"], (3, 1, 0), "{}", out.stdout);
+    assert!(out.stderr.contains("pace now"), "{}", out.stderr);
+}
