@@ -590,3 +590,79 @@ fn a_421_from_the_relay_halves_the_pace_of_bounces_send() {
     assert_eq!(by_domain(&out)["a.example"], (3, 1, 0), "{}", out.stdout);
     assert!(out.stderr.contains("pace now"), "{}", out.stderr);
 }
+
+#[test]
+fn delay_warnings_skip_senders_the_policy_would_not_bounce_to() {
+    let cli = Cli::new();
+    let spool = cli.at("spool");
+    std::fs::create_dir_all(&spool).expect("spool dir");
+    let held = [
+        Case {
+            name: "1-ham",
+            sender: "a@ham.example",
+            above: "",
+            below: "",
+            dropped: None,
+        },
+        Case {
+            name: "2-spam",
+            sender: "a@spam.example",
+            above: "X-Spam-Flag: YES\n",
+            below: "",
+            dropped: Some("spam"),
+        },
+    ];
+    for c in &held {
+        std::fs::write(spool.join(format!("{}.eml", c.name)), message(c)).expect("eml");
+        std::fs::write(
+            spool.join(format!("{}.json", c.name)),
+            format!(
+                r#"{{"sender": "{}", "recipients": ["b@example.net"], "arrival": "2023-01-02T10:00:00Z"}}"#,
+                c.sender
+            ),
+        )
+        .expect("sidecar");
+    }
+    let incident = cli.at("incident.toml");
+    std::fs::write(
+        &incident,
+        r#"
+name = "test outage"
+reporting_mta = "mx.example.net"
+restored_at = "2023-01-10T00:00:00Z"
+queue_lifetime = "30d"
+[[window]]
+name = "held"
+start = "2023-01-01T00:00:00Z"
+end = "2023-01-05T00:00:00Z"
+action = "hold"
+
+[bounces]
+spam = "suppress"
+"#,
+    )
+    .expect("incident");
+    check(&cli.run(&["ingest".as_ref(), spool.as_os_str()]), 0);
+    let out = cli.run(&[
+        "--json",
+        "run",
+        "--incident",
+        &incident.display().to_string(),
+        "--store",
+        &format!("maildir:{}", cli.store().display()),
+        "--outbox",
+        &cli.outbox().display().to_string(),
+        "--now",
+        "2023-01-04T00:00:00Z",
+        "--warn-after",
+        "24h",
+    ]);
+    check(&out, 0);
+    let dsns = cli.run(&["--json", "bounces"]).events("dsn");
+    let to: Vec<&str> = dsns
+        .iter()
+        .map(|d| d["to"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(to, ["a@ham.example"], "{dsns:?}");
+    assert_eq!(dsns[0]["kind"], "delay");
+}
