@@ -57,12 +57,14 @@ impl Replay<'_> {
                 if due.is_empty() {
                     continue;
                 }
-                let original = read_verified(m).unwrap_or_default();
-                if dsn::warn_suppressed(&original) {
+                let original = read_verified(m).ok();
+                if dsn::warn_suppressed(original.as_deref().unwrap_or_default()) {
                     continue;
                 }
-                // No warning either to a sender the policy would not bounce to.
-                if !policy_verdict(self.settings.incident, m).bounces() {
+                // No warning either to a sender the policy would not bounce to (judged
+                // on the bytes just read: one read of the spool).
+                let policy = &self.settings.incident.bounces;
+                if !bounce_policy::judge(policy, m.sender.as_str(), original.as_deref()).bounces() {
                     continue;
                 }
                 let work = MessageWork {
