@@ -395,9 +395,14 @@ pub enum BouncesAction {
         #[arg(long, value_name = "URL")]
         relay: String,
 
-        /// At most this many DSNs per time unit (N/s, N/m, N/h)
+        /// At most this many DSNs per time unit (N/s, N/m, N/h); default 10/s. Halved
+        /// when the relay answers 4xx (421 included), then climbing back
         #[arg(long, value_name = "N/s")]
         rate: Option<String>,
+
+        /// At most this many DSNs per time unit to one destination domain
+        #[arg(long, value_name = "N/s")]
+        per_domain_rate: Option<String>,
 
         /// Accept any TLS certificate from the relay
         #[arg(long)]

@@ -127,6 +127,7 @@ pub enum BouncesConfig {
     Send {
         relay: SmtpTarget,
         rate: Option<RateSpec>,
+        per_domain_rate: Option<RateSpec>,
         credentials: Option<SmtpCredentials>,
         insecure_tls: bool,
         timeouts: Timeouts,
@@ -392,6 +393,7 @@ fn bounces(a: cli::BouncesArgs) -> Result<BouncesConfig> {
             Some(A::Send {
                 relay,
                 rate,
+                per_domain_rate,
                 insecure_tls,
                 connect_timeout,
                 reply_timeout,
@@ -402,6 +404,13 @@ fn bounces(a: cli::BouncesArgs) -> Result<BouncesConfig> {
             rate: rate
                 .as_deref()
                 .map(|r| r.parse::<RateSpec>().map_err(|e| usage("--rate", e)))
+                .transpose()?,
+            per_domain_rate: per_domain_rate
+                .as_deref()
+                .map(|r| {
+                    r.parse::<RateSpec>()
+                        .map_err(|e| usage("--per-domain-rate", e))
+                })
                 .transpose()?,
             credentials: SmtpCredentials::from_env().map_err(|e| {
                 anyhow::Error::new(Failure::new(Exit::Config, format!("SMTP credentials: {e}")))

@@ -34,7 +34,8 @@ mod status;
 
 pub use notify::{dsn_owed, failure_dsn_owed, warn_suppressed};
 pub use status::{
-    LocalFailure, status_at_expiry, status_for_local, status_for_reply, status_for_reply_text,
+    LocalFailure, is_over_quota, status_at_expiry, status_for_local, status_for_reply,
+    status_for_reply_text,
 };
 
 use std::fmt::Write as _;

@@ -64,6 +64,9 @@ pub struct MailboxRow {
     /// Pending, in flight or deferred.
     pub pending: u64,
     pub uncertain: u64,
+    /// Not delivered, the store having said the mailbox is full (x.2.2): deferred and
+    /// retried, or bounced at expiry. The mailboxes whose quota the operator should raise.
+    pub over_quota: u64,
 }
 
 impl MailboxRow {
@@ -91,6 +94,7 @@ impl MailboxRow {
         self.held += other.held;
         self.pending += other.pending;
         self.uncertain += other.uncertain;
+        self.over_quota += other.over_quota;
     }
 }
 
@@ -118,7 +122,8 @@ pub(super) fn mailbox_sql() -> String {
            max(CASE WHEN r.state = {delivered} THEN {delivered_at} - m.arrival_unix END), \
            sum(r.state IN ({bounced}, {failed})), sum(r.state = {dropped}), \
            sum(r.state = {held}), sum(r.state IN ({pending}, {in_flight}, {deferred})), \
-           sum(r.state = {uncertain}) \
+           sum(r.state = {uncertain}), \
+           sum(r.state <> {delivered} AND coalesce(r.status, '') IN ('4.2.2', '5.2.2')) \
          FROM recipients r JOIN messages m ON m.id = r.message_id \
          GROUP BY lower(r.address) ORDER BY lower(r.address)"
     )
@@ -136,6 +141,7 @@ pub(super) fn mailbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MailboxRow>
         held: n(6)?,
         pending: n(7)?,
         uncertain: n(8)?,
+        over_quota: n(9)?,
     })
 }
 
@@ -494,6 +500,8 @@ mod tests {
         assert_eq!(rows[0].bounced, 1);
         assert_eq!(rows[1].held, 1);
         assert_eq!(rows[1].worst_delay_seconds, None);
+        // Nobody's status says the mailbox was full (and a NULL status counts as 0).
+        assert!(rows.iter().all(|r| r.over_quota == 0), "{rows:?}");
     }
 
     #[test]

@@ -865,7 +865,24 @@ impl From<Outcome> for Settled {
                     format!("already in the store from an interrupted run: {detail}"),
                 )
             },
+            Outcome::Deferred { reply, remote } if crate::dsn::is_over_quota(&reply) => Settled {
+                status: crate::dsn::status_for_reply_text(&reply),
+                remote,
+                ..Settled::new(RcptState::Deferred, reply)
+            },
             Outcome::Deferred { reply, remote } => Settled {
+                remote,
+                ..Settled::new(RcptState::Deferred, reply)
+            },
+            // A full mailbox is retried within its queue lifetime even after a 552; the
+            // status (x.2.2) is kept, so `report --affected` counts it and an expiry DSN
+            // says the mailbox was full.
+            Outcome::Failed {
+                reply,
+                status,
+                remote,
+            } if crate::dsn::is_over_quota(&reply) => Settled {
+                status: Some(status),
                 remote,
                 ..Settled::new(RcptState::Deferred, reply)
             },

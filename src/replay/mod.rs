@@ -8,7 +8,7 @@
 mod bounce;
 mod deliver;
 
-pub use bounce::{Unbuildable, make_dsn};
+pub use bounce::{Unbuildable, make_dsn, policy_verdict};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -7,6 +7,7 @@
 mod support;
 
 mod audit;
+mod bounce_policy;
 mod bounces;
 mod cli_ingest;
 mod cli_report;

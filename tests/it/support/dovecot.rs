@@ -70,18 +70,25 @@ impl Dovecot {
     /// mailbox answers 452 4.2.2.
     #[track_caller]
     pub fn start_with(users: &[User]) -> Dovecot {
-        Dovecot::start_inner(users, false)
+        Dovecot::start_inner(users, false, true)
+    }
+
+    /// Starts a Dovecot knowing `users` with Dovecot's default `quota_full_tempfail = no`:
+    /// a full mailbox answers `552 5.2.2 … Quota exceeded (mailbox for user is full)`.
+    #[track_caller]
+    pub fn start_hard_quota(users: &[User]) -> Dovecot {
+        Dovecot::start_inner(users, false, false)
     }
 
     /// As `start_with`, plus IMAP on another loopback port with a master user
     /// (`MASTER_USER`/`MASTER_PASSWORD`, separator `*`), as an IMAP store is set up.
     #[track_caller]
     pub fn start_imap_with(users: &[User]) -> Dovecot {
-        Dovecot::start_inner(users, true)
+        Dovecot::start_inner(users, true, true)
     }
 
     #[track_caller]
-    fn start_inner(users: &[User], imap: bool) -> Dovecot {
+    fn start_inner(users: &[User], imap: bool, tempfail: bool) -> Dovecot {
         ensure_installed();
         let dir = tempfile::tempdir().expect("temp dir for dovecot");
         // Dovecot's processes run as other users: they must reach the folder.
@@ -100,7 +107,11 @@ impl Dovecot {
         )
         .expect("masters file");
         let conf = root.join("dovecot.conf");
-        std::fs::write(&conf, config(root, port, imap_port)).expect("dovecot.conf");
+        let mut text = config(root, port, imap_port);
+        if !tempfail {
+            text = text.replace("quota_full_tempfail = yes", "quota_full_tempfail = no");
+        }
+        std::fs::write(&conf, text).expect("dovecot.conf");
         let d = Dovecot {
             dir,
             conf,
