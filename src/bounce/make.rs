@@ -5,8 +5,9 @@
 use anyhow::Result;
 use chrono::{DateTime, Datelike, FixedOffset, Local};
 
-use super::Decision;
+use super::{Decision, policy_verdict};
 use crate::address::ReversePath;
+use crate::bounce_policy;
 use crate::crash_hook;
 use crate::dsn::{self, Action, Diagnostic, DsnError, DsnRecipient, DsnRequest};
 use crate::incident::Incident;
@@ -53,8 +54,14 @@ impl Replay<'_> {
                 if due.is_empty() {
                     continue;
                 }
-                let original = read_verified(m).unwrap_or_default();
-                if dsn::warn_suppressed(&original) {
+                let original = read_verified(m).ok();
+                if dsn::warn_suppressed(original.as_deref().unwrap_or_default()) {
+                    continue;
+                }
+                // No warning either to a sender the policy would not bounce to (judged
+                // on the bytes just read: one read of the spool).
+                let policy = &self.settings.incident.bounces;
+                if !bounce_policy::judge(policy, m.sender.as_str(), original.as_deref()).bounces() {
                     continue;
                 }
                 let work = MessageWork {
@@ -117,6 +124,19 @@ impl Replay<'_> {
         })?;
         if owed.is_empty() {
             return Ok(());
+        }
+        // `[bounces]`: no backscatter to senders our MX did not authenticate, or whose
+        // mail it marked as spam. The recipients are dropped with the rule and verdict.
+        let verdict = policy_verdict(self.settings.incident, m);
+        if !verdict.bounces() {
+            return self.drop_all(&owed, false, |r| {
+                let failed = r
+                    .reply
+                    .as_deref()
+                    .map(|why| format!("; it failed: {why}"))
+                    .unwrap_or_default();
+                format!("{}{failed}", verdict.reason())
+            });
         }
         let work = &MessageWork {
             message: m.clone(),
@@ -204,7 +224,7 @@ impl Replay<'_> {
         kind: DsnKind,
         unbuildable: &Unbuildable,
     ) -> Result<()> {
-        let notice = crate::sanitize::for_terminal(&unbuildable.to_string());
+        let notice = crate::sanitize::for_terminal(&unbuildable.to_string()).into_owned();
         (self.on_event)(Event::Notice(&notice));
         match kind {
             DsnKind::Delay => Ok(()),
@@ -429,13 +449,21 @@ fn explanation(work: &MessageWork, incident: &Incident) -> String {
             .and_then(|w| w.note.as_deref());
         dsn::explain::bounced(m.arrival, note)
     } else {
-        dsn::explain::expired(&dsn::explain::Expiry {
+        let text = dsn::explain::expired(&dsn::explain::Expiry {
             arrival: m.arrival,
             lifetime: incident.queue_lifetime,
             deadline: crate::classify::deadline(incident, m.arrival),
             restored_at: incident.restored_at,
             tried: expired.iter().any(|r| r.attempts > 0),
-        })
+        });
+        let full = expired
+            .iter()
+            .any(|r| matches!(r.status.as_deref(), Some("4.2.2" | "5.2.2")));
+        if full {
+            dsn::explain::mailbox_full(text)
+        } else {
+            text
+        }
     };
     dsn::explain::with_operator_text(text, incident.dsn_text.as_deref())
 }

@@ -3,8 +3,9 @@
 //! (`outbox`) and sending it through a relay (`relay`). `dsn` stays the pure builder of
 //! the bytes.
 //!
-//! A bounce policy (suppressing DSNs for some mail) belongs in [`decide`]: both the DSN
-//! step and the preview follow it.
+//! The `[bounces]` policy (`bounce_policy`: no DSN to senders our MX did not
+//! authenticate, or whose mail it marked as spam) is applied beside [`decide`]
+//! ([`policy_verdict`]): both the DSN step and the preview follow it.
 
 mod make;
 pub mod outbox;
@@ -13,8 +14,11 @@ pub mod relay;
 pub use make::{Unbuildable, make_dsn};
 
 use crate::address::ReversePath;
+use crate::bounce_policy::{self, Verdict};
 use crate::dsn;
-use crate::ledger::RecipientRow;
+use crate::incident::Incident;
+use crate::ledger::{MessageRow, RecipientRow};
+use crate::replay::read_verified;
 
 /// What becomes of one message's failed recipients.
 #[derive(Debug, Clone)]
@@ -49,6 +53,19 @@ pub fn decide(
         .into_iter()
         .partition(|r| dsn::failure_dsn_owed(r.notify));
     Decision::Failure { owed, unwanted }
+}
+
+/// The `[bounces]` policy's verdict on a DSN to `m`'s sender, from the original as
+/// ingested (re-read from the spool and checked against its content hash). Without a
+/// policy the spool is not read. Beside [`decide`]: the DSN step applies it to the
+/// recipients a failure DSN is owed for, and `bounces preview` shows it.
+pub fn policy_verdict(incident: &Incident, m: &MessageRow) -> Verdict {
+    let policy = &incident.bounces;
+    if !policy.is_active() {
+        return bounce_policy::judge(policy, m.sender.as_str(), Some(&[]));
+    }
+    let original = read_verified(m).ok();
+    bounce_policy::judge(policy, m.sender.as_str(), original.as_deref())
 }
 
 #[cfg(test)]

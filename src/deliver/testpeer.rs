@@ -193,7 +193,7 @@ fn read_line(reader: &mut BufReader<Box<dyn Duplex>>) -> Result<String, String> 
 
 /// The answer a server's reply makes, as an expected outcome: one line (`550 5.1.1 text`)
 /// or the lines as sent, each ending in a line end.
-pub fn said(reply: &str) -> Answer {
+pub(crate) fn said(reply: &str) -> Answer {
     let wire = if reply.ends_with('\n') {
         reply.to_string()
     } else {

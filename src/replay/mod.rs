@@ -14,10 +14,10 @@ use anyhow::Result;
 use chrono::{DateTime, FixedOffset};
 
 use crate::classify::{self, Classification, Disposition};
-use crate::config::PaceConfig;
 use crate::deliver::{Deliverer, Outcome, StoreError};
 use crate::incident::Incident;
 use crate::ledger::{Change, Ledger, MessageRow, MessageWork, RcptState, SPOOL_CHANGED, Tx};
+use crate::pace::{Alone, PaceConfig, TokenSource};
 use crate::spool::{self, ContentHash, SpoolFormat};
 
 /// Messages per page when walking the ledger outside of delivery batches.
@@ -118,6 +118,8 @@ pub struct Stats {
     pub held: u64,
     pub dropped: u64,
     pub uncertain: u64,
+    /// Recipients whose copy another ledger of the cluster has (`run --cluster`).
+    pub cluster_duplicates: u64,
     /// `--uncertain verify`: uncertain recipients found in the store, not found (and so
     /// delivered again), and those the store could not be asked about (still uncertain).
     pub verified_found: u64,
@@ -145,6 +147,10 @@ pub struct Replay<'a> {
     pub on_event: &'a mut dyn FnMut(Event<'_>),
     pub stats: Stats,
     started: Instant,
+    /// Turns beyond the local pace: none needed alone, the cluster's with `--cluster`.
+    tokens: Box<dyn TokenSource + 'a>,
+    /// The message about to go in flight was not checked across ledgers.
+    unchecked: bool,
 }
 
 impl<'a> Replay<'a> {
@@ -163,7 +169,15 @@ impl<'a> Replay<'a> {
             on_event,
             stats: Stats::default(),
             started: Instant::now(),
+            tokens: Box::new(Alone),
+            unchecked: false,
         }
+    }
+
+    /// Takes turns from `tokens` (a cluster) as well as from the local pace.
+    pub fn with_tokens(mut self, tokens: Box<dyn TokenSource + 'a>) -> Replay<'a> {
+        self.tokens = tokens;
+        self
     }
 
     /// The whole recovery pass.

@@ -4,8 +4,10 @@
 #![allow(dead_code)] // each test module uses a different part
 
 pub mod dovecot;
+pub mod golden;
 pub mod mailhost;
 pub mod minispool;
+pub mod redis;
 pub mod sink;
 pub mod smtp_peer;
 
