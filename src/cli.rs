@@ -283,6 +283,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "5m")]
     pub store_timeout: String,
 
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics while the run goes, e.g.
+    /// 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     #[command(flatten)]
     pub clock: Clock,
 

@@ -162,6 +162,8 @@ pub struct RunConfig {
     pub postmaster: Option<String>,
     /// SMTP/LMTP connect and reply timeouts.
     pub timeouts: Timeouts,
+    /// `--metrics`: where to serve Prometheus metrics.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -260,6 +262,7 @@ impl Config {
                     })?,
                     insecure_tls: a.insecure_tls,
                     timeouts: reply_timeouts(&a.connect_timeout, &a.reply_timeout)?,
+                    metrics: a.metrics,
                     warn_after: a
                         .warn_after
                         .as_deref()

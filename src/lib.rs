@@ -14,6 +14,7 @@ pub mod exit;
 pub mod incident;
 pub mod ledger;
 pub mod line_ends;
+pub mod metrics;
 pub mod outbox;
 pub mod pace;
 pub mod plan;

@@ -1,6 +1,7 @@
 //! `spoolreplay run`: the recovery itself (see `replay`), with progress, a summary and the
 //! exit code that tells a script whether to run again.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -14,6 +15,7 @@ use crate::deliver::smtp::{SmtpOptions, SmtpStore};
 use crate::deliver::wire::ClientOptions;
 use crate::exit::{Exit, Failure};
 use crate::ledger::{DsnFilter, Ledger, RcptState};
+use crate::metrics::{Endpoint, Metrics};
 use crate::plan::{MASS_BOUNCE_HINT, Plan, mass_bounce};
 use crate::replay::{Event, Replay, Settings, Stop, StoreFactory};
 use crate::report::progress::Progress;
@@ -33,6 +35,14 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     let factory = store_factory(&cfg);
     let describe = cfg.store.to_string();
     let shutdown = Shutdown::install("finishing the deliveries in flight")?;
+    let metrics = Arc::new(Metrics::new());
+    let endpoint = cfg
+        .metrics
+        .map(|addr| Endpoint::start(addr, Arc::clone(&metrics)))
+        .transpose()?;
+    if let Some(e) = &endpoint {
+        printer.note(&format!("metrics at http://{}/metrics", e.addr()));
+    }
     let started = Instant::now();
     if cfg.fixed_clock {
         printer.note(&format!(
@@ -130,6 +140,9 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         shutdown.flag(),
         &mut on_event,
     );
+    if endpoint.is_some() {
+        replay = replay.with_metrics(Arc::clone(&metrics));
+    }
     let outcome = replay.run();
     let mut stats = std::mem::take(&mut replay.stats);
     drop(replay);
@@ -245,8 +258,17 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
             printed?;
         }
     }
+    // A stop request wants a prompt exit more than a last scrape.
+    if let Some(e) = endpoint
+        && signal.is_none()
+    {
+        e.finish(METRICS_LINGER);
+    }
     Ok(exit)
 }
+
+/// How long a finished run with `--metrics` waits for a last scrape of its final values.
+const METRICS_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Before anything is expired or bounced: a plan that would bounce or expire more than
 /// `--max-bounce-share` of the open messages is refused (exit 78) with the plan line that

@@ -6,6 +6,7 @@
 //! Deferred recipients are retried with backoff within the run until their message's
 //! deadline.
 
+use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -153,7 +154,15 @@ struct Dispatch {
     handled: u64,
     store_down_since: Option<Instant>,
     down_streak: u32,
+    /// Recent (time, messages handled, recipients finished), for the measured pace and
+    /// the ETA of `--metrics`.
+    samples: VecDeque<(Instant, u64, u64)>,
 }
+
+/// How often the gauges of `--metrics` are refreshed (one `GROUP BY state` each time).
+const METRICS_EVERY: Duration = Duration::from_secs(1);
+/// The window the measured pace and the ETA average over.
+const METRICS_WINDOW: Duration = Duration::from_secs(30);
 
 impl Replay<'_> {
     /// Delivers everything deliverable, retrying deferred mail until its deadline.
@@ -192,7 +201,9 @@ impl Replay<'_> {
             handled: 0,
             store_down_since: None,
             down_streak: 0,
+            samples: VecDeque::new(),
         };
+        self.feed_gauges(&mut d)?;
         let mut after = 0;
         loop {
             if self.stats.stop.is_some() {
@@ -265,7 +276,7 @@ impl Replay<'_> {
                 health = worst(health, self.settle(early, &mut d)?);
             }
             while d.outstanding > 0 {
-                let first = self.next_result(done, &d)?;
+                let first = self.next_result(done, &mut d)?;
                 health = worst(health, self.settle(with_ready(first, done), &mut d)?);
             }
             match health {
@@ -302,7 +313,7 @@ impl Replay<'_> {
 
     /// The next result from a worker, however long the store takes; the progress line is
     /// fed meanwhile, so a transaction blocked on a slow store is never silent.
-    fn next_result(&mut self, done: &Receiver<Done>, d: &Dispatch) -> Result<Done> {
+    fn next_result(&mut self, done: &Receiver<Done>, d: &mut Dispatch) -> Result<Done> {
         loop {
             match done.recv_timeout(TICK) {
                 Ok(result) => return Ok(result),
@@ -312,6 +323,7 @@ impl Replay<'_> {
                         messages: d.handled,
                         pace: &text,
                     });
+                    self.feed_gauges(d)?;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     anyhow::bail!("the delivery workers stopped")
@@ -432,6 +444,17 @@ impl Replay<'_> {
             self.stats.messages += 1;
             test_hook("after-store");
             signals.extend(signal_of(&done.result));
+            if let (
+                Some(m),
+                Attempt::Store {
+                    latency,
+                    result: Ok(_),
+                    ..
+                },
+            ) = (&self.metrics, &done.result)
+            {
+                m.transaction(*latency);
+            }
         }
         let (health, handed) = self.record_all(batch, next)?;
         for signal in signals {
@@ -448,7 +471,57 @@ impl Replay<'_> {
                 pace: &text,
             });
         }
+        self.feed_gauges(d)?;
         Ok((health, handed))
+    }
+
+    /// Refreshes the gauges of `--metrics` (at most every `METRICS_EVERY`): recipients
+    /// per state from the ledger, the measured pace and its ceiling, the ETA.
+    fn feed_gauges(&mut self, d: &mut Dispatch) -> Result<()> {
+        let Some(m) = self.metrics.clone() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if d.samples
+            .back()
+            .is_some_and(|(t, ..)| now.duration_since(*t) < METRICS_EVERY)
+        {
+            return Ok(());
+        }
+        let finished = self.stats.delivered + self.stats.already_there + self.stats.failed;
+        d.samples.push_back((now, d.handled, finished));
+        while d.samples.len() > 2
+            && d.samples
+                .front()
+                .is_some_and(|(t, ..)| now.duration_since(*t) > METRICS_WINDOW)
+        {
+            d.samples.pop_front();
+        }
+        let counts = self.ledger.state_counts()?;
+        m.set_recipients(&counts);
+        let Some(&(since, handled, settled)) = d.samples.front() else {
+            return Ok(());
+        };
+        let secs = now.duration_since(since).as_secs_f64();
+        let per_second = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        m.pace(per_second(d.handled - handled), d.pace.rate());
+        let open: u64 = counts
+            .iter()
+            .filter(|(s, _)| {
+                matches!(
+                    s,
+                    RcptState::Pending | RcptState::Deferred | RcptState::InFlight
+                )
+            })
+            .map(|(_, n)| *n)
+            .sum();
+        let rate = per_second(finished - settled);
+        m.eta(match open {
+            0 => Some(Duration::ZERO),
+            _ if rate > 0.0 => Some(Duration::from_secs_f64(open as f64 / rate)),
+            _ => None,
+        });
+        Ok(())
     }
 
     /// Writes the outcome of one attempt to the ledger.
@@ -505,6 +578,9 @@ impl Replay<'_> {
         })?;
         for rec in &recorded {
             for (r, s) in rec.work.recipients.iter().zip(&rec.outcomes) {
+                if let Some(m) = &self.metrics {
+                    feed_outcome(m, &rec.work.message, s, now);
+                }
                 match s.state {
                     RcptState::Delivered if s.already => self.stats.already_there += 1,
                     RcptState::Delivered => self.stats.delivered += 1,
@@ -621,6 +697,29 @@ fn mark_in_flight(tx: &Tx<'_>, work: &MessageWork) -> Result<MessageWork> {
         r.state = RcptState::InFlight;
     }
     Ok(moved)
+}
+
+/// One recipient's outcome for `--metrics`: its count, its reply's class (when a server
+/// replied), and for a delivery the time since the message arrived.
+fn feed_outcome(
+    m: &crate::metrics::Metrics,
+    message: &crate::ledger::MessageRow,
+    s: &Settled,
+    now: chrono::DateTime<chrono::FixedOffset>,
+) {
+    use crate::metrics::DeliveryOutcome;
+    let outcome = match s.state {
+        RcptState::Delivered => DeliveryOutcome::Delivered,
+        RcptState::Deferred => DeliveryOutcome::Deferred,
+        RcptState::Failed => DeliveryOutcome::Failed,
+        RcptState::Uncertain => DeliveryOutcome::Uncertain,
+        _ => return,
+    };
+    let code = s.remote.as_ref().and_then(|_| reply_code(&s.detail));
+    m.outcome(outcome, code);
+    if s.state == RcptState::Delivered && !s.already {
+        m.delivered_after((now - message.arrival).to_std().unwrap_or_default());
+    }
 }
 
 /// `first` and every other result already waiting: they are recorded together.

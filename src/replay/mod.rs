@@ -10,6 +10,7 @@ mod deliver;
 
 pub use bounce::{Unbuildable, make_dsn};
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use crate::config::PaceConfig;
 use crate::deliver::{Deliverer, StoreError};
 use crate::incident::Incident;
 use crate::ledger::{Change, Ledger, MessageRow, MessageWork, RcptState, SPOOL_CHANGED, Tx};
+use crate::metrics::Metrics;
 use crate::spool::{self, ContentHash, SpoolFormat};
 
 /// Messages per page when walking the ledger outside of delivery batches.
@@ -140,6 +142,8 @@ pub struct Replay<'a> {
     pub on_event: &'a mut dyn FnMut(Event<'_>),
     pub stats: Stats,
     started: Instant,
+    /// Fed as the run goes when `--metrics` serves them (see `metrics.rs`).
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<'a> Replay<'a> {
@@ -158,7 +162,14 @@ impl<'a> Replay<'a> {
             on_event,
             stats: Stats::default(),
             started: Instant::now(),
+            metrics: None,
         }
+    }
+
+    /// Feeds `metrics` while the run goes.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The whole recovery pass.
@@ -182,7 +193,13 @@ impl<'a> Replay<'a> {
             self.deliver_all()?;
         }
         self.warn_delayed()?;
-        self.make_dsns()
+        self.make_dsns()?;
+        // The last scrape before exit shows where the ledger ended, not the last tick.
+        if let Some(m) = &self.metrics {
+            m.set_recipients(&self.ledger.state_counts()?);
+            m.pace(0.0, None);
+        }
+        Ok(())
     }
 
     /// The clock: `--now` (or the wall clock at the start), advanced by the time elapsed.

@@ -17,6 +17,7 @@ mod exit_codes;
 mod faults;
 mod hostile_spool;
 mod hostile_store;
+mod metrics;
 mod postfix;
 mod realworld;
 mod report_combined;

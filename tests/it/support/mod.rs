@@ -6,6 +6,7 @@
 pub mod dovecot;
 pub mod mailhost;
 pub mod minispool;
+pub mod prometheus;
 pub mod sink;
 pub mod smtp_peer;
 
