@@ -25,6 +25,7 @@ pub mod sanitize;
 pub mod shard;
 pub mod shutdown;
 pub mod spool;
+pub mod systemd;
 pub mod throttle;
 
 use clap::Parser;

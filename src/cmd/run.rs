@@ -23,6 +23,7 @@ use crate::report::table::Table;
 use crate::report::{Printer, json as events};
 use crate::sanitize::for_terminal;
 use crate::shutdown::{Shutdown, Signal};
+use crate::systemd::Notifier;
 use crate::throttle::format_duration;
 
 pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Result<Exit> {
@@ -72,6 +73,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     // run would deliver (what `report` calls "Messages that would be delivered"), not the
     // open recipients: the plan the mass-bounce check made.
     let mut progress = Progress::new(&output, "messages", deliveries);
+    let notifier = Notifier::start(shutdown.shared_flag());
     let mut last_seen = 0u64;
     let mut event_error: Option<std::io::Error> = None;
     let mut on_event = |e: Event<'_>| {
@@ -111,9 +113,23 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
             Event::Delivered { messages, pace } => {
                 progress.add(messages - last_seen, pace);
                 last_seen = messages;
+                if let Some(n) = &notifier {
+                    n.status(&format!(
+                        "{messages}/{deliveries} messages handed to the store, {pace}"
+                    ));
+                }
+                Ok(())
+            }
+            Event::Ready => {
+                if let Some(n) = &notifier {
+                    n.ready();
+                }
                 Ok(())
             }
             Event::Notice(text) => {
+                if let Some(n) = &notifier {
+                    n.status(&for_terminal(text));
+                }
                 printer.verbose(&for_terminal(text));
                 printer.event(&json!({"type": "notice", "text": text}))
             }
@@ -147,6 +163,8 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     let mut stats = std::mem::take(&mut replay.stats);
     drop(replay);
     progress.finish();
+    // STOPPING=1 now: what follows is the summary, not delivery.
+    drop(notifier);
     outcome?;
     // After a signal, output may be gone (SIGHUP: the terminal closed): what matters then
     // is the ledger and the exit code, not whether the events could be printed.

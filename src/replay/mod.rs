@@ -96,6 +96,9 @@ pub enum Event<'a> {
     Delivered { messages: u64, pace: &'a str },
     /// A change of pace or a wait, worth a line of its own.
     Notice(&'a str),
+    /// What an earlier run left in flight is settled: from here on the run only delivers
+    /// and bounces (a service manager hears `READY=1`).
+    Ready,
 }
 
 /// Why the run stopped early.
@@ -188,6 +191,7 @@ impl<'a> Replay<'a> {
         self.settle_in_flight(probe.as_mut())?;
         drop(probe);
         self.apply_uncertain_policy()?;
+        (self.on_event)(Event::Ready);
         self.classify_open()?;
         if self.stats.stop.is_none() {
             self.deliver_all()?;

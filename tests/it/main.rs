@@ -29,3 +29,4 @@ mod safety;
 mod shard;
 mod signals;
 mod spool;
+mod systemd;
