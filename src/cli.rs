@@ -288,6 +288,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// The store counts as unhealthy (wait, probe with one message at a time, exit 75
+    /// after --store-timeout) when this many consecutive recipients got a 4xx; 0: never
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub breaker_recipients: usize,
+
+    /// … across at least this many distinct mailboxes (one full mailbox is not the store)
+    #[arg(long, value_name = "M", default_value_t = 5)]
+    pub breaker_mailboxes: usize,
+
     #[command(flatten)]
     pub clock: Clock,
 

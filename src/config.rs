@@ -164,6 +164,8 @@ pub struct RunConfig {
     pub timeouts: Timeouts,
     /// `--metrics`: where to serve Prometheus metrics.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--breaker-recipients`, `--breaker-mailboxes`.
+    pub breaker: crate::breaker::BreakerConfig,
 }
 
 #[derive(Debug)]
@@ -263,6 +265,10 @@ impl Config {
                     insecure_tls: a.insecure_tls,
                     timeouts: reply_timeouts(&a.connect_timeout, &a.reply_timeout)?,
                     metrics: a.metrics,
+                    breaker: crate::breaker::BreakerConfig {
+                        recipients: a.breaker_recipients,
+                        mailboxes: a.breaker_mailboxes,
+                    },
                     warn_after: a
                         .warn_after
                         .as_deref()

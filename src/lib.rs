@@ -4,6 +4,7 @@
 //! `run` is the whole program behind `main`: parse, validate, dispatch, render errors.
 
 pub mod address;
+pub mod breaker;
 pub mod classify;
 pub mod cli;
 pub mod cmd;

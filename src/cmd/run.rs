@@ -126,6 +126,13 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
                 }
                 Ok(())
             }
+            Event::Alert(text) => {
+                if let Some(n) = &notifier {
+                    n.status(&for_terminal(text));
+                }
+                printer.warn(&for_terminal(text));
+                printer.event(&json!({"type": "warning", "text": text}))
+            }
             Event::Notice(text) => {
                 if let Some(n) = &notifier {
                     n.status(&for_terminal(text));
@@ -148,6 +155,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         retry: cfg.retry,
         warn_after: cfg.warn_after,
         postmaster: cfg.postmaster.clone(),
+        breaker: cfg.breaker,
     };
     let mut replay = Replay::new(
         &mut ledger,

@@ -19,6 +19,7 @@ use super::{
     redeliver_once, test_hook,
 };
 use crate::address::ReturnContent;
+use crate::breaker::{self, Breaker};
 use crate::classify::Disposition;
 use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::ledger::{Change, MessageWork, RcptState, Tx};
@@ -53,6 +54,9 @@ pub(super) enum Health {
     LosingReplies,
     /// The store could not be reached: wait and try again.
     Down,
+    /// The store refuses every recipient alike (the circuit breaker is open): wait as
+    /// for `Down`, then probe with one message at a time.
+    Refusing,
     /// The store is full: stop.
     Full,
 }
@@ -157,6 +161,7 @@ struct Dispatch {
     /// Recent (time, messages handled, recipients finished), for the measured pace and
     /// the ETA of `--metrics`.
     samples: VecDeque<(Instant, u64, u64)>,
+    breaker: Breaker,
 }
 
 /// How often the gauges of `--metrics` are refreshed (one `GROUP BY state` each time).
@@ -202,6 +207,7 @@ impl Replay<'_> {
             store_down_since: None,
             down_streak: 0,
             samples: VecDeque::new(),
+            breaker: Breaker::new(self.settings.breaker),
         };
         self.feed_gauges(&mut d)?;
         let mut after = 0;
@@ -268,8 +274,14 @@ impl Replay<'_> {
                 };
                 test_hook("after-in-flight");
                 // The channel has room (see `until_a_worker_is_free`): no wait on the store.
+                let id = work.message.id;
                 jobs.send(work).context("the delivery workers stopped")?;
                 d.outstanding += 1;
+                // An open breaker probes with one message: its reply decides what next.
+                if d.breaker.is_open() {
+                    after = id;
+                    break;
+                }
             }
             if !d.early.is_empty() {
                 let early = std::mem::take(&mut d.early);
@@ -289,6 +301,11 @@ impl Replay<'_> {
                 Health::Down => self.wait_for_store(&mut d, "unreachable"),
                 Health::LosingReplies => {
                     self.wait_for_store(&mut d, "losing its replies after the final dot")
+                }
+                Health::Refusing => {
+                    let reply = d.breaker.trip().map(|t| t.reply).unwrap_or_default();
+                    let what = format!("refusing every recipient (`{reply}`)");
+                    self.wait_for_store(&mut d, &what)
                 }
             }
         }
@@ -444,6 +461,7 @@ impl Replay<'_> {
             self.stats.messages += 1;
             test_hook("after-store");
             signals.extend(signal_of(&done.result));
+            self.feed_breaker(done, d);
             if let (
                 Some(m),
                 Attempt::Store {
@@ -456,7 +474,14 @@ impl Replay<'_> {
                 m.transaction(*latency);
             }
         }
-        let (health, handed) = self.record_all(batch, next)?;
+        // Replies that keep the breaker open hand nothing more over in this commit; the
+        // next probe goes out after the wait, in a commit of its own.
+        let refusing = settled > 0 && d.breaker.is_open();
+        let next = next.filter(|_| !refusing);
+        let (mut health, handed) = self.record_all(batch, next)?;
+        if refusing {
+            health = worst(health, Health::Refusing);
+        }
         for signal in signals {
             if let Some(change) = d.pace.observe(self.started.elapsed(), signal) {
                 d.pace_text = format!("pace {} ({})", format_rate(change.rate), change.reason);
@@ -473,6 +498,48 @@ impl Replay<'_> {
         }
         self.feed_gauges(d)?;
         Ok((health, handed))
+    }
+
+    /// Tells the circuit breaker each recipient's reply, and the printer when it opens
+    /// or closes.
+    fn feed_breaker(&mut self, done: &Done, d: &mut Dispatch) {
+        let Attempt::Store {
+            result: Ok(outcomes),
+            at,
+            ..
+        } = &done.result
+        else {
+            return;
+        };
+        for (r, o) in done.work.recipients.iter().zip(outcomes) {
+            let reply = match o {
+                Outcome::Deferred {
+                    reply,
+                    remote: Some(_),
+                } if reply_code(reply).is_some_and(|c| (400..500).contains(&c)) => {
+                    breaker::Reply::Transient(reply)
+                }
+                Outcome::Delivered { .. }
+                | Outcome::AlreadyThere { .. }
+                | Outcome::Failed { .. } => breaker::Reply::Answered,
+                // A lost reply or a refusal that is not the store's says nothing either way.
+                _ => continue,
+            };
+            match d.breaker.observe(&r.address, reply, at) {
+                Some(breaker::Change::Opened(t)) => {
+                    (self.on_event)(Event::Alert(&format!(
+                        "the store refused the last {} recipients ({} mailboxes) since {} with a temporary error, the last `{}`: treating it as unhealthy, waiting and then trying one message at a time (exit 75 after --store-timeout)",
+                        t.recipients, t.mailboxes, t.since, t.reply
+                    )));
+                }
+                Some(breaker::Change::Closed) => {
+                    (self.on_event)(Event::Alert(
+                        "the store accepts recipients again: back to the normal pace",
+                    ));
+                }
+                None => {}
+            }
+        }
     }
 
     /// Refreshes the gauges of `--metrics` (at most every `METRICS_EVERY`): recipients
@@ -850,6 +917,7 @@ fn worst(a: Health, b: Health) -> Health {
     match (a, b) {
         (Health::Full, _) | (_, Health::Full) => Health::Full,
         (Health::Down, _) | (_, Health::Down) => Health::Down,
+        (Health::Refusing, _) | (_, Health::Refusing) => Health::Refusing,
         (Health::LosingReplies, _) | (_, Health::LosingReplies) => Health::LosingReplies,
         _ => Health::Fine,
     }

@@ -77,6 +77,8 @@ pub struct Settings<'a> {
     pub warn_after: Option<Duration>,
     /// Send a copy of failed bounces (null sender) to this address.
     pub postmaster: Option<String>,
+    /// When the store counts as refusing everything (`--breaker-*`).
+    pub breaker: crate::breaker::BreakerConfig,
 }
 
 /// Something that happened, for the printer.
@@ -96,6 +98,9 @@ pub enum Event<'a> {
     Delivered { messages: u64, pace: &'a str },
     /// A change of pace or a wait, worth a line of its own.
     Notice(&'a str),
+    /// Something the operator must hear at once, even without `-v` (the store refuses
+    /// everything).
+    Alert(&'a str),
     /// What an earlier run left in flight is settled: from here on the run only delivers
     /// and bounces (a service manager hears `READY=1`).
     Ready,

@@ -4,6 +4,7 @@ mod support;
 
 mod audit;
 mod bounces;
+mod breaker;
 mod cli_ingest;
 mod cli_report;
 mod cli_run;
