@@ -297,6 +297,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "M", default_value_t = 5)]
     pub breaker_mailboxes: usize,
 
+    /// Delivery order: arrival (oldest first), newest (newest first), or fair
+    /// (round-robin across mailboxes: everyone's first message before anyone's second)
+    #[arg(long, value_name = "ORDER", default_value = "arrival")]
+    pub order: String,
+
     #[command(flatten)]
     pub clock: Clock,
 

@@ -166,6 +166,8 @@ pub struct RunConfig {
     pub metrics: Option<std::net::SocketAddr>,
     /// `--breaker-recipients`, `--breaker-mailboxes`.
     pub breaker: crate::breaker::BreakerConfig,
+    /// `--order`.
+    pub order: crate::ledger::DeliveryOrder,
 }
 
 #[derive(Debug)]
@@ -265,6 +267,7 @@ impl Config {
                     insecure_tls: a.insecure_tls,
                     timeouts: reply_timeouts(&a.connect_timeout, &a.reply_timeout)?,
                     metrics: a.metrics,
+                    order: a.order.parse().map_err(|e: String| usage("--order", e))?,
                     breaker: crate::breaker::BreakerConfig {
                         recipients: a.breaker_recipients,
                         mailboxes: a.breaker_mailboxes,

@@ -156,6 +156,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         warn_after: cfg.warn_after,
         postmaster: cfg.postmaster.clone(),
         breaker: cfg.breaker,
+        order: cfg.order,
     };
     let mut replay = Replay::new(
         &mut ledger,

@@ -74,6 +74,32 @@ pub struct RecipientRow {
     pub delay_dsn_id: Option<i64>,
 }
 
+/// The order `run` delivers in (`--order`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliveryOrder {
+    /// Oldest first: the order the spool was ingested in.
+    #[default]
+    Arrival,
+    /// Newest arrival first: the mail people are waiting for now.
+    Newest,
+    /// Round-robin across mailboxes, so one mailbox with 50,000 messages does not hold
+    /// back everyone else's first message.
+    Fair,
+}
+
+impl std::str::FromStr for DeliveryOrder {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "arrival" => Ok(DeliveryOrder::Arrival),
+            "newest" => Ok(DeliveryOrder::Newest),
+            "fair" => Ok(DeliveryOrder::Fair),
+            other => Err(format!("`{other}` is not `arrival`, `newest` or `fair`")),
+        }
+    }
+}
+
 /// A message with the recipients selected alongside it.
 #[derive(Debug, Clone)]
 pub struct MessageWork {
@@ -417,6 +443,41 @@ impl Ledger {
         Ok(out)
     }
 
+    /// Like [`Ledger::deliverable`], in `order`. `Arrival` pages by id after `after_id`;
+    /// the others take the first `limit` of what is deliverable now (what was handed over
+    /// is in flight or settled by the next call, so no cursor is needed), at the cost of
+    /// one pass over the open recipients per batch.
+    pub fn deliverable_in(
+        &self,
+        order: DeliveryOrder,
+        after_id: i64,
+        limit: usize,
+        now_unix: i64,
+    ) -> Result<Vec<MessageWork>> {
+        const DUE: &str =
+            "(r.state = 'pending' OR (r.state = 'deferred' AND coalesce(r.next_attempt, 0) <= ?1))";
+        let sql = match order {
+            DeliveryOrder::Arrival => return self.deliverable(after_id, limit, now_unix),
+            DeliveryOrder::Newest => format!(
+                "SELECT m.id FROM messages m WHERE EXISTS (SELECT 1 FROM recipients r \
+                 WHERE r.message_id = m.id AND {DUE}) ORDER BY m.arrival_unix DESC, m.id DESC LIMIT ?2"
+            ),
+            // Round-robin across mailboxes: every mailbox's first message, then every
+            // mailbox's second, … (a message to several counts at its best turn).
+            DeliveryOrder::Fair => format!(
+                "SELECT message_id FROM (SELECT r.message_id, row_number() OVER \
+                 (PARTITION BY lower(r.address) ORDER BY r.message_id) AS turn \
+                 FROM recipients r WHERE {DUE}) GROUP BY message_id \
+                 ORDER BY min(turn), message_id LIMIT ?2"
+            ),
+        };
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let ids = stmt
+            .query_map(params![now_unix, limit as i64], |r| r.get::<_, i64>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        self.work_of(ids, now_unix)
+    }
+
     /// Messages with recipients to deliver now: pending, or deferred and due at `now_unix`;
     /// in id order after `after_id`, at most `limit`.
     pub fn deliverable(
@@ -445,6 +506,11 @@ impl Ledger {
         ids.sort_unstable();
         ids.dedup();
         ids.truncate(limit);
+        self.work_of(ids, now_unix)
+    }
+
+    /// The messages `ids`, in that order, with their recipients due at `now_unix`.
+    fn work_of(&self, ids: Vec<i64>, now_unix: i64) -> Result<Vec<MessageWork>> {
         let mut rstmt = self.conn.prepare_cached(&format!(
             "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ?1 AND \
              (state = 'pending' OR (state = 'deferred' AND coalesce(next_attempt, 0) <= ?2)) ORDER BY id"

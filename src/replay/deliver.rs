@@ -22,7 +22,7 @@ use crate::address::ReturnContent;
 use crate::breaker::{self, Breaker};
 use crate::classify::Disposition;
 use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
-use crate::ledger::{Change, MessageWork, RcptState, Tx};
+use crate::ledger::{Change, DeliveryOrder, MessageWork, RcptState, Tx};
 use crate::pace::{Pace, PushBack, Signal, format_rate};
 
 /// How often a dispatcher waiting on the store tells the printer it is still there.
@@ -220,9 +220,17 @@ impl Replay<'_> {
                 return Ok(());
             }
             let now = self.now();
-            let batch =
-                self.ledger
-                    .deliverable(after, self.settings.pace.batch_size, now.timestamp())?;
+            // Only arrival order pages with a cursor (see `Ledger::deliverable_in`).
+            let order = self.settings.order;
+            if order != DeliveryOrder::Arrival {
+                after = 0;
+            }
+            let batch = self.ledger.deliverable_in(
+                order,
+                after,
+                self.settings.pace.batch_size,
+                now.timestamp(),
+            )?;
             let Some(last) = batch.last() else {
                 if after != 0 {
                     after = 0; // a new sweep: mail deferred or requeued since is due again

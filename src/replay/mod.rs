@@ -79,6 +79,8 @@ pub struct Settings<'a> {
     pub postmaster: Option<String>,
     /// When the store counts as refusing everything (`--breaker-*`).
     pub breaker: crate::breaker::BreakerConfig,
+    /// The order deliverable mail is handed over in (`--order`).
+    pub order: crate::ledger::DeliveryOrder,
 }
 
 /// Something that happened, for the printer.

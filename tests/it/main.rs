@@ -19,6 +19,7 @@ mod faults;
 mod hostile_spool;
 mod hostile_store;
 mod metrics;
+mod order;
 mod postfix;
 mod realworld;
 mod report_combined;
