@@ -96,6 +96,28 @@ pub enum Command {
             spoolreplay audit --window rejected-550 --state bounced"
     )]
     Audit(AuditArgs),
+
+    /// Steer the `run` working on this ledger: pause, resume, or change its pace
+    #[command(
+        after_help = "Example:\n  spoolreplay control pause\n  spoolreplay control rate 50/s\n  spoolreplay control resume"
+    )]
+    Control {
+        #[command(subcommand)]
+        action: ControlAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ControlAction {
+    /// Stop handing messages to the store (what is in flight finishes) until `resume`
+    Pause,
+    /// Hand messages to the store again
+    Resume,
+    /// Set the pace's ceiling, e.g. 50/s (the run adapts below it as before)
+    Rate {
+        #[arg(value_name = "N/s")]
+        rate: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -56,6 +56,7 @@ pub enum CommandConfig {
     Status { message: Option<String> },
     Bounces(BouncesConfig),
     Audit(AuditConfig),
+    Control(crate::ledger::Steer),
 }
 
 #[derive(Debug)]
@@ -300,6 +301,17 @@ impl Config {
                 }))
             }
             cli::Command::Status(a) => CommandConfig::Status { message: a.message },
+            cli::Command::Control { action } => CommandConfig::Control(match action {
+                cli::ControlAction::Pause => crate::ledger::Steer::Pause,
+                cli::ControlAction::Resume => crate::ledger::Steer::Resume,
+                cli::ControlAction::Rate { rate } => {
+                    // Checked here, so the run never meets a rate it cannot read.
+                    let spec: crate::throttle::RateSpec = rate
+                        .parse()
+                        .map_err(|e| usage("control rate", format!("{e}")))?;
+                    crate::ledger::Steer::Rate(spec.to_string())
+                }
+            }),
             cli::Command::Bounces(a) => CommandConfig::Bounces(bounces(a)?),
             cli::Command::Audit(a) => CommandConfig::Audit(AuditConfig {
                 filter: AuditFilter {
@@ -327,6 +339,7 @@ fn one_ledger(cli: &Cli) -> Result<PathBuf> {
         cli::Command::Ingest(_) => Some("ingest"),
         cli::Command::Run(_) => Some("run"),
         cli::Command::Status(_) => Some("status"),
+        cli::Command::Control { .. } => Some("control"),
         cli::Command::Bounces(_) => Some("bounces"),
         cli::Command::Audit(_) => Some("audit"),
     };

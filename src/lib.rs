@@ -68,6 +68,7 @@ fn dispatch(cfg: Config) -> anyhow::Result<Exit> {
         CommandConfig::Status { message: Some(q) } => cmd::status::message(ledger, cfg.output, &q),
         CommandConfig::Bounces(c) => cmd::bounces::run(ledger, cfg.output, c),
         CommandConfig::Audit(c) => cmd::audit::run(ledger, cfg.output, c),
+        CommandConfig::Control(steer) => cmd::control::run(ledger, cfg.output, &steer),
     }
 }
 

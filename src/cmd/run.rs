@@ -126,6 +126,13 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
                 }
                 Ok(())
             }
+            Event::Steered(text) => {
+                if let Some(n) = &notifier {
+                    n.status(text);
+                }
+                printer.note(text);
+                printer.event(&json!({"type": "control", "text": text}))
+            }
             Event::Alert(text) => {
                 if let Some(n) = &notifier {
                     n.status(&for_terminal(text));

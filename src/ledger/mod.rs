@@ -13,6 +13,9 @@ mod meta;
 pub mod queries;
 mod schema;
 pub mod state;
+mod steering;
+
+pub use steering::Steer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

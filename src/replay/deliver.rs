@@ -22,8 +22,9 @@ use crate::address::ReturnContent;
 use crate::breaker::{self, Breaker};
 use crate::classify::Disposition;
 use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
-use crate::ledger::{Change, DeliveryOrder, MessageWork, RcptState, Tx};
+use crate::ledger::{Change, DeliveryOrder, MessageWork, RcptState, Steer, Tx};
 use crate::pace::{Pace, PushBack, Signal, format_rate};
+use crate::throttle::RateSpec;
 
 /// How often a dispatcher waiting on the store tells the printer it is still there.
 const TICK: Duration = Duration::from_secs(1);
@@ -162,7 +163,14 @@ struct Dispatch {
     /// the ETA of `--metrics`.
     samples: VecDeque<(Instant, u64, u64)>,
     breaker: Breaker,
+    /// The last `spoolreplay control` request obeyed, and when the ledger was last asked.
+    steered: i64,
+    steer_checked: Option<Instant>,
+    paused: bool,
 }
+
+/// How often the run looks for `spoolreplay control` requests.
+const STEER_EVERY: Duration = Duration::from_millis(500);
 
 /// How often the gauges of `--metrics` are refreshed (one `GROUP BY state` each time).
 const METRICS_EVERY: Duration = Duration::from_secs(1);
@@ -208,6 +216,10 @@ impl Replay<'_> {
             down_streak: 0,
             samples: VecDeque::new(),
             breaker: Breaker::new(self.settings.breaker),
+            // Requests from before this run were for an earlier one.
+            steered: self.ledger.last_steering_id()?,
+            steer_checked: None,
+            paused: false,
         };
         self.feed_gauges(&mut d)?;
         let mut after = 0;
@@ -219,6 +231,8 @@ impl Replay<'_> {
                 self.stats.stop = Some(Stop::Interrupted);
                 return Ok(());
             }
+            // Nothing is outstanding between batches: the health of a pause here is Fine.
+            self.hold_while_paused(done, &mut d)?;
             let now = self.now();
             // Only arrival order pages with a cursor (see `Ledger::deliverable_in`).
             let order = self.settings.order;
@@ -254,6 +268,11 @@ impl Replay<'_> {
             for work in batch {
                 // Stop handing out work when the store is down or full, or on Ctrl-C: what
                 // is not handed out stays pending, untouched.
+                if health != Health::Fine || self.is_interrupted() {
+                    after = work.message.id - 1;
+                    break;
+                }
+                health = worst(health, self.hold_while_paused(done, &mut d)?);
                 if health != Health::Fine || self.is_interrupted() {
                     after = work.message.id - 1;
                     break;
@@ -506,6 +525,57 @@ impl Replay<'_> {
         }
         self.feed_gauges(d)?;
         Ok((health, handed))
+    }
+
+    /// Obeys new `spoolreplay control` requests (at most every `STEER_EVERY`), then,
+    /// while paused, records what comes back and waits for `resume` (or a signal).
+    fn hold_while_paused(&mut self, done: &Receiver<Done>, d: &mut Dispatch) -> Result<Health> {
+        let mut health = Health::Fine;
+        loop {
+            self.steer(d)?;
+            if !d.paused || self.is_interrupted() {
+                return Ok(health);
+            }
+            health = worst(health, self.collect(done, d, Instant::now() + STEER_EVERY)?);
+            self.feed_gauges(d)?;
+        }
+    }
+
+    fn steer(&mut self, d: &mut Dispatch) -> Result<()> {
+        if d.steer_checked.is_some_and(|t| t.elapsed() < STEER_EVERY) {
+            return Ok(());
+        }
+        d.steer_checked = Some(Instant::now());
+        for (id, request) in self.ledger.steering_after(d.steered)? {
+            d.steered = id;
+            let text = match request {
+                Steer::Pause => {
+                    d.paused = true;
+                    "paused by `spoolreplay control pause`: nothing more is handed to the store until `spoolreplay control resume`".to_string()
+                }
+                Steer::Resume => {
+                    d.paused = false;
+                    "resumed by `spoolreplay control resume`".to_string()
+                }
+                Steer::Rate(r) => match r.parse::<RateSpec>() {
+                    Ok(spec) => {
+                        d.pace =
+                            Pace::new(Some(spec.per_second()), self.settings.pace.max_bytes_rate);
+                        d.pace_text = format!(
+                            "pace {} (set by spoolreplay control)",
+                            format_rate(d.pace.rate())
+                        );
+                        format!("pace set to {spec} by `spoolreplay control rate`")
+                    }
+                    Err(e) => format!("ignored `spoolreplay control rate {r}`: {e}"),
+                },
+            };
+            if let Some(m) = &self.metrics {
+                m.paused(d.paused);
+            }
+            (self.on_event)(Event::Steered(&text));
+        }
+        Ok(())
     }
 
     /// Tells the circuit breaker each recipient's reply, and the printer when it opens

@@ -103,6 +103,9 @@ pub enum Event<'a> {
     /// Something the operator must hear at once, even without `-v` (the store refuses
     /// everything).
     Alert(&'a str),
+    /// `spoolreplay control` changed the run (paused, resumed, a new rate): said on
+    /// stderr without `-v`, and as a `control` JSON event.
+    Steered(&'a str),
     /// What an earlier run left in flight is settled: from here on the run only delivers
     /// and bounces (a service manager hears `READY=1`).
     Ready,

@@ -8,6 +8,7 @@ mod breaker;
 mod cli_ingest;
 mod cli_report;
 mod cli_run;
+mod control;
 mod crash;
 mod deliver_lmtp;
 mod deliver_maildir;
