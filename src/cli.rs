@@ -414,6 +414,10 @@ pub enum BouncesAction {
         /// sender may get a DSN twice)
         #[arg(long)]
         resend_uncertain: bool,
+
+        /// Serve Prometheus metrics at http://ADDR:PORT/metrics while sending
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
     },
 
     /// Write the DSNs not yet written as .eml files with a .json envelope

@@ -188,6 +188,7 @@ pub enum BouncesConfig {
         insecure_tls: bool,
         timeouts: Timeouts,
         resend_uncertain: bool,
+        metrics: Option<std::net::SocketAddr>,
     },
     Write {
         outbox: PathBuf,
@@ -384,8 +385,10 @@ fn bounces(a: cli::BouncesArgs) -> Result<BouncesConfig> {
                 connect_timeout,
                 reply_timeout,
                 resend_uncertain,
+                metrics,
             }),
         ) => BouncesConfig::Send {
+            metrics,
             relay: relay.parse().map_err(|e| usage("--relay", e))?,
             rate: rate
                 .as_deref()

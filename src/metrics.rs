@@ -20,6 +20,10 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::exit::{Exit, Failure};
 use crate::ledger::{DsnKind, RcptState};
 
+/// How long a finished command with `--metrics` waits for a last scrape of its final
+/// values.
+pub const LINGER: Duration = Duration::from_secs(5);
+
 /// The content type of the OpenMetrics text format, which Prometheus asks for first.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -259,12 +263,94 @@ impl Metrics {
 
     /// The exposition text (OpenMetrics, ending in `# EOF`).
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail; an encoder error would be a bug in a metric.
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-            out = format!("# cannot encode the metrics: {e}\n# EOF\n");
+        encode(&self.registry)
+    }
+}
+
+/// What an [`Endpoint`] serves: the metrics of `run` or of `bounces send`.
+pub trait Exposition: Send + Sync {
+    fn render(&self) -> String;
+}
+
+impl Exposition for Metrics {
+    fn render(&self) -> String {
+        Metrics::render(self)
+    }
+}
+
+fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail; an encoder error would be a bug in a metric.
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        out = format!("# cannot encode the metrics: {e}\n# EOF\n");
+    }
+    out
+}
+
+/// The metrics of `bounces send --metrics`: DSNs by how their sending ended, and the
+/// relay's replies by class.
+pub struct SendMetrics {
+    registry: Registry,
+    sends: Family<OutcomeLabel, Counter>,
+    replies: Family<ClassLabel, Counter>,
+}
+
+impl Default for SendMetrics {
+    fn default() -> Self {
+        SendMetrics::new()
+    }
+}
+
+impl SendMetrics {
+    pub fn new() -> SendMetrics {
+        let mut registry = Registry::with_prefix("spoolreplay");
+        let sends = Family::<OutcomeLabel, Counter>::default();
+        let replies = Family::<ClassLabel, Counter>::default();
+        for outcome in ["sent", "deferred", "failed", "uncertain"] {
+            let _ = sends.get_or_create(&OutcomeLabel { outcome });
         }
-        out
+        for class in ["2xx", "4xx", "5xx"] {
+            let _ = replies.get_or_create(&ClassLabel { class });
+        }
+        registry.register(
+            "dsn_sends",
+            "DSNs handed to the relay by `bounces send`, by how it ended",
+            sends.clone(),
+        );
+        registry.register(
+            "relay_replies",
+            "The relay's replies to DSNs by class",
+            replies.clone(),
+        );
+        SendMetrics {
+            registry,
+            sends,
+            replies,
+        }
+    }
+
+    /// One DSN's sending: `sent`, `deferred` (sent again next time), `failed` or
+    /// `uncertain`, with the relay's reply code when it answered.
+    pub fn sent(&self, outcome: &'static str, reply: &str) {
+        self.sends.get_or_create(&OutcomeLabel { outcome }).inc();
+        // The reply's three-digit code, when the relay answered at all.
+        let code = reply
+            .get(..3)
+            .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|c| c.parse::<u16>().ok());
+        let class = match code {
+            Some(200..=299) => "2xx",
+            Some(400..=499) => "4xx",
+            Some(500..=599) => "5xx",
+            _ => return,
+        };
+        self.replies.get_or_create(&ClassLabel { class }).inc();
+    }
+}
+
+impl Exposition for SendMetrics {
+    fn render(&self) -> String {
+        encode(&self.registry)
     }
 }
 
@@ -279,7 +365,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Listens on `addr` (port 0: any free port, see [`Endpoint::addr`]).
-    pub fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<Endpoint> {
+    pub fn start(addr: SocketAddr, metrics: Arc<dyn Exposition>) -> Result<Endpoint> {
         let server = tiny_http::Server::http(addr).map_err(|e| {
             anyhow::Error::new(
                 Failure::new(
@@ -300,7 +386,7 @@ impl Endpoint {
         let counter = Arc::clone(&rendered);
         let thread = std::thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || serve(&serving, &metrics, &counter))?;
+            .spawn(move || serve(&serving, metrics.as_ref(), &counter))?;
         Ok(Endpoint {
             server,
             thread: Some(thread),
@@ -334,7 +420,7 @@ impl Drop for Endpoint {
     }
 }
 
-fn serve(server: &tiny_http::Server, metrics: &Metrics, rendered: &AtomicU64) {
+fn serve(server: &tiny_http::Server, metrics: &dyn Exposition, rendered: &AtomicU64) {
     for request in server.incoming_requests() {
         let path = request.url().split('?').next().unwrap_or("");
         let response = if path == "/metrics" {

@@ -15,7 +15,7 @@ use crate::deliver::smtp::{SmtpOptions, SmtpStore};
 use crate::deliver::wire::ClientOptions;
 use crate::exit::{Exit, Failure};
 use crate::ledger::{DsnFilter, Ledger, RcptState};
-use crate::metrics::{Endpoint, Metrics};
+use crate::metrics::{Endpoint, Exposition, Metrics};
 use crate::plan::{MASS_BOUNCE_HINT, Plan, mass_bounce};
 use crate::replay::{Event, Replay, Settings, Stop, StoreFactory};
 use crate::report::progress::Progress;
@@ -39,7 +39,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     let metrics = Arc::new(Metrics::new());
     let endpoint = cfg
         .metrics
-        .map(|addr| Endpoint::start(addr, Arc::clone(&metrics)))
+        .map(|addr| Endpoint::start(addr, Arc::clone(&metrics) as Arc<dyn Exposition>))
         .transpose()?;
     if let Some(e) = &endpoint {
         printer.note(&format!("metrics at http://{}/metrics", e.addr()));
@@ -296,13 +296,10 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     if let Some(e) = endpoint
         && signal.is_none()
     {
-        e.finish(METRICS_LINGER);
+        e.finish(crate::metrics::LINGER);
     }
     Ok(exit)
 }
-
-/// How long a finished run with `--metrics` waits for a last scrape of its final values.
-const METRICS_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Before anything is expired or bounced: a plan that would bounce or expire more than
 /// `--max-bounce-share` of the open messages is refused (exit 78) with the plan line that

@@ -151,3 +151,56 @@ fn prometheus_scrapes_a_run_into_dovecot_and_holds_the_ledgers_numbers() {
         vec![MESSAGES as f64]
     );
 }
+
+#[test]
+fn bounces_send_serves_its_counts_until_a_last_scrape() {
+    let cli = Cli::new();
+    cli.ingest_sample();
+    let args: Vec<String> = cli
+        .run_args(&[])
+        .into_iter()
+        .filter(|a| !a.ends_with("outbox") && a != "--outbox")
+        .collect();
+    check(&cli.run(&args), 75);
+    let sink = crate::support::sink::Sink::start(&cli.at("sink"));
+    let port = free_port();
+    let endpoint = format!("127.0.0.1:{port}");
+    let mut send = cli.spawn(&[
+        "--json",
+        "bounces",
+        "send",
+        "--relay",
+        &sink.url(),
+        "--rate",
+        "50/s",
+        "--metrics",
+        &endpoint,
+    ]);
+    // Scrape as a Prometheus would until the command is gone: the last scrape it
+    // answered came after its last DSN (it waits for one).
+    let mut last = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while send.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "bounces send did not end");
+        if let Some((200, body)) = prometheus::get(port, "/metrics") {
+            last = Some(body);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = crate::support::Output::from(send.wait_with_output().expect("wait"));
+    check(&out, 0);
+    let sent = out.event("send_summary")["sent"].as_u64().expect("sent");
+    assert!(sent > 50, "{}", out.stdout);
+    let text = last.expect("the endpoint answered at least once");
+    let families = strict_families(&text);
+    assert!(
+        families.iter().any(|f| f == "spoolreplay_dsn_sends"),
+        "{families:?}"
+    );
+    for line in [
+        format!("spoolreplay_dsn_sends_total{{outcome=\"sent\"}} {sent}"),
+        format!("spoolreplay_relay_replies_total{{class=\"2xx\"}} {sent}"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
+}
