@@ -367,14 +367,13 @@ impl Endpoint {
     /// Listens on `addr` (port 0: any free port, see [`Endpoint::addr`]).
     pub fn start(addr: SocketAddr, metrics: Arc<dyn Exposition>) -> Result<Endpoint> {
         let server = tiny_http::Server::http(addr).map_err(|e| {
-            anyhow::Error::new(
+            anyhow!("{e}").context(
                 Failure::new(
                     Exit::CantCreate,
                     format!("cannot listen on {addr} for --metrics"),
                 )
                 .with_hint("pick a free port, or another address, for --metrics"),
             )
-            .context(anyhow!("{e}"))
         })?;
         let addr = server
             .server_addr()

@@ -76,8 +76,10 @@ fn send(states: &[NotifyState<'_>]) {
 }
 
 fn notify_loop(shared: &Shared, stop: &AtomicBool, watchdog: Option<Duration>) {
-    let mut last_status = Instant::now() - STATUS_EVERY;
-    let mut last_ping = Instant::now() - watchdog.unwrap_or_default();
+    // Due at once (an Instant cannot go before the clock's start: then just now).
+    let ago = |d: Duration| Instant::now().checked_sub(d).unwrap_or_else(Instant::now);
+    let mut last_status = ago(STATUS_EVERY);
+    let mut last_ping = ago(watchdog.unwrap_or_default());
     let mut stopping = false;
     loop {
         let done = shared.done.load(Ordering::SeqCst);

@@ -48,6 +48,8 @@ impl Ledger {
                 ),
             ));
         }
+        // A damaged ledger is not written to, not even one row.
+        ledger.check_integrity()?;
         Ok(ledger)
     }
 

@@ -204,3 +204,26 @@ fn bounces_send_serves_its_counts_until_a_last_scrape() {
         assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
     }
 }
+
+#[test]
+fn a_metrics_port_in_use_is_refused_before_anything_is_delivered() {
+    let cli = Cli::new();
+    minispool::ingest(
+        &cli,
+        &minispool::plain_spool(2, |i| vec![format!("u{i}@example.net")]),
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = taken.local_addr().expect("addr").to_string();
+    let store = format!("maildir:{}", cli.store().display());
+    let out = cli.run(&run_args(&cli, &store, &["--metrics", &endpoint]));
+    check(&out, 73);
+    assert!(
+        out.stderr
+            .contains(&format!("error: cannot listen on {endpoint} for --metrics"))
+            && out.stderr.contains("hint: pick a free port"),
+        "{}",
+        out.stderr
+    );
+    let rows = ledger_recipients(&cli.ledger);
+    assert!(rows.iter().all(|r| r.state == "pending"), "{rows:?}");
+}
