@@ -248,7 +248,9 @@ pub struct RunArgs {
     pub incident: PathBuf,
 
     /// The restored store: maildir:DIR, lmtp://HOST[:PORT], lmtp:/SOCKET, smtp://HOST[:PORT],
-    /// smtp+starttls://HOST[:PORT] or smtps://HOST[:PORT]
+    /// smtp+starttls://HOST[:PORT], smtps://HOST[:PORT], imap://HOST[:PORT],
+    /// imap+starttls://HOST[:PORT] or imaps://HOST[:PORT] (IMAP: credentials from
+    /// SPOOLREPLAY_IMAP_USER/SPOOLREPLAY_IMAP_PASSWORD or SPOOLREPLAY_IMAP_CREDENTIALS)
     #[arg(long, value_name = "TARGET")]
     pub store: String,
 
@@ -265,9 +267,16 @@ pub struct RunArgs {
     pub concurrency: usize,
 
     /// After a lost reply (the store may or may not have the message): redeliver (a
-    /// duplicate is possible) or hold (nothing until the operator checks)
+    /// duplicate is possible), hold (nothing until the operator checks) or verify (look in
+    /// the store: IMAP and Maildir stores only)
     #[arg(long, value_name = "POLICY", default_value = "redeliver")]
     pub uncertain: String,
+
+    /// With an LMTP or SMTP store: the same mailboxes over IMAP (imap://, imaps://,
+    /// imap+starttls://), where `--uncertain verify` and crash recovery look for a copy;
+    /// each copy then goes in its own transaction with a trace field
+    #[arg(long, value_name = "TARGET")]
+    pub verify_store: Option<String>,
 
     /// First wait before retrying deferred mail; doubled after each deferral
     #[arg(long, value_name = "DURATION", default_value = "1m")]

@@ -8,6 +8,7 @@ use anyhow::Result;
 use chrono::{DateTime, FixedOffset};
 
 use crate::cli::{self, Cli};
+use crate::deliver::imap::{ImapCredentials, ImapTarget};
 use crate::deliver::lmtp::LmtpTarget;
 use crate::deliver::smtp::{SmtpCredentials, SmtpTarget};
 use crate::deliver::wire::Timeouts;
@@ -108,6 +109,7 @@ pub enum StoreTarget {
     Maildir(PathBuf),
     Lmtp(LmtpTarget),
     Smtp(SmtpTarget),
+    Imap(ImapTarget),
 }
 
 impl StoreTarget {
@@ -122,9 +124,11 @@ impl StoreTarget {
         match scheme {
             "lmtp" => s.parse().map(StoreTarget::Lmtp),
             "smtp" | "smtps" | "smtp+starttls" => s.parse().map(StoreTarget::Smtp),
+            "imap" | "imaps" | "imap+starttls" => s.parse().map(StoreTarget::Imap),
             _ => Err(format!(
                 "`{s}` is not a store target; expected maildir:DIR, lmtp://HOST[:PORT], \
-                 lmtp:/SOCKET, smtp://HOST[:PORT], smtp+starttls://… or smtps://…"
+                 lmtp:/SOCKET, smtp://HOST[:PORT], smtp+starttls://…, smtps://…, \
+                 imap://HOST[:PORT], imap+starttls://… or imaps://…"
             )),
         }
     }
@@ -136,6 +140,7 @@ impl std::fmt::Display for StoreTarget {
             StoreTarget::Maildir(dir) => write!(f, "maildir:{}", dir.display()),
             StoreTarget::Lmtp(t) => write!(f, "{t}"),
             StoreTarget::Smtp(t) => write!(f, "{t}"),
+            StoreTarget::Imap(t) => write!(f, "{t}"),
         }
     }
 }
@@ -157,6 +162,10 @@ pub struct RunConfig {
     pub retry: RetryPolicy,
     /// SMTP AUTH credentials, from the environment or a file (never the command line).
     pub credentials: Option<SmtpCredentials>,
+    /// The IMAP store's administrative identity (an `imap://` store or `--verify-store`).
+    pub imap_credentials: Option<ImapCredentials>,
+    /// `--verify-store`: where an LMTP/SMTP store's copies are looked for over IMAP.
+    pub verify_store: Option<ImapTarget>,
     /// Accept any TLS certificate (`--insecure-tls`).
     pub insecure_tls: bool,
     pub warn_after: Option<Duration>,
@@ -193,6 +202,72 @@ pub enum BouncesConfig {
     Write {
         outbox: PathBuf,
     },
+}
+
+/// `--uncertain`; `verify` needs a store that can be searched for a copy (IMAP, Maildir).
+fn uncertain_policy(policy: &str, store: &str, verify_store: bool) -> Result<UncertainPolicy> {
+    match policy {
+        "redeliver" => Ok(UncertainPolicy::Redeliver),
+        "hold" => Ok(UncertainPolicy::Hold),
+        "verify" => match StoreTarget::parse(store) {
+            Ok(StoreTarget::Lmtp(_) | StoreTarget::Smtp(_)) if !verify_store => Err(usage(
+                "--uncertain",
+                "`verify` needs a store that can be searched for a copy: an IMAP store \
+                 (imap://, imaps://), a Maildir store, or LMTP/SMTP with \
+                 --verify-store imap://… (the same mailboxes over IMAP)",
+            )),
+            _ => Ok(UncertainPolicy::Verify),
+        },
+        other => Err(usage(
+            "--uncertain",
+            format!("`{other}` is not `redeliver`, `hold` or `verify`"),
+        )),
+    }
+}
+
+/// The IMAP administrative identity, required for an IMAP store and ignored otherwise.
+fn imap_credentials(store: &str, verify_store: bool) -> Result<Option<ImapCredentials>> {
+    if !verify_store && !matches!(StoreTarget::parse(store), Ok(StoreTarget::Imap(_))) {
+        return Ok(None);
+    }
+    let config = |why: String| {
+        anyhow::Error::new(
+            Failure::new(Exit::Config, format!("IMAP credentials: {why}")).with_hint(format!(
+                "set {} and {} to the store's master user or admin (or {} to a file \
+                 holding `user:password`)",
+                crate::deliver::imap::ENV_USER,
+                crate::deliver::imap::ENV_PASSWORD,
+                crate::deliver::imap::ENV_FILE
+            )),
+        )
+    };
+    match ImapCredentials::from_env() {
+        Ok(Some(c)) => Ok(Some(c)),
+        Ok(None) => Err(config(
+            "an IMAP store needs an administrative identity".into(),
+        )),
+        Err(e) => Err(config(e)),
+    }
+}
+
+/// `--verify-store`: an IMAP target, only beside an LMTP or SMTP store.
+fn verify_store(target: Option<&str>, store: &str) -> Result<Option<ImapTarget>> {
+    let Some(target) = target else {
+        return Ok(None);
+    };
+    if !matches!(
+        StoreTarget::parse(store),
+        Ok(StoreTarget::Lmtp(_) | StoreTarget::Smtp(_))
+    ) {
+        return Err(usage(
+            "--verify-store",
+            "only an LMTP or SMTP store needs it (IMAP and Maildir stores are looked in directly)",
+        ));
+    }
+    target
+        .parse::<ImapTarget>()
+        .map(Some)
+        .map_err(|e| usage("--verify-store", e))
 }
 
 fn usage(option: &str, why: impl std::fmt::Display) -> anyhow::Error {
@@ -250,16 +325,10 @@ impl Config {
                         0 => return Err(usage("--concurrency", "must be at least 1")),
                         n => n,
                     },
-                    uncertain: match a.uncertain.as_str() {
-                        "redeliver" => UncertainPolicy::Redeliver,
-                        "hold" => UncertainPolicy::Hold,
-                        other => {
-                            return Err(usage(
-                                "--uncertain",
-                                format!("`{other}` is not `redeliver` or `hold`"),
-                            ));
-                        }
-                    },
+                    uncertain: uncertain_policy(&a.uncertain, &a.store, a.verify_store.is_some())?,
+                    // Before the credentials: a misplaced option is the clearer error.
+                    verify_store: verify_store(a.verify_store.as_deref(), &a.store)?,
+                    imap_credentials: imap_credentials(&a.store, a.verify_store.is_some())?,
                     credentials: SmtpCredentials::from_env().map_err(|e| {
                         anyhow::Error::new(Failure::new(
                             Exit::Config,

@@ -9,9 +9,11 @@ use serde_json::json;
 
 use crate::config::{Output, RunConfig, StoreTarget};
 use crate::deliver::Deliverer;
+use crate::deliver::imap::{ImapOptions, ImapStore, Proven};
 use crate::deliver::lmtp::LmtpStore;
 use crate::deliver::maildir::MaildirStore;
 use crate::deliver::smtp::{SmtpOptions, SmtpStore};
+use crate::deliver::verify::VerifiedStore;
 use crate::deliver::wire::ClientOptions;
 use crate::exit::{Exit, Failure};
 use crate::ledger::{DsnFilter, Ledger, RcptState};
@@ -238,6 +240,9 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         "spool_changed_examples": stats.spool_changed_examples,
         "remaining": remaining,
         "uncertain": stats.uncertain,
+        "verified_in_store": stats.verified_found,
+        "verified_missing_redelivered": stats.verified_missing,
+        "verify_impossible": stats.verify_impossible,
         "messages": stats.messages,
         "seconds": elapsed.as_secs_f64(),
         "stopped": stats.stop.as_ref().map(|s| stop_text(s, signal)),
@@ -269,6 +274,12 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         count(RcptState::Bounced),
         count(RcptState::Held),
     ));
+    if cfg.uncertain == crate::replay::UncertainPolicy::Verify {
+        summary.push_str(&format!(
+            "Uncertain deliveries checked in the store: {} found there, {} not found and delivered, {} could not be checked (still uncertain)\n",
+            stats.verified_found, stats.verified_missing, stats.verify_impossible,
+        ));
+    }
     if stats.spool_changed > 0 {
         summary.push_str(&spool_changed_text(&stats));
     }
@@ -412,8 +423,42 @@ fn stop_text(stop: &Stop, signal: Option<Signal>) -> String {
     }
 }
 
-/// A constructor of store connections, one per worker.
+/// A constructor of store connections, one per worker; with `--verify-store`, each LMTP or
+/// SMTP connection is paired with an IMAP one to look in the mailboxes.
 fn store_factory(cfg: &RunConfig) -> Box<StoreFactory<'static>> {
+    let plain = plain_store_factory(cfg);
+    let (Some(target), Some(credentials)) =
+        (cfg.verify_store.clone(), cfg.imap_credentials.clone())
+    else {
+        return plain;
+    };
+    let client = ClientOptions {
+        timeouts: cfg.timeouts,
+        ..ClientOptions::default()
+    };
+    let with = match cfg.store {
+        StoreTarget::Smtp(_) => "ESMTP",
+        _ => "LMTP",
+    };
+    let options = ImapOptions {
+        client: client.clone(),
+        credentials,
+        insecure: cfg.insecure_tls,
+        proven: Proven::default(),
+    };
+    Box::new(move || {
+        let inner = plain()?;
+        let imap = ImapStore::connect(target.clone(), options.clone())?;
+        Ok(Box::new(VerifiedStore::new(
+            inner,
+            imap,
+            client.hello_name.clone(),
+            with,
+        )) as Box<dyn Deliverer>)
+    })
+}
+
+fn plain_store_factory(cfg: &RunConfig) -> Box<StoreFactory<'static>> {
     let client = ClientOptions {
         timeouts: cfg.timeouts,
         ..ClientOptions::default()
@@ -434,6 +479,26 @@ fn store_factory(cfg: &RunConfig) -> Box<StoreFactory<'static>> {
             };
             Box::new(move || {
                 SmtpStore::connect(target.clone(), options.clone())
+                    .map(|s| Box::new(s) as Box<dyn Deliverer>)
+            })
+        }
+        StoreTarget::Imap(target) => {
+            let Some(credentials) = cfg.imap_credentials.clone() else {
+                // `Config` refuses an IMAP store without credentials; keep the factory total.
+                return Box::new(|| {
+                    Err(crate::deliver::StoreError::Unavailable(
+                        "no IMAP credentials".into(),
+                    ))
+                });
+            };
+            let options = ImapOptions {
+                client,
+                credentials,
+                insecure: cfg.insecure_tls,
+                proven: Proven::default(),
+            };
+            Box::new(move || {
+                ImapStore::connect(target.clone(), options.clone())
                     .map(|s| Box::new(s) as Box<dyn Deliverer>)
             })
         }

@@ -35,6 +35,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Write};
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
@@ -142,7 +143,7 @@ impl MaildirStore {
             return Ok(already_there(&found));
         }
         let tmp_path = maildir.join("tmp").join(&name);
-        write_tmp(&tmp_path, &bytes)?;
+        write_tmp(&tmp_path, &bytes, arrival_time(delivery))?;
         if let Err(e) = fs::rename(&tmp_path, &new_path) {
             let _ = fs::remove_file(&tmp_path);
             return Err(io_problem(&e, "cannot move into", &new_path));
@@ -488,7 +489,7 @@ fn legacy_file_name(delivery: &Delivery<'_>, target: &Target, size: usize) -> St
 }
 
 /// The first 32 hex digits of SHA-256 over `message_key`, a NUL and `mailbox`.
-fn name_hash(message_key: &str, mailbox: &str) -> String {
+pub(crate) fn name_hash(message_key: &str, mailbox: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(message_key.as_bytes());
     hasher.update([0u8]);
@@ -515,9 +516,21 @@ fn find_in_cur(cur: &Path, name: &str) -> Result<Option<PathBuf>, Problem> {
     Ok(None)
 }
 
+/// The message's arrival as a file time: IMAP servers reading a Maildir (Dovecot) show a
+/// file's modification time as its INTERNALDATE, the date mail clients sort by.
+fn arrival_time(delivery: &Delivery<'_>) -> SystemTime {
+    let at = delivery.arrival;
+    let secs = at.timestamp();
+    match u64::try_from(secs) {
+        Ok(s) => UNIX_EPOCH + Duration::new(s, at.timestamp_subsec_nanos().min(999_999_999)),
+        // Before 1970: screened out at ingest; the epoch is the nearest honest time.
+        Err(_) => UNIX_EPOCH,
+    }
+}
+
 /// Writes and fsyncs `tmp/NAME`, replacing a leftover from a crashed run; removes it again
 /// if anything fails.
-fn write_tmp(path: &Path, bytes: &[u8]) -> Result<(), Problem> {
+fn write_tmp(path: &Path, bytes: &[u8], mtime: SystemTime) -> Result<(), Problem> {
     match fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -531,7 +544,11 @@ fn write_tmp(path: &Path, bytes: &[u8]) -> Result<(), Problem> {
     let mut file = options
         .open(path)
         .map_err(|e| io_problem(&e, "cannot create", path))?;
-    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    // The mtime is set before the fsync, so it is durable with the bytes.
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.set_modified(mtime))
+        .and_then(|()| file.sync_all());
     drop(file);
     if let Err(e) = written {
         let _ = fs::remove_file(path);
@@ -714,6 +731,28 @@ mod tests {
                 name_hash("0123abcd", "bob@example.net")
             )
         );
+    }
+
+    #[test]
+    fn copies_carry_the_arrival_as_mtime_also_when_written_again() {
+        let root = tempfile::tempdir().unwrap();
+        let mut store = MaildirStore::new(root.path()).unwrap();
+        let sender = ReversePath::Address("s@x.test".into());
+        let d = delivery(&sender, "2023-01-23T10:00:07+01:00");
+        let rcpt = [RecipientSpec::plain("bob@example.net")];
+        let path = |o: &Outcome| match o {
+            Outcome::Delivered { detail, .. } => PathBuf::from(detail),
+            other => panic!("not delivered: {other:?}"),
+        };
+        let first = path(&store.deliver(&d, &rcpt).unwrap()[0]);
+        let mtime = |p: &Path| fs::metadata(p).unwrap().modified().unwrap();
+        let want = UNIX_EPOCH + Duration::from_secs(1_674_464_407);
+        assert_eq!(mtime(&first), want);
+        // A crash lost the copy (a restore from backup, say): written again, same date.
+        fs::remove_file(&first).unwrap();
+        let again = path(&store.deliver(&d, &rcpt).unwrap()[0]);
+        assert_eq!(again, first);
+        assert_eq!(mtime(&again), want);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! A failed delivery is data (`Outcome`), not an `Err`: `Err(StoreError)` means the store
 //! itself cannot be used (down, full disk) and the run must stop and checkpoint.
 
+pub mod imap;
 pub mod lmtp;
 pub mod maildir;
 pub mod reply;
@@ -11,6 +12,7 @@ pub mod smtp;
 mod testpeer;
 mod tls;
 mod transaction;
+pub mod verify;
 pub mod wire;
 
 use crate::address::{Notify, ReturnContent, ReversePath};

@@ -355,6 +355,78 @@ impl Conn {
         }
     }
 
+    /// Reads one line (returned without its CRLF or LF) that must arrive by `deadline` and
+    /// hold at most `max` octets: IMAP's responses are lines, not SMTP replies. The limit is
+    /// checked on what is buffered before every read, so an endless line costs `max` plus one
+    /// read of memory.
+    pub(crate) fn read_line(
+        &mut self,
+        deadline: Instant,
+        max: usize,
+    ) -> Result<Vec<u8>, WireError> {
+        self.stream.socket().deadline = Some(deadline);
+        let result = self.read_line_inner(max);
+        self.stream.socket().deadline = None;
+        result
+    }
+
+    fn read_line_inner(&mut self, max: usize) -> Result<Vec<u8>, WireError> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                if end > max {
+                    return Err(too_long(max));
+                }
+                let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(line);
+            }
+            if self.buf.len() > max {
+                return Err(too_long(max));
+            }
+            self.fill(&mut chunk)?;
+        }
+    }
+
+    /// Reads exactly `n` octets (an IMAP literal) by `deadline`.
+    pub(crate) fn read_exact(&mut self, n: usize, deadline: Instant) -> Result<Vec<u8>, WireError> {
+        self.stream.socket().deadline = Some(deadline);
+        let mut chunk = [0u8; 4096];
+        let result = loop {
+            if self.buf.len() >= n {
+                break Ok(self.buf.drain(..n).collect());
+            }
+            if let Err(e) = self.fill(&mut chunk) {
+                break Err(e);
+            }
+        };
+        self.stream.socket().deadline = None;
+        result
+    }
+
+    fn fill(&mut self, chunk: &mut [u8]) -> Result<(), WireError> {
+        loop {
+            match self.stream.read(chunk) {
+                Ok(0) => return Err(WireError::Closed),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // The caller knows how long it allowed; the error names the kind only.
+                Err(e) => return Err(WireError::from_io(e, self.timeouts.command)),
+            }
+        }
+    }
+
+    /// True when the server sent bytes that nothing asked for yet.
+    pub(crate) fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// Reads the greeting (a reply like any other, with the reply timeout); the error says
     /// what went wrong in words an operator can act on.
     pub(crate) fn greeting(&mut self) -> Result<Reply, String> {
@@ -392,6 +464,13 @@ impl Conn {
     pub(crate) fn abandon(mut self) {
         self.stream.socket().shutdown();
     }
+}
+
+fn too_long(max: usize) -> WireError {
+    WireError::Io(io::Error::new(
+        ErrorKind::InvalidData,
+        format!("response too long: a line of more than {max} octets"),
+    ))
 }
 
 /// The message as it goes on the wire, before dot-stuffing: every line end CRLF by the

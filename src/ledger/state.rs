@@ -99,8 +99,9 @@ impl RcptState {
             Held => matches!(to, Pending | Failed | Dropped),
             InFlight => matches!(to, Delivered | Deferred | Failed | Held | Uncertain),
             Failed => matches!(to, Bounced | Dropped),
-            // Redelivered (a possible duplicate) or kept for the operator, per --uncertain.
-            Uncertain => matches!(to, Pending | Held),
+            // Redelivered (a possible duplicate) or kept for the operator, per --uncertain;
+            // in flight again when `verify` looks for it in the store.
+            Uncertain => matches!(to, Pending | Held | InFlight),
             Delivered | Bounced | Dropped | DeliveredBefore | Duplicate => false,
         };
         if allowed {

@@ -35,6 +35,16 @@ pub(super) struct Done {
     result: Attempt,
 }
 
+impl Done {
+    /// What the store said per recipient, when it was reached.
+    pub(super) fn outcomes(&self) -> Option<&[Outcome]> {
+        match &self.result {
+            Attempt::Store { result: Ok(o), .. } => Some(o),
+            _ => None,
+        }
+    }
+}
+
 enum Attempt {
     /// The spool file changed or vanished since ingest.
     Unreadable(String),

@@ -19,7 +19,7 @@ use chrono::{DateTime, FixedOffset};
 
 use crate::classify::{self, Classification, Disposition};
 use crate::config::PaceConfig;
-use crate::deliver::{Deliverer, StoreError};
+use crate::deliver::{Deliverer, Outcome, StoreError};
 use crate::incident::Incident;
 use crate::ledger::{Change, Ledger, MessageRow, MessageWork, RcptState, SPOOL_CHANGED, Tx};
 use crate::metrics::Metrics;
@@ -39,6 +39,9 @@ pub enum UncertainPolicy {
     /// Keep it as `uncertain` for the operator to check: nothing twice, but nothing until
     /// someone looks.
     Hold,
+    /// Look in the store (a `verifiable` one: IMAP, Maildir): a copy found is delivered, a
+    /// copy not found is delivered now; when the store cannot be asked it stays uncertain.
+    Verify,
 }
 
 /// How deferred recipients are retried within a run.
@@ -133,6 +136,11 @@ pub struct Stats {
     pub held: u64,
     pub dropped: u64,
     pub uncertain: u64,
+    /// `--uncertain verify`: uncertain recipients found in the store, not found (and so
+    /// delivered again), and those the store could not be asked about (still uncertain).
+    pub verified_found: u64,
+    pub verified_missing: u64,
+    pub verify_impossible: u64,
     /// Messages handed to the store.
     pub messages: u64,
     pub dsns: u64,
@@ -199,6 +207,9 @@ impl<'a> Replay<'a> {
             }
         };
         self.settle_in_flight(probe.as_mut())?;
+        if self.settings.uncertain == UncertainPolicy::Verify && self.stats.stop.is_none() {
+            self.verify_uncertain(probe.as_mut())?;
+        }
         drop(probe);
         self.apply_uncertain_policy()?;
         (self.on_event)(Event::Ready);
@@ -281,11 +292,75 @@ impl<'a> Replay<'a> {
         }
     }
 
+    /// `--uncertain verify`: every uncertain recipient goes back in flight and is settled as
+    /// a crash's in-flight work is: the store looks for the copy (`recovering`) and appends
+    /// it only if it is not there. A recipient the store could not be asked about comes
+    /// back `Uncertain` and stays so.
+    fn verify_uncertain(&mut self, store: &mut dyn Deliverer) -> Result<()> {
+        if !store.verifiable() {
+            return Ok(());
+        }
+        let mut after = 0;
+        loop {
+            let page = self
+                .ledger
+                .messages_in_states(&[RcptState::Uncertain], after, PAGE)?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            after = last.message.id;
+            for work in &page {
+                let detail = "looking in the store for the copy of an uncertain delivery (--uncertain verify)";
+                let mut moved = work.clone();
+                self.ledger.write(|tx| {
+                    for r in &mut moved.recipients {
+                        tx.set_state(
+                            r,
+                            RcptState::InFlight,
+                            Change {
+                                detail: Some(detail),
+                                audit_only: true,
+                                ..Change::default()
+                            },
+                        )?;
+                        r.state = RcptState::InFlight;
+                    }
+                    Ok(())
+                })?;
+                let done = deliver::attempt(store, &moved, true);
+                match done.outcomes() {
+                    Some(outcomes) => {
+                        for o in outcomes {
+                            match o {
+                                Outcome::AlreadyThere { .. } => self.stats.verified_found += 1,
+                                Outcome::Uncertain { .. } => self.stats.verify_impossible += 1,
+                                _ => self.stats.verified_missing += 1,
+                            }
+                        }
+                    }
+                    None => self.stats.verify_impossible += moved.recipients.len() as u64,
+                }
+                if self.record(done)? != deliver::Health::Fine {
+                    if self.stats.stop.is_none() {
+                        self.stats.stop = Some(Stop::StoreDown(
+                            "the store failed while verifying uncertain deliveries".into(),
+                        ));
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
     /// `--uncertain redeliver` sends uncertain recipients again, once: one sent again
     /// already and uncertain a second time stays `uncertain` (a store that loses the reply
     /// every time would otherwise get a copy per run). `hold` leaves them all.
     fn apply_uncertain_policy(&mut self) -> Result<()> {
-        if self.settings.uncertain == UncertainPolicy::Hold {
+        // `verify` settled what the store could answer for; the rest stays for the next run.
+        if matches!(
+            self.settings.uncertain,
+            UncertainPolicy::Hold | UncertainPolicy::Verify
+        ) {
             return Ok(());
         }
         let mut after = 0;

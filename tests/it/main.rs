@@ -26,6 +26,7 @@ mod realworld;
 mod report_combined;
 mod report_golden;
 mod report_html;
+mod run_imap;
 mod run_lmtp;
 mod run_smtp;
 mod safety;

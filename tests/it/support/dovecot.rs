@@ -49,6 +49,8 @@ pub struct Dovecot {
     dir: tempfile::TempDir,
     conf: PathBuf,
     pub port: u16,
+    /// IMAP on a loopback port, with master user `MASTER_USER` (`start_imap_with`).
+    pub imap_port: Option<u16>,
     /// The master process, run in the foreground (`-F`) as our child: it stays in the
     /// suite's process group, so even a Ctrl-C of the whole suite, which skips `Drop`,
     /// stops it; a daemonized master would be left running.
@@ -71,6 +73,18 @@ impl Dovecot {
     /// mailbox answers 452 4.2.2.
     #[track_caller]
     pub fn start_with(users: &[User]) -> Dovecot {
+        Dovecot::start_inner(users, false)
+    }
+
+    /// As `start_with`, plus IMAP on another loopback port with a master user
+    /// (`MASTER_USER`/`MASTER_PASSWORD`, separator `*`), as an IMAP store is set up.
+    #[track_caller]
+    pub fn start_imap_with(users: &[User]) -> Dovecot {
+        Dovecot::start_inner(users, true)
+    }
+
+    #[track_caller]
+    fn start_inner(users: &[User], imap: bool) -> Dovecot {
         ensure_installed();
         let dir = tempfile::tempdir().expect("temp dir for dovecot");
         // Dovecot's processes run as other users: they must reach the folder.
@@ -81,13 +95,20 @@ impl Dovecot {
         std::fs::create_dir(&mail).expect("mail folder");
         std::os::unix::fs::chown(&mail, Some(MAIL_UID), Some(MAIL_UID)).expect("chown mail folder");
         let port = free_port();
+        let imap_port = imap.then(free_port);
         std::fs::write(root.join("users"), users_file(users)).expect("users file");
+        std::fs::write(
+            root.join("masters"),
+            format!("{MASTER_USER}:{{PLAIN}}{MASTER_PASSWORD}::::::\n"),
+        )
+        .expect("masters file");
         let conf = root.join("dovecot.conf");
-        std::fs::write(&conf, config(root, port)).expect("dovecot.conf");
+        std::fs::write(&conf, config(root, port, imap_port)).expect("dovecot.conf");
         let d = Dovecot {
             dir,
             conf,
             port,
+            imap_port,
             master: Mutex::new(None),
         };
         d.launch();
@@ -263,11 +284,41 @@ fn users_file(users: &[User]) -> String {
         .collect()
 }
 
-fn config(root: &Path, port: u16) -> String {
+/// The IMAP master user (`start_imap_with`).
+pub const MASTER_USER: &str = "replay";
+pub const MASTER_PASSWORD: &str = "masterpw";
+
+fn config(root: &Path, port: u16, imap_port: Option<u16>) -> String {
     let r = root.display();
+    let imap = match imap_port {
+        None => String::new(),
+        // The master passdb first; `pass = yes` makes the user's own passdb confirm the
+        // user exists, so an unknown mailbox is refused.
+        Some(p) => format!(
+            "protocols = $protocols imap
+disable_plaintext_auth = no
+auth_master_user_separator = *
+passdb {{
+  driver = passwd-file
+  master = yes
+  args = scheme=PLAIN {r}/masters
+  pass = yes
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {p}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+"
+        ),
+    };
     format!(
         "protocols = lmtp
-base_dir = {r}/run
+{imap}base_dir = {r}/run
 state_dir = {r}/state
 log_path = {r}/dovecot.log
 info_log_path = {r}/dovecot.log

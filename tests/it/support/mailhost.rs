@@ -20,8 +20,34 @@ impl MailHost {
         }
     }
 
+    /// As `start`, plus IMAP with a master user (`imap_store`, `imap_env`).
+    #[track_caller]
+    pub fn start_imap(users: &[User]) -> MailHost {
+        MailHost {
+            dovecot: Dovecot::start_imap_with(users),
+        }
+    }
+
     pub fn root(&self) -> &Path {
         self.dovecot.root()
+    }
+
+    /// `imap://127.0.0.1:PORT` (only after `start_imap`).
+    pub fn imap_store(&self) -> String {
+        let port = self.dovecot.imap_port.expect("started with start_imap");
+        format!("imap://127.0.0.1:{port}")
+    }
+
+    /// The environment giving `run` the master user's credentials.
+    pub fn imap_env() -> [(&'static str, &'static str); 2] {
+        [
+            ("SPOOLREPLAY_IMAP_USER", super::dovecot::MASTER_USER),
+            ("SPOOLREPLAY_IMAP_PASSWORD", super::dovecot::MASTER_PASSWORD),
+        ]
+    }
+
+    pub fn imap_port(&self) -> u16 {
+        self.dovecot.imap_port.expect("started with start_imap")
     }
 
     /// `lmtp://127.0.0.1:PORT`.
