@@ -9,7 +9,7 @@ Usage (as root for smtp-sink's -u; from the repository root):
 Stages:
   ingest   spoolreplay ingest (postfix and eml spools) vs `cat` of the same files, warm cache
   report   spoolreplay report on each ingested ledger (seconds, peak RSS); no reference
-  maildir  spoolreplay run into maildir: vs bench/durable_loop.rs (write+fsync+rename+fsync dir)
+  maildir  spoolreplay run into maildir: vs examples/durable_loop.rs (write+fsync+rename+fsync dir)
   smtp     spoolreplay run into Postfix smtp-sink vs smtp-source sending as many messages
   lmtp     the same with smtp-sink -L and smtp-source -L
   flush    Postfix itself draining the same generated queue (a throw-away instance under
@@ -145,10 +145,10 @@ class Bench:
         return c.execute("SELECT count(*) FROM recipients WHERE state = 'delivered'").fetchone()[0]
 
     def maildir(self, count, conc):
-        loop = os.path.join(self.work, "durable_loop")
-        if not os.path.exists(loop):
-            sh(["rustc", "-O", "--edition", "2021", os.path.join(HERE, "durable_loop.rs"),
-                "-o", loop])
+        # A cargo example (examples/durable_loop.rs), so CI compiles what this runs.
+        sh(["cargo", "build", "--release", "--example", "durable_loop"],
+           cwd=os.path.join(HERE, ".."))
+        loop = os.path.join(HERE, "..", "target", "release", "examples", "durable_loop")
         ledger = self.fresh_ledger_copy("eml", count, "ledger-maildir.db")
         manifest = os.path.join(self.work, "manifest.tsv")
         c = sqlite3.connect(ledger)

@@ -5,16 +5,6 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-const EXIT_CODES: &str = "\
-Exit codes:
-  0    done (held and quarantined items are reported, not pending)
-  75   deliverable work remains, or the ledger is busy: run again to resume
-  130  interrupted by Ctrl-C after a clean checkpoint
-  143  stopped by SIGTERM, 129 by SIGHUP, likewise (a second signal stops at once)
-  64 usage, 65 bad data (also: spool changed since ingest), 66 input not found,
-  69 store unavailable, 73 cannot create output, 74 i/o error,
-  78 bad configuration (also: a run that would bounce more than --max-bounce-share)";
-
 #[derive(Debug, Parser)]
 #[command(
     name = "spoolreplay",
@@ -23,7 +13,7 @@ Exit codes:
     long_about = "Replay mail spooled during a mail-store outage into the restored store.\n\n\
         ingest reads a spool into the ledger; report shows what run would do; run delivers, \
         bounces what expired and records every outcome; status and bounces show where things stand.",
-    after_help = EXIT_CODES
+    after_help = crate::exit::Exit::help_table()
 )]
 pub struct Cli {
     /// The SQLite ledger that records every message and decision; `report` takes several
@@ -97,6 +87,12 @@ pub enum Command {
     )]
     Audit(AuditArgs),
 
+    /// Pause, resume or watch the runs that share a `--cluster` address
+    #[command(
+        after_help = "Example:\n  spoolreplay cluster status --cluster redis://10.0.0.5/mx-recovery\n  \
+            spoolreplay cluster pause --cluster redis://10.0.0.5/mx-recovery"
+    )]
+    Cluster(ClusterArgs),
     /// Steer the `run` working on this ledger: pause, resume, or change its pace
     #[command(
         after_help = "Example:\n  spoolreplay control pause\n  spoolreplay control rate 50/s\n  spoolreplay control resume"
@@ -341,6 +337,43 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub pace: Pace,
+
+    /// Share --rate and --max-bytes-rate with every run given the same address, as
+    /// cluster-wide totals, with a shared back-off (redis://HOST[:PORT][/NAME], rediss://
+    /// for TLS; the password from SPOOLREPLAY_REDIS_PASSWORD or the address)
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+
+    /// With --cluster, while the coordinator is away: `best-effort` goes on and records
+    /// that duplicates across ledgers were not checked; `strict` waits (exit 75 after
+    /// --store-timeout)
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "best-effort",
+        requires = "cluster"
+    )]
+    pub cluster_dedupe: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub action: ClusterAction,
+
+    /// The cluster's address, as given to `run --cluster`
+    #[arg(long, value_name = "URL", global = true)]
+    pub cluster: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterAction {
+    /// Members finish what is in flight and hand nothing more to the store until `resume`
+    Pause,
+    /// Members go on where they paused
+    Resume,
+    /// Every member's progress and heartbeat, and the total
+    Status,
 }
 
 #[derive(Debug, Args)]
@@ -402,9 +435,14 @@ pub enum BouncesAction {
         #[arg(long, value_name = "URL")]
         relay: String,
 
-        /// At most this many DSNs per time unit (N/s, N/m, N/h)
+        /// At most this many DSNs per time unit (N/s, N/m, N/h); default 10/s. Halved
+        /// when the relay answers 4xx (421 included), then climbing back
         #[arg(long, value_name = "N/s")]
         rate: Option<String>,
+
+        /// At most this many DSNs per time unit to one destination domain
+        #[arg(long, value_name = "N/s")]
+        per_domain_rate: Option<String>,
 
         /// Accept any TLS certificate from the relay
         #[arg(long)]

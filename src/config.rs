@@ -8,39 +8,22 @@ use anyhow::Result;
 use chrono::{DateTime, FixedOffset};
 
 use crate::cli::{self, Cli};
+use crate::cluster::ClusterUrl;
 use crate::deliver::imap::{ImapCredentials, ImapTarget};
-use crate::deliver::lmtp::LmtpTarget;
 use crate::deliver::smtp::{SmtpCredentials, SmtpTarget};
+pub use crate::deliver::target::StoreTarget;
 use crate::deliver::wire::Timeouts;
 use crate::exit::{Exit, Failure};
 use crate::incident::{self, Incident};
 use crate::ledger::RcptState;
 use crate::ledger::queries::AuditFilter;
+pub use crate::pace::PaceConfig;
 use crate::replay::{RetryPolicy, UncertainPolicy};
 use crate::report::sheet::Format;
+pub use crate::report::{Output, Verbosity};
 use crate::shard::ShardSpec;
 use crate::spool::SpoolFormat;
 use crate::throttle::RateSpec;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verbosity {
-    Quiet,
-    Normal,
-    Verbose(u8),
-}
-
-/// How output is rendered.
-#[derive(Debug, Clone, Copy)]
-pub struct Output {
-    pub json: bool,
-    pub verbosity: Verbosity,
-}
-
-impl Output {
-    pub fn quiet(&self) -> bool {
-        self.verbosity == Verbosity::Quiet
-    }
-}
 
 #[derive(Debug)]
 pub struct Config {
@@ -54,10 +37,16 @@ pub enum CommandConfig {
     Ingest(IngestConfig),
     Report(ReportConfig),
     Run(Box<RunConfig>),
-    Status { message: Option<String> },
+    Status {
+        message: Option<String>,
+    },
     Bounces(BouncesConfig),
     Audit(AuditConfig),
     Control(crate::ledger::Steer),
+    Cluster {
+        url: ClusterUrl,
+        action: cli::ClusterAction,
+    },
 }
 
 #[derive(Debug)]
@@ -67,16 +56,6 @@ pub struct IngestConfig {
     pub format: Option<SpoolFormat>,
     /// `None`: the whole spool.
     pub shard: Option<ShardSpec>,
-}
-
-/// Throttle settings shared by `run` and the projections of `report`.
-#[derive(Debug, Clone, Copy)]
-pub struct PaceConfig {
-    pub rate: Option<RateSpec>,
-    /// Bytes per second.
-    pub max_bytes_rate: Option<f64>,
-    pub batch_size: usize,
-    pub pause: Duration,
 }
 
 #[derive(Debug)]
@@ -103,48 +82,6 @@ pub struct AuditConfig {
     pub filter: AuditFilter,
 }
 
-/// Where `run` delivers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreTarget {
-    Maildir(PathBuf),
-    Lmtp(LmtpTarget),
-    Smtp(SmtpTarget),
-    Imap(ImapTarget),
-}
-
-impl StoreTarget {
-    pub fn parse(s: &str) -> Result<StoreTarget, String> {
-        if let Some(dir) = s.strip_prefix("maildir:") {
-            if dir.is_empty() {
-                return Err("`maildir:` needs a folder, e.g. maildir:/srv/restored".into());
-            }
-            return Ok(StoreTarget::Maildir(PathBuf::from(dir)));
-        }
-        let scheme = s.split(':').next().unwrap_or("");
-        match scheme {
-            "lmtp" => s.parse().map(StoreTarget::Lmtp),
-            "smtp" | "smtps" | "smtp+starttls" => s.parse().map(StoreTarget::Smtp),
-            "imap" | "imaps" | "imap+starttls" => s.parse().map(StoreTarget::Imap),
-            _ => Err(format!(
-                "`{s}` is not a store target; expected maildir:DIR, lmtp://HOST[:PORT], \
-                 lmtp:/SOCKET, smtp://HOST[:PORT], smtp+starttls://…, smtps://…, \
-                 imap://HOST[:PORT], imap+starttls://… or imaps://…"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for StoreTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StoreTarget::Maildir(dir) => write!(f, "maildir:{}", dir.display()),
-            StoreTarget::Lmtp(t) => write!(f, "{t}"),
-            StoreTarget::Smtp(t) => write!(f, "{t}"),
-            StoreTarget::Imap(t) => write!(f, "{t}"),
-        }
-    }
-}
-
 #[derive(Debug)]
 pub struct RunConfig {
     pub incident: Incident,
@@ -157,6 +94,10 @@ pub struct RunConfig {
     pub outbox: Option<PathBuf>,
     pub return_limit: usize,
     pub pace: PaceConfig,
+    /// `--cluster`: the pace is shared with the other runs at this address.
+    pub cluster: Option<ClusterUrl>,
+    /// `--cluster-dedupe strict`.
+    pub cluster_strict: bool,
     pub concurrency: usize,
     pub uncertain: UncertainPolicy,
     pub retry: RetryPolicy,
@@ -193,6 +134,7 @@ pub enum BouncesConfig {
     Send {
         relay: SmtpTarget,
         rate: Option<RateSpec>,
+        per_domain_rate: Option<RateSpec>,
         credentials: Option<SmtpCredentials>,
         insecure_tls: bool,
         timeouts: Timeouts,
@@ -202,6 +144,12 @@ pub enum BouncesConfig {
     Write {
         outbox: PathBuf,
     },
+}
+
+/// A `--cluster` address, with the password from `SPOOLREPLAY_REDIS_PASSWORD` if set.
+fn cluster_url(s: &str) -> Result<ClusterUrl> {
+    let url: ClusterUrl = s.parse().map_err(|e| usage("--cluster", e))?;
+    Ok(url.with_password(std::env::var("SPOOLREPLAY_REDIS_PASSWORD").ok()))
 }
 
 /// `--uncertain`; `verify` needs a store that can be searched for a copy (IMAP, Maildir).
@@ -321,6 +269,17 @@ impl Config {
                     outbox: a.outbox,
                     return_limit: a.return_limit,
                     pace: pace(&a.pace)?,
+                    cluster: a.cluster.as_deref().map(cluster_url).transpose()?,
+                    cluster_strict: match a.cluster_dedupe.as_str() {
+                        "strict" => true,
+                        "best-effort" => false,
+                        _ => {
+                            return Err(usage(
+                                "--cluster-dedupe",
+                                "must be `strict` or `best-effort`",
+                            ));
+                        }
+                    },
                     concurrency: match a.concurrency {
                         0 => return Err(usage("--concurrency", "must be at least 1")),
                         n => n,
@@ -383,6 +342,15 @@ impl Config {
                 }
             }),
             cli::Command::Bounces(a) => CommandConfig::Bounces(bounces(a)?),
+            cli::Command::Cluster(a) => CommandConfig::Cluster {
+                url: cluster_url(a.cluster.as_deref().ok_or_else(|| {
+                    usage(
+                        "--cluster",
+                        "is needed: the address given to `run --cluster`",
+                    )
+                })?)?,
+                action: a.action,
+            },
             cli::Command::Audit(a) => CommandConfig::Audit(AuditConfig {
                 filter: AuditFilter {
                     state: a.state.as_deref().map(parse_state_option).transpose()?,
@@ -412,6 +380,7 @@ fn one_ledger(cli: &Cli) -> Result<PathBuf> {
         cli::Command::Control { .. } => Some("control"),
         cli::Command::Bounces(_) => Some("bounces"),
         cli::Command::Audit(_) => Some("audit"),
+        cli::Command::Cluster(_) => None,
     };
     match (cli.ledger.as_slice(), name) {
         ([], _) => Err(usage("--ledger", "needs a path")),
@@ -450,6 +419,7 @@ fn bounces(a: cli::BouncesArgs) -> Result<BouncesConfig> {
             Some(A::Send {
                 relay,
                 rate,
+                per_domain_rate,
                 insecure_tls,
                 connect_timeout,
                 reply_timeout,
@@ -462,6 +432,13 @@ fn bounces(a: cli::BouncesArgs) -> Result<BouncesConfig> {
             rate: rate
                 .as_deref()
                 .map(|r| r.parse::<RateSpec>().map_err(|e| usage("--rate", e)))
+                .transpose()?,
+            per_domain_rate: per_domain_rate
+                .as_deref()
+                .map(|r| {
+                    r.parse::<RateSpec>()
+                        .map_err(|e| usage("--per-domain-rate", e))
+                })
                 .transpose()?,
             credentials: SmtpCredentials::from_env().map_err(|e| {
                 anyhow::Error::new(Failure::new(Exit::Config, format!("SMTP credentials: {e}")))
@@ -594,28 +571,5 @@ mod tests {
         assert!(parse_bytes_rate("0MB/s").is_err());
         assert!(parse_bytes_rate("fast").is_err());
         assert!(parse_bytes_rate("5PB/s").is_err());
-    }
-
-    #[test]
-    fn store_targets() {
-        assert_eq!(
-            StoreTarget::parse("maildir:/srv/x"),
-            Ok(StoreTarget::Maildir("/srv/x".into()))
-        );
-        assert!(StoreTarget::parse("maildir:").is_err());
-        assert!(matches!(
-            StoreTarget::parse("lmtp://127.0.0.1:24"),
-            Ok(StoreTarget::Lmtp(_))
-        ));
-        assert!(matches!(
-            StoreTarget::parse("lmtp:/run/dovecot/lmtp"),
-            Ok(StoreTarget::Lmtp(_))
-        ));
-        assert!(matches!(
-            StoreTarget::parse("smtp+starttls://mx.example.net"),
-            Ok(StoreTarget::Smtp(_))
-        ));
-        assert!(StoreTarget::parse("ftp://x").is_err());
-        assert!(StoreTarget::parse("/srv/x").is_err());
     }
 }

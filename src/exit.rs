@@ -33,8 +33,58 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// Every exit code, in the order `--help` lists them (the common ones first).
+    pub const ALL: [Exit; 12] = [
+        Exit::Done,
+        Exit::TempFail,
+        Exit::Interrupted,
+        Exit::Terminated,
+        Exit::HangUp,
+        Exit::Usage,
+        Exit::DataErr,
+        Exit::NoInput,
+        Exit::Unavailable,
+        Exit::CantCreate,
+        Exit::IoErr,
+        Exit::Config,
+    ];
+
     pub fn code(self) -> u8 {
         self as u8
+    }
+
+    /// The line `--help` shows for this code: `meaning` with when else it happens.
+    pub fn help(self) -> &'static str {
+        match self {
+            Exit::Done => "done (held and quarantined items are reported, not pending)",
+            Exit::TempFail => {
+                "deliverable work remains, or the ledger is busy: run again to resume"
+            }
+            Exit::Interrupted => "interrupted by Ctrl-C after a clean checkpoint",
+            Exit::Terminated => {
+                "stopped by SIGTERM, 129 by SIGHUP, likewise (a second signal stops at once)"
+            }
+            Exit::HangUp => "stopped by SIGHUP after a clean checkpoint",
+            Exit::Usage => "usage error",
+            Exit::DataErr => "bad input data (also: spool changed since ingest)",
+            Exit::NoInput => "input not found",
+            Exit::Unavailable => "store unavailable",
+            Exit::CantCreate => "cannot create output",
+            Exit::IoErr => "i/o error",
+            Exit::Config => {
+                "bad configuration (also: a run that would bounce more than --max-bounce-share)"
+            }
+        }
+    }
+
+    /// The `Exit codes:` table of `--help`, one line per code, made from `ALL`; SIGHUP's
+    /// 129 is told on SIGTERM's line, as the two mean the same.
+    pub fn help_table() -> String {
+        let mut out = String::from("Exit codes:");
+        for exit in Exit::ALL.into_iter().filter(|e| *e != Exit::HangUp) {
+            out.push_str(&format!("\n  {:<4} {}", exit.code(), exit.help()));
+        }
+        out
     }
 
     pub fn meaning(self) -> &'static str {
@@ -107,4 +157,56 @@ pub fn exit_for(err: &anyhow::Error) -> Exit {
 
 pub fn hint_for(err: &anyhow::Error) -> Option<&str> {
     failure_of(err).and_then(|f| f.hint.as_deref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_sysexits_and_signals() {
+        let codes: Vec<(Exit, u8)> = Exit::ALL.iter().map(|e| (*e, e.code())).collect();
+        assert_eq!(
+            codes,
+            [
+                (Exit::Done, 0),
+                (Exit::TempFail, 75),
+                (Exit::Interrupted, 130),
+                (Exit::Terminated, 143),
+                (Exit::HangUp, 129),
+                (Exit::Usage, 64),
+                (Exit::DataErr, 65),
+                (Exit::NoInput, 66),
+                (Exit::Unavailable, 69),
+                (Exit::CantCreate, 73),
+                (Exit::IoErr, 74),
+                (Exit::Config, 78),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_help_table_lists_every_code() {
+        let table = Exit::help_table();
+        let lines: Vec<&str> = table.lines().skip(1).collect();
+        assert_eq!(lines.len(), Exit::ALL.len() - 1, "{table}");
+        let listed = Exit::ALL.into_iter().filter(|e| *e != Exit::HangUp);
+        for (line, exit) in lines.iter().zip(listed) {
+            assert_eq!(*line, format!("  {:<4} {}", exit.code(), exit.help()));
+        }
+        assert!(table.contains("129 by SIGHUP"), "{table}");
+    }
+
+    #[test]
+    fn readme_documents_every_code() {
+        let readme = include_str!("../README.md");
+        for exit in Exit::ALL {
+            let row = format!("\n| {} | ", exit.code());
+            assert!(
+                readme.contains(&row),
+                "README has no row for exit {}",
+                exit.code()
+            );
+        }
+    }
 }

@@ -7,6 +7,7 @@ use chrono::{DateTime, FixedOffset, TimeDelta};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::bounce_policy::{BouncePolicy, Require, Spam};
 use crate::exit::{Exit, Failure};
 
 /// What to do with mail that arrived in a window.
@@ -78,6 +79,8 @@ pub struct Incident {
     pub dsn_text: Option<String>,
     /// Sorted by start, not overlapping.
     pub windows: Vec<Window>,
+    /// `[bounces]`: which senders get failure DSNs (default: all).
+    pub bounces: BouncePolicy,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +102,19 @@ struct RawIncident {
     dsn_text: Option<Spanned<String>>,
     #[serde(default, rename = "window")]
     windows: Vec<RawWindow>,
+    #[serde(default)]
+    bounces: Option<RawBounces>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBounces {
+    #[serde(default)]
+    authserv_id: Option<Spanned<String>>,
+    #[serde(default)]
+    require: Option<Spanned<String>>,
+    #[serde(default)]
+    spam: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -281,7 +297,76 @@ pub fn parse(text: &str) -> Result<Incident, String> {
             ),
         },
         windows: windows.into_iter().map(|(_, w)| w).collect(),
+        bounces: match &raw.bounces {
+            None => BouncePolicy::default(),
+            Some(b) => bounce_policy(b, &at)?,
+        },
     })
+}
+
+/// `[bounces]`: an authserv-id is needed as soon as authentication is required, since
+/// only our own MX's verdicts count.
+fn bounce_policy(
+    raw: &RawBounces,
+    at: &dyn Fn(std::ops::Range<usize>) -> usize,
+) -> Result<BouncePolicy, String> {
+    let require = match &raw.require {
+        None => Require::Any,
+        Some(v) => Require::parse(v.get_ref()).ok_or_else(|| {
+            format!(
+                "`require` on line {}: `{}` is not one of any, spf-or-dkim-pass, dmarc-or-aligned-pass",
+                at(v.span()),
+                v.get_ref()
+            )
+        })?,
+    };
+    let spam = match &raw.spam {
+        None => Spam::Bounce,
+        Some(v) => match v.get_ref().as_str() {
+            "bounce" => Spam::Bounce,
+            "suppress" => Spam::Suppress,
+            other => {
+                return Err(format!(
+                    "`spam` on line {}: `{other}` is not `bounce` or `suppress`",
+                    at(v.span())
+                ));
+            }
+        },
+    };
+    let authserv_id = match &raw.authserv_id {
+        None => None,
+        Some(v) if is_hostname(v.get_ref().trim()) || is_token(v.get_ref().trim()) => {
+            Some(v.get_ref().trim().to_string())
+        }
+        Some(v) => {
+            return Err(format!(
+                "`authserv_id` on line {}: `{}` is not an authserv-id (a host name, as in the \
+                 first word of your MX's Authentication-Results: fields)",
+                at(v.span()),
+                v.get_ref()
+            ));
+        }
+    };
+    if require != Require::Any && authserv_id.is_none() {
+        let line = raw.require.as_ref().map_or(0, |v| at(v.span()));
+        return Err(format!(
+            "`require` on line {line}: `{}` needs `authserv_id` in `[bounces]` (the first word \
+             of your MX's Authentication-Results: fields), or only forged results would be left to trust",
+            require.as_str()
+        ));
+    }
+    Ok(BouncePolicy {
+        authserv_id,
+        require,
+        spam,
+    })
+}
+
+/// An RFC 8601 authserv-id that is not a host name is an RFC 2045 token.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?=".contains(&b))
 }
 
 /// The longest `dsn_text`: a few sentences, not a letter.
@@ -477,5 +562,34 @@ status = "5.2.1"
             "start = \"2023-01-20T16:00:00+01:00\"\nend = \"2023-01-21T16:00:00+01:00\"",
         );
         check_err(&unordered, "starts before the window `queued`");
+    }
+
+    #[test]
+    fn bounces_section() {
+        assert_eq!(parse(GOOD).unwrap().bounces, BouncePolicy::default());
+        let with = format!(
+            "{GOOD}\n[bounces]\nauthserv_id = \"mx1.example.net\"\nrequire = \"dmarc-or-aligned-pass\"\nspam = \"suppress\"\n"
+        );
+        let b = parse(&with).unwrap().bounces;
+        assert_eq!(b.authserv_id.as_deref(), Some("mx1.example.net"));
+        assert_eq!(b.require, Require::DmarcOrAlignedPass);
+        assert_eq!(b.spam, Spam::Suppress);
+        check_err(
+            &with.replace("dmarc-or-aligned-pass", "dmarc"),
+            "`require` on line 22",
+        );
+        check_err(
+            &with.replace("\"suppress\"", "\"drop\""),
+            "`spam` on line 23",
+        );
+        check_err(
+            &with.replace("\"mx1.example.net\"\nrequire", "\"mx1 example\"\nrequire"),
+            "`authserv_id` on line 21",
+        );
+        check_err(
+            &with.replace("authserv_id = \"mx1.example.net\"\n", ""),
+            "needs `authserv_id`",
+        );
+        check_err(&with.replace("spam =", "spm ="), "spm");
     }
 }

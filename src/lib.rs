@@ -4,13 +4,16 @@
 //! `run` is the whole program behind `main`: parse, validate, dispatch, render errors.
 
 pub mod address;
+pub mod bounce_policy;
 pub mod breaker;
 pub mod classify;
 pub mod cli;
+pub mod cluster;
 pub mod cmd;
 pub mod config;
 pub mod deliver;
 pub mod dsn;
+pub mod durable;
 pub mod exit;
 pub mod incident;
 pub mod ledger;
@@ -68,6 +71,7 @@ fn dispatch(cfg: Config) -> anyhow::Result<Exit> {
         CommandConfig::Status { message: Some(q) } => cmd::status::message(ledger, cfg.output, &q),
         CommandConfig::Bounces(c) => cmd::bounces::run(ledger, cfg.output, c),
         CommandConfig::Audit(c) => cmd::audit::run(ledger, cfg.output, c),
+        CommandConfig::Cluster { url, action } => cmd::cluster::run(cfg.output, &url, action),
         CommandConfig::Control(steer) => cmd::control::run(ledger, cfg.output, &steer),
     }
 }

@@ -6,7 +6,7 @@
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
@@ -74,32 +74,17 @@ pub fn write_pending(ledger: &mut Ledger, dir: &Path) -> Result<u64> {
     Ok(written)
 }
 
+/// The DSN files hold strangers' mail: written exclusively (a planted symlink is never
+/// followed), mode 0600, synced, renamed into place (`durable::replace`).
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_name(path);
-    let result = (|| -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(anyhow::Error::new(e).context(Failure::new(
+    crate::durable::replace(path, bytes).map_err(|e| {
+        anyhow::Error::new(e.source).context(Failure::new(
             Exit::CantCreate,
             format!("cannot write `{}`", path.display()),
-        )));
-    }
-    Ok(())
-}
-
-fn temp_name(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
+        ))
+    })
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot sync outbox `{}`", dir.display()))
+    crate::durable::sync_dir(dir).with_context(|| format!("cannot sync outbox `{}`", dir.display()))
 }

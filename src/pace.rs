@@ -8,6 +8,18 @@
 
 use std::time::Duration;
 
+use crate::throttle::RateSpec;
+
+/// Throttle settings shared by `run` and the projections of `report`.
+#[derive(Debug, Clone, Copy)]
+pub struct PaceConfig {
+    pub rate: Option<RateSpec>,
+    /// Bytes per second.
+    pub max_bytes_rate: Option<f64>,
+    pub batch_size: usize,
+    pub pause: Duration,
+}
+
 /// What the store just did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Signal {
@@ -171,6 +183,17 @@ impl Pace {
         })
     }
 
+    /// Takes a pace set elsewhere (a cluster's shared back-off or recovery), never above
+    /// the ceiling; AIMD carries on from there.
+    pub fn follow(&mut self, rate: Option<f64>) {
+        self.healthy_streak = 0;
+        self.current = match (rate, self.ceiling) {
+            (Some(r), Some(c)) => Some(r.clamp(FLOOR, c)),
+            (Some(r), None) => Some(r.max(FLOOR)),
+            (None, c) => c,
+        };
+    }
+
     fn slow_down(&mut self, now: Duration, reason: String) -> PaceChange {
         self.healthy_streak = 0;
         let base = self.current.unwrap_or_else(|| self.achieved(now));
@@ -190,6 +213,71 @@ impl Pace {
             }
             _ => 10.0,
         }
+    }
+}
+
+/// What a [`TokenSource`] answers when asked for one message's turn.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Grant {
+    /// The turn is booked: send after this wait.
+    Go(Duration),
+    /// Nothing was booked (the cluster is paused, or its coordinator is being waited
+    /// for): ask again after this wait; `why` is shown to the operator.
+    Hold { wait: Duration, why: String },
+}
+
+/// Where the pace gets its turns beyond its own spacing: a run alone needs nobody's
+/// permission ([`Alone`]); a member of a cluster takes its turns from the cluster-wide
+/// budget (`crate::cluster`). The local [`Pace`] still spaces messages and adapts to the
+/// store; the source only adds waits, so a cluster can only make a run slower.
+pub trait TokenSource {
+    /// One message of `bytes` wants to go: how long to wait first.
+    fn take(&mut self, bytes: u64) -> Grant;
+    /// The local pace changed (a back-off or a step up): tell the others.
+    fn publish(&mut self, _change: &PaceChange) {}
+    /// A change of pace made elsewhere that this run must follow, if any.
+    fn follow(&mut self) -> Option<PaceChange> {
+        None
+    }
+    /// Things the operator should hear about (the coordinator lost or back).
+    fn news(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The run hands nothing more to the store: give back turns booked and not used.
+    fn finish(&mut self) {}
+    /// Progress for others to see: messages handed over, recipients per outcome
+    /// (`delivered`, `deferred`, …), the pace text.
+    fn progress(&mut self, _handled: u64, _counts: &[(&str, u64)], _pace: &str) {}
+    /// Claims each of `recipients` (canonical) of the content `key` before it is handed
+    /// to the store, so two ledgers of one cluster never both deliver one copy.
+    fn claim(&mut self, _key: &str, recipients: &[String]) -> Vec<Claim> {
+        vec![Claim::Mine; recipients.len()]
+    }
+    /// The store took the copy claimed for `recipient`: others will see it delivered.
+    fn confirm(&mut self, _key: &str, _recipient: &str) {}
+}
+
+/// Whether another ledger of the cluster already has a copy (same content, same
+/// canonical recipient).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This run may deliver it (claimed, or nobody to ask: a run alone).
+    Mine,
+    /// Another ledger delivered it (`delivered`) or is delivering it now.
+    Theirs { ledger: String, delivered: bool },
+    /// The coordinator cannot be asked: not checked across ledgers.
+    Unchecked,
+    /// The coordinator cannot be asked and checking is required: ask again later.
+    Wait,
+}
+
+/// A run on its own: every turn is granted at once.
+#[derive(Debug, Default)]
+pub struct Alone;
+
+impl TokenSource for Alone {
+    fn take(&mut self, _bytes: u64) -> Grant {
+        Grant::Go(Duration::ZERO)
     }
 }
 
@@ -321,5 +409,32 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(slow(&mut pace, 200 * MS), None);
         }
+    }
+
+    #[test]
+    fn a_followed_pace_stays_under_the_ceiling_and_recovers_from_there() {
+        let mut pace = Pace::new(Some(150.0), None);
+        pace.follow(Some(75.0));
+        assert_eq!(pace.rate(), Some(75.0));
+        // The additive increase carries on from the followed pace.
+        let steps = healthy(&mut pace, HEALTHY_STEP);
+        assert_eq!(steps.len(), 1);
+        assert_eq!(pace.rate(), Some(90.0));
+        // Never above the ceiling, never under the floor.
+        pace.follow(Some(500.0));
+        assert_eq!(pace.rate(), Some(150.0));
+        pace.follow(Some(0.0));
+        assert_eq!(pace.rate(), Some(FLOOR));
+        pace.follow(None);
+        assert_eq!(pace.rate(), Some(150.0));
+    }
+
+    #[test]
+    fn alone_grants_every_turn_and_claims_every_copy() {
+        let mut alone = Alone;
+        assert_eq!(alone.take(1_000_000), Grant::Go(Duration::ZERO));
+        let rcpts = vec!["a@example.net".to_string(), "b@example.net".to_string()];
+        assert_eq!(alone.claim("hash", &rcpts), vec![Claim::Mine, Claim::Mine]);
+        assert_eq!(alone.follow(), None);
     }
 }

@@ -12,16 +12,36 @@ use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, SecondsFormat, Timelike};
 
+use crate::bounce_policy::Verdict;
 use crate::classify::{self, Disposition};
-use crate::config::PaceConfig;
 use crate::incident::Incident;
 use crate::ledger::{MessageRow, RcptState, RecipientRow};
+use crate::pace::PaceConfig;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
     pub messages: u64,
     pub recipients: u64,
     pub bytes: u64,
+}
+
+/// What the `[bounces]` policy does with the failure DSNs of some messages: how many would
+/// go out, how many are suppressed (sender not authenticated by our MX; spam).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyCounts {
+    pub dsns: u64,
+    pub unauthenticated: u64,
+    pub spam: u64,
+}
+
+impl PolicyCounts {
+    fn add(&mut self, verdict: &Verdict) {
+        match verdict {
+            Verdict::Bounce { .. } => self.dsns += 1,
+            Verdict::Unauthenticated { .. } => self.unauthenticated += 1,
+            Verdict::Spam { .. } => self.spam += 1,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -93,8 +113,13 @@ pub struct Plan {
     pub messages: u64,
     /// Recipients per state right now, whatever the plan.
     pub states: BTreeMap<RcptState, u64>,
-    /// DSNs `run` would make (one per message with bounced/expired recipients).
+    /// DSNs `run` would make (one per message with bounced/expired recipients the
+    /// `[bounces]` policy lets through).
     pub dsns: u64,
+    /// The `[bounces]` policy's verdicts on the failure DSNs owed, per window index.
+    pub policy_by_window: BTreeMap<usize, PolicyCounts>,
+    /// The same per envelope sender domain (lowercased).
+    pub policy_by_sender_domain: HashMap<String, PolicyCounts>,
     pub dsn_senders: HashSet<String>,
     /// Messages `run` would hand to the store.
     pub deliveries: u64,
@@ -107,13 +132,29 @@ pub struct Plan {
 pub const OUTSIDE_INDEX: usize = usize::MAX;
 
 impl Plan {
-    /// Adds one message with all its recipients.
+    /// Adds one message with all its recipients, every DSN counted as sent (no look at
+    /// the `[bounces]` policy: what the mass-bounce guard needs).
     pub fn add(
         &mut self,
         incident: &Incident,
         now: DateTime<FixedOffset>,
         m: &MessageRow,
         recipients: &[RecipientRow],
+    ) {
+        self.add_judged(incident, now, m, recipients, |_| Verdict::Bounce {
+            rule: String::new(),
+        });
+    }
+
+    /// Adds one message; `judge` gives the `[bounces]` policy's verdict on its failure DSN
+    /// (called only when one is owed), as `run` will decide it.
+    pub fn add_judged(
+        &mut self,
+        incident: &Incident,
+        now: DateTime<FixedOffset>,
+        m: &MessageRow,
+        recipients: &[RecipientRow],
+        judge: impl FnOnce(&MessageRow) -> Verdict,
     ) {
         let window = classify::window_of(incident, m.arrival).unwrap_or(OUTSIDE_INDEX);
         self.messages += 1;
@@ -178,9 +219,21 @@ impl Plan {
         match home {
             Disposition::Deliver => self.deliveries += 1,
             Disposition::Expire | Disposition::Bounce => {
-                self.dsns += 1;
-                self.dsn_senders
-                    .insert(m.sender.as_str().to_ascii_lowercase());
+                let verdict = judge(m);
+                let sender = m.sender.as_str().to_ascii_lowercase();
+                let domain = sender.rsplit_once('@').map_or("", |(_, d)| d);
+                self.policy_by_window
+                    .entry(window)
+                    .or_default()
+                    .add(&verdict);
+                self.policy_by_sender_domain
+                    .entry(domain.to_string())
+                    .or_default()
+                    .add(&verdict);
+                if verdict.bounces() {
+                    self.dsns += 1;
+                    self.dsn_senders.insert(sender);
+                }
             }
             Disposition::Hold | Disposition::Drop => {}
         }
@@ -208,6 +261,34 @@ impl Plan {
         v.sort_by(|a, b| b.1.recipients.cmp(&a.1.recipients).then(a.0.cmp(b.0)));
         v.truncate(n);
         v
+    }
+
+    /// Sender domains by DSNs they would receive, most first (then by suppressed ones,
+    /// then name), at most `n`.
+    pub fn top_sender_domains(&self, n: usize) -> Vec<(&str, PolicyCounts)> {
+        let mut v: Vec<(&str, PolicyCounts)> = self
+            .policy_by_sender_domain
+            .iter()
+            .map(|(d, c)| (d.as_str(), *c))
+            .collect();
+        v.sort_by(|a, b| {
+            (b.1.dsns, b.1.unauthenticated + b.1.spam)
+                .cmp(&(a.1.dsns, a.1.unauthenticated + a.1.spam))
+                .then(a.0.cmp(b.0))
+        });
+        v.truncate(n);
+        v
+    }
+
+    /// The policy's totals over all windows.
+    pub fn policy_totals(&self) -> PolicyCounts {
+        let mut t = PolicyCounts::default();
+        for c in self.policy_by_window.values() {
+            t.dsns += c.dsns;
+            t.unauthenticated += c.unauthenticated;
+            t.spam += c.spam;
+        }
+        t
     }
 
     /// The age histogram of all open recipients (qshape's TOTAL row).

@@ -3,8 +3,9 @@
 //! paced, each DSN recorded before and after it goes, so a crash never sends one twice:
 //! a DSN caught mid-send is `uncertain` and only sent again on request.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chrono::DateTime;
@@ -12,7 +13,20 @@ use chrono::DateTime;
 use crate::address::{Notify, ReversePath};
 use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::ledger::{DsnFilter, DsnRow, Ledger, SendState};
-use crate::pace::Pace;
+use crate::pace::{Pace, PaceChange, PushBack, Signal};
+
+/// The default of `bounces send --rate`: slow enough that a provider just back from an
+/// outage does not look like a spam run to the receivers of its DSNs.
+pub const DEFAULT_RATE: f64 = 10.0;
+
+/// What became of the DSNs to one destination domain.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DomainSend {
+    pub sent: u64,
+    pub deferred: u64,
+    pub refused: u64,
+    pub uncertain: u64,
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct SendStats {
@@ -25,6 +39,8 @@ pub struct SendStats {
     /// Why sending stopped early, if it did.
     pub stopped: Option<String>,
     pub interrupted: bool,
+    /// Per destination domain (the DSN's envelope recipient's, lowercased).
+    pub by_domain: BTreeMap<String, DomainSend>,
 }
 
 /// One DSN's fate, for the printer.
@@ -32,12 +48,16 @@ pub struct Sent<'a> {
     pub dsn: &'a DsnRow,
     pub state: SendState,
     pub reply: &'a str,
+    /// The change of pace this DSN's reply caused (a 4xx from the relay halves it).
+    pub pace: Option<PaceChange>,
 }
 
 pub struct Sender<'a> {
     pub ledger: &'a mut Ledger,
     pub relay: &'a mut dyn Deliverer,
     pub pace: Pace,
+    /// At most this many DSNs per second to one destination domain.
+    pub per_domain_rate: Option<f64>,
     pub resend_uncertain: bool,
     pub interrupted: &'a AtomicBool,
     pub on_sent: &'a mut dyn FnMut(Sent<'_>),
@@ -59,6 +79,8 @@ impl Sender<'_> {
             stats.recovered_uncertain += 1;
         }
         let started = Instant::now();
+        // Earliest time the next DSN to each domain may go.
+        let mut domain_next: HashMap<String, Duration> = HashMap::new();
         let queue = self.ledger.dsns(DsnFilter::Unsent {
             resend_uncertain: self.resend_uncertain,
         })?;
@@ -71,7 +93,15 @@ impl Sender<'_> {
                 .ledger
                 .dsn_content(dsn.id)?
                 .with_context(|| format!("DSN {} vanished from the ledger", dsn.id))?;
-            let wait = self.pace.wait(started.elapsed(), content.len() as u64);
+            let domain = domain_of(&dsn.envelope_to);
+            let now = started.elapsed();
+            let mut wait = self.pace.wait(now, content.len() as u64);
+            if let Some(rate) = self.per_domain_rate {
+                let at = domain_next.entry(domain.clone()).or_default();
+                let start = (now + wait).max(*at);
+                *at = start + Duration::from_secs_f64(1.0 / rate);
+                wait = start - now;
+            }
             std::thread::sleep(wait);
             // A stop asked for during the pace's wait: this DSN has not gone yet.
             if !wait.is_zero() && self.interrupted.load(Ordering::SeqCst) {
@@ -81,8 +111,27 @@ impl Sender<'_> {
             self.ledger
                 .write(|tx| tx.set_send_state(dsn.id, dsn.send_state, SendState::Sending, None))?;
             crate::replay::test_hook("after-dsn-sending");
+            let sent_at = Instant::now();
             let result = self.send_one(dsn, &content);
             crate::replay::test_hook("after-dsn-send");
+            let signal = match &result {
+                Ok(Outcome::Deferred { reply, .. }) => Some(Signal::PushBack(
+                    PushBack::TransientReply(reply_code(reply).unwrap_or(451)),
+                )),
+                Ok(_) => Some(Signal::Healthy {
+                    latency: sent_at.elapsed(),
+                }),
+                Err(_) => None,
+            };
+            let pace = signal.and_then(|s| self.pace.observe(started.elapsed(), s));
+            let counts = stats.by_domain.entry(domain).or_default();
+            match &result {
+                Ok(Outcome::Delivered { .. } | Outcome::AlreadyThere { .. }) => counts.sent += 1,
+                Ok(Outcome::Deferred { .. }) => counts.deferred += 1,
+                Ok(Outcome::Failed { .. }) => counts.refused += 1,
+                Ok(Outcome::Uncertain { .. }) => counts.uncertain += 1,
+                Err(_) => {}
+            }
             let (state, reply) = match result {
                 Ok(Outcome::Delivered { detail, .. } | Outcome::AlreadyThere { detail }) => {
                     stats.sent += 1;
@@ -121,11 +170,27 @@ impl Sender<'_> {
                 dsn,
                 state,
                 reply: &reply,
+                pace,
             });
         }
         Ok(stats)
     }
+}
 
+/// The domain of a DSN's envelope recipient, lowercased (the whole address without `@`).
+fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map_or(address, |(_, d)| d)
+        .to_ascii_lowercase()
+}
+
+/// The three-digit code a reply starts with.
+fn reply_code(reply: &str) -> Option<u16> {
+    reply.get(..3).and_then(|c| c.parse().ok())
+}
+
+impl Sender<'_> {
     fn send_one(&mut self, dsn: &DsnRow, content: &[u8]) -> Result<Outcome, StoreError> {
         let arrival = DateTime::parse_from_rfc3339(&dsn.created_at)
             .unwrap_or_else(|_| chrono::Local::now().fixed_offset());

@@ -3,27 +3,38 @@
 //! Output is always a single line with nothing a terminal would interpret: control
 //! characters become `\xNN` (C0, DEL) or `\u{NN}` (C1), tab, CR and LF become `\t`, `\r`,
 //! `\n`, and characters that reorder or break the displayed line (the Unicode `Bidi_Control`
-//! set, used by "Trojan Source" tricks, and the line/paragraph separators) become `\u{NNNN}`.
+//! set, used by "Trojan Source" tricks, and the line/paragraph separators) become `\u{NNNN}`,
+//! as do the invisible ones that make two different strings look alike (zero-width
+//! characters, the BOM, the soft hyphen, tag characters; fd escapes the same set).
+//! Text that needs none of this is returned borrowed, without a copy.
 //! Backslashes themselves are left alone: the output is for people to read, not to parse
 //! back, and doubling every backslash would make ordinary paths harder to read.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 
-/// Returns `s` with control, bidi-control and line-breaking characters replaced by
-/// visible escapes; ordinary printable Unicode (accents, CJK, emoji) is kept.
-pub fn for_terminal(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
+/// Returns `s` with control, bidi-control, invisible and line-breaking characters replaced
+/// by visible escapes; ordinary printable Unicode (accents, CJK, emoji) is kept.
+pub fn for_terminal(s: &str) -> Cow<'_, str> {
+    let Some(first) = s.find(needs_escape) else {
+        return Cow::Borrowed(s);
+    };
+    let mut out = String::with_capacity(s.len() + 8);
+    out.push_str(&s[..first]);
+    for c in s[first..].chars() {
         push_char(&mut out, c);
     }
-    out
+    Cow::Owned(out)
 }
 
 /// Like [`for_terminal`] for bytes that may not be UTF-8 (raw header bytes, file names):
 /// valid UTF-8 runs are sanitized as text and every invalid byte becomes `\xNN`, so no
 /// information is lost to `U+FFFD`.
-pub fn bytes_for_terminal(b: &[u8]) -> String {
-    let mut out = String::with_capacity(b.len());
+pub fn bytes_for_terminal(b: &[u8]) -> Cow<'_, str> {
+    if let Ok(text) = std::str::from_utf8(b) {
+        return for_terminal(text);
+    }
+    let mut out = String::with_capacity(b.len() + 8);
     for chunk in b.utf8_chunks() {
         for c in chunk.valid().chars() {
             push_char(&mut out, c);
@@ -32,7 +43,11 @@ pub fn bytes_for_terminal(b: &[u8]) -> String {
             push_hex_byte(&mut out, *byte);
         }
     }
-    out
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_ascii_control() || is_hidden(c)
 }
 
 fn push_char(out: &mut String, c: char) {
@@ -47,19 +62,25 @@ fn push_char(out: &mut String, c: char) {
     }
 }
 
-/// C1 controls, `Bidi_Control` (U+061C, U+200E, U+200F, U+202A–U+202E, U+2066–U+2069)
-/// and the Unicode line and paragraph separators.
+/// C1 controls, `Bidi_Control` (U+061C, U+200E, U+200F, U+202A–U+202E, U+2066–U+2069),
+/// the Unicode line and paragraph separators, and the invisible: the soft hyphen (U+00AD),
+/// zero-width space, non-joiner and joiner (U+200B–U+200D), the word joiner and invisible
+/// operators (U+2060–U+2064), the BOM / zero-width no-break space (U+FEFF) and the tag
+/// characters (U+E0000–U+E007F), which can hide text inside an address or a subject.
 fn is_hidden(c: char) -> bool {
     matches!(
         c,
         '\u{80}'..='\u{9f}'
+            | '\u{ad}'
             | '\u{061c}'
-            | '\u{200e}'
-            | '\u{200f}'
+            | '\u{200b}'..='\u{200f}'
             | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
             | '\u{2066}'..='\u{2069}'
             | '\u{2028}'
             | '\u{2029}'
+            | '\u{feff}'
+            | '\u{e0000}'..='\u{e007f}'
     )
 }
 
@@ -121,6 +142,34 @@ mod tests {
             "\u{2029}\u{202f}\u{2065}\u{206a}",
             "\\u{2029}\u{202f}\u{2065}\u{206a}",
         );
+    }
+
+    #[test]
+    fn invisible_characters_are_escaped() {
+        // Zero-width space, non-joiner, joiner: `bob@exa\u{200b}mple.net` looks like bob's.
+        check(
+            "a\u{200b}b\u{200c}c\u{200d}d",
+            "a\\u{200b}b\\u{200c}c\\u{200d}d",
+        );
+        check("\u{feff}Subject", "\\u{feff}Subject");
+        check("pay\u{ad}pal", "pay\\u{ad}pal");
+        check("\u{2060}\u{2064}", "\\u{2060}\\u{2064}");
+        // Tag characters spell hidden ASCII (U+E0041 is a tag `A`).
+        check("hi\u{e0041}\u{e007f}", "hi\\u{e0041}\\u{e007f}");
+        // Neighbours of the ranges are ordinary characters.
+        check(
+            "\u{ac}\u{ae}\u{2065}\u{fefe}",
+            "\u{ac}\u{ae}\u{2065}\u{fefe}",
+        );
+        check("\u{e0080}", "\u{e0080}");
+    }
+
+    #[test]
+    fn clean_text_is_not_copied() {
+        assert!(matches!(for_terminal("Grüße 東京"), Cow::Borrowed(_)));
+        assert!(matches!(bytes_for_terminal(b"plain"), Cow::Borrowed(_)));
+        assert!(matches!(for_terminal("tab\t"), Cow::Owned(_)));
+        assert!(matches!(bytes_for_terminal(b"\xff"), Cow::Owned(_)));
     }
 
     #[test]

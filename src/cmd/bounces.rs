@@ -52,6 +52,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
         BouncesConfig::Send {
             relay,
             rate,
+            per_domain_rate,
             credentials,
             insecure_tls,
             timeouts,
@@ -108,11 +109,25 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
                     "type": "dsn_sent", "id": s.dsn.id, "to": s.dsn.envelope_to,
                     "state": s.state.as_str(), "reply": s.reply,
                 }));
+                if let Some(change) = &s.pace {
+                    let rate = crate::pace::format_rate(change.rate);
+                    printer.note(&format!(
+                        "pace now {rate}: {}",
+                        for_terminal(&change.reason)
+                    ));
+                    let _ = printer.event(&json!({
+                        "type": "pace", "rate": change.rate, "reason": change.reason,
+                    }));
+                }
             };
             let mut sender = Sender {
                 ledger: &mut ledger,
                 relay: &mut store as &mut dyn Deliverer,
-                pace: Pace::new(rate.map(|r| r.per_second()), None),
+                pace: Pace::new(
+                    Some(rate.map_or(crate::relay::DEFAULT_RATE, |r| r.per_second())),
+                    None,
+                ),
+                per_domain_rate: per_domain_rate.map(|r| r.per_second()),
                 resend_uncertain,
                 interrupted: shutdown.flag(),
                 on_sent: &mut on_sent,
@@ -150,6 +165,12 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
             if signal.is_none() {
                 summary_event?;
             }
+            for (domain, c) in &stats.by_domain {
+                let _ = printer.event(&json!({
+                    "type": "send_domain", "domain": domain, "sent": c.sent,
+                    "deferred": c.deferred, "refused": c.refused, "uncertain": c.uncertain,
+                }));
+            }
             let mut t = Table::new(&["DSNs", "count#"]);
             for (label, n) in [
                 ("sent", stats.sent),
@@ -174,6 +195,18 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
                 t.row(vec![label.to_string(), n.to_string()]);
             }
             let mut summary = t.render();
+            if !stats.by_domain.is_empty() {
+                let mut d = Table::new(&["destination domain", "sent#", "deferred#", "refused#"]);
+                for (domain, c) in &stats.by_domain {
+                    d.row(vec![
+                        for_terminal(domain).into_owned(),
+                        c.sent.to_string(),
+                        c.deferred.to_string(),
+                        c.refused.to_string(),
+                    ]);
+                }
+                summary.push_str(&d.render());
+            }
             if let Some(why) = &stopped {
                 summary.push_str(&format!("Stopped early: {}\n", for_terminal(why)));
             }
@@ -242,13 +275,13 @@ fn list(printer: &Printer, ledger: &Ledger) -> Result<Exit> {
             t.row(vec![
                 d.id.to_string(),
                 d.kind.as_str().to_string(),
-                for_terminal(&d.queue_id),
-                for_terminal(&d.envelope_to),
+                for_terminal(&d.queue_id).into_owned(),
+                for_terminal(&d.envelope_to).into_owned(),
                 d.recipients.to_string(),
                 d.created_at.clone(),
                 d.written_path
                     .as_deref()
-                    .map(for_terminal)
+                    .map(|p| for_terminal(p).into_owned())
                     .unwrap_or_else(|| "(not written)".into()),
                 d.send_state.as_str().to_string(),
             ]);
@@ -328,6 +361,21 @@ fn preview(
                 "{label}: no DSN would be made: the sender is <> (RFC 5321 6.1)"
             ));
             continue;
+        }
+        // `[bounces]`: which rule decides, as `run` will apply it.
+        if incident.bounces.is_active() {
+            let verdict = crate::replay::policy_verdict(incident, &message);
+            if !verdict.bounces() {
+                printer.note(&format!(
+                    "{label}: no DSN would be made, its recipients would be {}",
+                    for_terminal(&verdict.reason())
+                ));
+                continue;
+            }
+            printer.note(&format!(
+                "{label}: bounce policy: {}",
+                for_terminal(&verdict.reason())
+            ));
         }
         let work = MessageWork {
             message,

@@ -47,7 +47,9 @@ pub fn run(output: Output, cfg: ReportConfig) -> Result<Exit> {
     let mut plan = Plan::default();
     for ledger in &ledgers {
         ledger.for_each_message(|m, r| {
-            plan.add(inc, cfg.now, m, r);
+            plan.add_judged(inc, cfg.now, m, r, |m| {
+                crate::replay::policy_verdict(inc, m)
+            });
             Ok(())
         })?;
     }
@@ -297,6 +299,7 @@ fn write_plan(
     }
     w.finish()?;
 
+    bounce_policy_section(out, f, cfg, inc, plan)?;
     quarantine_section(out, f, facts)?;
     projection_section(out, f, cfg, plan)?;
     match f {
@@ -307,6 +310,58 @@ fn write_plan(
         Format::Csv => summary_csv(out, cfg, inc, plan, facts)?,
         Format::Table => {}
     }
+    Ok(())
+}
+
+/// What the `[bounces]` policy does with the failure DSNs owed, per window and per sender
+/// domain (the top sender domains by DSNs they would receive).
+fn bounce_policy_section(
+    out: &mut dyn Sink,
+    f: Format,
+    cfg: &ReportConfig,
+    inc: &Incident,
+    plan: &Plan,
+) -> Result<()> {
+    let columns = ["dsns", "suppressed_unauthenticated", "suppressed_spam"];
+    let counts = |c: &crate::plan::PolicyCounts| {
+        vec![
+            Cell::Count(c.dsns),
+            Cell::Count(c.unauthenticated),
+            Cell::Count(c.spam),
+        ]
+    };
+    let mut head = vec!["window"];
+    head.extend(columns);
+    let title = format!(
+        "Failure DSNs under the bounce policy (require = {}, spam = {}), per window",
+        inc.bounces.require.as_str(),
+        match inc.bounces.spam {
+            crate::bounce_policy::Spam::Bounce => "bounce",
+            crate::bounce_policy::Spam::Suppress => "suppress",
+        }
+    );
+    let mut w = SheetWriter::begin(out, f, "bounce_policy", &title, &head)?;
+    for (win, c) in &plan.policy_by_window {
+        let mut row = vec![Cell::text(window_name(inc, *win))];
+        row.extend(counts(c));
+        w.row(row)?;
+    }
+    w.finish()?;
+    let mut head = vec!["sender_domain"];
+    head.extend(columns);
+    let mut w = SheetWriter::begin(
+        out,
+        f,
+        "dsn_sender_domain",
+        "Top sender domains that would receive failure DSNs",
+        &head,
+    )?;
+    for (d, c) in plan.top_sender_domains(cfg.top) {
+        let mut row = vec![Cell::text(d)];
+        row.extend(counts(&c));
+        w.row(row)?;
+    }
+    w.finish()?;
     Ok(())
 }
 
@@ -518,6 +573,8 @@ fn summary_event(
         "deliveries": plan.deliveries,
         "dsns": plan.dsns,
         "dsn_senders": plan.dsn_senders.len(),
+        "dsns_suppressed_unauthenticated": plan.policy_totals().unauthenticated,
+        "dsns_suppressed_spam": plan.policy_totals().spam,
         "projected_seconds": plan.projected(&cfg.pace).map(|d| d.as_secs_f64()),
         "oldest": plan.oldest.map(|t| t.to_rfc3339()),
         "newest": plan.newest.map(|t| t.to_rfc3339()),
@@ -550,6 +607,14 @@ fn summary_csv(
     kv("deliveries", Cell::Count(plan.deliveries))?;
     kv("dsns", Cell::Count(plan.dsns))?;
     kv("dsn_senders", Cell::Count(plan.dsn_senders.len() as u64))?;
+    kv(
+        "dsns_suppressed_unauthenticated",
+        Cell::Count(plan.policy_totals().unauthenticated),
+    )?;
+    kv(
+        "dsns_suppressed_spam",
+        Cell::Count(plan.policy_totals().spam),
+    )?;
     kv(
         "oldest",
         Cell::MaybeText(plan.oldest.map(|t| t.to_rfc3339())),
@@ -642,6 +707,7 @@ fn mailbox_sheet(out: &mut dyn Sink, f: Format) -> Result<SheetWriter<'_>> {
             "held",
             "pending",
             "uncertain",
+            "over_quota",
         ],
     )
     .context("cannot write the report")
@@ -658,6 +724,7 @@ fn mailbox_line(w: &mut SheetWriter<'_>, m: &MailboxRow) -> Result<()> {
         Cell::Count(m.held),
         Cell::Count(m.pending),
         Cell::Count(m.uncertain),
+        Cell::Count(m.over_quota),
     ])
     .context("cannot write the report")
 }

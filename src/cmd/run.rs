@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde_json::json;
 
+use crate::cluster::Member;
 use crate::config::{Output, RunConfig, StoreTarget};
 use crate::deliver::Deliverer;
 use crate::deliver::imap::{ImapOptions, ImapStore, Proven};
@@ -35,6 +36,26 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         crate::outbox::check_writable(dir)?;
     }
     let deliveries = refuse_mass_bounce(&printer, &ledger, &cfg)?;
+    // Join the cluster before anything is delivered: a coordinator that cannot be reached
+    // stops the run here (69), rather than letting it go on at a pace nobody shares.
+    let member = match &cfg.cluster {
+        None => None,
+        Some(url) => {
+            let m = Member::join(
+                url,
+                ledger_path,
+                cfg.pace.rate.map(|r| r.per_second()),
+                cfg.pace.max_bytes_rate,
+                cfg.cluster_strict,
+            )
+            .map_err(crate::cmd::cluster::unavailable)?;
+            printer.note(&format!(
+                "member {} of cluster {url}: --rate and --max-bytes-rate are cluster-wide totals",
+                for_terminal(m.id())
+            ));
+            Some(m)
+        }
+    };
     let factory = store_factory(&cfg);
     let describe = cfg.store.to_string();
     let shutdown = Shutdown::install("finishing the deliveries in flight")?;
@@ -176,6 +197,9 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     );
     if endpoint.is_some() {
         replay = replay.with_metrics(Arc::clone(&metrics));
+    }
+    if let Some(member) = member {
+        replay = replay.with_tokens(Box::new(member));
     }
     let outcome = replay.run();
     let mut stats = std::mem::take(&mut replay.stats);

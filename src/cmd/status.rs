@@ -88,7 +88,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
     let mut windows: Vec<Option<String>> = by_window.iter().map(|(w, _, _)| w.clone()).collect();
     windows.dedup();
     for w in windows {
-        let mut row = vec![for_terminal(w.as_deref().unwrap_or(NOT_CLASSIFIED))];
+        let mut row = vec![for_terminal(w.as_deref().unwrap_or(NOT_CLASSIFIED)).into_owned()];
         for s in ALL_STATES {
             let n = by_window
                 .iter()
@@ -215,11 +215,11 @@ pub fn message(ledger_path: &std::path::Path, output: Output, queue_id: &str) ->
         let mut t = Table::new(&["recipient", "state", "status", "attempts#", "last reply"]);
         for r in &recipients {
             t.row(vec![
-                for_terminal(&r.address),
+                for_terminal(&r.address).into_owned(),
                 r.state.as_str().to_string(),
                 r.status.clone().unwrap_or_default(),
                 r.attempts.to_string(),
-                for_terminal(r.reply.as_deref().unwrap_or("")),
+                for_terminal(r.reply.as_deref().unwrap_or("")).into_owned(),
             ]);
         }
         out.push_str(&t.render());
@@ -231,5 +231,8 @@ pub fn message(ledger_path: &std::path::Path, output: Output, queue_id: &str) ->
 
 /// A recorded envelope source as an operator reads it: which header, file or record.
 fn source_words(name: &str) -> String {
-    FieldSource::from_name(name).map_or_else(|| for_terminal(name), |f| f.describe().to_string())
+    FieldSource::from_name(name).map_or_else(
+        || for_terminal(name).into_owned(),
+        |f| f.describe().to_string(),
+    )
 }

@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use super::lmtp::split_host_port;
 use super::maildir::name_hash;
+use super::target::split_host_port;
 use super::wire::{ClientOptions, Conn, WireError};
 use super::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::address::{Mailbox, ReversePath};
@@ -228,7 +228,7 @@ impl Tagged {
     }
 
     fn line(&self) -> String {
-        sanitize::for_terminal(&format!("{} {}", self.status, self.text))
+        sanitize::for_terminal(&format!("{} {}", self.status, self.text)).into_owned()
     }
 }
 

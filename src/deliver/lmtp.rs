@@ -11,9 +11,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use super::transaction::{self, Protocol, Session};
+use super::StoreError;
+use super::target::split_host_port;
+use super::transaction::{self, Link, Protocol, Session};
 use super::wire::{self, Capabilities, ClientOptions, Conn};
-use super::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::sanitize;
 
 /// The LMTP port (RFC 2033 has none; 24 is the IANA "any private mail system" port that
@@ -62,55 +63,12 @@ impl fmt::Display for LmtpTarget {
     }
 }
 
-/// `host`, `host:port`, `[v6]`, `[v6]:port` (nothing after: no path, user or query).
-pub(crate) fn split_host_port(authority: &str, default: u16) -> Result<(String, u16), String> {
-    if authority.is_empty() {
-        return Err("no host".to_string());
-    }
-    if authority.contains(['/', '@', '?', '#']) {
-        return Err("only host[:port] may follow `//`".to_string());
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or_else(|| "unclosed `[` in the host".to_string())?;
-        match after {
-            "" => (host, None),
-            p => (
-                host,
-                Some(
-                    p.strip_prefix(':')
-                        .ok_or_else(|| format!("unexpected `{p}` after the host"))?,
-                ),
-            ),
-        }
-    } else {
-        match authority.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return Err("no host".to_string());
-    }
-    let port = match port {
-        None => default,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p != 0)
-            .ok_or_else(|| format!("`{p}` is not a port"))?,
-    };
-    Ok((host.to_string(), port))
-}
-
 /// A delivery store reached over LMTP.
 #[derive(Debug)]
 pub struct LmtpStore {
     target: LmtpTarget,
     options: ClientOptions,
-    session: Option<Session>,
-    connections: u64,
+    link: Link,
 }
 
 impl LmtpStore {
@@ -120,25 +78,10 @@ impl LmtpStore {
         let mut store = LmtpStore {
             target,
             options,
-            session: None,
-            connections: 0,
+            link: Link::default(),
         };
-        let session = store.open()?;
-        store.session = Some(session);
+        store.link.session = Some(store.open()?);
         Ok(store)
-    }
-
-    /// How many connections were opened so far (reuse shows as 1 for many messages).
-    pub fn connections_opened(&self) -> u64 {
-        self.connections
-    }
-
-    /// Closes the connection politely (QUIT), if one is open.
-    pub fn close(&mut self) {
-        if let Some(mut s) = self.session.take() {
-            let _ = s.conn.command("QUIT");
-            s.conn.abandon();
-        }
     }
 
     fn open(&mut self) -> Result<Session, StoreError> {
@@ -148,7 +91,7 @@ impl LmtpStore {
             LmtpTarget::Unix(path) => Conn::unix(path, timeouts),
         }
         .map_err(|e| self.unavailable(&e))?;
-        self.connections += 1;
+        self.link.opened += 1;
         let greeting = conn.greeting().map_err(|e| self.unavailable(&e))?;
         if greeting.code != 220 {
             conn.abandon();
@@ -171,21 +114,6 @@ impl LmtpStore {
         })
     }
 
-    /// A session ready for MAIL: the open one if it answers RSET, else a new one.
-    fn ready_session(&mut self) -> Result<Session, StoreError> {
-        if let Some(mut s) = self.session.take() {
-            if !s.used {
-                return Ok(s);
-            }
-            match s.conn.command("RSET") {
-                Ok(r) if r.code == 250 => return Ok(s),
-                // Closed, 421 or confused: this connection is done; nothing was in flight.
-                _ => s.conn.abandon(),
-            }
-        }
-        self.open()
-    }
-
     fn host_name(&self) -> String {
         match &self.target {
             LmtpTarget::Tcp { host, .. } => host.clone(),
@@ -202,32 +130,7 @@ impl LmtpStore {
     }
 }
 
-impl Drop for LmtpStore {
-    fn drop(&mut self) {
-        self.close();
-    }
-}
-
-impl Deliverer for LmtpStore {
-    fn describe(&self) -> String {
-        self.target.to_string()
-    }
-
-    fn deliver(
-        &mut self,
-        delivery: &Delivery<'_>,
-        recipients: &[RecipientSpec<'_>],
-    ) -> Result<Vec<Outcome>, StoreError> {
-        if let Some(refused) = transaction::refuse_sender(Protocol::Lmtp, delivery, recipients) {
-            return Ok(refused);
-        }
-        let session = self.ready_session()?;
-        let (outcomes, session) =
-            transaction::deliver(session, Protocol::Lmtp, delivery, recipients);
-        self.session = session;
-        Ok(outcomes)
-    }
-}
+transaction::client_store!(LmtpStore, Protocol::Lmtp);
 
 #[cfg(test)]
 mod tests;

@@ -32,7 +32,7 @@
 //!   store is not mounted, and writing would fill the mount point instead.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, ErrorKind, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -431,7 +431,7 @@ fn refused(raw: &str, reason: &str) -> Outcome {
 
 /// An address safe to put in a reply: sanitized and cut short.
 fn quoted(raw: &str) -> String {
-    let clean = sanitize::for_terminal(raw);
+    let clean = sanitize::for_terminal(raw).into_owned();
     if clean.chars().count() <= MAX_QUOTED_CHARS {
         clean
     } else {
@@ -528,33 +528,11 @@ fn arrival_time(delivery: &Delivery<'_>) -> SystemTime {
     }
 }
 
-/// Writes and fsyncs `tmp/NAME`, replacing a leftover from a crashed run; removes it again
-/// if anything fails.
+/// Writes and fsyncs `tmp/NAME` (exclusively, mode 0600, with `mtime`), replacing a
+/// leftover from a crashed run; removes it again if anything fails.
 fn write_tmp(path: &Path, bytes: &[u8], mtime: SystemTime) -> Result<(), Problem> {
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(io_problem(&e, "cannot remove leftover", path)),
-    }
-    // `create_new` (O_EXCL) also refuses a symlink planted at the name.
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .map_err(|e| io_problem(&e, "cannot create", path))?;
-    // The mtime is set before the fsync, so it is durable with the bytes.
-    let written = file
-        .write_all(bytes)
-        .and_then(|()| file.set_modified(mtime))
-        .and_then(|()| file.sync_all());
-    drop(file);
-    if let Err(e) = written {
-        let _ = fs::remove_file(path);
-        return Err(io_problem(&e, "cannot write", path));
-    }
-    Ok(())
+    crate::durable::write_new_at(path, bytes, Some(mtime))
+        .map_err(|e| io_problem(&e.source, e.action, &e.path))
 }
 
 /// Makes sure `path` is a directory, creating it (and fsyncing its parent) if missing.
@@ -690,15 +668,12 @@ mod tests {
     }
 
     fn delivery<'a>(sender: &'a ReversePath, arrival: &str) -> Delivery<'a> {
-        Delivery {
-            message_key: "0123abcd",
+        Delivery::new(
+            "0123abcd",
             sender,
-            content: b"Subject: x\r\n\r\nbody\r\n",
-            arrival: chrono::DateTime::parse_from_rfc3339(arrival).unwrap(),
-            recovering: false,
-            envid: None,
-            ret: None,
-        }
+            b"Subject: x\r\n\r\nbody\r\n",
+            chrono::DateTime::parse_from_rfc3339(arrival).unwrap(),
+        )
     }
 
     #[test]

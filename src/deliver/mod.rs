@@ -8,6 +8,7 @@ pub mod lmtp;
 pub mod maildir;
 pub mod reply;
 pub mod smtp;
+pub mod target;
 #[cfg(test)]
 mod testpeer;
 mod tls;
@@ -35,6 +36,27 @@ pub struct Delivery<'a> {
     pub envid: Option<&'a str>,
     /// RFC 3461 RET; passed on only to a server that offers DSN.
     pub ret: Option<ReturnContent>,
+}
+
+impl<'a> Delivery<'a> {
+    /// A first attempt with no RFC 3461 parameters; set `recovering`, `envid` or `ret`
+    /// with struct update syntax (`Delivery { ret: Some(…), ..Delivery::new(…) }`).
+    pub fn new(
+        message_key: &'a str,
+        sender: &'a ReversePath,
+        content: &'a [u8],
+        arrival: chrono::DateTime<chrono::FixedOffset>,
+    ) -> Delivery<'a> {
+        Delivery {
+            message_key,
+            sender,
+            content,
+            arrival,
+            recovering: false,
+            envid: None,
+            ret: None,
+        }
+    }
 }
 
 /// One envelope recipient with its RFC 3461 parameters, as handed to a store.

@@ -144,7 +144,7 @@ impl Reply {
     /// The text alone, lines joined by a space and made safe to print.
     pub fn text(&self) -> String {
         let joined = self.lines.join(" ");
-        sanitize::for_terminal(joined.trim())
+        sanitize::for_terminal(joined.trim()).into_owned()
     }
 }
 
@@ -165,7 +165,9 @@ impl fmt::Display for Reply {
 
 /// `250-text` / `250 text` / `250` → (code, is the last line, text).
 fn split_line(line: &[u8]) -> Result<(u16, bool, String), ReplyError> {
-    let bad = || ReplyError::BadLine(sanitize::bytes_for_terminal(&line[..line.len().min(80)]));
+    let bad = || {
+        ReplyError::BadLine(sanitize::bytes_for_terminal(&line[..line.len().min(80)]).into_owned())
+    };
     if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) {
         return Err(bad());
     }

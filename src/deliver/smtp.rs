@@ -21,11 +21,11 @@ use std::str::FromStr;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use super::lmtp::split_host_port;
+use super::StoreError;
 use super::reply::Reply;
-use super::transaction::{self, Protocol, Session};
+use super::target::split_host_port;
+use super::transaction::{self, Link, Protocol, Session};
 use super::wire::{self, Capabilities, ClientOptions, Conn};
-use super::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::sanitize;
 
 /// How the connection is protected.
@@ -157,15 +157,14 @@ pub struct SmtpOptions {
 pub struct SmtpStore {
     target: SmtpTarget,
     options: SmtpOptions,
-    session: Option<Session>,
-    connections: u64,
+    link: Link,
 }
 
 impl fmt::Debug for SmtpStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SmtpStore")
             .field("target", &self.target)
-            .field("connected", &self.session.is_some())
+            .field("connected", &self.link.session.is_some())
             .finish()
     }
 }
@@ -177,32 +176,17 @@ impl SmtpStore {
         let mut store = SmtpStore {
             target,
             options,
-            session: None,
-            connections: 0,
+            link: Link::default(),
         };
-        let session = store.open()?;
-        store.session = Some(session);
+        store.link.session = Some(store.open()?);
         Ok(store)
-    }
-
-    /// How many connections were opened so far.
-    pub fn connections_opened(&self) -> u64 {
-        self.connections
-    }
-
-    /// Says QUIT, if a connection is open.
-    pub fn close(&mut self) {
-        if let Some(mut s) = self.session.take() {
-            let _ = s.conn.command("QUIT");
-            s.conn.abandon();
-        }
     }
 
     fn open(&mut self) -> Result<Session, StoreError> {
         let timeouts = self.options.client.timeouts;
         let mut conn = Conn::tcp(&self.target.host, self.target.port, timeouts)
             .map_err(|e| self.unavailable(&e))?;
-        self.connections += 1;
+        self.link.opened += 1;
         if self.target.security == Security::Tls {
             conn = conn
                 .start_tls(&self.target.host, self.options.insecure)
@@ -311,7 +295,7 @@ impl SmtpStore {
                 if mechanisms.is_empty() {
                     "nothing".to_string()
                 } else {
-                    sanitize::for_terminal(&mechanisms.join(" "))
+                    sanitize::for_terminal(&mechanisms.join(" ")).into_owned()
                 }
             )));
         };
@@ -320,21 +304,6 @@ impl SmtpStore {
         } else {
             Err(failed("", format!("`{last}`")))
         }
-    }
-
-    /// The open session if it still answers RSET, else a new one.
-    fn ready_session(&mut self) -> Result<Session, StoreError> {
-        if let Some(mut s) = self.session.take() {
-            if !s.used {
-                return Ok(s);
-            }
-            match s.conn.command("RSET") {
-                Ok(r) if r.code == 250 => return Ok(s),
-                // Closed, 421 or confused: this connection is done; nothing was in flight.
-                _ => s.conn.abandon(),
-            }
-        }
-        self.open()
     }
 
     fn unavailable(&self, what: &str) -> StoreError {
@@ -368,32 +337,7 @@ fn auth_mechanisms(ehlo: &Reply) -> Vec<String> {
         .collect()
 }
 
-impl Drop for SmtpStore {
-    fn drop(&mut self) {
-        self.close();
-    }
-}
-
-impl Deliverer for SmtpStore {
-    fn describe(&self) -> String {
-        self.target.to_string()
-    }
-
-    fn deliver(
-        &mut self,
-        delivery: &Delivery<'_>,
-        recipients: &[RecipientSpec<'_>],
-    ) -> Result<Vec<Outcome>, StoreError> {
-        if let Some(refused) = transaction::refuse_sender(Protocol::Smtp, delivery, recipients) {
-            return Ok(refused);
-        }
-        let session = self.ready_session()?;
-        let (outcomes, session) =
-            transaction::deliver(session, Protocol::Smtp, delivery, recipients);
-        self.session = session;
-        Ok(outcomes)
-    }
-}
+transaction::client_store!(SmtpStore, Protocol::Smtp);
 
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@
 
 use super::reply::Reply;
 use super::wire::{self, Capabilities, Conn, WireError};
-use super::{Delivery, Outcome, RecipientSpec};
+use super::{Delivery, Outcome, RecipientSpec, StoreError};
 use crate::sanitize;
 
 /// Which protocol the session speaks: it decides how many replies follow the final dot.
@@ -43,6 +43,121 @@ pub(crate) struct Session {
     pub(crate) caps: Capabilities,
     /// A transaction ran on it: `RSET` before the next.
     pub(crate) used: bool,
+}
+
+/// The connection a store keeps between messages, and how many it opened: what the SMTP
+/// and LMTP clients share about reusing one.
+#[derive(Debug, Default)]
+pub(crate) struct Link {
+    pub(crate) session: Option<Session>,
+    pub(crate) opened: u64,
+}
+
+impl Link {
+    /// The open session, if it can take a transaction: unused, or answering `RSET`.
+    /// A connection that does not (closed, 421, confused) is dropped; nothing was in flight.
+    pub(crate) fn reusable(&mut self) -> Option<Session> {
+        let mut s = self.session.take()?;
+        if !s.used {
+            return Some(s);
+        }
+        match s.conn.command("RSET") {
+            Ok(r) if r.code == 250 => Some(s),
+            _ => {
+                s.conn.abandon();
+                None
+            }
+        }
+    }
+
+    /// Says QUIT, if a connection is open.
+    pub(crate) fn close(&mut self) {
+        if let Some(mut s) = self.session.take() {
+            let _ = s.conn.command("QUIT");
+            s.conn.abandon();
+        }
+    }
+}
+
+/// A store client that keeps a `Link` (SMTP, LMTP): `deliver_over` is its `deliver`.
+pub(crate) trait Client {
+    const PROTOCOL: Protocol;
+    fn link(&mut self) -> &mut Link;
+    /// Opens and greets a new connection.
+    fn open(&mut self) -> Result<Session, StoreError>;
+}
+
+/// The trait impls every `Client` store has alike: `Deliverer` (`describe` is the target,
+/// `deliver` is `deliver_over`), `Client` (over its `link` field and its own `open`),
+/// `connections_opened`, `close` and `Drop` (QUIT on the way out). One definition, so SMTP and LMTP cannot drift.
+macro_rules! client_store {
+    ($store:ident, $protocol:expr) => {
+        impl $store {
+            /// How many connections were opened so far (reuse shows as 1 for many messages).
+            pub fn connections_opened(&self) -> u64 {
+                self.link.opened
+            }
+
+            /// Closes the connection politely (QUIT), if one is open.
+            pub fn close(&mut self) {
+                self.link.close();
+            }
+        }
+
+        impl Drop for $store {
+            fn drop(&mut self) {
+                self.close();
+            }
+        }
+
+        impl $crate::deliver::Deliverer for $store {
+            fn describe(&self) -> String {
+                self.target.to_string()
+            }
+
+            fn deliver(
+                &mut self,
+                delivery: &$crate::deliver::Delivery<'_>,
+                recipients: &[$crate::deliver::RecipientSpec<'_>],
+            ) -> Result<Vec<$crate::deliver::Outcome>, $crate::deliver::StoreError> {
+                $crate::deliver::transaction::deliver_over(self, delivery, recipients)
+            }
+        }
+
+        impl $crate::deliver::transaction::Client for $store {
+            const PROTOCOL: $crate::deliver::transaction::Protocol = $protocol;
+
+            fn link(&mut self) -> &mut $crate::deliver::transaction::Link {
+                &mut self.link
+            }
+
+            fn open(
+                &mut self,
+            ) -> Result<$crate::deliver::transaction::Session, $crate::deliver::StoreError> {
+                $store::open(self)
+            }
+        }
+    };
+}
+pub(crate) use client_store;
+
+/// One delivery over a client's connection: refused before connecting if the sender
+/// cannot be sent, else on the reusable session (or a new one), which is kept after.
+pub(crate) fn deliver_over<C: Client>(
+    client: &mut C,
+    delivery: &Delivery<'_>,
+    recipients: &[RecipientSpec<'_>],
+) -> Result<Vec<Outcome>, StoreError> {
+    if let Some(refused) = refuse_sender(C::PROTOCOL, delivery, recipients) {
+        return Ok(refused);
+    }
+    let session = match client.link().reusable() {
+        Some(s) => s,
+        None => client.open()?,
+    };
+    let (outcomes, session) = deliver(session, C::PROTOCOL, delivery, recipients);
+    client.link().session = session;
+    Ok(outcomes)
 }
 
 /// A sender that cannot go into `MAIL FROM` refuses every recipient before a connection

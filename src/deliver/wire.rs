@@ -554,7 +554,7 @@ pub fn server_name(reply: &Reply) -> Option<String> {
         .lines
         .first()
         .and_then(|l| l.split_whitespace().next())
-        .map(sanitize::for_terminal)
+        .map(|n| sanitize::for_terminal(n).into_owned())
         .filter(|n| !n.is_empty())
 }
 
@@ -720,13 +720,14 @@ mod tests {
 
     fn delivery<'a>(sender: &'a ReversePath, content: &'a [u8]) -> Delivery<'a> {
         Delivery {
-            message_key: "k",
-            sender,
-            content,
-            arrival: chrono::DateTime::parse_from_rfc3339("2023-01-23T10:00:00+01:00").unwrap(),
-            recovering: false,
             envid: Some("id+1=x"),
             ret: Some(ReturnContent::Headers),
+            ..Delivery::new(
+                "k",
+                sender,
+                content,
+                chrono::DateTime::parse_from_rfc3339("2023-01-23T10:00:00+01:00").unwrap(),
+            )
         }
     }
 

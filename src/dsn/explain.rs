@@ -20,6 +20,16 @@ pub struct Expiry {
     pub tried: bool,
 }
 
+/// The sentence added to an expiry's explanation when the store said, to the end, that
+/// the recipient's mailbox was full (x.2.2).
+pub fn mailbox_full(text: String) -> String {
+    format!(
+        "{text} The recipient's mailbox was full (over its storage quota) each time \
+         delivery was tried: the recipient needs to make room, or ask for a larger quota, \
+         before the message is sent again."
+    )
+}
+
 /// Why an expired message was not delivered, told from its own dates.
 pub fn expired(e: &Expiry) -> String {
     let arrival = e.arrival.to_rfc2822();

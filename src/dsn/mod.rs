@@ -1,7 +1,7 @@
 //! Building RFC 3464 delivery status notifications. Pure: no IO, the clock and the
 //! Message-ID are passed in.
 //!
-//! What goes in, what comes out (see docs/dsn.md for the rules):
+//! What goes in, what comes out (the rules are in README, "Bounces"):
 //! * a `multipart/report; report-type=delivery-status` message with CRLF line ends, one
 //!   DSN for one original message and the recipients the caller chose to report (use
 //!   [`dsn_owed`] to choose them: RFC 3461 §5.2.8 wants no others);
@@ -34,7 +34,8 @@ mod status;
 
 pub use notify::{dsn_owed, failure_dsn_owed, warn_suppressed};
 pub use status::{
-    LocalFailure, status_at_expiry, status_for_local, status_for_reply, status_for_reply_text,
+    LocalFailure, is_over_quota, status_at_expiry, status_for_local, status_for_reply,
+    status_for_reply_text,
 };
 
 use std::fmt::Write as _;

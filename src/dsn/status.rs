@@ -95,6 +95,42 @@ pub fn status_for_reply_text(reply: &str) -> Option<String> {
     Some(status_for_reply(code, enhanced, rest))
 }
 
+/// Words stores use for an over-quota mailbox (Dovecot `Quota exceeded (mailbox for user
+/// is full)`, Postfix/Cyrus `Over quota`, RFC 5321's 552 text).
+const OVER_QUOTA_PHRASES: [&str; 5] = [
+    "quota",
+    "mailbox full",
+    "mailbox is full",
+    "mailbox for user is full",
+    "exceeded storage allocation",
+];
+
+/// Whether a reply says the recipient's mailbox is full: 452 or 552 with `x.2.2`, or with
+/// over-quota words and no enhanced code saying something else. Such a mailbox is retried
+/// within the queue lifetime even after a 552 (a week of mail landing at once fills it;
+/// the user makes room, the operator raises the quota), never bounced at once.
+pub fn is_over_quota(reply: &str) -> bool {
+    let reply = reply.trim_start();
+    let code = reply.get(..3);
+    if !matches!(code, Some("452" | "552")) {
+        return false;
+    }
+    let rest = reply[3..].trim_start_matches(['-', ' ']);
+    let enhanced = rest
+        .split_whitespace()
+        .next()
+        .filter(|w| is_valid_status(w));
+    match enhanced {
+        Some(status) => {
+            status.get(1..) == Some(".2.2") && status.get(..1) == code.and_then(|c| c.get(..1))
+        }
+        None => {
+            let lower = rest.to_ascii_lowercase();
+            OVER_QUOTA_PHRASES.iter().any(|p| lower.contains(p))
+        }
+    }
+}
+
 /// The status of a recipient that expired, given the status of the last transient reply
 /// the store gave for it (if any).
 ///
@@ -106,6 +142,9 @@ pub fn status_for_reply_text(reply: &str) -> Option<String> {
 pub fn status_at_expiry(last_status: Option<&str>) -> String {
     match last_status.map(str::trim) {
         Some(status) if is_valid_status(status) && status.starts_with("4.2.") => status.to_string(),
+        // A full mailbox that said so with a 552 was retried like a 452 (`is_over_quota`):
+        // what the sender must hear is still that the mailbox was full.
+        Some("5.2.2") => "5.2.2".to_string(),
         _ => status_for_local(LocalFailure::Expired).to_string(),
     }
 }
@@ -209,13 +248,32 @@ mod tests {
     }
 
     #[test]
+    fn over_quota_replies() {
+        assert!(is_over_quota("452 4.2.2 <a@b> Quota exceeded"));
+        assert!(is_over_quota(
+            "552 5.2.2 <bob@example.net> Quota exceeded (mailbox for user is full)"
+        ));
+        assert!(is_over_quota("552-5.2.2 mailbox full\r\n552 5.2.2 sorry"));
+        assert!(is_over_quota(
+            "552 Requested mail action aborted: exceeded storage allocation"
+        ));
+        assert!(is_over_quota("452 Over quota"));
+        assert!(!is_over_quota("452 4.3.1 Insufficient system storage"));
+        assert!(!is_over_quota("552 5.3.4 Message size exceeds fixed limit"));
+        assert!(!is_over_quota("550 5.2.2 mailbox full"));
+        assert!(!is_over_quota("451 4.2.2 quota"));
+        assert!(!is_over_quota("452 4.3.1 quota of the system disk"));
+    }
+
+    #[test]
     fn expiry_keeps_mailbox_conditions_and_otherwise_says_447() {
         assert_eq!(status_at_expiry(Some("4.2.2")), "4.2.2");
         assert_eq!(status_at_expiry(Some("4.2.1")), "4.2.1");
         assert_eq!(status_at_expiry(Some("4.3.0")), "4.4.7");
         assert_eq!(status_at_expiry(Some("4.0.0")), "4.4.7");
         assert_eq!(status_at_expiry(Some("4.4.1")), "4.4.7");
-        assert_eq!(status_at_expiry(Some("5.2.2")), "4.4.7");
+        assert_eq!(status_at_expiry(Some("5.2.2")), "5.2.2");
+        assert_eq!(status_at_expiry(Some("5.2.1")), "4.4.7");
         assert_eq!(status_at_expiry(Some("4.2.02")), "4.4.7");
         assert_eq!(status_at_expiry(None), "4.4.7");
     }

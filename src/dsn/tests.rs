@@ -5,6 +5,9 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+#[path = "../../tests/it/support/golden.rs"]
+mod golden;
+
 use chrono::{DateTime, FixedOffset};
 use mail_parser::{MessageParser, MimeHeaders};
 
@@ -421,30 +424,11 @@ fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/dsn")
 }
 
-/// Byte-exact comparison with `fixtures/dsn/<case>.expected.eml`; `UPDATE_GOLDEN=1`
-/// rewrites it.
+/// Byte-exact comparison with `fixtures/dsn/<case>.expected.eml` (the suite's one
+/// golden helper, shared with the integration tests).
 #[track_caller]
 fn check_golden(case: &str, actual: &[u8]) {
-    let dir = golden_dir();
-    let expected_path = dir.join(format!("{case}.expected.eml"));
-    let actual_path = dir.join(format!("{case}.actual"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        fs::create_dir_all(&dir).expect("create fixtures/dsn");
-        fs::write(&expected_path, actual).expect("write golden");
-        let _ = fs::remove_file(&actual_path);
-        return;
-    }
-    let expected = fs::read(&expected_path).unwrap_or_default();
-    if expected == actual {
-        let _ = fs::remove_file(&actual_path);
-        return;
-    }
-    fs::write(&actual_path, actual).expect("write .actual");
-    panic!(
-        "DSN for case `{case}` differs from {}; got {} (UPDATE_GOLDEN=1 regenerates)",
-        expected_path.display(),
-        actual_path.display()
-    );
+    golden::check_golden_file(&golden_dir().join(format!("{case}.expected.eml")), actual);
 }
 
 #[test]

@@ -105,16 +105,22 @@ pub enum DsnFilter {
 impl Ledger {
     /// DSNs in id order.
     pub fn dsns(&self, filter: DsnFilter) -> Result<Vec<DsnRow>> {
+        // The send-state names come from `SendState` (a plain lowercase word each).
+        let name = |state: SendState| format!("'{}'", state.as_str());
         let filter = match filter {
-            DsnFilter::All => "",
-            DsnFilter::Unwritten => "WHERE d.written_at IS NULL",
+            DsnFilter::All => String::new(),
+            DsnFilter::Unwritten => "WHERE d.written_at IS NULL".to_string(),
             DsnFilter::Unsent {
                 resend_uncertain: false,
-            } => "WHERE d.send_state = 'pending'",
+            } => format!("WHERE d.send_state = {}", name(SendState::Pending)),
             DsnFilter::Unsent {
                 resend_uncertain: true,
-            } => "WHERE d.send_state IN ('pending', 'uncertain')",
-            DsnFilter::Sending => "WHERE d.send_state = 'sending'",
+            } => format!(
+                "WHERE d.send_state IN ({}, {})",
+                name(SendState::Pending),
+                name(SendState::Uncertain)
+            ),
+            DsnFilter::Sending => format!("WHERE d.send_state = {}", name(SendState::Sending)),
         };
         let sql = format!(
             "SELECT d.id, d.message_id, m.queue_id, d.kind, d.envelope_to, d.rfc_message_id, d.created_at, \

@@ -16,12 +16,12 @@ use anyhow::{Context, Result};
 
 use crate::exit::{Exit, Failure};
 
-pub struct LedgerLock {
+pub(super) struct LedgerLock {
     _file: File,
 }
 
 /// `<real path of the ledger>.lock`.
-pub fn lock_path(ledger: &Path) -> PathBuf {
+pub(super) fn lock_path(ledger: &Path) -> PathBuf {
     let mut name = real_path(ledger).into_os_string();
     name.push(".lock");
     PathBuf::from(name)
@@ -59,7 +59,7 @@ fn real_path(ledger: &Path) -> PathBuf {
 }
 
 impl LedgerLock {
-    pub fn acquire(ledger: &Path, command: &str) -> Result<LedgerLock> {
+    pub(super) fn acquire(ledger: &Path, command: &str) -> Result<LedgerLock> {
         let path = lock_path(ledger);
         let mut file = OpenOptions::new()
             .read(true)
@@ -78,7 +78,7 @@ impl LedgerLock {
             Err(TryLockError::WouldBlock) => {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
-                let holder = crate::sanitize::for_terminal(holder.trim());
+                let holder = crate::sanitize::for_terminal(holder.trim()).into_owned();
                 let holder = if holder.is_empty() {
                     "another process".to_string()
                 } else {

@@ -64,6 +64,9 @@ pub struct MailboxRow {
     /// Pending, in flight or deferred.
     pub pending: u64,
     pub uncertain: u64,
+    /// Not delivered, the store having said the mailbox is full (x.2.2): deferred and
+    /// retried, or bounced at expiry. The mailboxes whose quota the operator should raise.
+    pub over_quota: u64,
 }
 
 impl MailboxRow {
@@ -91,18 +94,36 @@ impl MailboxRow {
         self.held += other.held;
         self.pending += other.pending;
         self.uncertain += other.uncertain;
+        self.over_quota += other.over_quota;
     }
 }
 
 /// Every mailbox with its counts, in mailbox order (`mailbox_row` reads a row).
 pub(super) fn mailbox_sql() -> String {
+    use RcptState::*;
+    let delivered_at = delivered_at();
+    let [
+        delivered,
+        bounced,
+        failed,
+        dropped,
+        held,
+        pending,
+        in_flight,
+        deferred,
+        uncertain,
+    ] = [
+        Delivered, Bounced, Failed, Dropped, Held, Pending, InFlight, Deferred, Uncertain,
+    ]
+    .map(RcptState::sql);
     format!(
         "SELECT lower(r.address) AS mailbox, count(*), \
-           sum(CASE WHEN r.state = 'delivered' THEN {DELIVERED_AT} IS NOT NULL ELSE 0 END), \
-           max(CASE WHEN r.state = 'delivered' THEN {DELIVERED_AT} - m.arrival_unix END), \
-           sum(r.state IN ('bounced', 'failed')), sum(r.state = 'dropped'), \
-           sum(r.state = 'held'), sum(r.state IN ('pending', 'in_flight', 'deferred')), \
-           sum(r.state = 'uncertain') \
+           sum(CASE WHEN r.state = {delivered} THEN {delivered_at} IS NOT NULL ELSE 0 END), \
+           max(CASE WHEN r.state = {delivered} THEN {delivered_at} - m.arrival_unix END), \
+           sum(r.state IN ({bounced}, {failed})), sum(r.state = {dropped}), \
+           sum(r.state = {held}), sum(r.state IN ({pending}, {in_flight}, {deferred})), \
+           sum(r.state = {uncertain}), \
+           sum(r.state <> {delivered} AND coalesce(r.status, '') IN ('4.2.2', '5.2.2')) \
          FROM recipients r JOIN messages m ON m.id = r.message_id \
          GROUP BY lower(r.address) ORDER BY lower(r.address)"
     )
@@ -120,6 +141,7 @@ pub(super) fn mailbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MailboxRow>
         held: n(6)?,
         pending: n(7)?,
         uncertain: n(8)?,
+        over_quota: n(9)?,
     })
 }
 
@@ -160,8 +182,13 @@ const DOMAIN_OF_ENVELOPE_TO: &str = "lower(substr(d.envelope_to, \
 
 /// The unix time a recipient was delivered by a run (the ingest-time `delivered` of mail the
 /// MTA had already delivered has no `from_state`, and is not a late delivery).
-const DELIVERED_AT: &str = "(SELECT CAST(strftime('%s', min(e.at)) AS INTEGER) FROM events e \
-     WHERE e.recipient_id = r.id AND e.to_state = 'delivered' AND e.from_state IS NOT NULL)";
+fn delivered_at() -> String {
+    format!(
+        "(SELECT CAST(strftime('%s', min(e.at)) AS INTEGER) FROM events e \
+         WHERE e.recipient_id = r.id AND e.to_state = {} AND e.from_state IS NOT NULL)",
+        RcptState::Delivered.sql()
+    )
+}
 
 /// Which part of the spool each envelope field of a message was taken from, as ingest
 /// recorded it (`spool::FieldSource` names: `sidecar`, `x-original-to`, `queue-file`, …).
@@ -178,10 +205,8 @@ impl Ledger {
         let pattern = format!("{}%", super::SPOOL_CHANGED);
         let n: i64 = self
             .conn
-            .prepare_cached(
-                "SELECT count(*) FROM recipients WHERE state = 'held' AND reply LIKE ?1",
-            )?
-            .query_row([pattern], |r| r.get(0))
+            .prepare_cached("SELECT count(*) FROM recipients WHERE state = ?2 AND reply LIKE ?1")?
+            .query_row([pattern.as_str(), RcptState::Held.as_str()], |r| r.get(0))
             .with_context(|| format!("cannot read ledger `{}`", self.path.display()))?;
         Ok(n as u64)
     }
@@ -367,9 +392,9 @@ impl Ledger {
             "SELECT CAST(strftime('%s', e.at) AS INTEGER) - m.arrival_unix \
              FROM events e JOIN recipients r ON r.id = e.recipient_id \
              JOIN messages m ON m.id = r.message_id \
-             WHERE e.to_state = 'delivered' AND e.from_state IS NOT NULL",
+             WHERE e.to_state = ?1 AND e.from_state IS NOT NULL",
         )?;
-        let mut rows = stmt.query([])?;
+        let mut rows = stmt.query([RcptState::Delivered.as_str()])?;
         while let Some(r) = rows.next()? {
             if let Some(delay) = r.get::<_, Option<i64>>(0)? {
                 f(delay);
@@ -475,6 +500,8 @@ mod tests {
         assert_eq!(rows[0].bounced, 1);
         assert_eq!(rows[1].held, 1);
         assert_eq!(rows[1].worst_delay_seconds, None);
+        // Nobody's status says the mailbox was full (and a NULL status counts as 0).
+        assert!(rows.iter().all(|r| r.over_quota == 0), "{rows:?}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub enum RcptState {
     /// Ingested; no decision yet, or released for delivery.
     Pending,
     /// Handed to the store; the outcome is not yet recorded. After a crash such rows are
-    /// completed first (see `cmd::run`).
+    /// completed first (see `replay::Replay::run`, which settles in-flight work).
     InFlight,
     Delivered,
     /// The store refused for now; retried by the next run.
@@ -74,6 +74,12 @@ impl RcptState {
         }
     }
 
+    /// The state as an SQL string literal, for queries that name states: the names come
+    /// from `as_str` alone (lowercase letters and `_`), so quoting them needs no escaping.
+    pub(super) fn sql(self) -> String {
+        format!("'{}'", self.as_str())
+    }
+
     /// States a `run` still has to work on (the exit code is 75 while any remain).
     pub fn is_open_work(self) -> bool {
         matches!(
@@ -94,8 +100,9 @@ impl RcptState {
     pub fn check_transition(self, to: RcptState) -> Result<(), BadTransition> {
         use RcptState::*;
         let allowed = match self {
-            Pending => matches!(to, InFlight | Held | Failed | Dropped),
-            Deferred => matches!(to, InFlight | Held | Failed | Dropped),
+            // Duplicate: another ledger of the cluster has (or is delivering) this copy.
+            Pending => matches!(to, InFlight | Held | Failed | Dropped | Duplicate),
+            Deferred => matches!(to, InFlight | Held | Failed | Dropped | Duplicate),
             Held => matches!(to, Pending | Failed | Dropped),
             InFlight => matches!(to, Delivered | Deferred | Failed | Held | Uncertain),
             Failed => matches!(to, Bounced | Dropped),
@@ -133,6 +140,33 @@ impl FromStr for RcptState {
 mod tests {
     use super::*;
 
+    /// State names in the ledger's queries come from `RcptState` (bound or `sql()`), so a
+    /// renamed state cannot leave a query matching nothing. Only the migrations (history,
+    /// never edited) and test fixtures may spell them.
+    #[test]
+    fn queries_take_state_names_from_the_enum() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ledger");
+        let mut read = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().is_some_and(|n| n == "schema.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for state in ALL_STATES {
+                let literal = format!("'{}'", state.as_str());
+                assert!(
+                    !code.contains(&literal),
+                    "{} spells {literal} in SQL: use RcptState::{state:?}",
+                    path.display()
+                );
+            }
+            read += 1;
+        }
+        assert!(read > 5, "read only {read} files in {}", dir.display());
+    }
+
     #[test]
     fn terminal_states_never_move() {
         for from in [
@@ -145,6 +179,26 @@ mod tests {
             for to in ALL_STATES {
                 assert!(from.check_transition(to).is_err(), "{from} -> {to}");
             }
+        }
+    }
+
+    #[test]
+    fn open_work_may_become_another_ledgers_duplicate() {
+        for from in [RcptState::Pending, RcptState::Deferred] {
+            assert!(
+                from.check_transition(RcptState::Duplicate).is_ok(),
+                "{from}"
+            );
+        }
+        for from in [
+            RcptState::InFlight,
+            RcptState::Delivered,
+            RcptState::Uncertain,
+        ] {
+            assert!(
+                from.check_transition(RcptState::Duplicate).is_err(),
+                "{from}"
+            );
         }
     }
 

@@ -2,13 +2,10 @@
 //! request row (pause, resume, rate N/s) and the run polls for rows newer than the last it
 //! obeyed. The row is the message: no signal, no socket, works wherever the ledger is.
 
-use std::path::Path;
-
 use anyhow::{Context, Result};
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::params;
 
-use super::{Ledger, no_ledger, schema, timestamp};
-use crate::exit::{Exit, failure};
+use super::{Ledger, timestamp};
 
 /// One request, as `control` wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,39 +17,6 @@ pub enum Steer {
 }
 
 impl Ledger {
-    /// Opens a ledger a `run` may hold, to append a steering request: no writer lock
-    /// (the run holds it), SQLite's own locking and busy timeout keep the one insert safe.
-    pub fn open_for_steering(path: &Path) -> Result<Ledger> {
-        if !path.exists() {
-            return Err(no_ledger(path));
-        }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .with_context(|| format!("cannot open ledger `{}`", path.display()))?;
-        let ledger = Ledger {
-            conn,
-            path: path.to_path_buf(),
-            _lock: None,
-        };
-        ledger.set_busy_timeout()?;
-        let version = ledger.user_version()?;
-        if version != schema::latest_version() {
-            return Err(failure(
-                Exit::DataErr,
-                format!(
-                    "ledger `{}` has schema version {version}, this spoolreplay writes version {}",
-                    path.display(),
-                    schema::latest_version()
-                ),
-            ));
-        }
-        // A damaged ledger is not written to, not even one row.
-        ledger.check_integrity()?;
-        Ok(ledger)
-    }
-
     /// Appends a request; returns its id.
     pub fn request_steering(&self, steer: &Steer) -> Result<i64> {
         let (command, rate) = match steer {

@@ -6,6 +6,7 @@ use chrono::{DateTime, Datelike, FixedOffset, Local};
 
 use super::{Event, Replay, STATUS_EXPIRED, read_verified, test_hook};
 use crate::address::{ReturnContent, ReversePath};
+use crate::bounce_policy::{self, Verdict};
 use crate::dsn::{self, Action, Diagnostic, DsnError, DsnRecipient, DsnRequest};
 use crate::incident::Incident;
 use crate::ledger::DsnKind;
@@ -56,8 +57,14 @@ impl Replay<'_> {
                 if due.is_empty() {
                     continue;
                 }
-                let original = read_verified(m).unwrap_or_default();
-                if dsn::warn_suppressed(&original) {
+                let original = read_verified(m).ok();
+                if dsn::warn_suppressed(original.as_deref().unwrap_or_default()) {
+                    continue;
+                }
+                // No warning either to a sender the policy would not bounce to (judged
+                // on the bytes just read: one read of the spool).
+                let policy = &self.settings.incident.bounces;
+                if !bounce_policy::judge(policy, m.sender.as_str(), original.as_deref()).bounces() {
                     continue;
                 }
                 let work = MessageWork {
@@ -122,6 +129,19 @@ impl Replay<'_> {
         })?;
         if owed.is_empty() {
             return Ok(());
+        }
+        // `[bounces]`: no backscatter to senders our MX did not authenticate, or whose
+        // mail it marked as spam. The recipients are dropped with the rule and verdict.
+        let verdict = policy_verdict(self.settings.incident, m);
+        if !verdict.bounces() {
+            return self.drop_all(&owed, false, |r| {
+                let failed = r
+                    .reply
+                    .as_deref()
+                    .map(|why| format!("; it failed: {why}"))
+                    .unwrap_or_default();
+                format!("{}{failed}", verdict.reason())
+            });
         }
         let work = &MessageWork {
             message: m.clone(),
@@ -211,7 +231,7 @@ impl Replay<'_> {
         kind: DsnKind,
         unbuildable: &Unbuildable,
     ) -> Result<()> {
-        let notice = crate::sanitize::for_terminal(&unbuildable.to_string());
+        let notice = crate::sanitize::for_terminal(&unbuildable.to_string()).into_owned();
         (self.on_event)(Event::Notice(&notice));
         match kind {
             DsnKind::Delay => Ok(()),
@@ -233,6 +253,18 @@ impl Replay<'_> {
 pub struct Unbuildable {
     pub queue_id: String,
     pub why: String,
+}
+
+/// The `[bounces]` policy's verdict on a DSN to `m`'s sender, from the original as
+/// ingested (re-read from the spool and checked against its content hash). Without a
+/// policy the spool is not read.
+pub fn policy_verdict(incident: &Incident, m: &crate::ledger::MessageRow) -> Verdict {
+    let policy = &incident.bounces;
+    if !policy.is_active() {
+        return bounce_policy::judge(policy, m.sender.as_str(), Some(&[]));
+    }
+    let original = read_verified(m).ok();
+    bounce_policy::judge(policy, m.sender.as_str(), original.as_deref())
 }
 
 /// What in one message keeps its DSN from being made, found before building it.
@@ -448,13 +480,21 @@ fn explanation(work: &MessageWork, incident: &Incident) -> String {
             .and_then(|w| w.note.as_deref());
         dsn::explain::bounced(m.arrival, note)
     } else {
-        dsn::explain::expired(&dsn::explain::Expiry {
+        let text = dsn::explain::expired(&dsn::explain::Expiry {
             arrival: m.arrival,
             lifetime: incident.queue_lifetime,
             deadline: crate::classify::deadline(incident, m.arrival),
             restored_at: incident.restored_at,
             tried: expired.iter().any(|r| r.attempts > 0),
-        })
+        });
+        let full = expired
+            .iter()
+            .any(|r| matches!(r.status.as_deref(), Some("4.2.2" | "5.2.2")));
+        if full {
+            dsn::explain::mailbox_full(text)
+        } else {
+            text
+        }
     };
     dsn::explain::with_operator_text(text, incident.dsn_text.as_deref())
 }

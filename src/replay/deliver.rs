@@ -18,12 +18,13 @@ use super::{
     Event, Replay, Stop, UncertainPolicy, apply_classification, classify_message, read_verified,
     redeliver_once, test_hook,
 };
+use crate::address::Mailbox;
 use crate::address::ReturnContent;
 use crate::breaker::{self, Breaker};
 use crate::classify::Disposition;
 use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::ledger::{Change, DeliveryOrder, MessageWork, RcptState, Steer, Tx};
-use crate::pace::{Pace, PushBack, Signal, format_rate};
+use crate::pace::{Claim, Grant, Pace, PushBack, Signal, format_rate};
 use crate::throttle::RateSpec;
 
 /// How often a dispatcher waiting on the store tells the printer it is still there.
@@ -208,6 +209,8 @@ impl Replay<'_> {
             drop(done_tx);
             let result = self.dispatch(&job_tx, &done_rx);
             drop(job_tx);
+            // Turns booked and not used go back to the cluster at once.
+            self.tokens.finish();
             result
         })
     }
@@ -289,7 +292,14 @@ impl Replay<'_> {
                 }
                 // Wait for the pace while recording whatever comes back meanwhile, so an
                 // accepted message never waits in flight for the next one's turn.
-                let wait = d.pace.wait(self.started.elapsed(), work.message.size);
+                let Some(turn) = self.turn(done, &mut d, work.message.size, &mut health)? else {
+                    after = work.message.id - 1;
+                    break;
+                };
+                let wait = d
+                    .pace
+                    .wait(self.started.elapsed(), work.message.size)
+                    .max(turn);
                 if !wait.is_zero() {
                     health = worst(health, self.collect(done, &mut d, Instant::now() + wait)?);
                     if health != Health::Fine {
@@ -297,6 +307,15 @@ impl Replay<'_> {
                         break;
                     }
                 }
+                // Across ledgers: a copy another member has is not handed over again.
+                let work = match self.claim_copies(done, &mut d, work, &mut health)? {
+                    Claimed::Send(work) => *work,
+                    Claimed::Skip => continue,
+                    Claimed::Stop(id) => {
+                        after = id - 1;
+                        break;
+                    }
+                };
                 // Intent first, one message at a time: the in-flight window is the message
                 // a worker is handing over, nothing more. The outcomes that came back
                 // meanwhile go into the same commit: one fsync per message, not two. If
@@ -346,6 +365,137 @@ impl Replay<'_> {
                 }
             }
         }
+    }
+
+    /// The token source's turn for one message of `bytes` (a cluster member waits for
+    /// the cluster's budget; paused, it records what comes back and asks again). `None`:
+    /// stop handing out work (interrupted, or the store went unhealthy meanwhile).
+    fn turn(
+        &mut self,
+        done: &Receiver<Done>,
+        d: &mut Dispatch,
+        bytes: u64,
+        health: &mut Health,
+    ) -> Result<Option<Duration>> {
+        let mut told = false;
+        loop {
+            match self.tokens.take(bytes) {
+                Grant::Go(wait) => return Ok(Some(wait)),
+                Grant::Hold { wait, why } => {
+                    if !told {
+                        (self.on_event)(Event::Notice(&format!("{why}; waiting")));
+                        told = true;
+                    }
+                    *health = worst(*health, self.collect(done, d, Instant::now() + wait)?);
+                    if *health != Health::Fine || self.is_interrupted() {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims the copies of `work` in the cluster (a run alone claims nothing): those
+    /// another ledger delivered or is delivering are recorded `duplicate` of its copy;
+    /// the rest is what to hand over. With `--cluster-dedupe strict` and the coordinator
+    /// away, waits for it (recording what comes back), up to `--store-timeout`.
+    fn claim_copies(
+        &mut self,
+        done: &Receiver<Done>,
+        d: &mut Dispatch,
+        mut work: MessageWork,
+        health: &mut Health,
+    ) -> Result<Claimed> {
+        let canonical: Vec<String> = work
+            .recipients
+            .iter()
+            .map(|r| Mailbox::canonical_key(&r.address))
+            .collect();
+        let mut since: Option<Instant> = None;
+        let claims = loop {
+            let claims = self.tokens.claim(&work.message.content_hash, &canonical);
+            if !claims.contains(&Claim::Wait) {
+                break claims;
+            }
+            let started = *since.get_or_insert_with(|| {
+                (self.on_event)(Event::Notice(
+                    "cluster coordinator away: waiting to check duplicates across ledgers (--cluster-dedupe strict)",
+                ));
+                Instant::now()
+            });
+            if started.elapsed() >= self.settings.retry.store_timeout {
+                self.stats.stop = Some(Stop::StoreLost(format!(
+                    "the cluster coordinator has been unreachable for {} (--cluster-dedupe strict)",
+                    crate::throttle::format_duration(started.elapsed())
+                )));
+                return Ok(Claimed::Stop(work.message.id));
+            }
+            *health = worst(*health, self.collect(done, d, Instant::now() + TICK)?);
+            if *health != Health::Fine || self.is_interrupted() {
+                return Ok(Claimed::Stop(work.message.id));
+            }
+        };
+        self.unchecked = claims.contains(&Claim::Unchecked);
+        let mut theirs = Vec::new();
+        let mut mine = Vec::new();
+        for (r, claim) in work.recipients.drain(..).zip(claims) {
+            match claim {
+                Claim::Theirs { ledger, delivered } => {
+                    let how = if delivered {
+                        "delivered"
+                    } else {
+                        "being delivered"
+                    };
+                    theirs.push((
+                        r,
+                        format!("duplicate of the copy in ledger {ledger} ({how})"),
+                    ));
+                }
+                _ => mine.push(r),
+            }
+        }
+        work.recipients = mine;
+        self.stats.cluster_duplicates += theirs.len() as u64;
+        if !theirs.is_empty() {
+            self.ledger.write(|tx| {
+                for (r, why) in &theirs {
+                    let change = Change {
+                        detail: Some(why),
+                        ..Change::default()
+                    };
+                    tx.set_state(r, RcptState::Duplicate, change)?;
+                }
+                Ok(())
+            })?;
+            for (r, why) in &theirs {
+                (self.on_event)(Event::Outcome {
+                    message: &work.message,
+                    recipient: &r.address,
+                    state: RcptState::Duplicate,
+                    detail: why,
+                });
+            }
+            self.share_progress(d);
+        }
+        Ok(if work.recipients.is_empty() {
+            Claimed::Skip
+        } else {
+            Claimed::Send(Box::new(work))
+        })
+    }
+
+    /// Tells the cluster (if any) how far this run is.
+    fn share_progress(&mut self, d: &Dispatch) {
+        let s = &self.stats;
+        let counts = [
+            ("delivered", s.delivered + s.already_there),
+            ("deferred", s.deferred),
+            ("failed", s.failed),
+            ("held", s.held),
+            ("uncertain", s.uncertain),
+            ("duplicate", s.cluster_duplicates),
+        ];
+        self.tokens.progress(d.handled, &counts, &d.pace_text);
     }
 
     /// While every worker is busy and one more message waits for them in the channel,
@@ -524,9 +674,21 @@ impl Replay<'_> {
                 d.pace_text = format!("pace {} ({})", format_rate(change.rate), change.reason);
                 let text = d.pace_text.clone();
                 (self.on_event)(Event::Notice(&text));
+                self.tokens.publish(&change);
             }
         }
+        for news in self.tokens.news() {
+            (self.on_event)(Event::Notice(&news));
+        }
+        // A back-off or recovery elsewhere in the cluster: this run follows it.
+        if let Some(change) = self.tokens.follow() {
+            d.pace.follow(change.rate);
+            d.pace_text = format!("pace {} ({})", format_rate(change.rate), change.reason);
+            let text = d.pace_text.clone();
+            (self.on_event)(Event::Notice(&text));
+        }
         if settled > 0 {
+            self.share_progress(d);
             let text = d.pace_text.clone();
             (self.on_event)(Event::Delivered {
                 messages: d.handled,
@@ -702,6 +864,7 @@ impl Replay<'_> {
             recorded.push(r);
         }
         let next = next.filter(|_| health == Health::Fine);
+        let unchecked = self.unchecked;
         let handed = self.ledger.write(|tx| {
             for rec in &recorded {
                 for (r, s) in rec.work.recipients.iter().zip(&rec.outcomes) {
@@ -729,12 +892,18 @@ impl Replay<'_> {
                     }
                 }
             }
-            next.map(|work| mark_in_flight(tx, work)).transpose()
+            next.map(|work| mark_in_flight(tx, work, unchecked))
+                .transpose()
         })?;
         for rec in &recorded {
             for (r, s) in rec.work.recipients.iter().zip(&rec.outcomes) {
                 if let Some(m) = &self.metrics {
                     feed_outcome(m, &rec.work.message, s, now);
+                }
+                if s.state == RcptState::Delivered {
+                    let canonical = Mailbox::canonical_key(&r.address);
+                    self.tokens
+                        .confirm(&rec.work.message.content_hash, &canonical);
                 }
                 match s.state {
                     RcptState::Delivered if s.already => self.stats.already_there += 1,
@@ -840,11 +1009,17 @@ struct Recorded {
 
 /// Records intent: the message's recipients go in flight (inside the caller's
 /// transaction). Returns the work as recorded.
-fn mark_in_flight(tx: &Tx<'_>, work: &MessageWork) -> Result<MessageWork> {
+/// Recipients go in flight; `unchecked`: the cluster could not be asked whether another
+/// ledger has this copy, and the audit trail says so.
+fn mark_in_flight(tx: &Tx<'_>, work: &MessageWork, unchecked: bool) -> Result<MessageWork> {
     let mut moved = work.clone();
     for r in &mut moved.recipients {
         let change = Change {
-            detail: Some("handed to the store"),
+            detail: Some(if unchecked {
+                "handed to the store; duplicates across ledgers not checked (cluster coordinator away)"
+            } else {
+                "handed to the store"
+            }),
             audit_only: true,
             ..Change::default()
         };
@@ -875,6 +1050,16 @@ fn feed_outcome(
     if s.state == RcptState::Delivered && !s.already {
         m.delivered_after((now - message.arrival).to_std().unwrap_or_default());
     }
+}
+
+/// What the cluster's claims leave of a message.
+enum Claimed {
+    /// Hand over these recipients.
+    Send(Box<MessageWork>),
+    /// Every recipient is another ledger's copy: nothing to hand over.
+    Skip,
+    /// Stop handing out work, from this message id on.
+    Stop(i64),
 }
 
 /// `first` and every other result already waiting: they are recorded together.
@@ -924,7 +1109,24 @@ impl From<Outcome> for Settled {
                     format!("already in the store from an interrupted run: {detail}"),
                 )
             },
+            Outcome::Deferred { reply, remote } if crate::dsn::is_over_quota(&reply) => Settled {
+                status: crate::dsn::status_for_reply_text(&reply),
+                remote,
+                ..Settled::new(RcptState::Deferred, reply)
+            },
             Outcome::Deferred { reply, remote } => Settled {
+                remote,
+                ..Settled::new(RcptState::Deferred, reply)
+            },
+            // A full mailbox is retried within its queue lifetime even after a 552; the
+            // status (x.2.2) is kept, so `report --affected` counts it and an expiry DSN
+            // says the mailbox was full.
+            Outcome::Failed {
+                reply,
+                status,
+                remote,
+            } if crate::dsn::is_over_quota(&reply) => Settled {
+                status: Some(status),
                 remote,
                 ..Settled::new(RcptState::Deferred, reply)
             },

@@ -8,7 +8,7 @@
 mod bounce;
 mod deliver;
 
-pub use bounce::{Unbuildable, make_dsn};
+pub use bounce::{Unbuildable, make_dsn, policy_verdict};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,11 +18,11 @@ use anyhow::Result;
 use chrono::{DateTime, FixedOffset};
 
 use crate::classify::{self, Classification, Disposition};
-use crate::config::PaceConfig;
 use crate::deliver::{Deliverer, Outcome, StoreError};
 use crate::incident::Incident;
 use crate::ledger::{Change, Ledger, MessageRow, MessageWork, RcptState, SPOOL_CHANGED, Tx};
 use crate::metrics::Metrics;
+use crate::pace::{Alone, PaceConfig, TokenSource};
 use crate::spool::{self, ContentHash, SpoolFormat};
 
 /// Messages per page when walking the ledger outside of delivery batches.
@@ -136,6 +136,8 @@ pub struct Stats {
     pub held: u64,
     pub dropped: u64,
     pub uncertain: u64,
+    /// Recipients whose copy another ledger of the cluster has (`run --cluster`).
+    pub cluster_duplicates: u64,
     /// `--uncertain verify`: uncertain recipients found in the store, not found (and so
     /// delivered again), and those the store could not be asked about (still uncertain).
     pub verified_found: u64,
@@ -165,6 +167,10 @@ pub struct Replay<'a> {
     started: Instant,
     /// Fed as the run goes when `--metrics` serves them (see `metrics.rs`).
     metrics: Option<Arc<Metrics>>,
+    /// Turns beyond the local pace: none needed alone, the cluster's with `--cluster`.
+    tokens: Box<dyn TokenSource + 'a>,
+    /// The message about to go in flight was not checked across ledgers.
+    unchecked: bool,
 }
 
 impl<'a> Replay<'a> {
@@ -184,12 +190,20 @@ impl<'a> Replay<'a> {
             stats: Stats::default(),
             started: Instant::now(),
             metrics: None,
+            tokens: Box::new(Alone),
+            unchecked: false,
         }
     }
 
     /// Feeds `metrics` while the run goes.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Takes turns from `tokens` (a cluster) as well as from the local pace.
+    pub fn with_tokens(mut self, tokens: Box<dyn TokenSource + 'a>) -> Replay<'a> {
+        self.tokens = tokens;
         self
     }
 

@@ -141,6 +141,7 @@ svg {{ max-width: 100%; height: auto; }}
     delays_section(&mut page, r);
     domains_section(&mut page, r);
     plan_section(&mut page, r);
+    bounces_section(&mut page, r);
     anomalies_section(&mut page, r);
     quarantine_section(&mut page, r);
     page.push_str("</body></html>\n");
@@ -423,6 +424,57 @@ fn plan_section(page: &mut String, r: &HtmlReport<'_>) {
             c.recipients,
             c.bytes,
             human_bytes(c.bytes)
+        );
+    }
+    page.push_str("</table>");
+}
+
+/// What the `[bounces]` policy does with the failure DSNs owed: per window, and the sender
+/// domains that would receive the most (the same numbers as the text report's).
+fn bounces_section(page: &mut String, r: &HtmlReport<'_>) {
+    let plan = r.plan;
+    let policy = &r.incident.bounces;
+    let _ = write!(
+        page,
+        "<h2 id=\"bounces\">Failure DSNs under the bounce policy</h2><p class=\"note\">require = {}, spam = {}.</p>",
+        policy.require.as_str(),
+        match policy.spam {
+            crate::bounce_policy::Spam::Bounce => "bounce",
+            crate::bounce_policy::Spam::Suppress => "suppress",
+        }
+    );
+    let head = "<th class=\"n\">DSNs</th><th class=\"n\">suppressed: unauthenticated</th><th class=\"n\">suppressed: spam</th></tr>";
+    let _ = write!(
+        page,
+        "<table id=\"bounce-policy-table\"><tr><th>window</th>{head}"
+    );
+    for (w, c) in &plan.policy_by_window {
+        let name = if *w == OUTSIDE_INDEX {
+            crate::classify::OUTSIDE
+        } else {
+            r.incident.windows[*w].name.as_str()
+        };
+        let _ = write!(
+            page,
+            "<tr><td class=\"name\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            escape(name),
+            c.dsns,
+            c.unauthenticated,
+            c.spam
+        );
+    }
+    let _ = write!(
+        page,
+        "</table><table id=\"dsn-sender-domains-table\"><tr><th>sender domain</th>{head}"
+    );
+    for (d, c) in plan.top_sender_domains(10) {
+        let _ = write!(
+            page,
+            "<tr><td class=\"name\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            escape(d),
+            c.dsns,
+            c.unauthenticated,
+            c.spam
         );
     }
     page.push_str("</table>");

@@ -13,7 +13,25 @@ pub mod table;
 
 use std::io::{self, Write};
 
-use crate::config::Output;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose(u8),
+}
+
+/// How output is rendered.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    pub json: bool,
+    pub verbosity: Verbosity,
+}
+
+impl Output {
+    pub fn quiet(&self) -> bool {
+        self.verbosity == Verbosity::Quiet
+    }
+}
 
 /// The one place output goes through.
 pub struct Printer {
@@ -89,7 +107,7 @@ impl Printer {
 
     /// Detail shown with `-v`.
     pub fn verbose(&self, text: &str) {
-        if matches!(self.output.verbosity, crate::config::Verbosity::Verbose(_)) {
+        if matches!(self.output.verbosity, Verbosity::Verbose(_)) {
             to_stderr(text);
         }
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
-use crate::config::Output;
+use super::Output;
 use crate::throttle::format_duration;
 
 const HEARTBEAT: Duration = Duration::from_secs(5);

@@ -59,8 +59,8 @@ impl Cell {
 
     fn for_table(&self) -> String {
         match self {
-            Cell::Text(s) => for_terminal(s),
-            Cell::MaybeText(Some(s)) => for_terminal(s),
+            Cell::Text(s) => for_terminal(s).into_owned(),
+            Cell::MaybeText(Some(s)) => for_terminal(s).into_owned(),
             Cell::MaybeText(None) | Cell::Seconds(None) | Cell::Duration(None) => "-".into(),
             Cell::Duration(Some(d)) => format_duration(*d),
             Cell::Count(n) => n.to_string(),
@@ -101,7 +101,7 @@ impl Cell {
 /// characters are shown escaped (CSV is often read on a terminal), and a leading `=`, `+`,
 /// `-` or `@` is prefixed with `'` so a spreadsheet never runs text from mail as a formula.
 pub fn csv_field(s: &str) -> String {
-    let s = for_terminal(s);
+    let s = for_terminal(s).into_owned();
     let guarded = if s.starts_with(['=', '+', '-', '@']) {
         format!("'{s}")
     } else {

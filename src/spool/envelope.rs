@@ -31,21 +31,13 @@
 
 use std::borrow::Cow;
 
-use chrono::{DateTime, FixedOffset, NaiveDate, Offset, TimeZone, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate, TimeZone, Utc};
 use mail_parser::{HeaderValue, MessageParser};
 
+use super::mbox::FromLine;
 use super::{Envelope, FieldSource, Recipient};
 use crate::address::{Mailbox, ReturnContent, ReversePath};
 use crate::line_ends;
-
-/// What an mbox `From ` separator line says about the envelope.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FromLine {
-    /// `None` when the line names no sender at all.
-    pub sender: Option<ReversePath>,
-    /// `None` when the date is missing or not in asctime form.
-    pub date: Option<DateTime<FixedOffset>>,
-}
 
 /// Envelope fields given explicitly (by an `.eml` sidecar); each one beats the headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -138,125 +130,6 @@ fn looks_like_header(line: &[u8]) -> bool {
         return false;
     };
     colon > 0 && line[..colon].iter().all(|&b| (33..=126).contains(&b))
-}
-
-/// Parses an mbox separator line (`From alice@example.org Mon Jan 23 10:00:00 2023`, line
-/// ending optional). The date is asctime, optionally with a numeric or UTC/GMT zone before
-/// or after the year; without a zone it is taken as UTC, since the line carries none.
-pub fn parse_from_line(line: &[u8]) -> FromLine {
-    let text = String::from_utf8_lossy(line);
-    let text = text.trim_end_matches(['\r', '\n']);
-    let rest = text.strip_prefix("From ").unwrap_or(text);
-    let tokens = token_positions(rest);
-    let date_at = (0..tokens.len()).find(|&i| {
-        is_weekday(tokens[i].1)
-            && tokens
-                .get(i + 1)
-                .is_some_and(|t| month_number(t.1).is_some())
-    });
-    let raw_sender = match date_at {
-        Some(i) => rest[..tokens[i].0].trim(),
-        None => tokens.first().map_or("", |t| t.1),
-    };
-    let sender = if date_at.is_none() && raw_sender.is_empty() {
-        None
-    } else {
-        Some(from_line_sender(raw_sender))
-    };
-    let date = date_at.and_then(|i| {
-        let words: Vec<&str> = tokens[i + 1..].iter().map(|t| t.1).collect();
-        parse_asctime(&words)
-    });
-    FromLine { sender, date }
-}
-
-fn token_positions(s: &str) -> Vec<(usize, &str)> {
-    let mut out = Vec::new();
-    let mut start = None;
-    for (i, c) in s.char_indices() {
-        match (c.is_whitespace(), start) {
-            (true, Some(st)) => {
-                out.push((st, &s[st..i]));
-                start = None;
-            }
-            (false, None) => start = Some(i),
-            _ => {}
-        }
-    }
-    if let Some(st) = start {
-        out.push((st, &s[st..]));
-    }
-    out
-}
-
-fn from_line_sender(raw: &str) -> ReversePath {
-    if raw.eq_ignore_ascii_case("MAILER-DAEMON") {
-        ReversePath::Null
-    } else {
-        ReversePath::parse(raw)
-    }
-}
-
-fn is_weekday(word: &str) -> bool {
-    ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-        .iter()
-        .any(|d| word.eq_ignore_ascii_case(d))
-}
-
-fn month_number(word: &str) -> Option<u32> {
-    const MONTHS: [&str; 12] = [
-        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-    ];
-    let i = MONTHS.iter().position(|m| word.eq_ignore_ascii_case(m))?;
-    u32::try_from(i + 1).ok()
-}
-
-/// `words` = month, day, time, then the year and an optional zone in either order.
-fn parse_asctime(words: &[&str]) -> Option<DateTime<FixedOffset>> {
-    let [month, day, time, tail @ ..] = words else {
-        return None;
-    };
-    let month = month_number(month)?;
-    let day: u32 = day.parse().ok()?;
-    let mut hms = time.split(':').map(|p| p.parse::<u32>().ok());
-    let (hour, minute) = (hms.next()??, hms.next()??);
-    let second = hms.next().unwrap_or(Some(0))?;
-    let mut year = None;
-    let mut zone = None;
-    for word in tail.iter().take(2) {
-        if word.len() == 4 && word.bytes().all(|b| b.is_ascii_digit()) {
-            year = word.parse::<i32>().ok();
-        } else {
-            zone = zone.or_else(|| parse_zone(word));
-        }
-    }
-    let naive = NaiveDate::from_ymd_opt(year?, month, day)?.and_hms_opt(hour, minute, second)?;
-    let offset = zone.unwrap_or_else(utc_offset);
-    offset.from_local_datetime(&naive).single()
-}
-
-fn parse_zone(word: &str) -> Option<FixedOffset> {
-    if ["UTC", "GMT", "UT"]
-        .iter()
-        .any(|z| word.eq_ignore_ascii_case(z))
-    {
-        return Some(utc_offset());
-    }
-    let (sign, digits) = match word.as_bytes().first()? {
-        b'+' => (1, &word[1..]),
-        b'-' => (-1, &word[1..]),
-        _ => return None,
-    };
-    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let hours: i32 = digits[..2].parse().ok()?;
-    let minutes: i32 = digits[2..].parse().ok()?;
-    FixedOffset::east_opt(sign * (hours * 3600 + minutes * 60))
-}
-
-fn utc_offset() -> FixedOffset {
-    Utc.fix()
 }
 
 /// The envelope-relevant headers, top to bottom, as raw unfolded text (and dates). The
@@ -492,61 +365,6 @@ mod tests {
     }
 
     #[test]
-    fn from_line_plain_asctime() {
-        let f = parse_from_line(b"From alice@example.org Mon Jan 23 10:00:00 2023\n");
-        assert_eq!(
-            f.sender,
-            Some(ReversePath::Address("alice@example.org".into()))
-        );
-        assert_eq!(f.date, Some(dt("2023-01-23T10:00:00Z")));
-    }
-
-    #[test]
-    fn from_line_null_sender_forms() {
-        for line in [
-            "From MAILER-DAEMON Mon Jan 23 10:00:00 2023\r\n",
-            "From <> Mon Jan 23 10:00:00 2023",
-            "From  Mon Jan 23 10:00:00 2023",
-        ] {
-            let f = parse_from_line(line.as_bytes());
-            assert_eq!(f.sender, Some(ReversePath::Null), "{line}");
-            assert_eq!(f.date, Some(dt("2023-01-23T10:00:00Z")), "{line}");
-        }
-    }
-
-    #[test]
-    fn from_line_zones_and_short_time() {
-        let f = parse_from_line(b"From a@b.test Tue Feb  7 09:05 +0130 2023");
-        assert_eq!(f.date, Some(dt("2023-02-07T09:05:00+01:30")));
-        let f = parse_from_line(b"From a@b.test Tue Feb  7 09:05:06 2023 -0500");
-        assert_eq!(f.date, Some(dt("2023-02-07T09:05:06-05:00")));
-        let f = parse_from_line(b"From a@b.test Tue Feb  7 09:05:06 GMT 2023");
-        assert_eq!(f.date, Some(dt("2023-02-07T09:05:06Z")));
-    }
-
-    #[test]
-    fn from_line_quoted_sender_with_space() {
-        let f = parse_from_line(b"From \"john doe\"@remote.test Mon Jan 23 10:00:00 2023");
-        assert_eq!(
-            f.sender,
-            Some(ReversePath::Address("\"john doe\"@remote.test".into()))
-        );
-    }
-
-    #[test]
-    fn from_line_without_date_keeps_sender() {
-        let f = parse_from_line(b"From bob@example.org");
-        assert_eq!(
-            f.sender,
-            Some(ReversePath::Address("bob@example.org".into()))
-        );
-        assert_eq!(f.date, None);
-        let f = parse_from_line(b"From a@b.test Mon Jan 32 10:00:00 2023");
-        assert_eq!(f.date, None, "day 32 is not a date");
-        assert_eq!(parse_from_line(b"From ").sender, None);
-    }
-
-    #[test]
     fn topmost_received_date_wins() {
         let msg = b"Return-Path: <s@x.test>\r\nDelivered-To: r@y.test\r\n\
 Received: from b by c; Tue, 24 Jan 2023 11:00:00 +0100\r\n\
@@ -572,7 +390,8 @@ Date: Sun, 22 Jan 2023 08:00:00 +0000\n\nbody\n";
 
     #[test]
     fn from_line_date_beats_date_header_but_not_received() {
-        let from_line = parse_from_line(b"From s@x.test Mon Jan 23 10:00:00 2023");
+        let from_line =
+            super::super::mbox::parse_from_line(b"From s@x.test Mon Jan 23 10:00:00 2023");
         let h = Hints {
             from_line: Some(from_line),
             ..hints()

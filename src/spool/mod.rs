@@ -726,7 +726,7 @@ fn file_item(
     // A leading mbox `From ` line (left by converters and mail clients) is framing, not
     // content: it gives the envelope what it can, and the source starts after it.
     let framing = leading_from_line_len(&content);
-    let from_line = (framing > 0).then(|| envelope::parse_from_line(&content[..framing]));
+    let from_line = (framing > 0).then(|| mbox::parse_from_line(&content[..framing]));
     content.drain(..framing);
     let len = content.len() as u64;
     let source = |len: u64| SourceRef {

@@ -22,13 +22,13 @@ fn options() -> ClientOptions {
 
 fn delivery<'a>(sender: &'a ReversePath, content: &'a [u8]) -> Delivery<'a> {
     Delivery {
-        message_key: "k",
-        sender,
-        content,
-        arrival: chrono::DateTime::parse_from_rfc3339("2023-01-23T10:00:00+01:00").unwrap(),
-        recovering: false,
         envid: Some("ENV1"),
-        ret: None,
+        ..Delivery::new(
+            "k",
+            sender,
+            content,
+            chrono::DateTime::parse_from_rfc3339("2023-01-23T10:00:00+01:00").unwrap(),
+        )
     }
 }
 

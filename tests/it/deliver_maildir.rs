@@ -44,13 +44,8 @@ fn sender() -> ReversePath {
 
 fn delivery<'a>(sender: &'a ReversePath, recovering: bool) -> Delivery<'a> {
     Delivery {
-        message_key: "spool:q/4F2A1B",
-        sender,
-        content: MESSAGE,
-        arrival: arrival(),
         recovering,
-        envid: None,
-        ret: None,
+        ..Delivery::new("spool:q/4F2A1B", sender, MESSAGE, arrival())
     }
 }
 

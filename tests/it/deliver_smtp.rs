@@ -113,13 +113,14 @@ impl Drop for Sink {
 
 fn delivery<'a>(sender: &'a ReversePath) -> Delivery<'a> {
     Delivery {
-        message_key: "k",
-        sender,
-        content: MESSAGE,
-        arrival: chrono::DateTime::parse_from_rfc3339("2023-01-23T10:00:00+01:00").unwrap(),
-        recovering: false,
         envid: Some("Q1+x"),
         ret: Some(ReturnContent::Headers),
+        ..Delivery::new(
+            "k",
+            sender,
+            MESSAGE,
+            chrono::DateTime::parse_from_rfc3339("2023-01-23T10:00:00+01:00").unwrap(),
+        )
     }
 }
 

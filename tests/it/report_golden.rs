@@ -17,33 +17,10 @@ fn golden_dir() -> PathBuf {
     fixtures().join("report")
 }
 
-/// Compares `actual` with `fixtures/report/<name>`; writes `<name>.actual` and fails naming
-/// it on a mismatch, or rewrites the golden with `UPDATE_GOLDEN=1`.
+/// Compares `actual` with `fixtures/report/<name>` (see `support::golden`).
 #[track_caller]
 pub fn check_golden(name: &str, actual: &str) {
-    let path = golden_dir().join(name);
-    let actual_path = golden_dir().join(format!("{name}.actual"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).expect("write golden");
-        let _ = std::fs::remove_file(&actual_path);
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {} ({e}); run with UPDATE_GOLDEN=1",
-            path.display()
-        )
-    });
-    if expected == actual {
-        let _ = std::fs::remove_file(&actual_path);
-        return;
-    }
-    std::fs::write(&actual_path, actual).expect("write .actual");
-    panic!(
-        "{} differs from the golden file; see {} (UPDATE_GOLDEN=1 regenerates)",
-        name,
-        actual_path.display()
-    );
+    crate::support::golden::check_golden_file(&golden_dir().join(name), actual.as_bytes());
 }
 
 /// Replaces the ledger's wall-clock stamps (`2026-11-28T00:22:11.046Z`) with a placeholder

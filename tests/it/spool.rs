@@ -95,27 +95,13 @@ fn plain(addresses: &[&str]) -> Vec<Recipient> {
     addresses.iter().map(|a| Recipient::plain(*a)).collect()
 }
 
-/// Byte-exact golden check: on mismatch writes `<case>.actual` and fails naming it;
-/// `UPDATE_GOLDEN=1` rewrites the expected file.
+/// Byte-exact golden check of `fixtures/mbox-content/<case>.expected.eml`.
 #[track_caller]
 fn check_golden(case: &str, actual: &[u8]) {
-    let expected_path = fixture(&format!("mbox-content/{case}.expected.eml"));
-    let actual_path = fixture(&format!("mbox-content/{case}.actual"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
-        std::fs::create_dir_all(expected_path.parent().unwrap()).unwrap();
-        std::fs::write(&expected_path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read(&expected_path).unwrap_or_default();
-    if expected != actual {
-        std::fs::write(&actual_path, actual).unwrap();
-        panic!(
-            "content differs from {}; actual written to {}",
-            expected_path.display(),
-            actual_path.display()
-        );
-    }
-    let _ = std::fs::remove_file(&actual_path);
+    crate::support::golden::check_golden_file(
+        &fixture(&format!("mbox-content/{case}.expected.eml")),
+        actual,
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@ use super::*;
 use crate::address::ReversePath;
 use crate::deliver::testpeer::{Peer, Step::*};
 use crate::deliver::wire::Timeouts;
+use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec};
 
 const LHLO_REPLY: &str =
     "250-mx.example.test\n250-8BITMIME\n250-ENHANCEDSTATUSCODES\n250 PIPELINING\n";
@@ -32,13 +33,13 @@ fn store(peer: &Peer) -> LmtpStore {
 
 fn delivery<'a>(sender: &'a ReversePath, content: &'a [u8]) -> Delivery<'a> {
     Delivery {
-        message_key: "k",
-        sender,
-        content,
-        arrival: chrono::DateTime::parse_from_rfc3339("2023-01-23T10:00:00+01:00").unwrap(),
-        recovering: false,
         envid: Some("E1"),
-        ret: None,
+        ..Delivery::new(
+            "k",
+            sender,
+            content,
+            chrono::DateTime::parse_from_rfc3339("2023-01-23T10:00:00+01:00").unwrap(),
+        )
     }
 }
 

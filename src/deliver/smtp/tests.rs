@@ -9,6 +9,7 @@ use crate::deliver::testpeer::{
     Peer, Step,
     Step::{Expect, Send},
 };
+use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec};
 
 const GREETING: &str = "220 sink.example.test ESMTP\n";
 const EHLO_DSN: &str = "250-sink.example.test\n250-PIPELINING\n250-8BITMIME\n250 DSN\n";
@@ -53,13 +54,14 @@ fn script(parts: &[&[Step]]) -> Vec<Step> {
 
 fn delivery<'a>(sender: &'a ReversePath, content: &'a [u8]) -> Delivery<'a> {
     Delivery {
-        message_key: "k",
-        sender,
-        content,
-        arrival: chrono::DateTime::parse_from_rfc3339("2023-01-23T10:00:00+01:00").unwrap(),
-        recovering: false,
         envid: Some("QID+1"),
         ret: Some(ReturnContent::Headers),
+        ..Delivery::new(
+            "k",
+            sender,
+            content,
+            chrono::DateTime::parse_from_rfc3339("2023-01-23T10:00:00+01:00").unwrap(),
+        )
     }
 }
 

@@ -12,7 +12,7 @@ use crate::address::{Notify, ReturnContent, ReversePath};
 
 /// What a `-H` file says about its message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpoolHeader {
+pub(super) struct SpoolHeader {
     pub sender: ReversePath,
     /// Seconds since the epoch and microseconds (`-received_time_usec`) of reception.
     pub received_secs: i64,
@@ -30,7 +30,7 @@ pub struct SpoolHeader {
 
 /// One recipient line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpoolRecipient {
+pub(super) struct SpoolRecipient {
     pub address: String,
     /// ORCPT as stored (`type;xtext`).
     pub orcpt: Option<String>,
@@ -39,21 +39,21 @@ pub struct SpoolRecipient {
 
 /// One header line: its flag byte (`*` = deleted) and its text, newlines included.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeaderLine {
+pub(super) struct HeaderLine {
     pub flag: u8,
     pub text: Vec<u8>,
 }
 
 impl HeaderLine {
     /// Deleted headers (flag `*`, e.g. `Bcc:` of a `-t` submission) are never transmitted.
-    pub fn is_deleted(&self) -> bool {
+    pub(super) fn is_deleted(&self) -> bool {
         self.flag == b'*'
     }
 }
 
 /// Why a `-H` file could not be read, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FormatError {
+pub(super) struct FormatError {
     pub offset: u64,
     pub reason: String,
 }
@@ -65,7 +65,7 @@ const DSN_FAILURE: u32 = 0x08;
 const DSN_DELAY: u32 = 0x10;
 
 /// Parses a whole `-H` file named `<id>-H`.
-pub fn parse(id: &str, bytes: &[u8]) -> Result<SpoolHeader, FormatError> {
+pub(super) fn parse(id: &str, bytes: &[u8]) -> Result<SpoolHeader, FormatError> {
     let mut cur = Cursor { bytes, pos: 0 };
     expect_own_name(&mut cur, id)?;
     let caller = cur.line("the caller line")?;

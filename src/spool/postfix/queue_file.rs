@@ -54,7 +54,7 @@ struct Builder {
 }
 
 /// Reads a whole queue file of `file_len` bytes.
-pub fn parse<R: Read + Seek>(inner: R, file_len: u64) -> Result<QueueFile, Malformed> {
+pub(super) fn parse<R: Read + Seek>(inner: R, file_len: u64) -> Result<QueueFile, Malformed> {
     let mut reader = RecordReader::new(inner, file_len);
     let mut built = Builder::default();
     let mut segment = Segment::Envelope;

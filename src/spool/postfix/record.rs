@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::io::{self, Read, Seek, SeekFrom};
 
 /// Pointer record: its data is a decimal file offset to continue at (0 = unused).
-pub const POINTER: u8 = b'p';
+pub(super) const POINTER: u8 = b'p';
 
 /// The longest length prefix Postfix reads (`rec_get_raw` stops at 32 bits of shift).
 const MAX_LENGTH_BYTES: u32 = 5;
@@ -18,7 +18,7 @@ const MAX_POINTER_LEN: u64 = 64;
 
 /// The start of one record whose data has not been read yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecordHead {
+pub(super) struct RecordHead {
     pub kind: u8,
     /// File offset of the type byte.
     pub offset: u64,
@@ -36,7 +36,7 @@ impl Malformed {
 }
 
 /// Reads records from a seekable queue file of known length.
-pub struct RecordReader<R> {
+pub(super) struct RecordReader<R> {
     inner: R,
     /// Offset of the next unread byte.
     pos: u64,
@@ -46,7 +46,7 @@ pub struct RecordReader<R> {
 }
 
 impl<R: Read + Seek> RecordReader<R> {
-    pub fn new(inner: R, file_len: u64) -> RecordReader<R> {
+    pub(super) fn new(inner: R, file_len: u64) -> RecordReader<R> {
         RecordReader {
             inner,
             pos: 0,
@@ -58,7 +58,7 @@ impl<R: Read + Seek> RecordReader<R> {
     /// The next record in logical order (pointers followed), or `None` at the end of the
     /// file on a record boundary. Its data must be taken with `read_data` or `skip_data`
     /// before the next call.
-    pub fn next_head(&mut self) -> Result<Option<RecordHead>, Malformed> {
+    pub(super) fn next_head(&mut self) -> Result<Option<RecordHead>, Malformed> {
         loop {
             let Some(head) = self.raw_head()? else {
                 return Ok(None);
@@ -71,7 +71,7 @@ impl<R: Read + Seek> RecordReader<R> {
     }
 
     /// The type byte of the next record in file order, without consuming it (`None` at EOF).
-    pub fn peek_kind(&mut self) -> Result<Option<u8>, Malformed> {
+    pub(super) fn peek_kind(&mut self) -> Result<Option<u8>, Malformed> {
         let Some(kind) = self.byte()? else {
             return Ok(None);
         };
@@ -83,7 +83,11 @@ impl<R: Read + Seek> RecordReader<R> {
     }
 
     /// Appends the current record's data to `out`.
-    pub fn read_data(&mut self, head: RecordHead, out: &mut Vec<u8>) -> Result<(), Malformed> {
+    pub(super) fn read_data(
+        &mut self,
+        head: RecordHead,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Malformed> {
         let start = out.len();
         let want = usize::try_from(head.len).map_err(|_| too_long(head))?;
         out.try_reserve(want).map_err(|_| too_long(head))?;
@@ -100,7 +104,7 @@ impl<R: Read + Seek> RecordReader<R> {
     }
 
     /// Passes over the current record's data.
-    pub fn skip_data(&mut self, head: RecordHead) -> Result<(), Malformed> {
+    pub(super) fn skip_data(&mut self, head: RecordHead) -> Result<(), Malformed> {
         let skip = i64::try_from(head.len).map_err(|_| too_long(head))?;
         self.inner
             .seek_relative(skip)
@@ -215,7 +219,7 @@ mod tests {
     use std::io::Cursor;
 
     /// Encodes one record as Postfix's `rec_put` does.
-    pub fn record(kind: u8, data: &[u8]) -> Vec<u8> {
+    pub(crate) fn record(kind: u8, data: &[u8]) -> Vec<u8> {
         let mut out = vec![kind];
         let mut len = data.len();
         loop {

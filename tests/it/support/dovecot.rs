@@ -1,6 +1,6 @@
 //! A throw-away Dovecot (LMTP on a loopback port and a unix socket) for the LMTP tests,
-//! configured in its own temp folder; installed with apt-get when missing. A test that
-//! cannot get one fails with the reason: it never skips.
+//! configured in its own temp folder. `.ci/run` installs Dovecot's packages; a test that
+//! finds none fails with the reason and the command that installs them: it never skips.
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -16,9 +16,6 @@ use spoolreplay::deliver::lmtp::LmtpTarget;
 const MAIL_UID: u32 = 5000;
 /// The name Dovecot greets with (and so the DSNs' `Remote-MTA`).
 pub const HOSTNAME: &str = "store.example.test";
-
-/// One install attempt at a time across the test threads.
-static INSTALL: Mutex<()> = Mutex::new(());
 
 /// One mailbox Dovecot knows.
 #[derive(Debug, Clone)]
@@ -73,18 +70,25 @@ impl Dovecot {
     /// mailbox answers 452 4.2.2.
     #[track_caller]
     pub fn start_with(users: &[User]) -> Dovecot {
-        Dovecot::start_inner(users, false)
+        Dovecot::start_inner(users, false, true)
+    }
+
+    /// Starts a Dovecot knowing `users` with Dovecot's default `quota_full_tempfail = no`:
+    /// a full mailbox answers `552 5.2.2 … Quota exceeded (mailbox for user is full)`.
+    #[track_caller]
+    pub fn start_hard_quota(users: &[User]) -> Dovecot {
+        Dovecot::start_inner(users, false, false)
     }
 
     /// As `start_with`, plus IMAP on another loopback port with a master user
     /// (`MASTER_USER`/`MASTER_PASSWORD`, separator `*`), as an IMAP store is set up.
     #[track_caller]
     pub fn start_imap_with(users: &[User]) -> Dovecot {
-        Dovecot::start_inner(users, true)
+        Dovecot::start_inner(users, true, true)
     }
 
     #[track_caller]
-    fn start_inner(users: &[User], imap: bool) -> Dovecot {
+    fn start_inner(users: &[User], imap: bool, tempfail: bool) -> Dovecot {
         ensure_installed();
         let dir = tempfile::tempdir().expect("temp dir for dovecot");
         // Dovecot's processes run as other users: they must reach the folder.
@@ -103,7 +107,11 @@ impl Dovecot {
         )
         .expect("masters file");
         let conf = root.join("dovecot.conf");
-        std::fs::write(&conf, config(root, port, imap_port)).expect("dovecot.conf");
+        let mut text = config(root, port, imap_port);
+        if !tempfail {
+            text = text.replace("quota_full_tempfail = yes", "quota_full_tempfail = no");
+        }
+        std::fs::write(&conf, text).expect("dovecot.conf");
         let d = Dovecot {
             dir,
             conf,
@@ -364,34 +372,15 @@ fn free_port() -> u16 {
     l.local_addr().expect("local address").port()
 }
 
-/// Installs Dovecot's packages if `dovecot` is not on PATH; fails the test if it cannot.
+/// Fails the test, naming the packages, if `dovecot` is not on PATH: installing system
+/// packages is `.ci/run`'s job, not a test's.
 #[track_caller]
 fn ensure_installed() {
-    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    if has_dovecot() {
-        return;
-    }
-    let install = Command::new("apt-get")
-        .args([
-            "install",
-            "-y",
-            "dovecot-core",
-            "dovecot-lmtpd",
-            "dovecot-imapd",
-        ])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(Stdio::null())
-        .output();
-    match install {
-        Ok(out) if out.status.success() && has_dovecot() => {}
-        Ok(out) => panic!(
-            "dovecot is not installed and `apt-get install -y dovecot-core dovecot-lmtpd \
-             dovecot-imapd` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => panic!("dovecot is not installed and apt-get could not run: {e}"),
-    }
+    assert!(
+        has_dovecot(),
+        "dovecot is not installed: run `.ci/run`, or `apt-get install -y dovecot-core \
+         dovecot-lmtpd dovecot-imapd`"
+    );
 }
 
 fn has_dovecot() -> bool {

@@ -4,9 +4,11 @@
 #![allow(dead_code)] // each test module uses a different part
 
 pub mod dovecot;
+pub mod golden;
 pub mod mailhost;
 pub mod minispool;
 pub mod prometheus;
+pub mod redis;
 pub mod sink;
 pub mod smtp_peer;
 

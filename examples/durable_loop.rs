@@ -5,7 +5,8 @@
 //! each folder it creates, as a durable delivery must). No ledger, no hashing, no checks:
 //! the ceiling of the disk for this workload.
 //!
-//! Build: rustc -O --edition 2021 bench/durable_loop.rs -o DIR/durable_loop
+//! A cargo example, so CI compiles and lints it with the crate (it uses none of it).
+//! Build: cargo build --release --example durable_loop (`target/release/examples/`)
 //! Usage: durable_loop MANIFEST STORE_DIR [THREADS]
 //! MANIFEST lines: `PATH<TAB>SENDER<TAB>RECIPIENT` (one per delivered copy).
 
@@ -25,10 +26,10 @@ fn ensure_dir(dir: &Path, made: &Mutex<HashSet<PathBuf>>) -> io::Result<()> {
     if made.lock().unwrap().contains(dir) {
         return Ok(());
     }
-    if let Some(parent) = dir.parent() {
-        if !parent.exists() {
-            ensure_dir(parent, made)?;
-        }
+    if let Some(parent) = dir.parent()
+        && !parent.exists()
+    {
+        ensure_dir(parent, made)?;
     }
     match fs::create_dir(dir) {
         Ok(()) => sync_dir(dir.parent().unwrap_or(Path::new("/")))?,

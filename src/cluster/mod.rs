@@ -1,0 +1,722 @@
+//! Several runs, one store: a cluster-wide pace and status on Redis (`run --cluster URL`).
+//!
+//! The only user of the `redis` crate. Every run given the same URL and name is one
+//! cluster. Its budget (`--rate`, `--max-bytes-rate`) is one GCRA schedule kept in Redis
+//! and advanced by a Lua script that reads the server's clock (`TIME`), so the members'
+//! clocks do not matter. A member books a few turns at a time (a lease), so Redis is asked
+//! once per lease, not once per message; turns are booked in order, so a member alone gets
+//! every turn and a member that stops booking leaves its turns to the others at once.
+//! A back-off is published with its reason and the member that saw it, and every member
+//! follows it at its next lease. If Redis goes away mid-run, the member goes on alone at
+//! the share it last had (never more) and tries to reconnect with back-off; nothing is
+//! queued for later.
+
+pub mod url;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use redis::{Commands, Connection, Script};
+
+use crate::pace::{Claim, Grant, PaceChange, TokenSource, format_rate};
+pub use url::ClusterUrl;
+
+/// How long a lease lasts at the cluster's rate: short, so a change of pace reaches every
+/// member well within a second, and long enough that Redis is not on every message's path.
+const LEASE_SPAN: f64 = 0.05;
+/// At most this many turns in one lease ("a few at a time").
+const LEASE_MAX: u32 = 8;
+/// A member's share is what it got over this long.
+const SHARE_WINDOW: Duration = Duration::from_secs(2);
+/// A member whose heartbeat is older than this is shown as stale.
+pub const STALE_AFTER: Duration = Duration::from_secs(5);
+/// Heartbeats at most this often.
+const BEAT_EVERY: Duration = Duration::from_secs(1);
+/// Waits between reconnection attempts grow to this.
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// Connect, read and write timeout for every Redis command: a coordinator that does not
+/// answer is treated as gone, never waited for without end.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// A shared pace nobody changed for this long is forgotten (seconds), so yesterday's
+/// back-off does not slow today's run.
+const PACE_TTL: u64 = 600;
+/// A claim not confirmed within this long expires (a member that died holding it): longer
+/// than one delivery can take (twice the default 5-minute reply timeout, and some).
+const CLAIM_TTL: Duration = Duration::from_secs(15 * 60);
+/// A delivered copy is remembered this long (seconds): longer than any recovery.
+const DELIVERED_TTL: u64 = 30 * 24 * 3600;
+/// Member records live this long after their last heartbeat (seconds).
+const MEMBER_TTL: u64 = 3600;
+
+/// Books a lease. KEYS: tokens hash, pace hash, paused flag. ARGV: ceiling in messages
+/// per second (0: none), turns, ceiling in bytes per second (0: none), bytes.
+/// Returns {wait in µs (-1: paused), the rate in milli-messages/s (0: unlimited), the
+/// pace's reason, the member that set it}.
+const TAKE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return {-1, 0, '', ''}
+end
+local rate = tonumber(ARGV[1])
+local p = redis.call('HMGET', KEYS[2], 'rate', 'reason', 'member')
+local shared = tonumber(p[1] or '')
+if shared and shared > 0 and (rate == 0 or shared < rate) then rate = shared end
+local bps = tonumber(ARGV[3])
+local k = redis.call('HMGET', KEYS[1], 'tat', 'btat')
+local tat = tonumber(k[1] or '0')
+local btat = tonumber(k[2] or '0')
+local start = now
+if rate > 0 and tat > start then start = tat end
+if bps > 0 and btat > start then start = btat end
+if rate > 0 then
+  redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', start + tonumber(ARGV[2]) * 1000000 / rate))
+end
+if bps > 0 then
+  redis.call('HSET', KEYS[1], 'btat', string.format('%.0f', start + tonumber(ARGV[4]) * 1000000 / bps))
+end
+redis.call('EXPIRE', KEYS[1], 3600)
+return {math.floor(start - now), math.floor(rate * 1000), p[2] or '', p[3] or ''}
+"#;
+
+/// Gives back turns booked and not used. KEYS: tokens hash, pace hash. ARGV: ceiling,
+/// turns, bytes ceiling, bytes (as for TAKE).
+const GIVE_BACK: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local rate = tonumber(ARGV[1])
+local shared = tonumber(redis.call('HGET', KEYS[2], 'rate') or '')
+if shared and shared > 0 and (rate == 0 or shared < rate) then rate = shared end
+local bps = tonumber(ARGV[3])
+local k = redis.call('HMGET', KEYS[1], 'tat', 'btat')
+if rate > 0 and k[1] then
+  local tat = math.max(now, tonumber(k[1]) - tonumber(ARGV[2]) * 1000000 / rate)
+  redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat))
+end
+if bps > 0 and k[2] then
+  local btat = math.max(now, tonumber(k[2]) - tonumber(ARGV[4]) * 1000000 / bps)
+  redis.call('HSET', KEYS[1], 'btat', string.format('%.0f', btat))
+end
+return 1
+"#;
+
+/// A heartbeat, stamped with the server's clock. KEYS: member hash, members set.
+/// ARGV: member id, TTL, then field/value pairs.
+const BEAT: &str = r#"
+local now = tonumber(redis.call('TIME')[1])
+redis.call('HSET', KEYS[1], 'at', now, unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+-- Members whose record expired are forgotten.
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]))
+return now
+"#;
+
+/// Claims copies before they go to the store. KEYS: one claim per recipient. ARGV: the
+/// claiming ledger, the claim's expiry (ms). Returns per key '' (this ledger's to deliver)
+/// or the value another ledger left (`held|LEDGER` or `delivered|LEDGER`).
+const CLAIM: &str = r#"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if not v then
+    redis.call('SET', key, 'held|' .. ARGV[1], 'PX', ARGV[2])
+    out[i] = ''
+  else
+    local bar = string.find(v, '|', 1, true) or 0
+    if string.sub(v, bar + 1) == ARGV[1] then
+      if string.sub(v, 1, 5) == 'held|' then redis.call('PEXPIRE', key, ARGV[2]) end
+      out[i] = ''
+    else
+      out[i] = v
+    end
+  end
+end
+return out
+"#;
+
+/// The names of one cluster's keys.
+#[derive(Debug, Clone)]
+struct Keys {
+    tokens: String,
+    pace: String,
+    paused: String,
+    members: String,
+    prefix: String,
+}
+
+impl Keys {
+    fn new(name: &str) -> Keys {
+        // The braces make every key of one cluster hash to one slot (Redis Cluster).
+        let prefix = format!("spoolreplay:{{{name}}}");
+        Keys {
+            tokens: format!("{prefix}:tokens"),
+            pace: format!("{prefix}:pace"),
+            paused: format!("{prefix}:paused"),
+            members: format!("{prefix}:members"),
+            prefix,
+        }
+    }
+
+    fn member(&self, id: &str) -> String {
+        format!("{}:member:{id}", self.prefix)
+    }
+
+    fn claim(&self, content: &str, recipient: &str) -> String {
+        format!("{}:claim:{content}:{recipient}", self.prefix)
+    }
+}
+
+/// Opens a connection with timeouts on every step.
+fn connect(url: &ClusterUrl) -> redis::RedisResult<Connection> {
+    let client = redis::Client::open(url.connection_info()?)?;
+    let conn = client.get_connection_with_timeout(IO_TIMEOUT)?;
+    conn.set_read_timeout(Some(IO_TIMEOUT))?;
+    conn.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(conn)
+}
+
+/// Why the coordinator could not be used, for `error:` lines.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach the cluster coordinator {url}: {cause}")]
+pub struct Unreachable {
+    pub url: String,
+    pub cause: String,
+}
+
+fn unreachable(url: &ClusterUrl, e: &redis::RedisError) -> Unreachable {
+    Unreachable {
+        url: url.to_string(),
+        cause: e.to_string(),
+    }
+}
+
+/// One `run` in a cluster: the [`TokenSource`] the replay loop takes its turns from.
+pub struct Member {
+    url: ClusterUrl,
+    keys: Keys,
+    id: String,
+    ledger: String,
+    conn: Option<Connection>,
+    take: Script,
+    give_back: Script,
+    beat: Script,
+    claim: Script,
+    /// Who claims copies: the host and the ledger's path (the same across reruns).
+    owner: String,
+    /// `--cluster-dedupe strict`: without the coordinator, wait rather than send unchecked.
+    strict: bool,
+    /// The operator's ceilings, which are the cluster's totals.
+    ceiling: Option<f64>,
+    bytes_ceiling: Option<f64>,
+    /// Turns left in the current lease, and bytes.
+    lease_left: u32,
+    lease_bytes_left: u64,
+    /// When the next turn of the lease (or of the local fallback) is due, and the spacing.
+    next_at: Instant,
+    spacing: Duration,
+    /// Messages per second this member got lately: the most it may take alone.
+    share: Option<f64>,
+    /// The leases of the last [`SHARE_WINDOW`]: when each began, and its turns.
+    recent: VecDeque<(Instant, u32)>,
+    /// The shared pace last seen (milli-messages/s), and a change to follow.
+    seen_rate: Option<i64>,
+    follow: Option<PaceChange>,
+    /// Disconnected: when to try again, and how many tries failed in a row.
+    retry_at: Instant,
+    retry_streak: u32,
+    /// Something the operator should know (lost or regained Redis); taken by `notice`.
+    news: Vec<String>,
+    last_beat: Option<Instant>,
+    handled: u64,
+    /// Recipients per outcome, as the heartbeat shows them.
+    counts: Vec<(String, u64)>,
+    pace_text: String,
+}
+
+impl Member {
+    /// Joins the cluster: checks Redis answers and says hello. Unreachable: an error, so
+    /// the run stops before it delivers anything.
+    pub fn join(
+        url: &ClusterUrl,
+        ledger: &std::path::Path,
+        ceiling: Option<f64>,
+        bytes_ceiling: Option<f64>,
+        strict: bool,
+    ) -> Result<Member, Unreachable> {
+        let keys = Keys::new(url.name());
+        let mut conn = connect(url).map_err(|e| unreachable(url, &e))?;
+        let members: u64 = conn
+            .zcount(&keys.members, "-inf", "+inf")
+            .map_err(|e| unreachable(url, &e))?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        let ledger_name = ledger
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| ledger.display().to_string());
+        let id = format!("{host}:{}:{ledger_name}", std::process::id());
+        let mut member = Member {
+            url: url.clone(),
+            keys,
+            id,
+            ledger: ledger.display().to_string(),
+            conn: Some(conn),
+            take: Script::new(TAKE),
+            give_back: Script::new(GIVE_BACK),
+            beat: Script::new(BEAT),
+            claim: Script::new(CLAIM),
+            owner: format!(
+                "{host}:{}",
+                std::fs::canonicalize(ledger)
+                    .unwrap_or_else(|_| ledger.to_path_buf())
+                    .display()
+            ),
+            strict,
+            ceiling,
+            bytes_ceiling,
+            lease_left: 0,
+            lease_bytes_left: 0,
+            next_at: Instant::now(),
+            spacing: Duration::ZERO,
+            // Until a lease says otherwise, an even split of the budget is all it may take.
+            share: ceiling.map(|c| c / (members + 1) as f64),
+            recent: VecDeque::new(),
+            seen_rate: None,
+            follow: None,
+            retry_at: Instant::now(),
+            retry_streak: 0,
+            news: Vec::new(),
+            last_beat: None,
+            handled: 0,
+            counts: Vec::new(),
+            pace_text: String::new(),
+        };
+        member
+            .heartbeat("running", true)
+            .map_err(|e| unreachable(url, &e))?;
+        Ok(member)
+    }
+
+    /// This member's name in the cluster (host, process, ledger file).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn lease_size(&self) -> u32 {
+        match self.ceiling {
+            Some(rate) => ((rate * LEASE_SPAN).round() as u32).clamp(1, LEASE_MAX),
+            None => LEASE_MAX,
+        }
+    }
+
+    fn lease_bytes(&self, bytes: u64) -> u64 {
+        match self.bytes_ceiling {
+            Some(bps) => bytes.max((bps * LEASE_SPAN) as u64),
+            None => 0,
+        }
+    }
+
+    /// Redis failed: go on alone at the last share, and try again later.
+    fn lost(&mut self, e: &redis::RedisError) {
+        if self.conn.take().is_some() {
+            self.news.push(format!(
+                "cluster coordinator {} lost ({e}); going on alone at {} at most",
+                self.url,
+                format_rate(self.share)
+            ));
+        }
+        self.retry_streak += 1;
+        let wait = Duration::from_secs(1 << self.retry_streak.min(5).saturating_sub(1));
+        self.retry_at = Instant::now() + wait.min(RECONNECT_MAX);
+    }
+
+    /// A connection if there is one, reconnecting when the back-off allows.
+    fn connection(&mut self) -> Option<&mut Connection> {
+        if self.conn.is_none() && Instant::now() >= self.retry_at {
+            match connect(&self.url) {
+                Ok(c) => {
+                    self.conn = Some(c);
+                    self.retry_streak = 0;
+                    self.news
+                        .push(format!("cluster coordinator {} back; rejoined", self.url));
+                }
+                Err(e) => self.lost(&e),
+            }
+        }
+        self.conn.as_mut()
+    }
+
+    /// Books a lease from the cluster; `None` when Redis cannot be used.
+    fn lease(&mut self, bytes: u64) -> Option<Grant> {
+        let turns = self.lease_size();
+        let lease_bytes = self.lease_bytes(bytes);
+        let (ceiling, bps) = (
+            self.ceiling.unwrap_or(0.0),
+            self.bytes_ceiling.unwrap_or(0.0),
+        );
+        let keys = self.keys.clone();
+        let script = self.take.clone();
+        let conn = self.connection()?;
+        let answer: redis::RedisResult<(i64, i64, String, String)> = script
+            .key(&keys.tokens)
+            .key(&keys.pace)
+            .key(&keys.paused)
+            .arg(ceiling)
+            .arg(turns)
+            .arg(bps)
+            .arg(lease_bytes)
+            .invoke(conn);
+        let (wait_us, rate_milli, reason, by) = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                self.lost(&e);
+                return None;
+            }
+        };
+        if wait_us < 0 {
+            return Some(Grant::Hold {
+                wait: Duration::from_secs(1),
+                why: "cluster paused by the operator".into(),
+            });
+        }
+        let now = Instant::now();
+        let wait = Duration::from_micros(wait_us as u64);
+        self.lease_left = turns - 1;
+        self.lease_bytes_left = lease_bytes.saturating_sub(bytes);
+        self.spacing = if rate_milli > 0 {
+            Duration::from_secs_f64(1000.0 / rate_milli as f64)
+        } else {
+            Duration::ZERO
+        };
+        self.next_at = now + wait + self.spacing;
+        // What this member got over the last window: the most it may take if Redis goes.
+        // Counted over the whole window even when the run is younger, so the estimate can
+        // only be low, never high.
+        let start = now + wait;
+        self.recent.push_back((start, turns));
+        while self
+            .recent
+            .front()
+            .is_some_and(|(at, _)| start.duration_since(*at) > SHARE_WINDOW)
+        {
+            self.recent.pop_front();
+        }
+        let got: u32 = self.recent.iter().map(|(_, t)| t).sum();
+        let got = f64::from(got) / SHARE_WINDOW.as_secs_f64();
+        self.share = Some(self.ceiling.map_or(got, |c| got.min(c)));
+        let shared = (rate_milli > 0 && !by.is_empty()).then_some(rate_milli);
+        if shared != self.seen_rate {
+            self.seen_rate = shared;
+            if by != self.id && !by.is_empty() {
+                self.follow = Some(PaceChange {
+                    rate: Some(rate_milli as f64 / 1000.0),
+                    reason: format!("cluster: {reason} (seen by {by})"),
+                });
+            }
+        }
+        Some(Grant::Go(wait))
+    }
+
+    /// Alone while Redis is away: spaced at the last share, never faster.
+    fn alone(&mut self) -> Grant {
+        let Some(share) = self.share else {
+            return Grant::Go(Duration::ZERO);
+        };
+        let now = Instant::now();
+        let start = self.next_at.max(now);
+        self.next_at = start + Duration::from_secs_f64(1.0 / share.max(0.2));
+        Grant::Go(start - now)
+    }
+
+    fn heartbeat(&mut self, state: &str, force: bool) -> redis::RedisResult<()> {
+        if !force && self.last_beat.is_some_and(|b| b.elapsed() < BEAT_EVERY) {
+            return Ok(());
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        self.last_beat = Some(Instant::now());
+        let mut call = self.beat.prepare_invoke();
+        call.key(self.keys.member(&self.id))
+            .key(&self.keys.members)
+            .arg(&self.id)
+            .arg(MEMBER_TTL)
+            .arg("ledger")
+            .arg(&self.ledger)
+            .arg("handled")
+            .arg(self.handled)
+            .arg("pace")
+            .arg(&self.pace_text)
+            .arg("state")
+            .arg(state);
+        for (k, v) in &self.counts {
+            call.arg(format!("count:{k}")).arg(*v);
+        }
+        call.invoke::<i64>(conn).map(|_| ())
+    }
+}
+
+impl TokenSource for Member {
+    fn take(&mut self, bytes: u64) -> Grant {
+        let fits = self.bytes_ceiling.is_none() || bytes <= self.lease_bytes_left;
+        if self.conn.is_some() && self.lease_left > 0 && fits {
+            self.lease_left -= 1;
+            self.lease_bytes_left = self.lease_bytes_left.saturating_sub(bytes);
+            let now = Instant::now();
+            let at = self.next_at.max(now);
+            self.next_at = at + self.spacing;
+            return Grant::Go(at - now);
+        }
+        match self.lease(bytes) {
+            Some(grant) => grant,
+            None => self.alone(),
+        }
+    }
+
+    fn publish(&mut self, change: &PaceChange) {
+        {
+            let keys = self.keys.clone();
+            let id = self.id.clone();
+            if let Some(conn) = self.connection() {
+                let rate = change.rate.unwrap_or(0.0);
+                let published: redis::RedisResult<()> = redis::pipe()
+                    .atomic()
+                    .hset_multiple(
+                        &keys.pace,
+                        &[
+                            ("rate", rate.to_string()),
+                            ("reason", change.reason.clone()),
+                            ("member", id),
+                        ],
+                    )
+                    .ignore()
+                    .expire(&keys.pace, PACE_TTL as i64)
+                    .ignore()
+                    .query(conn);
+                match published {
+                    Ok(()) => self.seen_rate = Some((rate * 1000.0) as i64),
+                    // Never queued for later: a stale back-off is worse than none.
+                    Err(e) => self.lost(&e),
+                }
+            }
+        }
+    }
+
+    fn follow(&mut self) -> Option<PaceChange> {
+        self.follow.take()
+    }
+
+    fn news(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.news)
+    }
+
+    fn finish(&mut self) {
+        let (ceiling, bps) = (
+            self.ceiling.unwrap_or(0.0),
+            self.bytes_ceiling.unwrap_or(0.0),
+        );
+        let (left, bytes_left) = (self.lease_left, self.lease_bytes_left);
+        self.lease_left = 0;
+        self.lease_bytes_left = 0;
+        let keys = self.keys.clone();
+        let script = self.give_back.clone();
+        if let Some(conn) = self.conn.as_mut()
+            && (left > 0 || bytes_left > 0)
+        {
+            let given: redis::RedisResult<i64> = script
+                .key(&keys.tokens)
+                .key(&keys.pace)
+                .arg(ceiling)
+                .arg(left)
+                .arg(bps)
+                .arg(bytes_left)
+                .invoke(conn);
+            if let Err(e) = given {
+                self.lost(&e);
+            }
+        }
+        if let Err(e) = self.heartbeat("finished", true) {
+            self.lost(&e);
+        }
+    }
+
+    fn claim(&mut self, key: &str, recipients: &[String]) -> Vec<Claim> {
+        let away = if self.strict {
+            Claim::Wait
+        } else {
+            Claim::Unchecked
+        };
+        let keys: Vec<String> = recipients.iter().map(|r| self.keys.claim(key, r)).collect();
+        let (script, owner) = (self.claim.clone(), self.owner.clone());
+        let Some(conn) = self.connection() else {
+            return vec![away; recipients.len()];
+        };
+        let mut call = script.prepare_invoke();
+        for k in &keys {
+            call.key(k);
+        }
+        call.arg(&owner).arg(CLAIM_TTL.as_millis() as u64);
+        match call.invoke::<Vec<String>>(conn) {
+            Ok(found) if found.len() == recipients.len() => found
+                .into_iter()
+                .map(|v| match v.split_once('|') {
+                    None => Claim::Mine,
+                    Some((state, ledger)) => Claim::Theirs {
+                        ledger: ledger.to_string(),
+                        delivered: state == "delivered",
+                    },
+                })
+                .collect(),
+            Ok(_) => vec![away; recipients.len()],
+            Err(e) => {
+                self.lost(&e);
+                vec![away; recipients.len()]
+            }
+        }
+    }
+
+    fn confirm(&mut self, key: &str, recipient: &str) {
+        let k = self.keys.claim(key, recipient);
+        let value = format!("delivered|{}", self.owner);
+        if let Some(conn) = self.connection() {
+            let r: redis::RedisResult<()> = conn.set_ex(&k, value, DELIVERED_TTL);
+            // Not confirmed: the claim expires and another ledger may deliver a second
+            // copy, which is what `--uncertain redeliver` accepts; never queued for later.
+            if let Err(e) = r {
+                self.lost(&e);
+            }
+        }
+    }
+
+    fn progress(&mut self, handled: u64, counts: &[(&str, u64)], pace: &str) {
+        self.handled = handled;
+        self.counts = counts.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        pace.clone_into(&mut self.pace_text);
+        if let Err(e) = self.heartbeat("running", false) {
+            self.lost(&e);
+        }
+    }
+}
+
+/// One member as `cluster status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberStatus {
+    pub id: String,
+    pub ledger: String,
+    pub state: String,
+    pub handled: u64,
+    pub pace: String,
+    /// Recipients per outcome (`delivered`, `deferred`, `failed`, `duplicate`, …).
+    pub counts: std::collections::BTreeMap<String, u64>,
+    /// Seconds since its last heartbeat, by the server's clock.
+    pub heartbeat_age: u64,
+    pub stale: bool,
+}
+
+/// The whole cluster as `cluster status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterStatus {
+    pub cluster: String,
+    pub paused: bool,
+    /// The shared pace (messages/s) and why, if a member changed it.
+    pub pace: Option<f64>,
+    pub pace_reason: Option<String>,
+    pub pace_member: Option<String>,
+    pub members: Vec<MemberStatus>,
+    pub handled: u64,
+    /// Recipients per outcome over all members.
+    pub counts: std::collections::BTreeMap<String, u64>,
+}
+
+/// An operator's connection to a cluster: `cluster pause|resume|status`.
+pub struct Admin {
+    url: ClusterUrl,
+    keys: Keys,
+    conn: Connection,
+}
+
+impl Admin {
+    pub fn connect(url: &ClusterUrl) -> Result<Admin, Unreachable> {
+        let conn = connect(url).map_err(|e| unreachable(url, &e))?;
+        Ok(Admin {
+            url: url.clone(),
+            keys: Keys::new(url.name()),
+            conn,
+        })
+    }
+
+    fn failed(&self, e: &redis::RedisError) -> Unreachable {
+        unreachable(&self.url, e)
+    }
+
+    /// Members hand nothing more to the store until `resume`.
+    pub fn pause(&mut self) -> Result<(), Unreachable> {
+        let r: redis::RedisResult<()> = self.conn.set(&self.keys.paused, 1);
+        r.map_err(|e| self.failed(&e))
+    }
+
+    pub fn resume(&mut self) -> Result<(), Unreachable> {
+        let r: redis::RedisResult<()> = self.conn.del(&self.keys.paused);
+        r.map_err(|e| self.failed(&e))
+    }
+
+    pub fn status(&mut self) -> Result<ClusterStatus, Unreachable> {
+        self.read_status().map_err(|e| self.failed(&e))
+    }
+
+    fn read_status(&mut self) -> redis::RedisResult<ClusterStatus> {
+        let (now, _): (u64, u64) = redis::cmd("TIME").query(&mut self.conn)?;
+        let paused: bool = self.conn.exists(&self.keys.paused)?;
+        let (rate, reason, by): (Option<f64>, Option<String>, Option<String>) = self
+            .conn
+            .hget(&self.keys.pace, &["rate", "reason", "member"])?;
+        let ids: Vec<String> = self.conn.zrange(&self.keys.members, 0, -1)?;
+        let mut members = Vec::with_capacity(ids.len());
+        for id in ids {
+            let fields: std::collections::HashMap<String, String> =
+                self.conn.hgetall(self.keys.member(&id))?;
+            if fields.is_empty() {
+                continue; // expired long ago
+            }
+            let at: u64 = fields.get("at").and_then(|a| a.parse().ok()).unwrap_or(0);
+            let state = fields.get("state").cloned().unwrap_or_default();
+            let age = now.saturating_sub(at);
+            members.push(MemberStatus {
+                stale: state != "finished" && age > STALE_AFTER.as_secs(),
+                ledger: fields.get("ledger").cloned().unwrap_or_default(),
+                handled: fields
+                    .get("handled")
+                    .and_then(|h| h.parse().ok())
+                    .unwrap_or(0),
+                pace: fields.get("pace").cloned().unwrap_or_default(),
+                counts: fields
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((k.strip_prefix("count:")?.to_string(), v.parse().ok()?))
+                    })
+                    .collect(),
+                heartbeat_age: age,
+                state,
+                id,
+            });
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for m in &members {
+            for (k, v) in &m.counts {
+                *counts.entry(k.clone()).or_insert(0) += v;
+            }
+        }
+        Ok(ClusterStatus {
+            counts,
+            cluster: self.url.to_string(),
+            paused,
+            pace: rate.filter(|r| *r > 0.0),
+            pace_reason: reason,
+            pace_member: by,
+            handled: members.iter().map(|m| m.handled).sum(),
+            members,
+        })
+    }
+}

@@ -1,0 +1,109 @@
+//! `spoolreplay cluster pause|resume|status`: the operator's view of the runs that share a
+//! `--cluster` address.
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::cli::ClusterAction;
+use crate::cluster::{Admin, ClusterUrl, Unreachable};
+use crate::config::Output;
+use crate::exit::{Exit, Failure};
+use crate::pace::format_rate;
+use crate::report::Printer;
+use crate::report::table::Table;
+use crate::sanitize::for_terminal;
+
+pub fn run(output: Output, url: &ClusterUrl, action: ClusterAction) -> Result<Exit> {
+    let printer = Printer::new(output);
+    let mut admin = Admin::connect(url).map_err(unavailable)?;
+    match action {
+        ClusterAction::Pause => {
+            admin.pause().map_err(unavailable)?;
+            printer.note(&format!(
+                "cluster {url} paused: members finish what is in flight and wait; `spoolreplay cluster resume --cluster {url}` goes on"
+            ));
+        }
+        ClusterAction::Resume => {
+            admin.resume().map_err(unavailable)?;
+            printer.note(&format!("cluster {url} resumed"));
+        }
+        ClusterAction::Status => {
+            let status = admin.status().map_err(unavailable)?;
+            if printer.json_mode() {
+                let mut value = serde_json::to_value(&status)?;
+                value["type"] = json!("cluster_status");
+                printer.event(&value)?;
+                return Ok(Exit::Done);
+            }
+            let mut table = Table::new(&[
+                "Member",
+                "Ledger",
+                "State",
+                "Messages",
+                "Delivered",
+                "Deferred",
+                "Failed",
+                "Duplicate",
+                "Pace",
+                "Heartbeat",
+            ]);
+            let count = |c: &std::collections::BTreeMap<String, u64>, k: &str| {
+                c.get(k).copied().unwrap_or(0).to_string()
+            };
+            for m in &status.members {
+                let beat = if m.stale {
+                    format!("{}s ago (stale)", m.heartbeat_age)
+                } else {
+                    format!("{}s ago", m.heartbeat_age)
+                };
+                table.row(vec![
+                    for_terminal(&m.id).into_owned(),
+                    for_terminal(&m.ledger).into_owned(),
+                    m.state.clone(),
+                    m.handled.to_string(),
+                    count(&m.counts, "delivered"),
+                    count(&m.counts, "deferred"),
+                    count(&m.counts, "failed"),
+                    count(&m.counts, "duplicate"),
+                    for_terminal(&m.pace).into_owned(),
+                    beat,
+                ]);
+            }
+            table.row(vec![
+                "Total".into(),
+                String::new(),
+                String::new(),
+                status.handled.to_string(),
+                count(&status.counts, "delivered"),
+                count(&status.counts, "deferred"),
+                count(&status.counts, "failed"),
+                count(&status.counts, "duplicate"),
+                String::new(),
+                String::new(),
+            ]);
+            let mut text = format!(
+                "Cluster {}{}\n",
+                status.cluster,
+                if status.paused { " (paused)" } else { "" }
+            );
+            if let Some(rate) = status.pace {
+                text.push_str(&format!(
+                    "Shared pace {} ({}, seen by {})\n",
+                    format_rate(Some(rate)),
+                    for_terminal(status.pace_reason.as_deref().unwrap_or("")),
+                    for_terminal(status.pace_member.as_deref().unwrap_or("?"))
+                ));
+            }
+            text.push_str(&table.render());
+            printer.data(&text)?;
+        }
+    }
+    Ok(Exit::Done)
+}
+
+/// Redis cannot be used: 69, like a store that is down.
+pub fn unavailable(e: Unreachable) -> anyhow::Error {
+    anyhow::Error::new(Failure::new(Exit::Unavailable, e.to_string()).with_hint(
+        "check that Redis runs there and the address and SPOOLREPLAY_REDIS_PASSWORD are right",
+    ))
+}
