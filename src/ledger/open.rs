@@ -127,6 +127,39 @@ impl Ledger {
         Ok(ledger)
     }
 
+    /// Opens a ledger a `run` may hold, to append a steering request: no writer lock
+    /// (the run holds it), SQLite's own locking and busy timeout keep the one insert safe.
+    pub fn open_for_steering(path: &Path) -> Result<Ledger> {
+        if !path.exists() {
+            return Err(no_ledger(path));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("cannot open ledger `{}`", path.display()))?;
+        let ledger = Ledger {
+            conn,
+            path: path.to_path_buf(),
+            _lock: None,
+        };
+        ledger.set_busy_timeout()?;
+        let version = ledger.user_version()?;
+        if version != schema::latest_version() {
+            return Err(failure(
+                Exit::DataErr,
+                format!(
+                    "ledger `{}` has schema version {version}, this spoolreplay writes version {}",
+                    path.display(),
+                    schema::latest_version()
+                ),
+            ));
+        }
+        // A damaged ledger is not written to, not even one row.
+        ledger.check_integrity()?;
+        Ok(ledger)
+    }
+
     fn set_busy_timeout(&self) -> Result<()> {
         self.conn
             .busy_timeout(std::time::Duration::from_secs(10))

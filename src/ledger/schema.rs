@@ -123,6 +123,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
         value  TEXT NOT NULL
     );
     "#,
+    // 8: steering requests from `spoolreplay control` (pause, resume, rate N/s) to the
+    // run working on this ledger, which polls for rows newer than the last it obeyed.
+    r#"
+    CREATE TABLE steering (
+        id         INTEGER PRIMARY KEY,
+        requested_at TEXT NOT NULL,
+        command    TEXT NOT NULL CHECK (command IN ('pause', 'resume', 'rate')),
+        rate       TEXT
+    );
+    "#,
 ];
 
 /// The indexes that serve only look-ups by mailbox and sender (`report --affected`,
