@@ -93,6 +93,27 @@ pub enum Command {
             spoolreplay cluster pause --cluster redis://10.0.0.5/mx-recovery"
     )]
     Cluster(ClusterArgs),
+    /// Steer the `run` working on this ledger: pause, resume, or change its pace
+    #[command(
+        after_help = "Example:\n  spoolreplay control pause\n  spoolreplay control rate 50/s\n  spoolreplay control resume"
+    )]
+    Control {
+        #[command(subcommand)]
+        action: ControlAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ControlAction {
+    /// Stop handing messages to the store (what is in flight finishes) until `resume`
+    Pause,
+    /// Hand messages to the store again
+    Resume,
+    /// Set the pace's ceiling, e.g. 50/s (the run adapts below it as before)
+    Rate {
+        #[arg(value_name = "N/s")]
+        rate: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -289,6 +310,25 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "5m")]
     pub store_timeout: String,
 
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics while the run goes, e.g.
+    /// 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// The store counts as unhealthy (wait, probe with one message at a time, exit 75
+    /// after --store-timeout) when this many consecutive recipients got a 4xx; 0: never
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub breaker_recipients: usize,
+
+    /// … across at least this many distinct mailboxes (one full mailbox is not the store)
+    #[arg(long, value_name = "M", default_value_t = 5)]
+    pub breaker_mailboxes: usize,
+
+    /// Delivery order: arrival (oldest first), newest (newest first), or fair
+    /// (round-robin across mailboxes: everyone's first message before anyone's second)
+    #[arg(long, value_name = "ORDER", default_value = "arrival")]
+    pub order: String,
+
     #[command(flatten)]
     pub clock: Clock,
 
@@ -421,6 +461,10 @@ pub enum BouncesAction {
         /// sender may get a DSN twice)
         #[arg(long)]
         resend_uncertain: bool,
+
+        /// Serve Prometheus metrics at http://ADDR:PORT/metrics while sending
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
     },
 
     /// Write the DSNs not yet written as .eml files with a .json envelope

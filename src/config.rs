@@ -42,6 +42,7 @@ pub enum CommandConfig {
     },
     Bounces(BouncesConfig),
     Audit(AuditConfig),
+    Control(crate::ledger::Steer),
     Cluster {
         url: ClusterUrl,
         action: cli::ClusterAction,
@@ -112,6 +113,12 @@ pub struct RunConfig {
     pub postmaster: Option<String>,
     /// SMTP/LMTP connect and reply timeouts.
     pub timeouts: Timeouts,
+    /// `--metrics`: where to serve Prometheus metrics.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// `--breaker-recipients`, `--breaker-mailboxes`.
+    pub breaker: crate::breaker::BreakerConfig,
+    /// `--order`.
+    pub order: crate::ledger::DeliveryOrder,
 }
 
 #[derive(Debug)]
@@ -132,6 +139,7 @@ pub enum BouncesConfig {
         insecure_tls: bool,
         timeouts: Timeouts,
         resend_uncertain: bool,
+        metrics: Option<std::net::SocketAddr>,
     },
     Write {
         outbox: PathBuf,
@@ -288,6 +296,12 @@ impl Config {
                     })?,
                     insecure_tls: a.insecure_tls,
                     timeouts: reply_timeouts(&a.connect_timeout, &a.reply_timeout)?,
+                    metrics: a.metrics,
+                    order: a.order.parse().map_err(|e: String| usage("--order", e))?,
+                    breaker: crate::breaker::BreakerConfig {
+                        recipients: a.breaker_recipients,
+                        mailboxes: a.breaker_mailboxes,
+                    },
                     warn_after: a
                         .warn_after
                         .as_deref()
@@ -316,6 +330,17 @@ impl Config {
                 }))
             }
             cli::Command::Status(a) => CommandConfig::Status { message: a.message },
+            cli::Command::Control { action } => CommandConfig::Control(match action {
+                cli::ControlAction::Pause => crate::ledger::Steer::Pause,
+                cli::ControlAction::Resume => crate::ledger::Steer::Resume,
+                cli::ControlAction::Rate { rate } => {
+                    // Checked here, so the run never meets a rate it cannot read.
+                    let spec: crate::throttle::RateSpec = rate
+                        .parse()
+                        .map_err(|e| usage("control rate", format!("{e}")))?;
+                    crate::ledger::Steer::Rate(spec.to_string())
+                }
+            }),
             cli::Command::Bounces(a) => CommandConfig::Bounces(bounces(a)?),
             cli::Command::Cluster(a) => CommandConfig::Cluster {
                 url: cluster_url(a.cluster.as_deref().ok_or_else(|| {
@@ -352,6 +377,7 @@ fn one_ledger(cli: &Cli) -> Result<PathBuf> {
         cli::Command::Ingest(_) => Some("ingest"),
         cli::Command::Run(_) => Some("run"),
         cli::Command::Status(_) => Some("status"),
+        cli::Command::Control { .. } => Some("control"),
         cli::Command::Bounces(_) => Some("bounces"),
         cli::Command::Audit(_) => Some("audit"),
         cli::Command::Cluster(_) => None,
@@ -398,8 +424,10 @@ fn bounces(a: cli::BouncesArgs) -> Result<BouncesConfig> {
                 connect_timeout,
                 reply_timeout,
                 resend_uncertain,
+                metrics,
             }),
         ) => BouncesConfig::Send {
+            metrics,
             relay: relay.parse().map_err(|e| usage("--relay", e))?,
             rate: rate
                 .as_deref()

@@ -6,6 +6,7 @@
 pub mod address;
 pub mod bounce;
 pub mod bounce_policy;
+pub mod breaker;
 pub mod classify;
 pub mod cli;
 pub mod cluster;
@@ -19,6 +20,7 @@ pub mod exit;
 pub mod incident;
 pub mod ledger;
 pub mod line_ends;
+pub mod metrics;
 pub mod pace;
 pub mod plan;
 pub mod replay;
@@ -28,6 +30,7 @@ pub mod sanitize;
 pub mod shard;
 pub mod shutdown;
 pub mod spool;
+pub mod systemd;
 pub mod throttle;
 
 use clap::Parser;
@@ -70,6 +73,7 @@ fn dispatch(cfg: Config) -> anyhow::Result<Exit> {
         CommandConfig::Bounces(c) => cmd::bounces::run(ledger, cfg.output, c),
         CommandConfig::Audit(c) => cmd::audit::run(ledger, cfg.output, c),
         CommandConfig::Cluster { url, action } => cmd::cluster::run(cfg.output, &url, action),
+        CommandConfig::Control(steer) => cmd::control::run(ledger, cfg.output, &steer),
     }
 }
 

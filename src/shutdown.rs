@@ -107,6 +107,11 @@ impl Shutdown {
         &self.requested
     }
 
+    /// The flag, for a thread that outlives this borrow (the systemd notifier).
+    pub fn shared_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.requested)
+    }
+
     pub fn requested(&self) -> bool {
         self.requested.load(Ordering::SeqCst)
     }

@@ -201,6 +201,9 @@ impl Replay<'_> {
                 tx.record_postmaster_copy(m.id, to, &message_id, &bytes, covered)
             }
         })?;
+        if let Some(m) = &self.metrics {
+            m.dsn(kind);
+        }
         match kind {
             DsnKind::Failure => self.stats.dsns += 1,
             DsnKind::Delay => self.stats.delay_warnings += 1,

@@ -12,7 +12,8 @@ use crate::deliver::smtp::{SmtpOptions, SmtpStore};
 use crate::deliver::wire::ClientOptions;
 use crate::exit::{Exit, Failure, failure};
 use crate::incident::Incident;
-use crate::ledger::{DsnFilter, DsnKind, Ledger, MessageWork, RcptState, RecipientRow};
+use crate::ledger::{DsnFilter, DsnKind, Ledger, MessageWork, RcptState, RecipientRow, SendState};
+use crate::metrics::{Endpoint, Exposition, SendMetrics};
 use crate::pace::Pace;
 use crate::replay::failure_for;
 use crate::report::table::Table;
@@ -57,7 +58,20 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
             insecure_tls,
             timeouts,
             resend_uncertain,
+            metrics,
         } => {
+            let counters = std::sync::Arc::new(SendMetrics::new());
+            let endpoint = metrics
+                .map(|addr| {
+                    Endpoint::start(
+                        addr,
+                        std::sync::Arc::clone(&counters) as std::sync::Arc<dyn Exposition>,
+                    )
+                })
+                .transpose()?;
+            if let Some(e) = &endpoint {
+                printer.note(&format!("metrics at http://{}/metrics", e.addr()));
+            }
             let mut ledger = Ledger::open_existing_for_write(ledger_path, "bounces send")?;
             let options = SmtpOptions {
                 client: ClientOptions {
@@ -83,6 +97,15 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
                     s.state.as_str(),
                     for_terminal(s.reply)
                 ));
+                counters.sent(
+                    match s.state {
+                        SendState::Sent => "sent",
+                        SendState::Failed => "failed",
+                        SendState::Uncertain => "uncertain",
+                        SendState::Pending | SendState::Sending => "deferred",
+                    },
+                    s.reply,
+                );
                 let _ = printer.event(&json!({
                     "type": "dsn_sent", "id": s.dsn.id, "to": s.dsn.envelope_to,
                     "state": s.state.as_str(), "reply": s.reply,
@@ -198,6 +221,11 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
             let printed = printer.summary(&summary);
             if signal.is_none() {
                 printed?;
+            }
+            if let Some(e) = endpoint
+                && signal.is_none()
+            {
+                e.finish(crate::metrics::LINGER);
             }
             Ok(exit)
         }

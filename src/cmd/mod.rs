@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod bounces;
 pub mod cluster;
+pub mod control;
 pub mod ingest;
 pub mod report;
 pub mod run;

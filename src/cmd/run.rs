@@ -1,6 +1,7 @@
 //! `spoolreplay run`: the recovery itself (see `replay`), with progress, a summary and the
 //! exit code that tells a script whether to run again.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -17,6 +18,7 @@ use crate::deliver::verify::VerifiedStore;
 use crate::deliver::wire::ClientOptions;
 use crate::exit::{Exit, Failure};
 use crate::ledger::{DsnFilter, Ledger, RcptState};
+use crate::metrics::{Endpoint, Exposition, Metrics};
 use crate::plan::{MASS_BOUNCE_HINT, Plan, mass_bounce};
 use crate::replay::{Event, Replay, Settings, Stop, StoreFactory};
 use crate::report::progress::Progress;
@@ -24,6 +26,7 @@ use crate::report::table::Table;
 use crate::report::{Printer, json as events};
 use crate::sanitize::for_terminal;
 use crate::shutdown::{Shutdown, Signal};
+use crate::systemd::Notifier;
 use crate::throttle::format_duration;
 
 pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Result<Exit> {
@@ -56,6 +59,14 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     let factory = store_factory(&cfg);
     let describe = cfg.store.to_string();
     let shutdown = Shutdown::install("finishing the deliveries in flight")?;
+    let metrics = Arc::new(Metrics::new());
+    let endpoint = cfg
+        .metrics
+        .map(|addr| Endpoint::start(addr, Arc::clone(&metrics) as Arc<dyn Exposition>))
+        .transpose()?;
+    if let Some(e) = &endpoint {
+        printer.note(&format!("metrics at http://{}/metrics", e.addr()));
+    }
     let started = Instant::now();
     if cfg.fixed_clock {
         printer.note(&format!(
@@ -85,6 +96,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     // run would deliver (what `report` calls "Messages that would be delivered"), not the
     // open recipients: the plan the mass-bounce check made.
     let mut progress = Progress::new(&output, "messages", deliveries);
+    let notifier = Notifier::start(shutdown.shared_flag());
     let mut last_seen = 0u64;
     let mut event_error: Option<std::io::Error> = None;
     let mut on_event = |e: Event<'_>| {
@@ -124,9 +136,37 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
             Event::Delivered { messages, pace } => {
                 progress.add(messages - last_seen, pace);
                 last_seen = messages;
+                if let Some(n) = &notifier {
+                    n.status(&format!(
+                        "{messages}/{deliveries} messages handed to the store, {pace}"
+                    ));
+                }
                 Ok(())
             }
+            Event::Ready => {
+                if let Some(n) = &notifier {
+                    n.ready();
+                }
+                Ok(())
+            }
+            Event::Steered(text) => {
+                if let Some(n) = &notifier {
+                    n.status(text);
+                }
+                printer.note(text);
+                printer.event(&json!({"type": "control", "text": text}))
+            }
+            Event::Alert(text) => {
+                if let Some(n) = &notifier {
+                    n.status(&for_terminal(text));
+                }
+                printer.warn(&for_terminal(text));
+                printer.event(&json!({"type": "warning", "text": text}))
+            }
             Event::Notice(text) => {
+                if let Some(n) = &notifier {
+                    n.status(&for_terminal(text));
+                }
                 printer.verbose(&for_terminal(text));
                 printer.event(&json!({"type": "notice", "text": text}))
             }
@@ -145,6 +185,8 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         retry: cfg.retry,
         warn_after: cfg.warn_after,
         postmaster: cfg.postmaster.clone(),
+        breaker: cfg.breaker,
+        order: cfg.order,
     };
     let mut replay = Replay::new(
         &mut ledger,
@@ -153,6 +195,9 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         shutdown.flag(),
         &mut on_event,
     );
+    if endpoint.is_some() {
+        replay = replay.with_metrics(Arc::clone(&metrics));
+    }
     if let Some(member) = member {
         replay = replay.with_tokens(Box::new(member));
     }
@@ -160,6 +205,8 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     let mut stats = std::mem::take(&mut replay.stats);
     drop(replay);
     progress.finish();
+    // STOPPING=1 now: what follows is the summary, not delivery.
+    drop(notifier);
     outcome?;
     // After a signal, output may be gone (SIGHUP: the terminal closed): what matters then
     // is the ledger and the exit code, not whether the events could be printed.
@@ -279,6 +326,12 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         if signal.is_none() {
             printed?;
         }
+    }
+    // A stop request wants a prompt exit more than a last scrape.
+    if let Some(e) = endpoint
+        && signal.is_none()
+    {
+        e.finish(crate::metrics::LINGER);
     }
     Ok(exit)
 }

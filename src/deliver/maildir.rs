@@ -34,6 +34,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -231,14 +232,22 @@ impl Deliverer for MaildirStore {
     /// read-only or full store is found before the first delivery, not at it.
     fn probe(&mut self) -> Result<(), StoreError> {
         self.check_root()?;
+        // A run killed while probing (kill -9, power loss) leaves its probe behind; remove
+        // those of processes that are gone, so the store holds nothing of ours but mail.
+        remove_stale_probes(&self.root);
         // Unique per call: workers of one process may probe at the same time.
         static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let probe = self
             .root
-            .join(format!(".spoolreplay-probe-{}-{n}", std::process::id()));
+            .join(format!("{PROBE_PREFIX}{}-{n}", std::process::id()));
         let written = (|| -> io::Result<()> {
-            let mut f = fs::File::create(&probe)?;
+            // Exclusive and private: never through a link planted at the name.
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&probe)?;
             f.write_all(b"probe\n")?;
             f.sync_all()?;
             fs::remove_file(&probe)
@@ -616,9 +625,58 @@ fn root_error(e: &io::Error, context: &str) -> StoreError {
     }
 }
 
+/// The name of a probe file, followed by the writing process's pid and a counter.
+const PROBE_PREFIX: &str = ".spoolreplay-probe-";
+
+/// Removes probe files whose writer is no longer running (`kill(pid, 0)` fails with ESRCH).
+/// A live process's probe is left alone: another run may share the store.
+fn remove_stale_probes(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PROBE_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split('-')
+            .next()
+            .and_then(|p| p.parse::<libc::pid_t>().ok())
+            .filter(|&p| p > 0)
+        else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 sends nothing; it only asks whether `pid` exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_left_by_a_killed_run_is_removed_and_a_live_one_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = root.path().join(format!("{PROBE_PREFIX}{dead}-0"));
+        let live = root
+            .path()
+            .join(format!("{PROBE_PREFIX}{}-999", std::process::id()));
+        fs::write(&stale, b"probe\n").unwrap();
+        fs::write(&live, b"probe\n").unwrap();
+        let mut store = MaildirStore::new(root.path()).unwrap();
+        store.probe().unwrap();
+        assert!(!stale.exists(), "the dead run's probe is still there");
+        assert!(live.exists(), "a live process's probe was removed");
+    }
 
     #[track_caller]
     fn refused_because(raw: &str, reason: &str) {

@@ -15,6 +15,7 @@ pub mod queries;
 mod rows;
 mod schema;
 pub mod state;
+mod steering;
 mod tx;
 mod values;
 
@@ -27,9 +28,10 @@ use rusqlite::{Connection, params};
 pub use dsns::{DsnFilter, DsnKind, DsnRow, SendState};
 pub use meta::describe as describe_shard;
 pub use open::explain_corruption;
-pub use rows::{Inserted, MessageRow, MessageWork, QuarantineRow, RecipientRow};
+pub use rows::{DeliveryOrder, Inserted, MessageRow, MessageWork, QuarantineRow, RecipientRow};
 use rows::{MESSAGE_COLUMNS, RECIPIENT_COLUMNS, message_from_row, parse_state, recipient_from_row};
 pub use state::RcptState;
+pub use steering::Steer;
 pub use tx::{Change, Tx};
 
 pub struct Ledger {
@@ -99,6 +101,43 @@ impl Ledger {
         Ok(out)
     }
 
+    /// Like [`Ledger::deliverable`], in `order`. `Arrival` pages by id after `after_id`;
+    /// the others take the first `limit` of what is deliverable now (what was handed over
+    /// is in flight or settled by the next call, so no cursor is needed), at the cost of
+    /// one pass over the open recipients per batch.
+    pub fn deliverable_in(
+        &self,
+        order: DeliveryOrder,
+        after_id: i64,
+        limit: usize,
+        now_unix: i64,
+    ) -> Result<Vec<MessageWork>> {
+        let (pending, deferred) = (RcptState::Pending.sql(), RcptState::Deferred.sql());
+        let due = format!(
+            "(r.state = {pending} OR (r.state = {deferred} AND coalesce(r.next_attempt, 0) <= ?1))"
+        );
+        let sql = match order {
+            DeliveryOrder::Arrival => return self.deliverable(after_id, limit, now_unix),
+            DeliveryOrder::Newest => format!(
+                "SELECT m.id FROM messages m WHERE EXISTS (SELECT 1 FROM recipients r \
+                 WHERE r.message_id = m.id AND {due}) ORDER BY m.arrival_unix DESC, m.id DESC LIMIT ?2"
+            ),
+            // Round-robin across mailboxes: every mailbox's first message, then every
+            // mailbox's second, … (a message to several counts at its best turn).
+            DeliveryOrder::Fair => format!(
+                "SELECT message_id FROM (SELECT r.message_id, row_number() OVER \
+                 (PARTITION BY lower(r.address) ORDER BY r.message_id) AS turn \
+                 FROM recipients r WHERE {due}) GROUP BY message_id \
+                 ORDER BY min(turn), message_id LIMIT ?2"
+            ),
+        };
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let ids = stmt
+            .query_map(params![now_unix, limit as i64], |r| r.get::<_, i64>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        self.work_of(ids, now_unix)
+    }
+
     /// Messages with recipients to deliver now: pending, or deferred and due at `now_unix`;
     /// in id order after `after_id`, at most `limit`.
     pub fn deliverable(
@@ -128,6 +167,12 @@ impl Ledger {
         ids.sort_unstable();
         ids.dedup();
         ids.truncate(limit);
+        self.work_of(ids, now_unix)
+    }
+
+    /// The messages `ids`, in that order, with their recipients due at `now_unix`.
+    fn work_of(&self, ids: Vec<i64>, now_unix: i64) -> Result<Vec<MessageWork>> {
+        let (pending, deferred) = (RcptState::Pending.sql(), RcptState::Deferred.sql());
         let mut rstmt = self.conn.prepare_cached(&format!(
             "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ?1 AND \
              (state = {pending} OR (state = {deferred} AND coalesce(next_attempt, 0) <= ?2)) ORDER BY id"

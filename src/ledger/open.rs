@@ -98,14 +98,24 @@ impl Ledger {
     /// a writer's open: a reader that only met the pages its queries touch would print
     /// plausible counts from a damaged file (`status` did, exit 0).
     pub fn open_read(path: &Path) -> Result<Ledger> {
+        Self::open_unlocked(path, OpenFlags::SQLITE_OPEN_READ_ONLY, "reads")
+    }
+
+    /// Opens a ledger a `run` may hold, to append a steering request: no writer lock
+    /// (the run holds it), SQLite's own locking and busy timeout keep the one insert safe.
+    /// A damaged ledger is not written to, not even one row.
+    pub fn open_for_steering(path: &Path) -> Result<Ledger> {
+        Self::open_unlocked(path, OpenFlags::SQLITE_OPEN_READ_WRITE, "writes")
+    }
+
+    /// An existing ledger of the current schema, without the writer lock, checked for
+    /// damage. `verb` says what this spoolreplay does with the version it wants.
+    fn open_unlocked(path: &Path, mode: OpenFlags, verb: &str) -> Result<Ledger> {
         if !path.exists() {
             return Err(no_ledger(path));
         }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .with_context(|| format!("cannot open ledger `{}`", path.display()))?;
+        let conn = Connection::open_with_flags(path, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_context(|| format!("cannot open ledger `{}`", path.display()))?;
         let ledger = Ledger {
             conn,
             path: path.to_path_buf(),
@@ -117,7 +127,7 @@ impl Ledger {
             return Err(failure(
                 Exit::DataErr,
                 format!(
-                    "ledger `{}` has schema version {version}, this spoolreplay reads version {}",
+                    "ledger `{}` has schema version {version}, this spoolreplay {verb} version {}",
                     path.display(),
                     schema::latest_version()
                 ),

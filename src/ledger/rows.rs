@@ -57,6 +57,32 @@ pub struct RecipientRow {
     pub reply_status: Option<String>,
 }
 
+/// The order `run` delivers in (`--order`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliveryOrder {
+    /// Oldest first: the order the spool was ingested in.
+    #[default]
+    Arrival,
+    /// Newest arrival first: the mail people are waiting for now.
+    Newest,
+    /// Round-robin across mailboxes, so one mailbox with 50,000 messages does not hold
+    /// back everyone else's first message.
+    Fair,
+}
+
+impl std::str::FromStr for DeliveryOrder {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "arrival" => Ok(DeliveryOrder::Arrival),
+            "newest" => Ok(DeliveryOrder::Newest),
+            "fair" => Ok(DeliveryOrder::Fair),
+            other => Err(format!("`{other}` is not `arrival`, `newest` or `fair`")),
+        }
+    }
+}
+
 /// A message with the recipients selected alongside it.
 #[derive(Debug, Clone)]
 pub struct MessageWork {

@@ -123,7 +123,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
         value  TEXT NOT NULL
     );
     "#,
-    // 8: the reply code and the enhanced status the store sent with the last reply (NULL
+    // 8: steering requests from `spoolreplay control` (pause, resume, rate N/s) to the
+    // run working on this ledger, which polls for rows newer than the last it obeyed.
+    r#"
+    CREATE TABLE steering (
+        id         INTEGER PRIMARY KEY,
+        requested_at TEXT NOT NULL,
+        command    TEXT NOT NULL CHECK (command IN ('pause', 'resume', 'rate')),
+        rate       TEXT
+    );
+    "#,
+    // 9: the reply code and the enhanced status the store sent with the last reply (NULL
     // when the reply was our own words), so `status` groups by them and expiry reads the
     // code rather than parse `reply`. Rows written before are filled from the reply text,
     // which was the reply's one-line form (`452 4.2.2 text`) when a server gave one; an

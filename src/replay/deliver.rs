@@ -6,6 +6,7 @@
 //! Deferred recipients are retried with backoff within the run until their message's
 //! deadline.
 
+use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,11 +19,13 @@ use super::{
     redeliver_once,
 };
 use crate::address::Mailbox;
+use crate::breaker::{self, Breaker};
 use crate::classify::Disposition;
 use crate::deliver::reply::Reply;
 use crate::deliver::{Answer, Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
-use crate::ledger::{Change, MessageWork, RcptState, Tx};
+use crate::ledger::{Change, DeliveryOrder, MessageWork, RcptState, Steer, Tx};
 use crate::pace::{self, Claim, Grant, Pace, PushBack, Signal, format_rate};
+use crate::throttle::RateSpec;
 
 /// How often a dispatcher waiting on the store tells the printer it is still there.
 const TICK: Duration = Duration::from_secs(1);
@@ -63,6 +66,9 @@ pub(super) enum Health {
     LosingReplies,
     /// The store could not be reached: wait and try again.
     Down,
+    /// The store refuses every recipient alike (the circuit breaker is open): wait as
+    /// for `Down`, then probe with one message at a time.
+    Refusing,
     /// The store is full: stop.
     Full,
 }
@@ -157,7 +163,23 @@ struct Dispatch {
     handled: u64,
     store_down_since: Option<Instant>,
     down_streak: u32,
+    /// Recent (time, messages handled, recipients finished), for the measured pace and
+    /// the ETA of `--metrics`.
+    samples: VecDeque<(Instant, u64, u64)>,
+    breaker: Breaker,
+    /// The last `spoolreplay control` request obeyed, and when the ledger was last asked.
+    steered: i64,
+    steer_checked: Option<Instant>,
+    paused: bool,
 }
+
+/// How often the run looks for `spoolreplay control` requests.
+const STEER_EVERY: Duration = Duration::from_millis(500);
+
+/// How often the gauges of `--metrics` are refreshed (one `GROUP BY state` each time).
+const METRICS_EVERY: Duration = Duration::from_secs(1);
+/// The window the measured pace and the ETA average over.
+const METRICS_WINDOW: Duration = Duration::from_secs(30);
 
 impl Replay<'_> {
     /// Delivers everything deliverable, retrying deferred mail until its deadline.
@@ -198,7 +220,14 @@ impl Replay<'_> {
             handled: 0,
             store_down_since: None,
             down_streak: 0,
+            samples: VecDeque::new(),
+            breaker: Breaker::new(self.settings.breaker),
+            // Requests from before this run were for an earlier one.
+            steered: self.ledger.last_steering_id()?,
+            steer_checked: None,
+            paused: false,
         };
+        self.feed_gauges(&mut d)?;
         let mut after = 0;
         loop {
             if self.stats.stop.is_some() {
@@ -208,10 +237,20 @@ impl Replay<'_> {
                 self.stats.stop = Some(Stop::Interrupted);
                 return Ok(());
             }
+            // Nothing is outstanding between batches: the health of a pause here is Fine.
+            self.hold_while_paused(done, &mut d)?;
             let now = self.now();
-            let batch =
-                self.ledger
-                    .deliverable(after, self.settings.pace.batch_size, now.timestamp())?;
+            // Only arrival order pages with a cursor (see `Ledger::deliverable_in`).
+            let order = self.settings.order;
+            if order != DeliveryOrder::Arrival {
+                after = 0;
+            }
+            let batch = self.ledger.deliverable_in(
+                order,
+                after,
+                self.settings.pace.batch_size,
+                now.timestamp(),
+            )?;
             let Some(last) = batch.last() else {
                 if after != 0 {
                     after = 0; // a new sweep: mail deferred or requeued since is due again
@@ -235,6 +274,11 @@ impl Replay<'_> {
             for work in batch {
                 // Stop handing out work when the store is down or full, or on Ctrl-C: what
                 // is not handed out stays pending, untouched.
+                if health != Health::Fine || self.is_interrupted() {
+                    after = work.message.id - 1;
+                    break;
+                }
+                health = worst(health, self.hold_while_paused(done, &mut d)?);
                 if health != Health::Fine || self.is_interrupted() {
                     after = work.message.id - 1;
                     break;
@@ -279,15 +323,21 @@ impl Replay<'_> {
                 };
                 crate::crash_hook::at("after-in-flight");
                 // The channel has room (see `until_a_worker_is_free`): no wait on the store.
+                let id = work.message.id;
                 jobs.send(work).context("the delivery workers stopped")?;
                 d.outstanding += 1;
+                // An open breaker probes with one message: its reply decides what next.
+                if d.breaker.is_open() {
+                    after = id;
+                    break;
+                }
             }
             if !d.early.is_empty() {
                 let early = std::mem::take(&mut d.early);
                 health = worst(health, self.settle(early, &mut d)?);
             }
             while d.outstanding > 0 {
-                let first = self.next_result(done, &d)?;
+                let first = self.next_result(done, &mut d)?;
                 health = worst(health, self.settle(with_ready(first, done), &mut d)?);
             }
             match health {
@@ -300,6 +350,11 @@ impl Replay<'_> {
                 Health::Down => self.wait_for_store(&mut d, "unreachable"),
                 Health::LosingReplies => {
                     self.wait_for_store(&mut d, "losing its replies after the final dot")
+                }
+                Health::Refusing => {
+                    let reply = d.breaker.trip().map(|t| t.reply).unwrap_or_default();
+                    let what = format!("refusing every recipient (`{reply}`)");
+                    self.wait_for_store(&mut d, &what)
                 }
             }
         }
@@ -455,7 +510,7 @@ impl Replay<'_> {
 
     /// The next result from a worker, however long the store takes; the progress line is
     /// fed meanwhile, so a transaction blocked on a slow store is never silent.
-    fn next_result(&mut self, done: &Receiver<Done>, d: &Dispatch) -> Result<Done> {
+    fn next_result(&mut self, done: &Receiver<Done>, d: &mut Dispatch) -> Result<Done> {
         loop {
             match done.recv_timeout(TICK) {
                 Ok(result) => return Ok(result),
@@ -465,6 +520,7 @@ impl Replay<'_> {
                         messages: d.handled,
                         pace: &text,
                     });
+                    self.feed_gauges(d)?;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     anyhow::bail!("the delivery workers stopped")
@@ -585,8 +641,27 @@ impl Replay<'_> {
             self.stats.messages += 1;
             crate::crash_hook::at("after-store");
             signals.extend(signal_of(&done.result));
+            self.feed_breaker(done, d);
+            if let (
+                Some(m),
+                Attempt::Store {
+                    latency,
+                    result: Ok(_),
+                    ..
+                },
+            ) = (&self.metrics, &done.result)
+            {
+                m.transaction(*latency);
+            }
         }
-        let (health, handed) = self.record_all(batch, next)?;
+        // Replies that keep the breaker open hand nothing more over in this commit; the
+        // next probe goes out after the wait, in a commit of its own.
+        let refusing = settled > 0 && d.breaker.is_open();
+        let next = next.filter(|_| !refusing);
+        let (mut health, handed) = self.record_all(batch, next)?;
+        if refusing {
+            health = worst(health, Health::Refusing);
+        }
         for signal in signals {
             if let Some(change) = d.pace.observe(self.started.elapsed(), signal) {
                 d.pace_text = format!("pace {} ({})", format_rate(change.rate), change.reason);
@@ -613,7 +688,152 @@ impl Replay<'_> {
                 pace: &text,
             });
         }
+        self.feed_gauges(d)?;
         Ok((health, handed))
+    }
+
+    /// Obeys new `spoolreplay control` requests (at most every `STEER_EVERY`), then,
+    /// while paused, records what comes back and waits for `resume` (or a signal).
+    fn hold_while_paused(&mut self, done: &Receiver<Done>, d: &mut Dispatch) -> Result<Health> {
+        let mut health = Health::Fine;
+        loop {
+            self.steer(d)?;
+            if !d.paused || self.is_interrupted() {
+                return Ok(health);
+            }
+            health = worst(health, self.collect(done, d, Instant::now() + STEER_EVERY)?);
+            self.feed_gauges(d)?;
+        }
+    }
+
+    fn steer(&mut self, d: &mut Dispatch) -> Result<()> {
+        if d.steer_checked.is_some_and(|t| t.elapsed() < STEER_EVERY) {
+            return Ok(());
+        }
+        d.steer_checked = Some(Instant::now());
+        for (id, request) in self.ledger.steering_after(d.steered)? {
+            d.steered = id;
+            let text = match request {
+                Steer::Pause => {
+                    d.paused = true;
+                    "paused by `spoolreplay control pause`: nothing more is handed to the store until `spoolreplay control resume`".to_string()
+                }
+                Steer::Resume => {
+                    d.paused = false;
+                    "resumed by `spoolreplay control resume`".to_string()
+                }
+                Steer::Rate(r) => match r.parse::<RateSpec>() {
+                    Ok(spec) => {
+                        d.pace =
+                            Pace::new(Some(spec.per_second()), self.settings.pace.max_bytes_rate);
+                        d.pace_text = format!(
+                            "pace {} (set by spoolreplay control)",
+                            format_rate(d.pace.rate())
+                        );
+                        format!("pace set to {spec} by `spoolreplay control rate`")
+                    }
+                    Err(e) => format!("ignored `spoolreplay control rate {r}`: {e}"),
+                },
+            };
+            if let Some(m) = &self.metrics {
+                m.paused(d.paused);
+            }
+            (self.on_event)(Event::Steered(&text));
+        }
+        Ok(())
+    }
+
+    /// Tells the circuit breaker each recipient's reply, and the printer when it opens
+    /// or closes.
+    fn feed_breaker(&mut self, done: &Done, d: &mut Dispatch) {
+        let Attempt::Store {
+            result: Ok(outcomes),
+            at,
+            ..
+        } = &done.result
+        else {
+            return;
+        };
+        for (r, o) in done.work.recipients.iter().zip(outcomes) {
+            let text;
+            let reply = match o {
+                Outcome::Deferred {
+                    reply,
+                    remote: Some(_),
+                } if reply.reply().is_some_and(|r| (400..500).contains(&r.code)) => {
+                    text = reply.to_string();
+                    breaker::Reply::Transient(&text)
+                }
+                Outcome::Delivered { .. }
+                | Outcome::AlreadyThere { .. }
+                | Outcome::Failed { .. } => breaker::Reply::Answered,
+                // A lost reply or a refusal that is not the store's says nothing either way.
+                _ => continue,
+            };
+            match d.breaker.observe(&r.address, reply, at) {
+                Some(breaker::Change::Opened(t)) => {
+                    (self.on_event)(Event::Alert(&format!(
+                        "the store refused the last {} recipients ({} mailboxes) since {} with a temporary error, the last `{}`: treating it as unhealthy, waiting and then trying one message at a time (exit 75 after --store-timeout)",
+                        t.recipients, t.mailboxes, t.since, t.reply
+                    )));
+                }
+                Some(breaker::Change::Closed) => {
+                    (self.on_event)(Event::Alert(
+                        "the store accepts recipients again: back to the normal pace",
+                    ));
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Refreshes the gauges of `--metrics` (at most every `METRICS_EVERY`): recipients
+    /// per state from the ledger, the measured pace and its ceiling, the ETA.
+    fn feed_gauges(&mut self, d: &mut Dispatch) -> Result<()> {
+        let Some(m) = self.metrics.clone() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if d.samples
+            .back()
+            .is_some_and(|(t, ..)| now.duration_since(*t) < METRICS_EVERY)
+        {
+            return Ok(());
+        }
+        let finished = self.stats.delivered + self.stats.already_there + self.stats.failed;
+        d.samples.push_back((now, d.handled, finished));
+        while d.samples.len() > 2
+            && d.samples
+                .front()
+                .is_some_and(|(t, ..)| now.duration_since(*t) > METRICS_WINDOW)
+        {
+            d.samples.pop_front();
+        }
+        let counts = self.ledger.state_counts()?;
+        m.set_recipients(&counts);
+        let Some(&(since, handled, settled)) = d.samples.front() else {
+            return Ok(());
+        };
+        let secs = now.duration_since(since).as_secs_f64();
+        let per_second = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        m.pace(per_second(d.handled - handled), d.pace.rate());
+        let open: u64 = counts
+            .iter()
+            .filter(|(s, _)| {
+                matches!(
+                    s,
+                    RcptState::Pending | RcptState::Deferred | RcptState::InFlight
+                )
+            })
+            .map(|(_, n)| *n)
+            .sum();
+        let rate = per_second(finished - settled);
+        m.eta(match open {
+            0 => Some(Duration::ZERO),
+            _ if rate > 0.0 => Some(Duration::from_secs_f64(open as f64 / rate)),
+            _ => None,
+        });
+        Ok(())
     }
 
     /// Writes the outcome of one attempt to the ledger.
@@ -673,6 +893,9 @@ impl Replay<'_> {
         })?;
         for rec in &recorded {
             for (r, s) in rec.work.recipients.iter().zip(&rec.outcomes) {
+                if let Some(m) = &self.metrics {
+                    feed_outcome(m, &rec.work.message, s, now);
+                }
                 if s.state == RcptState::Delivered {
                     let canonical = Mailbox::canonical_key(&r.address);
                     self.tokens
@@ -800,6 +1023,29 @@ fn mark_in_flight(tx: &Tx<'_>, work: &MessageWork, unchecked: bool) -> Result<Me
         r.state = RcptState::InFlight;
     }
     Ok(moved)
+}
+
+/// One recipient's outcome for `--metrics`: its count, its reply's class (when a server
+/// replied), and for a delivery the time since the message arrived.
+fn feed_outcome(
+    m: &crate::metrics::Metrics,
+    message: &crate::ledger::MessageRow,
+    s: &Settled,
+    now: chrono::DateTime<chrono::FixedOffset>,
+) {
+    use crate::metrics::DeliveryOutcome;
+    let outcome = match s.state {
+        RcptState::Delivered => DeliveryOutcome::Delivered,
+        RcptState::Deferred => DeliveryOutcome::Deferred,
+        RcptState::Failed => DeliveryOutcome::Failed,
+        RcptState::Uncertain => DeliveryOutcome::Uncertain,
+        _ => return,
+    };
+    let code = s.remote.as_ref().and(s.reply.as_ref()).map(|r| r.code);
+    m.outcome(outcome, code);
+    if s.state == RcptState::Delivered && !s.already {
+        m.delivered_after((now - message.arrival).to_std().unwrap_or_default());
+    }
 }
 
 /// What the cluster's claims leave of a message.
@@ -954,6 +1200,7 @@ fn worst(a: Health, b: Health) -> Health {
     match (a, b) {
         (Health::Full, _) | (_, Health::Full) => Health::Full,
         (Health::Down, _) | (_, Health::Down) => Health::Down,
+        (Health::Refusing, _) | (_, Health::Refusing) => Health::Refusing,
         (Health::LosingReplies, _) | (_, Health::LosingReplies) => Health::LosingReplies,
         _ => Health::Fine,
     }

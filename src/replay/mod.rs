@@ -3,10 +3,11 @@
 //! deadline), make the DSNs that are owed. Every step is recorded in the ledger before and
 //! after it happens, so a crash at any point loses nothing and repeats nothing.
 //!
-//! `deliver.rs` holds the delivery loop and its workers, `bounce.rs` the DSN step.
+//! `deliver.rs` holds the delivery loop and its workers.
 
 mod deliver;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use crate::classify::{self, Classification, Disposition};
 use crate::deliver::{Deliverer, Outcome, StoreError};
 use crate::incident::Incident;
 use crate::ledger::{Change, Ledger, MessageRow, MessageWork, RcptState, SPOOL_CHANGED, Tx};
+use crate::metrics::Metrics;
 use crate::pace::{Alone, PaceConfig, TokenSource};
 use crate::spool::{self, ContentHash, SpoolFormat};
 
@@ -75,6 +77,10 @@ pub struct Settings<'a> {
     pub warn_after: Option<Duration>,
     /// Send a copy of failed bounces (null sender) to this address.
     pub postmaster: Option<String>,
+    /// When the store counts as refusing everything (`--breaker-*`).
+    pub breaker: crate::breaker::BreakerConfig,
+    /// The order deliverable mail is handed over in (`--order`).
+    pub order: crate::ledger::DeliveryOrder,
 }
 
 /// Something that happened, for the printer.
@@ -94,6 +100,15 @@ pub enum Event<'a> {
     Delivered { messages: u64, pace: &'a str },
     /// A change of pace or a wait, worth a line of its own.
     Notice(&'a str),
+    /// Something the operator must hear at once, even without `-v` (the store refuses
+    /// everything).
+    Alert(&'a str),
+    /// `spoolreplay control` changed the run (paused, resumed, a new rate): said on
+    /// stderr without `-v`, and as a `control` JSON event.
+    Steered(&'a str),
+    /// What an earlier run left in flight is settled: from here on the run only delivers
+    /// and bounces (a service manager hears `READY=1`).
+    Ready,
 }
 
 /// Why the run stopped early.
@@ -147,6 +162,8 @@ pub struct Replay<'a> {
     pub on_event: &'a mut dyn FnMut(Event<'_>),
     pub stats: Stats,
     started: Instant,
+    /// Fed as the run goes when `--metrics` serves them (see `metrics.rs`).
+    pub(crate) metrics: Option<Arc<Metrics>>,
     /// Turns beyond the local pace: none needed alone, the cluster's with `--cluster`.
     tokens: Box<dyn TokenSource + 'a>,
     /// The message about to go in flight was not checked across ledgers.
@@ -169,9 +186,16 @@ impl<'a> Replay<'a> {
             on_event,
             stats: Stats::default(),
             started: Instant::now(),
+            metrics: None,
             tokens: Box::new(Alone),
             unchecked: false,
         }
+    }
+
+    /// Feeds `metrics` while the run goes.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Takes turns from `tokens` (a cluster) as well as from the local pace.
@@ -199,12 +223,19 @@ impl<'a> Replay<'a> {
         }
         drop(probe);
         self.apply_uncertain_policy()?;
+        (self.on_event)(Event::Ready);
         self.classify_open()?;
         if self.stats.stop.is_none() {
             self.deliver_all()?;
         }
         self.warn_delayed()?;
-        self.make_dsns()
+        self.make_dsns()?;
+        // The last scrape before exit shows where the ledger ended, not the last tick.
+        if let Some(m) = &self.metrics {
+            m.set_recipients(&self.ledger.state_counts()?);
+            m.pace(0.0, None);
+        }
+        Ok(())
     }
 
     /// The clock: `--now` (or the wall clock at the start), advanced by the time elapsed.

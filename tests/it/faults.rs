@@ -204,6 +204,7 @@ fn ledger_commands(cli: &Cli) -> Vec<Vec<String>> {
         ],
         vec!["ingest".into(), sample_spool().display().to_string()],
         cli.run_args(&[]),
+        vec!["control".into(), "pause".into()],
     ]
 }
 

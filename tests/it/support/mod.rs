@@ -7,6 +7,7 @@ pub mod dovecot;
 pub mod golden;
 pub mod mailhost;
 pub mod minispool;
+pub mod prometheus;
 pub mod redis;
 pub mod sink;
 pub mod smtp_peer;
