@@ -19,6 +19,9 @@
 
 use std::fmt;
 
+/// The RFC 3461 values travel with addresses; their home is `rfc3461`.
+pub use crate::rfc3461::{Notify, ReturnContent};
+
 /// The envelope sender. The null reverse-path `<>` is its own variant, never an empty string.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ReversePath {
@@ -30,13 +33,7 @@ impl ReversePath {
     /// Parses an envelope sender as found in a spool: `""`, `"<>"` and `"MAILER-DAEMON"`-free
     /// forms; surrounding angle brackets and whitespace are dropped.
     pub fn parse(raw: &str) -> ReversePath {
-        let trimmed = trim_blanks(raw);
-        let inner = trim_blanks(
-            trimmed
-                .strip_prefix('<')
-                .and_then(|s| s.strip_suffix('>'))
-                .unwrap_or(trimmed),
-        );
+        let inner = unbracketed(raw);
         if inner.is_empty() {
             ReversePath::Null
         } else {
@@ -124,11 +121,7 @@ pub enum AddressError {
 
 impl Mailbox {
     pub fn parse(raw: &str) -> Result<Mailbox, AddressError> {
-        let trimmed = trim_blanks(raw);
-        let inner = trimmed
-            .strip_prefix('<')
-            .and_then(|s| s.strip_suffix('>'))
-            .unwrap_or(trimmed);
+        let inner = unbracketed(raw);
         if inner.is_empty() {
             return Err(AddressError::Empty);
         }
@@ -180,6 +173,18 @@ const MAX_PATH_OCTETS: usize = 256;
 /// Trims ASCII spaces and tabs only (see the module comment on U+0085).
 fn trim_blanks(raw: &str) -> &str {
     raw.trim_matches([' ', '\t'])
+}
+
+/// The one place angle brackets come off an address: blanks around it, then one pair of
+/// brackets that encloses all of it, then blanks inside (`" <a@b> "` → `a@b`).
+pub fn unbracketed(raw: &str) -> &str {
+    let trimmed = trim_blanks(raw);
+    trim_blanks(
+        trimmed
+            .strip_prefix('<')
+            .and_then(|s| s.strip_suffix('>'))
+            .unwrap_or(trimmed),
+    )
 }
 
 /// `"john doe"` → `john doe`, `"a\"b"` → `a"b`; anything else unchanged.
@@ -298,22 +303,6 @@ impl fmt::Display for Mailbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.local, self.domain)
     }
-}
-
-/// RFC 3461 NOTIFY, as a set. `None` at the use site means "not given".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Notify {
-    pub never: bool,
-    pub success: bool,
-    pub failure: bool,
-    pub delay: bool,
-}
-
-/// RFC 3461 RET.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReturnContent {
-    Full,
-    Headers,
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! `run` is the whole program behind `main`: parse, validate, dispatch, render errors.
 
 pub mod address;
+pub mod bounce;
 pub mod bounce_policy;
 pub mod breaker;
 pub mod classify;
@@ -11,6 +12,7 @@ pub mod cli;
 pub mod cluster;
 pub mod cmd;
 pub mod config;
+pub mod crash_hook;
 pub mod deliver;
 pub mod dsn;
 pub mod durable;
@@ -19,12 +21,11 @@ pub mod incident;
 pub mod ledger;
 pub mod line_ends;
 pub mod metrics;
-pub mod outbox;
 pub mod pace;
 pub mod plan;
-pub mod relay;
 pub mod replay;
 pub mod report;
+pub mod rfc3461;
 pub mod sanitize;
 pub mod shard;
 pub mod shutdown;

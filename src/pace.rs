@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use crate::deliver::reply::Reply;
 use crate::throttle::RateSpec;
 
 /// Throttle settings shared by `run` and the projections of `report`.
@@ -216,6 +217,18 @@ impl Pace {
     }
 }
 
+/// Whether a store's transient reply is it pushing back as a whole (421, 451, 452 for
+/// system storage) rather than speaking of one mailbox: a full mailbox (x.2.x, RFC 3463)
+/// must not slow the run for everyone else.
+pub fn pushback_of(reply: &Reply) -> Option<PushBack> {
+    let mailbox_condition = matches!(reply.enhanced, Some((_, 2, _)));
+    match reply.code {
+        421 | 451 => Some(PushBack::TransientReply(reply.code)),
+        452 if !mailbox_condition => Some(PushBack::TransientReply(reply.code)),
+        _ => None,
+    }
+}
+
 /// What a [`TokenSource`] answers when asked for one message's turn.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Grant {
@@ -303,6 +316,30 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[track_caller]
+    fn check_pushback(reply: &str, expected: Option<u16>) {
+        let (reply, _) = Reply::parse(reply.as_bytes())
+            .expect("a well-formed reply")
+            .expect("a complete reply");
+        assert_eq!(
+            pushback_of(&reply),
+            expected.map(PushBack::TransientReply),
+            "{reply}"
+        );
+    }
+
+    #[test]
+    fn a_full_mailbox_is_not_the_store_pushing_back() {
+        check_pushback("421 4.4.2 closing\r\n", Some(421));
+        check_pushback("451 4.3.0 try later\r\n", Some(451));
+        check_pushback("452 4.3.1 insufficient system storage\r\n", Some(452));
+        check_pushback("452 too many recipients\r\n", Some(452));
+        check_pushback("452-4.2.2 <a@b>\r\n452 4.2.2 Quota exceeded\r\n", None);
+        check_pushback("452 4.2.2 <a@b> Quota exceeded\r\n", None);
+        check_pushback("450 4.2.1 mailbox busy\r\n", None);
+        check_pushback("550 5.1.1 unknown\r\n", None);
+    }
 
     fn healthy(pace: &mut Pace, n: u32) -> Vec<PaceChange> {
         (0..n)

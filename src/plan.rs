@@ -187,7 +187,7 @@ impl Plan {
         // failure DSN is dropped, not bounced (RFC 3461 5.2.6).
         let effective = |r: &RecipientRow| match c.disposition {
             Disposition::Expire | Disposition::Bounce
-                if !crate::dsn::failure_dsn_owed(r.notify.as_deref()) =>
+                if !crate::dsn::failure_dsn_owed(r.notify) =>
             {
                 Disposition::Drop
             }

@@ -4,6 +4,8 @@ use anyhow::Result;
 use chrono::Local;
 use serde_json::json;
 
+use crate::bounce::relay::{Sender, Sent};
+use crate::bounce::{self, Decision, make_dsn};
 use crate::config::{BouncesConfig, Output};
 use crate::deliver::Deliverer;
 use crate::deliver::smtp::{SmtpOptions, SmtpStore};
@@ -13,8 +15,7 @@ use crate::incident::Incident;
 use crate::ledger::{DsnFilter, DsnKind, Ledger, MessageWork, RcptState, RecipientRow, SendState};
 use crate::metrics::{Endpoint, Exposition, SendMetrics};
 use crate::pace::Pace;
-use crate::relay::{Sender, Sent};
-use crate::replay::{failure_for, make_dsn};
+use crate::replay::failure_for;
 use crate::report::table::Table;
 use crate::report::{Printer, json as events};
 use crate::sanitize::for_terminal;
@@ -40,7 +41,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
         ),
         BouncesConfig::Write { outbox } => {
             let mut ledger = Ledger::open_existing_for_write(ledger_path, "bounces write")?;
-            let written = crate::outbox::write_pending(&mut ledger, &outbox)?;
+            let written = bounce::outbox::write_pending(&mut ledger, &outbox)?;
             printer
                 .event(&json!({"type": "dsns_written", "written": written, "outbox": outbox}))?;
             printer.summary(&format!(
@@ -124,7 +125,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
                 ledger: &mut ledger,
                 relay: &mut store as &mut dyn Deliverer,
                 pace: Pace::new(
-                    Some(rate.map_or(crate::relay::DEFAULT_RATE, |r| r.per_second())),
+                    Some(rate.map_or(crate::bounce::relay::DEFAULT_RATE, |r| r.per_second())),
                     None,
                 ),
                 per_domain_rate: per_domain_rate.map(|r| r.per_second()),
@@ -348,6 +349,19 @@ fn preview(
             .filter_map(|r| would_fail(r, incident, &c))
             .collect();
         let label = format!("{} ({})", for_terminal(queue_id), message.source);
+        // The decision `run`'s DSN step takes (the preview names no postmaster).
+        let decision =
+            (!failing.is_empty()).then(|| bounce::decide(&message.sender, failing, None));
+        let failing = match decision {
+            Some(Decision::Failure { owed, .. }) => owed,
+            Some(Decision::NullSender | Decision::Postmaster(_)) => {
+                printer.note(&format!(
+                    "{label}: no DSN would be made: the sender is <> (RFC 5321 6.1)"
+                ));
+                continue;
+            }
+            None => Vec::new(),
+        };
         if failing.is_empty() {
             printer.note(&format!(
                 "{label}: no DSN would be made ({}: {})",
@@ -356,15 +370,10 @@ fn preview(
             ));
             continue;
         }
-        if message.sender.is_null() {
-            printer.note(&format!(
-                "{label}: no DSN would be made: the sender is <> (RFC 5321 6.1)"
-            ));
-            continue;
-        }
-        // `[bounces]`: which rule decides, as `run` will apply it.
+        // `[bounces]`: which rule decides, as `run` will apply it
+        // beside `bounce::decide`.
         if incident.bounces.is_active() {
-            let verdict = crate::replay::policy_verdict(incident, &message);
+            let verdict = bounce::policy_verdict(incident, &message);
             if !verdict.bounces() {
                 printer.note(&format!(
                     "{label}: no DSN would be made, its recipients would be {}",
@@ -386,13 +395,13 @@ fn preview(
             return_limit,
             &work,
             DsnKind::Failure,
-            work.message.sender.as_str(),
+            &work.message.sender,
             Local::now().fixed_offset(),
         );
         let bytes = match built {
             Ok((_, bytes)) => bytes,
             // What `run` does with it: no DSN, the recipients dropped with the reason.
-            Err(e) => match e.downcast_ref::<crate::replay::Unbuildable>() {
+            Err(e) => match e.downcast_ref::<bounce::Unbuildable>() {
                 Some(u) => {
                     printer.note(&format!(
                         "{label}: no DSN would be made, its recipients would be dropped: {}",
@@ -408,22 +417,16 @@ fn preview(
     Ok(Exit::Done)
 }
 
-/// A recipient as it would stand in its DSN, if it would get one.
+/// A recipient as it would stand when the DSN step meets it, if it would have failed by
+/// then (whether it gets a DSN is `bounce::decide`'s to say).
 fn would_fail(
     r: &RecipientRow,
     incident: &Incident,
     c: &crate::classify::Classification,
 ) -> Option<RecipientRow> {
-    let owed = |r: &RecipientRow| {
-        let notify = r
-            .notify
-            .as_deref()
-            .and_then(|n| crate::spool::eml::parse_notify(n).ok());
-        crate::dsn::dsn_owed(notify, crate::dsn::Action::Failed)
-    };
     match r.state {
-        RcptState::Failed if owed(r) => Some(r.clone()),
-        RcptState::Pending | RcptState::Deferred | RcptState::Held if owed(r) => {
+        RcptState::Failed => Some(r.clone()),
+        RcptState::Pending | RcptState::Deferred | RcptState::Held => {
             let (status, detail) = failure_for(incident, c)?;
             let mut r = r.clone();
             r.status = Some(status);

@@ -48,7 +48,7 @@ pub fn run(output: Output, cfg: ReportConfig) -> Result<Exit> {
     for ledger in &ledgers {
         ledger.for_each_message(|m, r| {
             plan.add_judged(inc, cfg.now, m, r, |m| {
-                crate::replay::policy_verdict(inc, m)
+                crate::bounce::policy_verdict(inc, m)
             });
             Ok(())
         })?;

@@ -33,7 +33,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     let printer = Printer::new(output);
     let mut ledger = Ledger::open_existing_for_write(ledger_path, "run")?;
     if let Some(dir) = &cfg.outbox {
-        crate::outbox::check_writable(dir)?;
+        crate::bounce::outbox::check_writable(dir)?;
     }
     let deliveries = refuse_mass_bounce(&printer, &ledger, &cfg)?;
     // Join the cluster before anything is delivered: a coordinator that cannot be reached
@@ -217,7 +217,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
     }
 
     let written = match &cfg.outbox {
-        Some(dir) => crate::outbox::write_pending(&mut ledger, dir)?,
+        Some(dir) => crate::bounce::outbox::write_pending(&mut ledger, dir)?,
         None => 0,
     };
     let unwritten = ledger.dsns(DsnFilter::Unwritten)?.len();

@@ -34,6 +34,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
         .sum();
     let messages = ledger.message_count()?;
     let spool_changed = ledger.spool_changed_count()?;
+    let replies = ledger.reply_counts()?;
 
     if printer.json_mode() {
         let states: serde_json::Map<String, serde_json::Value> = ALL_STATES
@@ -57,6 +58,10 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
             "dsns_unwritten": unwritten,
             "dsns_unsent": unsent,
             "spool_changed": spool_changed,
+            "replies": replies.iter().map(|r| json!({
+                "code": r.code, "status": r.status, "state": r.state.as_str(),
+                "recipients": r.recipients,
+            })).collect::<Vec<_>>(),
             "remaining": remaining,
             "next": next_command(remaining, unsent),
         }))?;
@@ -102,6 +107,19 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
     row.extend(ALL_STATES.iter().map(|s| count(*s).to_string()));
     t.row(row);
     out.push_str(&t.render());
+    if !replies.is_empty() {
+        out.push_str("\nWhat the store answered (recipients not delivered, by its last reply)\n");
+        let mut t = Table::new(&["reply", "status", "state", "recipients#"]);
+        for r in &replies {
+            t.row(vec![
+                r.code.to_string(),
+                r.status.clone().unwrap_or_else(|| "-".into()),
+                r.state.as_str().to_string(),
+                r.recipients.to_string(),
+            ]);
+        }
+        out.push_str(&t.render());
+    }
     out.push_str(&format!(
         "\nDSNs made: {} ({} not yet written to an outbox, {unsent} not sent)\n",
         dsns.len(),

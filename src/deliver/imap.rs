@@ -44,7 +44,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use super::maildir::name_hash;
 use super::target::split_host_port;
 use super::wire::{ClientOptions, Conn, WireError};
-use super::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
+use super::{Answer, Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::address::{Mailbox, ReversePath};
 use crate::{line_ends, sanitize};
 
@@ -634,19 +634,19 @@ impl ImapStore {
         Ok(Opened::Refused(
             if temporary || !self.options.proven.get() {
                 Outcome::Deferred {
-                    reply: if temporary {
+                    reply: Answer::Local(if temporary {
                         reply
                     } else {
                         format!(
                             "{reply} (the administrator credentials have not opened any mailbox \
                          yet in this run: check {ENV_USER}/{ENV_PASSWORD} if this persists)"
                         )
-                    },
+                    }),
                     remote: Some(self.target.host.clone()),
                 }
             } else {
                 Outcome::Failed {
-                    reply: format!("{reply} (no such mailbox in the store)"),
+                    reply: Answer::Local(format!("{reply} (no such mailbox in the store)")),
                     status: "5.1.1".to_string(),
                     remote: Some(self.target.host.clone()),
                 }
@@ -670,7 +670,7 @@ impl ImapStore {
             Opened::Ready(s) => s,
             // Known to be no such mailbox: nothing can be there.
             Opened::Refused(Outcome::Failed { .. }) => return Ok(None),
-            Opened::Refused(Outcome::Deferred { reply, .. }) => return Err(reply),
+            Opened::Refused(Outcome::Deferred { reply, .. }) => return Err(reply.to_string()),
             Opened::Refused(_) => return Err("the mailbox could not be opened".into()),
         };
         match self.find_copy(&mut session, delivery, &mailbox, size) {
@@ -698,7 +698,7 @@ impl ImapStore {
             // cannot be ruled out, and a deferral would append it later without looking.
             Ok(Opened::Refused(Outcome::Deferred { reply, remote })) if delivery.recovering => {
                 return Ok(Outcome::Uncertain {
-                    reply: format!("could not look for an earlier copy: {reply}"),
+                    reply: Answer::Local(format!("could not look for an earlier copy: {reply}")),
                     remote,
                 });
             }
@@ -707,10 +707,10 @@ impl ImapStore {
             // deferral would append it later without looking).
             Err(e) if delivery.recovering => {
                 return Ok(Outcome::Uncertain {
-                    reply: format!(
+                    reply: Answer::Local(format!(
                         "could not look in mailbox {} for an earlier copy: {e}",
                         sanitize::for_terminal(mailbox)
-                    ),
+                    )),
                     remote: None,
                 });
             }
@@ -729,10 +729,10 @@ impl ImapStore {
                     session.conn.abandon();
                     // Appending now could make a second copy: leave it uncertain.
                     return Ok(Outcome::Uncertain {
-                        reply: format!(
+                        reply: Answer::Local(format!(
                             "could not look in mailbox {} for an earlier copy: {why}",
                             sanitize::for_terminal(mailbox)
-                        ),
+                        )),
                         remote,
                     });
                 }
@@ -751,10 +751,10 @@ impl ImapStore {
             Appended::LostAfter(why) => {
                 session.conn.abandon();
                 Ok(Outcome::Uncertain {
-                    reply: format!(
+                    reply: Answer::Local(format!(
                         "the connection broke after the message was sent, before the \
                          server's answer: {why}"
-                    ),
+                    )),
                     remote,
                 })
             }
@@ -900,24 +900,28 @@ fn append_outcome(tagged: &Tagged, mailbox: &str, remote: Option<String>) -> Out
     }
     match tagged.code.as_deref() {
         // RFC 5530: over quota, or a per-user limit: later may work.
-        Some("OVERQUOTA" | "LIMIT" | "UNAVAILABLE" | "INUSE" | "SERVERBUG") => {
-            Outcome::Deferred { reply, remote }
-        }
+        Some("OVERQUOTA" | "LIMIT" | "UNAVAILABLE" | "INUSE" | "SERVERBUG") => Outcome::Deferred {
+            reply: Answer::Local(reply),
+            remote,
+        },
         // No INBOX: the mailbox does not exist as a place to deliver to.
         Some("TRYCREATE" | "NONEXISTENT") => Outcome::Failed {
-            reply: format!(
+            reply: Answer::Local(format!(
                 "{reply} (mailbox {} has no INBOX)",
                 sanitize::for_terminal(mailbox)
-            ),
+            )),
             status: "5.1.1".to_string(),
             remote,
         },
         _ if tagged.status == "BAD" => Outcome::Failed {
-            reply,
+            reply: Answer::Local(reply),
             status: "5.6.0".to_string(),
             remote,
         },
-        _ => Outcome::Deferred { reply, remote },
+        _ => Outcome::Deferred {
+            reply: Answer::Local(reply),
+            remote,
+        },
     }
 }
 
@@ -982,10 +986,10 @@ impl Deliverer for ImapStore {
         for (i, spec) in recipients.iter().enumerate() {
             let Some(mailbox) = checked_mailbox(spec.address) else {
                 outcomes.push(Outcome::Failed {
-                    reply: format!(
+                    reply: Answer::Local(format!(
                         "`{}` cannot name a mailbox in the store",
                         sanitize::for_terminal(spec.address)
-                    ),
+                    )),
                     status: "5.1.3".to_string(),
                     remote: None,
                 });
@@ -1006,7 +1010,7 @@ impl Deliverer for ImapStore {
                     let reply = e.to_string();
                     while outcomes.len() < recipients.len() {
                         outcomes.push(Outcome::Deferred {
-                            reply: reply.clone(),
+                            reply: Answer::Local(reply.clone()),
                             remote: None,
                         });
                     }

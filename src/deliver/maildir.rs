@@ -40,7 +40,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use super::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
+use super::{Answer, Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::address::{Mailbox, ReversePath};
 use crate::{line_ends, sanitize};
 
@@ -106,7 +106,7 @@ impl MaildirStore {
             Ok(outcome) => Ok(outcome),
             Err(Problem::Store(e)) => Err(e),
             Err(Problem::Mailbox(reply)) => Ok(Outcome::Deferred {
-                reply,
+                reply: Answer::Local(reply),
                 remote: None,
             }),
         }
@@ -274,7 +274,7 @@ impl Deliverer for MaildirStore {
         self.check_root()?;
         if let Some(reply) = check_sender(delivery.sender) {
             let refused = Outcome::Failed {
-                reply,
+                reply: Answer::Local(reply),
                 status: "5.1.7".to_string(),
                 remote: None,
             };
@@ -432,7 +432,7 @@ fn check_sender(sender: &ReversePath) -> Option<String> {
 
 fn refused(raw: &str, reason: &str) -> Outcome {
     Outcome::Failed {
-        reply: format!("recipient `{}` refused: {reason}", quoted(raw)),
+        reply: Answer::Local(format!("recipient `{}` refused: {reason}", quoted(raw))),
         status: "5.1.3".to_string(),
         remote: None,
     }
@@ -828,10 +828,12 @@ mod tests {
             panic!("not a failure");
         };
         assert_eq!(status, "5.1.3");
+        let reply = reply.to_string();
         assert!(!reply.chars().any(char::is_control), "{reply:?}");
         let Outcome::Failed { reply, .. } = refused(&"a".repeat(300), "because") else {
             panic!("not a failure");
         };
+        let reply = reply.to_string();
         assert!(reply.chars().count() < 150, "{reply}");
         assert!(reply.contains('…'));
     }

@@ -16,7 +16,10 @@ mod transaction;
 pub mod verify;
 pub mod wire;
 
+use std::fmt;
+
 use crate::address::{Notify, ReturnContent, ReversePath};
+use reply::Reply;
 
 /// One message to hand to the store, for one or more of its recipients.
 #[derive(Debug, Clone, Copy)]
@@ -96,12 +99,13 @@ pub enum Outcome {
     AlreadyThere { detail: String },
     /// Temporary failure: try again later.
     Deferred {
-        reply: String,
+        reply: Answer,
         remote: Option<String>,
     },
-    /// Permanent failure: bounce it. `status` is the RFC 3463 code (`5.1.1`).
+    /// Permanent failure: bounce it. `status` is the RFC 3463 code (`5.1.1`): the server's
+    /// enhanced code when it sent one, or ours for a local refusal.
     Failed {
-        reply: String,
+        reply: Answer,
         status: String,
         remote: Option<String>,
     },
@@ -109,9 +113,44 @@ pub enum Outcome {
     /// timed out before the server's reply for this recipient: it may or may not have been
     /// delivered. Retrying risks a duplicate; bouncing risks a false bounce.
     Uncertain {
-        reply: String,
+        reply: Answer,
         remote: Option<String>,
     },
+}
+
+/// Why a recipient was not delivered: the store's reply, kept parsed so the pace, the DSN
+/// status and the ledger read its code and enhanced status rather than parse a line again;
+/// or our own words when no reply decided it. `Display` is the one line the ledger, the
+/// report and a DSN's diagnostic show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The server's reply to this recipient: its verdict.
+    Reply(Reply),
+    /// A reply that does not fit the step it answered (a 2xx/3xx where a refusal or another
+    /// code was due): shown, but not the server's verdict on the recipient.
+    Unexpected { step: String, reply: Reply },
+    /// Our own words: a connection lost, a local refusal, a Maildir error.
+    Local(String),
+}
+
+impl Answer {
+    /// The server's verdict on the recipient, if a reply gave one.
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            Answer::Reply(reply) => Some(reply),
+            Answer::Unexpected { .. } | Answer::Local(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Answer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Answer::Reply(reply) => write!(f, "{reply}"),
+            Answer::Unexpected { step, reply } => write!(f, "unexpected reply to {step}: {reply}"),
+            Answer::Local(text) => f.write_str(text),
+        }
+    }
 }
 
 /// The store as a whole is unusable: stop, checkpoint, and report.

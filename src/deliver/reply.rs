@@ -141,6 +141,11 @@ impl Reply {
         }
     }
 
+    /// The enhanced status code the server sent (`4.2.2`), if it sent one.
+    pub fn enhanced_status(&self) -> Option<String> {
+        self.enhanced.map(format_enhanced)
+    }
+
     /// The text alone, lines joined by a space and made safe to print.
     pub fn text(&self) -> String {
         let joined = self.lines.join(" ");

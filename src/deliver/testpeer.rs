@@ -11,6 +11,9 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
+
+use super::Answer;
+use super::reply::Reply;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// One step of a conversation.
@@ -186,4 +189,18 @@ fn read_line(reader: &mut BufReader<Box<dyn Duplex>>) -> Result<String, String> 
     }
     raw.truncate(raw.len() - 2);
     Ok(String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// The answer a server's reply makes, as an expected outcome: one line (`550 5.1.1 text`)
+/// or the lines as sent, each ending in a line end.
+pub(crate) fn said(reply: &str) -> Answer {
+    let wire = if reply.ends_with('\n') {
+        reply.to_string()
+    } else {
+        format!("{reply}\r\n")
+    };
+    let (reply, _) = Reply::parse(wire.as_bytes())
+        .expect("a well-formed reply")
+        .expect("a complete reply");
+    Answer::Reply(reply)
 }

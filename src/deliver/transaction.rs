@@ -15,7 +15,7 @@
 
 use super::reply::Reply;
 use super::wire::{self, Capabilities, Conn, WireError};
-use super::{Delivery, Outcome, RecipientSpec, StoreError};
+use super::{Answer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::sanitize;
 
 /// Which protocol the session speaks: it decides how many replies follow the final dot.
@@ -381,9 +381,9 @@ impl<'s> Transaction<'s> {
     fn uncertain_from(&mut self, accepted: &[usize], from: usize, e: &WireError) {
         for &i in &accepted[from..] {
             self.outcomes[i] = Some(Outcome::Uncertain {
-                reply: format!(
+                reply: Answer::Local(format!(
                     "no reply after the final dot ({e}): the server may have delivered it"
-                ),
+                )),
                 remote: Some(self.session.server.clone()),
             });
         }
@@ -397,7 +397,7 @@ impl<'s> Transaction<'s> {
                 // Every path settles every slot; should one be missed, retrying is safe
                 // because no final dot was sent for it.
                 o.unwrap_or_else(|| Outcome::Deferred {
-                    reply: "internal error: no outcome recorded".to_string(),
+                    reply: Answer::Local("internal error: no outcome recorded".to_string()),
                     remote: Some(server.clone()),
                 })
             })
@@ -408,7 +408,7 @@ impl<'s> Transaction<'s> {
 /// The connection broke before the final dot: nothing was delivered, try again later.
 fn lost(e: &WireError, step: &str) -> Outcome {
     Outcome::Deferred {
-        reply: format!("connection lost {step}: {e}"),
+        reply: Answer::Local(format!("connection lost {step}: {e}")),
         remote: None,
     }
 }

@@ -9,7 +9,7 @@
 //! LMTP and SMTP copies are sent as before.
 
 use super::imap::{ImapStore, trace_field};
-use super::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
+use super::{Answer, Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::address::Mailbox;
 use crate::sanitize;
 
@@ -73,11 +73,11 @@ impl Deliverer for VerifiedStore {
                     Err(why) => {
                         // Sending now could make a second copy.
                         outcomes.push(Outcome::Uncertain {
-                            reply: format!(
+                            reply: Answer::Local(format!(
                                 "could not look in mailbox {} for an earlier copy: {}",
                                 sanitize::for_terminal(spec.address),
                                 sanitize::for_terminal(&why)
-                            ),
+                            )),
                             remote: None,
                         });
                         continue;
@@ -101,7 +101,7 @@ impl Deliverer for VerifiedStore {
                     let reply = e.to_string();
                     while outcomes.len() < recipients.len() {
                         outcomes.push(Outcome::Deferred {
-                            reply: reply.clone(),
+                            reply: Answer::Local(reply.clone()),
                             remote: None,
                         });
                     }

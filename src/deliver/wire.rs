@@ -21,8 +21,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::reply::{Reply, ReplyError};
-use super::{Delivery, Outcome, RecipientSpec};
-use crate::address::{Notify, ReturnContent};
+use super::{Answer, Delivery, Outcome, RecipientSpec};
+use crate::rfc3461::xtext_encode;
 use crate::{line_ends, sanitize};
 
 /// How long to wait for the server at each stage.
@@ -578,11 +578,7 @@ pub fn mail_params(
     }
     if caps.dsn {
         if let Some(ret) = delivery.ret {
-            let value = match ret {
-                ReturnContent::Full => "FULL",
-                ReturnContent::Headers => "HDRS",
-            };
-            params.push(("RET", Some(value.to_string())));
+            params.push(("RET", Some(ret.to_string())));
         }
         if let Some(envid) = delivery.envid {
             params.push(("ENVID", Some(envid.to_string())));
@@ -600,8 +596,8 @@ pub fn rcpt_params(
     if !caps.dsn {
         return params;
     }
-    if let Some(notify) = spec.notify.and_then(notify_value) {
-        params.push(("NOTIFY", Some(notify)));
+    if let Some(notify) = spec.notify.filter(|n| !n.is_empty()) {
+        params.push(("NOTIFY", Some(notify.to_string())));
     }
     if let Some(orcpt) = spec.orcpt {
         params.push(("ORCPT", Some(orcpt.to_string())));
@@ -609,41 +605,12 @@ pub fn rcpt_params(
     params
 }
 
-/// `NEVER` or the comma list of SUCCESS, FAILURE, DELAY; `None` for an empty set.
-fn notify_value(n: Notify) -> Option<String> {
-    if n.never {
-        return Some("NEVER".to_string());
-    }
-    let words: Vec<&str> = [
-        (n.success, "SUCCESS"),
-        (n.failure, "FAILURE"),
-        (n.delay, "DELAY"),
-    ]
-    .into_iter()
-    .filter_map(|(on, w)| on.then_some(w))
-    .collect();
-    (!words.is_empty()).then(|| words.join(","))
-}
-
-/// RFC 3461 4: `+`, `=`, and anything outside `!`..`~` become `+XX`.
-pub fn xtext(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("+{b:02X}"));
-        }
-    }
-    out
-}
-
 /// ` KEY=xtext(value)` for each parameter.
 pub fn format_params(params: &[(&'static str, Option<String>)]) -> String {
     params
         .iter()
         .map(|(k, v)| match v {
-            Some(v) => format!(" {k}={}", xtext(v)),
+            Some(v) => format!(" {k}={}", xtext_encode(v)),
             None => format!(" {k}"),
         })
         .collect()
@@ -678,13 +645,13 @@ pub fn outcome_of(reply: &Reply, remote: &str) -> Outcome {
     let remote = Some(remote.to_string());
     if reply.is_permanent() {
         Outcome::Failed {
-            reply: reply.to_string(),
+            reply: Answer::Reply(reply.clone()),
             status: reply.status(),
             remote,
         }
     } else if reply.is_transient() {
         Outcome::Deferred {
-            reply: reply.to_string(),
+            reply: Answer::Reply(reply.clone()),
             remote,
         }
     } else {
@@ -699,7 +666,10 @@ pub fn outcome_of(reply: &Reply, remote: &str) -> Outcome {
 /// due): not trusted as a delivery, so the recipient is retried.
 pub fn unexpected(reply: &Reply, step: &str, remote: &str) -> Outcome {
     Outcome::Deferred {
-        reply: format!("unexpected reply to {step}: {reply}"),
+        reply: Answer::Unexpected {
+            step: step.to_string(),
+            reply: reply.clone(),
+        },
         remote: Some(remote.to_string()),
     }
 }
@@ -707,7 +677,7 @@ pub fn unexpected(reply: &Reply, step: &str, remote: &str) -> Outcome {
 /// Our own refusal, made before the server saw the recipient.
 pub fn refused_locally(reply: String, status: &str) -> Outcome {
     Outcome::Failed {
-        reply,
+        reply: Answer::Local(reply),
         status: status.to_string(),
         remote: None,
     }
@@ -716,7 +686,7 @@ pub fn refused_locally(reply: String, status: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::address::ReversePath;
+    use crate::address::{Notify, ReturnContent, ReversePath};
 
     fn delivery<'a>(sender: &'a ReversePath, content: &'a [u8]) -> Delivery<'a> {
         Delivery {
@@ -881,7 +851,7 @@ mod tests {
         assert_eq!(
             outcome_of(&r("550 5.1.1 <x@y> User doesn't exist\r\n"), "mx"),
             Outcome::Failed {
-                reply: "550 5.1.1 <x@y> User doesn't exist".into(),
+                reply: Answer::Reply(r("550 5.1.1 <x@y> User doesn't exist\r\n")),
                 status: "5.1.1".into(),
                 remote: Some("mx".into())
             }

@@ -34,8 +34,8 @@ mod status;
 
 pub use notify::{dsn_owed, failure_dsn_owed, warn_suppressed};
 pub use status::{
-    LocalFailure, is_over_quota, status_at_expiry, status_for_local, status_for_reply,
-    status_for_reply_text,
+    LocalFailure, is_over_quota, reply_is_over_quota, status_at_expiry, status_for,
+    status_for_local, status_for_reply,
 };
 
 use std::fmt::Write as _;
@@ -43,7 +43,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, FixedOffset};
 use sha2::{Digest, Sha256};
 
-use crate::address::ReturnContent;
+use crate::address::{ReturnContent, ReversePath};
 use crate::line_ends;
 
 /// RFC 3464 Action for one recipient.
@@ -120,8 +120,8 @@ pub struct DsnRequest<'a> {
     pub incident: &'a str,
     /// Plain-words explanation of what happened, for the human-readable part.
     pub explanation: &'a str,
-    /// The original reverse-path (never null: no DSN goes to `<>`).
-    pub to: &'a str,
+    /// The original reverse-path (a DSN to the null sender `<>` is refused).
+    pub to: &'a ReversePath,
     /// The original message bytes.
     pub original: &'a [u8],
     /// RFC 3461 ENVID, already xtext-decoded (as the spool readers store it).
@@ -228,49 +228,14 @@ pub fn build(req: &DsnRequest<'_>) -> Result<Vec<u8>, DsnError> {
     Ok(out)
 }
 
-/// Decodes RFC 3461 xtext: `+XX` (two hex digits) is the byte 0xXX. A `+` not followed by
-/// two hex digits is kept as it is, since being lenient with strangers' parameters beats
-/// losing them. Bytes that are not UTF-8 become U+FFFD.
-pub fn xtext_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(hex_byte);
-        match (bytes[i], hex) {
-            (b'+', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex_byte(pair: &[u8]) -> Option<u8> {
-    let text = std::str::from_utf8(pair).ok()?;
-    if text.len() != 2 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    u8::from_str_radix(text, 16).ok()
-}
-
 // ---------------------------------------------------------------------------------------
 // Validation
 
 /// The DSN's envelope and `To:` recipient: the reverse-path without angle brackets and
 /// without a source route (RFC 5321 §6.1).
-fn envelope_to(raw: &str) -> Result<String, DsnError> {
-    let trimmed = raw.trim();
-    let inner = trimmed
-        .strip_prefix('<')
-        .and_then(|s| s.strip_suffix('>'))
-        .unwrap_or(trimmed)
-        .trim();
+fn envelope_to(to: &ReversePath) -> Result<String, DsnError> {
+    // `ReversePath::parse` took the angle brackets off already.
+    let inner = to.as_str().trim();
     let addr = match inner.split_once(':') {
         Some((route, rest)) if route.starts_with('@') => rest,
         _ => inner,
@@ -1069,7 +1034,7 @@ pub(crate) fn base_boundary(req: &DsnRequest<'_>) -> String {
     for input in [
         req.message_id.as_bytes(),
         req.reporting_mta.as_bytes(),
-        req.to.as_bytes(),
+        req.to.as_str().as_bytes(),
         req.queue_id.as_bytes(),
         req.original,
     ] {

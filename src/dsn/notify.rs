@@ -30,12 +30,10 @@ pub fn dsn_owed(notify: Option<Notify>, action: Action) -> bool {
     }
 }
 
-/// Whether a failure DSN is owed for a recipient whose NOTIFY is stored as `stored` (`NEVER`
-/// or a comma list; `None`: absent, which means FAILURE). A stored value that no longer
-/// parses is read as absent: better a DSN too many than a silent loss. Shared by the DSN
-/// step of `run` and the plan of `report`, so both settle a recipient the same way.
-pub fn failure_dsn_owed(stored: Option<&str>) -> bool {
-    let notify = stored.and_then(|n| crate::spool::eml::parse_notify(n).ok());
+/// Whether a failure DSN is owed for a recipient with this NOTIFY (`None`: absent, which
+/// means FAILURE, RFC 3461 5.2.6). Shared by the DSN step of `run`, its preview in
+/// `bounces` and the plan of `report`, so all settle a recipient the same way.
+pub fn failure_dsn_owed(notify: Option<Notify>) -> bool {
     dsn_owed(notify, Action::Failed)
 }
 

@@ -8,6 +8,7 @@
 //! known.
 
 use super::is_valid_status;
+use crate::deliver::reply::Reply;
 
 /// A failure spoolreplay decided itself, with no server reply behind it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,20 +80,13 @@ pub fn status_for_reply(code: u16, enhanced: Option<&str>, text: &str) -> String
     derived.to_string()
 }
 
-/// Parses a whole reply as a store sent it (`550 5.1.1 <bob@x>: user unknown`, possibly
-/// multi-line `452-4.2.2 …\r\n452 4.2.2 …`) and maps it with [`status_for_reply`]. `None`
-/// when the reply does not start with a three-digit code.
-pub fn status_for_reply_text(reply: &str) -> Option<String> {
-    let reply = reply.trim_start();
-    let code_text = reply.get(..3)?;
-    if !code_text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let code: u16 = code_text.parse().ok()?;
-    let rest = reply[3..].trim_start_matches(['-', ' ']);
-    let first_word = rest.split_whitespace().next();
-    let enhanced = first_word.filter(|w| is_valid_status(w));
-    Some(status_for_reply(code, enhanced, rest))
+/// [`status_for_reply`] of a parsed reply.
+pub fn status_for(reply: &Reply) -> String {
+    status_for_reply(
+        reply.code,
+        reply.enhanced_status().as_deref(),
+        &reply.text(),
+    )
 }
 
 /// Words stores use for an over-quota mailbox (Dovecot `Quota exceeded (mailbox for user
@@ -129,6 +123,11 @@ pub fn is_over_quota(reply: &str) -> bool {
             OVER_QUOTA_PHRASES.iter().any(|p| lower.contains(p))
         }
     }
+}
+
+/// [`is_over_quota`] of a parsed reply, read in its one-line form (`452 4.2.2 text`).
+pub fn reply_is_over_quota(reply: &Reply) -> bool {
+    is_over_quota(&reply.to_string())
 }
 
 /// The status of a recipient that expired, given the status of the last transient reply
@@ -209,34 +208,6 @@ mod tests {
         check(0, None, "", "4.0.0");
         // 5.1.1 is for 550/551/553 only: a 450 "user unknown" is a transient answer.
         check(450, None, "user unknown", "4.0.0");
-    }
-
-    #[test]
-    fn whole_replies_are_parsed_then_mapped() {
-        let cases = [
-            ("550 5.1.1 <bob@example.com>: no such user", Some("5.1.1")),
-            ("550 <bob@example.com>: User unknown", Some("5.1.1")),
-            (
-                "452-4.2.2 mailbox full\r\n452 4.2.2 quota is 1 GB",
-                Some("4.2.2"),
-            ),
-            ("552 Requested mail action aborted", Some("5.2.2")),
-            ("554 5.7.1 Rejected for policy reasons", Some("5.7.1")),
-            ("451 4.3.0 mailbox store not reachable", Some("4.3.0")),
-            ("421 service not available", Some("4.0.0")),
-            ("  550 5.1.1 leading blanks", Some("5.1.1")),
-            ("mailbox full", None),
-            ("55", None),
-            ("", None),
-            ("5x0 nope", None),
-        ];
-        for (reply, expected) in cases {
-            assert_eq!(
-                status_for_reply_text(reply).as_deref(),
-                expected,
-                "{reply:?}"
-            );
-        }
     }
 
     #[test]

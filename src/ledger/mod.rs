@@ -17,6 +17,7 @@ mod schema;
 pub mod state;
 mod steering;
 mod tx;
+mod values;
 
 use std::path::{Path, PathBuf};
 

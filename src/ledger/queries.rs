@@ -445,6 +445,54 @@ impl Ledger {
             .map(|(d, s, n)| Ok((d, parse_state(&s)?, n as u64)))
             .collect()
     }
+
+    /// Recipients not delivered whose last reply came from the store, counted per reply
+    /// code, enhanced status and state (`status`: what the store is saying), most first.
+    pub fn reply_counts(&self) -> Result<Vec<ReplyCount>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT reply_code, reply_status, state, count(*) FROM recipients \
+             WHERE reply_code IS NOT NULL AND state NOT IN (?1, ?2, ?3) \
+             GROUP BY reply_code, reply_status, state \
+             ORDER BY count(*) DESC, reply_code, reply_status, state",
+        )?;
+        let rows = stmt
+            .query_map(
+                params![
+                    RcptState::Delivered.as_str(),
+                    RcptState::DeliveredBefore.as_str(),
+                    RcptState::Duplicate.as_str()
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, u16>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                },
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .with_context(|| format!("cannot read ledger `{}`", self.path.display()))?;
+        rows.into_iter()
+            .map(|(code, status, state, n)| {
+                Ok(ReplyCount {
+                    code,
+                    status,
+                    state: parse_state(&state)?,
+                    recipients: n as u64,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Recipients in one state whose store's last reply had this code and enhanced status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyCount {
+    pub code: u16,
+    pub status: Option<String>,
+    pub state: RcptState,
+    pub recipients: u64,
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ValueRef};
 
 use super::RcptState;
 use crate::address::ReversePath;
+use crate::rfc3461::{Notify, ReturnContent};
 use crate::spool::{SourceRef, SpoolFormat};
 
 /// A message as the ledger knows it.
@@ -22,7 +23,7 @@ pub struct MessageRow {
     pub sender: ReversePath,
     pub arrival: DateTime<FixedOffset>,
     pub envid: Option<String>,
-    pub ret: Option<String>,
+    pub ret: Option<ReturnContent>,
     pub window: Option<String>,
     pub disposition: Option<String>,
     pub queue_name: Option<String>,
@@ -37,7 +38,8 @@ pub struct RecipientRow {
     pub address: String,
     pub domain: String,
     pub orcpt: Option<String>,
-    pub notify: Option<String>,
+    /// `None`: the spool gave no NOTIFY (an empty set is read as none too).
+    pub notify: Option<Notify>,
     pub state: RcptState,
     pub status: Option<String>,
     pub reply: Option<String>,
@@ -49,6 +51,10 @@ pub struct RecipientRow {
     pub remote: Option<String>,
     /// The delay warning this recipient got, if any.
     pub delay_dsn_id: Option<i64>,
+    /// The code of the store's last reply, when `reply` is one (not our own words).
+    pub reply_code: Option<u16>,
+    /// The RFC 3463 enhanced status the store sent with that reply, if it sent one.
+    pub reply_status: Option<String>,
 }
 
 /// The order `run` delivers in (`--order`).
@@ -106,7 +112,7 @@ pub(super) const MESSAGE_COLUMNS: &str = "m.id, m.content_hash, m.source_format,
      m.arrival_unix";
 
 pub(super) const RECIPIENT_COLUMNS: &str = "id, message_id, address, domain, orcpt, notify, state, status, reply, attempts, \
-     last_attempt, next_attempt, remote, delay_dsn_id";
+     last_attempt, next_attempt, remote, delay_dsn_id, reply_code, reply_status";
 
 /// A value of a row the tool cannot understand, named so the error says which row.
 #[derive(Debug, thiserror::Error)]
@@ -194,7 +200,7 @@ pub(super) fn recipient_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Reci
         address: r.get(2)?,
         domain: r.get(3)?,
         orcpt: r.get(4)?,
-        notify: r.get(5)?,
+        notify: r.get::<_, Option<Notify>>(5)?.filter(|n| !n.is_empty()),
         state: r.get(6)?,
         status: r.get(7)?,
         reply: r.get(8)?,
@@ -203,6 +209,8 @@ pub(super) fn recipient_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Reci
         next_attempt: r.get(11)?,
         remote: r.get(12)?,
         delay_dsn_id: r.get(13)?,
+        reply_code: r.get(14)?,
+        reply_status: r.get(15)?,
     })
 }
 

@@ -133,6 +133,27 @@ pub(super) const MIGRATIONS: &[&str] = &[
         rate       TEXT
     );
     "#,
+    // 9: the reply code and the enhanced status the store sent with the last reply (NULL
+    // when the reply was our own words), so `status` groups by them and expiry reads the
+    // code rather than parse `reply`. Rows written before are filled from the reply text,
+    // which was the reply's one-line form (`452 4.2.2 text`) when a server gave one; an
+    // enhanced code only in RFC 3463's shape and of the reply code's class, as the reply
+    // parser keeps it (`dsn::status_for_reply` checks it again when it reads it).
+    r#"
+    ALTER TABLE recipients ADD COLUMN reply_code INTEGER;
+    ALTER TABLE recipients ADD COLUMN reply_status TEXT;
+    UPDATE recipients SET reply_code = CAST(substr(reply, 1, 3) AS INTEGER)
+     WHERE reply GLOB '[2-5][0-9][0-9]' OR reply GLOB '[2-5][0-9][0-9] *';
+    UPDATE recipients SET reply_status = substr(reply, 5, instr(substr(reply, 5) || ' ', ' ') - 1)
+     WHERE reply_code IS NOT NULL;
+    UPDATE recipients SET reply_status = NULL
+     WHERE reply_status IS NOT NULL AND NOT (
+           substr(reply_status, 1, 1) = substr(reply, 1, 1)
+       AND reply_status GLOB '[245].[0-9]*.[0-9]*'
+       AND reply_status NOT GLOB '*[^0-9.]*'
+       AND reply_status NOT GLOB '*.*.*.*'
+       AND length(reply_status) <= 9);
+    "#,
 ];
 
 /// The indexes that serve only look-ups by mailbox and sender (`report --affected`,
@@ -322,5 +343,69 @@ mod tests {
         assert_eq!(crate::exit::exit_for(&err), Exit::DataErr);
         let err = Ledger::open_read(&path).err().unwrap();
         assert_eq!(crate::exit::exit_for(&err), Exit::DataErr);
+    }
+
+    /// A ledger at version 7 (before reply codes were stored) gets them filled from the
+    /// reply text its recipients kept, and nothing from text that was our own words.
+    #[test]
+    fn reply_codes_are_filled_from_replies_stored_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for step in &MIGRATIONS[..7] {
+            conn.execute_batch(step).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 7).unwrap();
+        conn.execute_batch(
+            "INSERT INTO messages (id, content_hash, source_format, source_path, source_offset, \
+             source_len, queue_id, size, sender, sender_from, recipients_from, arrival, \
+             arrival_unix, arrival_from, ingested_at) \
+             VALUES (1, 'h', 'eml', 'p', 0, 1, 'q', 1, '', 's', 'r', 'a', 0, 'a', 'now')",
+        )
+        .unwrap();
+        let replies = [
+            "452 4.2.2 <full@example.test> Quota exceeded",
+            "421 service not available",
+            "550 5.1.1 <bob@example.test>: no such user",
+            "451 5.7.1 a class that disagrees",
+            "452 4.2.2.2 not an enhanced code",
+            "550 5.1.x not one either",
+            "250",
+            "connection lost at DATA: reset by peer",
+            "unexpected reply to DATA: 250 ok",
+            "99 bottles",
+        ];
+        for (i, reply) in replies.iter().enumerate() {
+            conn.execute(
+                "INSERT INTO recipients (message_id, address, domain, state, reply, updated_at) \
+                 VALUES (1, ?1, 'example.test', 'deferred', ?2, 'now')",
+                rusqlite::params![format!("r{i}@example.test"), reply],
+            )
+            .unwrap();
+        }
+        drop(conn);
+        let ledger = Ledger::open_for_write(&path, "test").unwrap();
+        let got: Vec<(Option<u16>, Option<String>)> = ledger
+            .recipients_of(1)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.reply_code, r.reply_status))
+            .collect();
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            got,
+            vec![
+                (Some(452), s("4.2.2")),
+                (Some(421), None),
+                (Some(550), s("5.1.1")),
+                (Some(451), None),
+                (Some(452), None),
+                (Some(550), None),
+                (Some(250), None),
+                (None, None),
+                (None, None),
+                (None, None),
+            ]
+        );
     }
 }

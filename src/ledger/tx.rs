@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use rusqlite::params;
 
 use super::{Inserted, Ledger, RcptState, RecipientRow, timestamp};
+use crate::deliver::reply::Reply;
 use crate::spool::{ContentHash, Prior, Quarantined, QueuedMessage};
 
 impl Ledger {
@@ -46,6 +47,9 @@ pub struct Change<'a> {
     pub next_attempt: Option<i64>,
     /// The server that gave the reply in `detail`.
     pub remote: Option<&'a str>,
+    /// The server reply `detail` is, when one decided the change: its code and enhanced
+    /// status are stored beside the text.
+    pub reply: Option<&'a Reply>,
 }
 
 /// Where a mailbox was already met while inserting a message.
@@ -90,7 +94,7 @@ impl Tx<'_> {
                 env.arrival.timestamp(),
                 env.arrival_from.as_str(),
                 env.envid,
-                env.ret.map(ret_name),
+                env.ret,
                 now,
                 msg.queue_name,
                 msg.mta_hold,
@@ -114,7 +118,7 @@ impl Tx<'_> {
                 .rsplit_once('@')
                 .map(|(_, d)| d.to_ascii_lowercase())
                 .unwrap_or_default();
-            let notify = rcpt.notify.map(notify_name);
+            let notify = rcpt.notify.filter(|n| !n.is_empty());
             // What the MTA already did is recorded as settled and never replayed; an exact
             // copy of mail already in the ledger for this mailbox is settled by that copy.
             let mailbox = crate::address::Mailbox::canonical_key(&rcpt.address);
@@ -218,7 +222,9 @@ impl Tx<'_> {
                 "UPDATE recipients SET state = ?1, updated_at = ?2, \
              reply = coalesce(?3, reply), status = coalesce(?4, status), \
              attempts = attempts + ?5, last_attempt = coalesce(?6, last_attempt), \
-             next_attempt = ?9, remote = CASE WHEN ?3 IS NULL THEN remote ELSE ?10 END \
+             next_attempt = ?9, remote = CASE WHEN ?3 IS NULL THEN remote ELSE ?10 END, \
+             reply_code = CASE WHEN ?3 IS NULL THEN reply_code ELSE ?11 END, \
+             reply_status = CASE WHEN ?3 IS NULL THEN reply_status ELSE ?12 END \
              WHERE id = ?7 AND state = ?8",
             )?
             .execute(params![
@@ -232,6 +238,8 @@ impl Tx<'_> {
                 rcpt.state.as_str(),
                 change.next_attempt,
                 change.remote,
+                change.reply.map(|r| r.code),
+                change.reply.and_then(Reply::enhanced_status),
             ])?;
         if updated != 1 {
             anyhow::bail!(
@@ -295,28 +303,4 @@ impl Tx<'_> {
             .execute(params![window, disposition, deadline, message_id])?;
         Ok(())
     }
-}
-
-fn ret_name(ret: crate::address::ReturnContent) -> &'static str {
-    match ret {
-        crate::address::ReturnContent::Full => "FULL",
-        crate::address::ReturnContent::Headers => "HDRS",
-    }
-}
-
-fn notify_name(n: crate::address::Notify) -> String {
-    if n.never {
-        return "NEVER".to_string();
-    }
-    let mut parts = Vec::new();
-    if n.success {
-        parts.push("SUCCESS");
-    }
-    if n.failure {
-        parts.push("FAILURE");
-    }
-    if n.delay {
-        parts.push("DELAY");
-    }
-    parts.join(",")
 }

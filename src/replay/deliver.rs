@@ -16,15 +16,15 @@ use chrono::Local;
 
 use super::{
     Event, Replay, Stop, UncertainPolicy, apply_classification, classify_message, read_verified,
-    redeliver_once, test_hook,
+    redeliver_once,
 };
 use crate::address::Mailbox;
-use crate::address::ReturnContent;
 use crate::breaker::{self, Breaker};
 use crate::classify::Disposition;
-use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
+use crate::deliver::reply::Reply;
+use crate::deliver::{Answer, Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::ledger::{Change, DeliveryOrder, MessageWork, RcptState, Steer, Tx};
-use crate::pace::{Claim, Grant, Pace, PushBack, Signal, format_rate};
+use crate::pace::{self, Claim, Grant, Pace, PushBack, Signal, format_rate};
 use crate::throttle::RateSpec;
 
 /// How often a dispatcher waiting on the store tells the printer it is still there.
@@ -91,10 +91,7 @@ pub(super) fn attempt(store: &mut dyn Deliverer, work: &MessageWork, recovering:
         .map(|r| RecipientSpec {
             address: &r.address,
             orcpt: r.orcpt.as_deref(),
-            notify: r
-                .notify
-                .as_deref()
-                .and_then(|n| crate::spool::eml::parse_notify(n).ok()),
+            notify: r.notify,
         })
         .collect();
     let delivery = Delivery {
@@ -104,11 +101,7 @@ pub(super) fn attempt(store: &mut dyn Deliverer, work: &MessageWork, recovering:
         arrival: m.arrival,
         recovering,
         envid: m.envid.as_deref(),
-        ret: match m.ret.as_deref() {
-            Some("FULL") => Some(ReturnContent::Full),
-            Some("HDRS") => Some(ReturnContent::Headers),
-            _ => None,
-        },
+        ret: m.ret,
     };
     let at = Local::now().fixed_offset().to_rfc3339();
     let started = Instant::now();
@@ -328,7 +321,7 @@ impl Replay<'_> {
                     after = work.message.id - 1;
                     break;
                 };
-                test_hook("after-in-flight");
+                crate::crash_hook::at("after-in-flight");
                 // The channel has room (see `until_a_worker_is_free`): no wait on the store.
                 let id = work.message.id;
                 jobs.send(work).context("the delivery workers stopped")?;
@@ -646,7 +639,7 @@ impl Replay<'_> {
             d.outstanding -= 1;
             d.handled += 1;
             self.stats.messages += 1;
-            test_hook("after-store");
+            crate::crash_hook::at("after-store");
             signals.extend(signal_of(&done.result));
             self.feed_breaker(done, d);
             if let (
@@ -762,12 +755,14 @@ impl Replay<'_> {
             return;
         };
         for (r, o) in done.work.recipients.iter().zip(outcomes) {
+            let text;
             let reply = match o {
                 Outcome::Deferred {
                     reply,
                     remote: Some(_),
-                } if reply_code(reply).is_some_and(|c| (400..500).contains(&c)) => {
-                    breaker::Reply::Transient(reply)
+                } if reply.reply().is_some_and(|r| (400..500).contains(&r.code)) => {
+                    text = reply.to_string();
+                    breaker::Reply::Transient(&text)
                 }
                 Outcome::Delivered { .. }
                 | Outcome::AlreadyThere { .. }
@@ -882,6 +877,7 @@ impl Replay<'_> {
                         attempted_at: if s.retry_now { None } else { rec.at.as_deref() },
                         next_attempt,
                         remote: s.remote.as_deref(),
+                        reply: s.reply.as_ref(),
                         audit_only: false,
                     };
                     tx.set_state(r, s.state, change)?;
@@ -1045,7 +1041,7 @@ fn feed_outcome(
         RcptState::Uncertain => DeliveryOutcome::Uncertain,
         _ => return,
     };
-    let code = s.remote.as_ref().and_then(|_| reply_code(&s.detail));
+    let code = s.remote.as_ref().and(s.reply.as_ref()).map(|r| r.code);
     m.outcome(outcome, code);
     if s.state == RcptState::Delivered && !s.already {
         m.delivered_after((now - message.arrival).to_std().unwrap_or_default());
@@ -1080,6 +1076,8 @@ struct Settled {
     retry_now: bool,
     /// The server whose reply `detail` is.
     remote: Option<String>,
+    /// The server reply `detail` is, when one decided the state.
+    reply: Option<Reply>,
 }
 
 impl Settled {
@@ -1091,6 +1089,20 @@ impl Settled {
             already: false,
             retry_now: false,
             remote: None,
+            reply: None,
+        }
+    }
+
+    /// A recipient the store did not take, with its answer.
+    fn answered(state: RcptState, answer: Answer, remote: Option<String>) -> Settled {
+        let detail = answer.to_string();
+        Settled {
+            remote,
+            reply: match answer {
+                Answer::Reply(reply) => Some(reply),
+                Answer::Unexpected { .. } | Answer::Local(_) => None,
+            },
+            ..Settled::new(state, detail)
         }
     }
 }
@@ -1109,26 +1121,26 @@ impl From<Outcome> for Settled {
                     format!("already in the store from an interrupted run: {detail}"),
                 )
             },
-            Outcome::Deferred { reply, remote } if crate::dsn::is_over_quota(&reply) => Settled {
-                status: crate::dsn::status_for_reply_text(&reply),
-                remote,
-                ..Settled::new(RcptState::Deferred, reply)
-            },
-            Outcome::Deferred { reply, remote } => Settled {
-                remote,
-                ..Settled::new(RcptState::Deferred, reply)
-            },
-            // A full mailbox is retried within its queue lifetime even after a 552; the
+            // A full mailbox is retried within its queue lifetime, even after a 552; the
             // status (x.2.2) is kept, so `report --affected` counts it and an expiry DSN
             // says the mailbox was full.
+            Outcome::Deferred { reply, remote } if over_quota(&reply) => {
+                let status = reply.reply().map(crate::dsn::status_for);
+                Settled {
+                    status,
+                    ..Settled::answered(RcptState::Deferred, reply, remote)
+                }
+            }
+            Outcome::Deferred { reply, remote } => {
+                Settled::answered(RcptState::Deferred, reply, remote)
+            }
             Outcome::Failed {
                 reply,
                 status,
                 remote,
-            } if crate::dsn::is_over_quota(&reply) => Settled {
+            } if over_quota(&reply) => Settled {
                 status: Some(status),
-                remote,
-                ..Settled::new(RcptState::Deferred, reply)
+                ..Settled::answered(RcptState::Deferred, reply, remote)
             },
             Outcome::Failed {
                 reply,
@@ -1136,15 +1148,19 @@ impl From<Outcome> for Settled {
                 remote,
             } => Settled {
                 status: Some(status),
-                remote,
-                ..Settled::new(RcptState::Failed, reply)
+                ..Settled::answered(RcptState::Failed, reply, remote)
             },
-            Outcome::Uncertain { reply, remote } => Settled {
-                remote,
-                ..Settled::new(RcptState::Uncertain, reply)
-            },
+            Outcome::Uncertain { reply, remote } => {
+                Settled::answered(RcptState::Uncertain, reply, remote)
+            }
         }
     }
+}
+
+/// Whether the store's answer says the recipient's mailbox is full (a reply, not our
+/// own words).
+fn over_quota(answer: &Answer) -> bool {
+    answer.reply().is_some_and(crate::dsn::reply_is_over_quota)
 }
 
 /// What an attempt tells the pace.
@@ -1165,42 +1181,19 @@ fn signal_of(result: &Attempt) -> Option<Signal> {
             ..
         } => {
             let pushback = outcomes.iter().find_map(|o| match o {
-                Outcome::Deferred { reply, .. } if store_is_pushing_back(reply) => {
-                    reply_code(reply)
-                }
+                Outcome::Deferred { reply, .. } => reply.reply().and_then(pace::pushback_of),
                 _ => None,
             });
             let timeout = outcomes
                 .iter()
                 .any(|o| matches!(o, Outcome::Uncertain { .. }));
             Some(match (pushback, timeout) {
-                (Some(code), _) => Signal::PushBack(PushBack::TransientReply(code)),
+                (Some(why), _) => Signal::PushBack(why),
                 (None, true) => Signal::PushBack(PushBack::Timeout),
                 (None, false) => Signal::Healthy { latency: *latency },
             })
         }
     }
-}
-
-/// Whether a transient reply speaks of the store as a whole (421, 451, 452 for system
-/// storage) rather than of one mailbox: a full mailbox (x.2.x, RFC 3463) must not slow the
-/// run for everyone else.
-fn store_is_pushing_back(reply: &str) -> bool {
-    let enhanced = reply.split_whitespace().nth(1).unwrap_or("");
-    match reply_code(reply) {
-        Some(421 | 451) => true,
-        Some(452) => !enhanced.starts_with("4.2."),
-        _ => false,
-    }
-}
-
-/// The three-digit code at the start of a server reply.
-fn reply_code(reply: &str) -> Option<u16> {
-    let code = reply.get(..3)?;
-    code.bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| code.parse().ok())
-        .flatten()
 }
 
 fn worst(a: Health, b: Health) -> Health {
@@ -1210,30 +1203,5 @@ fn worst(a: Health, b: Health) -> Health {
         (Health::Refusing, _) | (_, Health::Refusing) => Health::Refusing,
         (Health::LosingReplies, _) | (_, Health::LosingReplies) => Health::LosingReplies,
         _ => Health::Fine,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_full_mailbox_is_not_the_store_pushing_back() {
-        assert!(store_is_pushing_back("421 4.4.2 closing"));
-        assert!(store_is_pushing_back("451 4.3.0 try later"));
-        assert!(store_is_pushing_back(
-            "452 4.3.1 insufficient system storage"
-        ));
-        assert!(store_is_pushing_back("452 too many recipients"));
-        assert!(!store_is_pushing_back("452 4.2.2 <a@b> Quota exceeded"));
-        assert!(!store_is_pushing_back("450 4.2.1 mailbox busy"));
-        assert!(!store_is_pushing_back("cannot write"));
-    }
-
-    #[test]
-    fn reply_codes() {
-        assert_eq!(reply_code("452 4.2.2 full"), Some(452));
-        assert_eq!(reply_code("45"), None);
-        assert_eq!(reply_code("cannot write"), None);
     }
 }

@@ -3,12 +3,9 @@
 //! deadline), make the DSNs that are owed. Every step is recorded in the ledger before and
 //! after it happens, so a crash at any point loses nothing and repeats nothing.
 //!
-//! `deliver.rs` holds the delivery loop and its workers, `bounce.rs` the DSN step.
+//! `deliver.rs` holds the delivery loop and its workers.
 
-mod bounce;
 mod deliver;
-
-pub use bounce::{Unbuildable, make_dsn, policy_verdict};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -166,7 +163,7 @@ pub struct Replay<'a> {
     pub stats: Stats,
     started: Instant,
     /// Fed as the run goes when `--metrics` serves them (see `metrics.rs`).
-    metrics: Option<Arc<Metrics>>,
+    pub(crate) metrics: Option<Arc<Metrics>>,
     /// Turns beyond the local pace: none needed alone, the cluster's with `--cluster`.
     tokens: Box<dyn TokenSource + 'a>,
     /// The message about to go in flight was not checked across ledgers.
@@ -242,7 +239,7 @@ impl<'a> Replay<'a> {
     }
 
     /// The clock: `--now` (or the wall clock at the start), advanced by the time elapsed.
-    fn now(&self) -> DateTime<FixedOffset> {
+    pub(crate) fn now(&self) -> DateTime<FixedOffset> {
         self.settings.now + chrono::TimeDelta::from_std(self.started.elapsed()).unwrap_or_default()
     }
 
@@ -519,10 +516,13 @@ fn apply_classification(
         let keep_reply = r.state == RcptState::Deferred && r.reply.is_some();
         let expiry_status;
         let status = if c.disposition == Disposition::Expire && keep_reply {
-            let last = r
-                .reply
-                .as_deref()
-                .and_then(crate::dsn::status_for_reply_text);
+            let last = r.reply_code.map(|code| {
+                crate::dsn::status_for_reply(
+                    code,
+                    r.reply_status.as_deref(),
+                    r.reply.as_deref().unwrap_or(""),
+                )
+            });
             expiry_status = crate::dsn::status_at_expiry(last.as_deref());
             Some(expiry_status.as_str())
         } else {
@@ -552,7 +552,7 @@ fn apply_classification(
 ///
 /// A row of a ledger made before `From ` lines were framing (`HashRule::Bytes`) reads a
 /// file with its leading `From ` line: that line is cut off here, so it is never delivered.
-fn read_verified(m: &MessageRow) -> std::result::Result<Vec<u8>, String> {
+pub(crate) fn read_verified(m: &MessageRow) -> std::result::Result<Vec<u8>, String> {
     let mut content = spool::read_content(&m.source)
         .map_err(|e| format!("{SPOOL_CHANGED}: cannot read {}: {e}", m.source))?;
     if !ContentHash::matches(&m.content_hash, &content) {
@@ -565,26 +565,4 @@ fn read_verified(m: &MessageRow) -> std::result::Result<Vec<u8>, String> {
         content.drain(..spool::leading_from_line_len(&content));
     }
     Ok(content)
-}
-
-/// Test-only crash injection: with `SPOOLREPLAY_CRASH_AT=POINT:N` the process aborts (like
-/// `kill -9`: no cleanup, no checkpoint) the Nth time it reaches POINT. Points:
-/// `after-in-flight`, `after-store`, `after-dsn-record`, `after-outbox-write`.
-pub fn test_hook(point: &str) {
-    use std::sync::atomic::AtomicU64;
-    static SEEN: AtomicU64 = AtomicU64::new(0);
-    let Some(spec) = std::env::var_os("SPOOLREPLAY_CRASH_AT") else {
-        return;
-    };
-    let spec = spec.to_string_lossy();
-    let Some((at, n)) = spec.split_once(':') else {
-        return;
-    };
-    if at != point {
-        return;
-    }
-    let n: u64 = n.parse().unwrap_or(1);
-    if SEEN.fetch_add(1, Ordering::SeqCst) + 1 >= n {
-        std::process::abort();
-    }
 }

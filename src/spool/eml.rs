@@ -37,7 +37,8 @@ use super::envelope::{self, GivenEnvelope};
 use super::{
     Quarantined, Recipient, Selection, SourceRef, SpoolError, SpoolFormat, SpoolItem, file_item,
 };
-use crate::address::{Mailbox, Notify, ReturnContent, ReversePath};
+use crate::address::{self, Mailbox, Notify, ReturnContent, ReversePath};
+use crate::rfc3461;
 
 /// True for a file name ending in `.eml` (any case) that is not hidden.
 pub fn is_eml_name(name: &OsStr) -> bool {
@@ -238,7 +239,9 @@ pub fn parse_sidecar(bytes: &[u8]) -> Result<GivenEnvelope, String> {
         })
         .transpose()?;
     let envid = optional_string(&map, "envid")?.map(str::to_string);
-    let ret = optional_string(&map, "ret")?.map(parse_ret).transpose()?;
+    let ret = optional_string(&map, "ret")?
+        .map(|r| r.parse::<ReturnContent>().map_err(|e| format!("`ret` {e}")))
+        .transpose()?;
     Ok(GivenEnvelope {
         sender,
         recipients: Some(envelope::dedupe(recipients)),
@@ -289,13 +292,16 @@ fn parse_recipient(index: usize, value: &Value) -> Result<Recipient, String> {
             };
             let orcpt = string("orcpt")?
                 .map(|o| {
-                    check_orcpt(&o)
+                    rfc3461::check_orcpt(&o)
                         .map(|()| o)
                         .map_err(|e| format!("`{}` {e}", at("orcpt")))
                 })
                 .transpose()?;
             let notify = string("notify")?
-                .map(|n| parse_notify(&n).map_err(|e| format!("`{}` {e}", at("notify"))))
+                .map(|n| {
+                    n.parse::<Notify>()
+                        .map_err(|e| format!("`{}` {e}", at("notify")))
+                })
                 .transpose()?;
             Recipient {
                 address,
@@ -310,55 +316,12 @@ fn parse_recipient(index: usize, value: &Value) -> Result<Recipient, String> {
             ));
         }
     };
-    let address = recipient
-        .address
-        .trim_start_matches('<')
-        .trim_end_matches('>');
+    let address = address::unbracketed(&recipient.address);
     Mailbox::parse(address).map_err(|e| format!("`recipients[{index}]`: {e}"))?;
     Ok(Recipient {
         address: address.to_string(),
         ..recipient
     })
-}
-
-fn check_orcpt(orcpt: &str) -> Result<(), String> {
-    match orcpt.split_once(';') {
-        Some((kind, addr)) if !kind.trim().is_empty() && !addr.trim().is_empty() => Ok(()),
-        _ => Err(format!("must be `addr-type;address`, not `{orcpt}`")),
-    }
-}
-
-/// Parses an RFC 3461 NOTIFY value (`NEVER`, or a comma list of SUCCESS, FAILURE, DELAY).
-pub fn parse_notify(value: &str) -> Result<Notify, String> {
-    let mut notify = Notify::default();
-    for word in value.split(',').map(str::trim) {
-        match word.to_ascii_uppercase().as_str() {
-            "NEVER" => notify.never = true,
-            "SUCCESS" => notify.success = true,
-            "FAILURE" => notify.failure = true,
-            "DELAY" => notify.delay = true,
-            "" => return Err(format!("has an empty item in `{value}`")),
-            _ => {
-                return Err(format!(
-                    "has unknown value `{word}` (expected NEVER, SUCCESS, FAILURE or DELAY)"
-                ));
-            }
-        }
-    }
-    if notify.never && (notify.success || notify.failure || notify.delay) {
-        return Err(format!("combines NEVER with other values in `{value}`"));
-    }
-    Ok(notify)
-}
-
-fn parse_ret(value: &str) -> Result<ReturnContent, String> {
-    if value.eq_ignore_ascii_case("FULL") {
-        Ok(ReturnContent::Full)
-    } else if value.eq_ignore_ascii_case("HDRS") {
-        Ok(ReturnContent::Headers)
-    } else {
-        Err(format!("`ret` must be FULL or HDRS, not `{value}`"))
-    }
 }
 
 #[cfg(test)]
@@ -469,29 +432,6 @@ mod tests {
                 "{json}: got `{err}`, want `{expected}…`"
             );
         }
-    }
-
-    #[test]
-    fn notify_parsing() {
-        assert_eq!(
-            parse_notify("NEVER").unwrap(),
-            Notify {
-                never: true,
-                ..Notify::default()
-            }
-        );
-        assert_eq!(
-            parse_notify("success,FAILURE,Delay").unwrap(),
-            Notify {
-                success: true,
-                failure: true,
-                delay: true,
-                never: false
-            }
-        );
-        assert!(parse_notify("").is_err());
-        assert!(parse_notify("FAILURE,").is_err());
-        assert!(parse_notify("DELAY,NEVER").is_err());
     }
 
     #[test]

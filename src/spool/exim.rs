@@ -23,7 +23,7 @@ use super::{
     Envelope, FieldSource, Prior, Quarantined, QueuedMessage, Recipient, Selection, SourceRef,
     SpoolError, SpoolFormat, SpoolItem,
 };
-use crate::dsn::xtext_decode;
+use crate::rfc3461::xtext_decode;
 
 /// The queue name reported for every message (Exim's default queue is `input/`).
 const QUEUE_NAME: &str = "input";

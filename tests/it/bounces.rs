@@ -501,6 +501,69 @@ fn preview_shows_the_dsn_and_records_nothing() {
     check(&missing, 66);
 }
 
+/// `preview` follows the decision `run` takes (`bounce::decide`): a bounce of a bounce
+/// gets no DSN because its sender is `<>`, whatever its recipients' NOTIFY says, and a
+/// recipient whose NOTIFY asks for none is left out of the sender's DSN.
+#[test]
+fn preview_decides_as_run_does() {
+    let cli = Cli::new();
+    let incident = small(
+        &cli,
+        &[
+            (
+                "1-null",
+                sidecar(
+                    "",
+                    r#"[{"address": "b@example.net", "notify": "NEVER"}]"#,
+                    "2023-01-06T10:00:00Z",
+                ),
+                message("", "bounce-of-a-bounce"),
+            ),
+            (
+                "2-mixed",
+                sidecar(
+                    "a@remote.example",
+                    r#"[{"address": "b@example.net", "notify": "NEVER"}, "c@example.net"]"#,
+                    "2023-01-06T10:00:00Z",
+                ),
+                message("", "mixed"),
+            ),
+        ],
+    );
+    let preview = |id: &str| {
+        let out = cli.run(&[
+            "bounces",
+            "preview",
+            "--message",
+            id,
+            "--incident",
+            &incident,
+            "--now",
+            "2023-01-07T00:00:00Z",
+        ]);
+        check(&out, 0);
+        out
+    };
+    let null = preview("1-null");
+    assert!(null.stdout.is_empty(), "{}", null.stdout);
+    assert!(null.stderr.contains("the sender is <>"), "{}", null.stderr);
+    let mixed = preview("2-mixed");
+    assert!(
+        mixed
+            .stdout
+            .contains("Final-Recipient: rfc822; c@example.net"),
+        "{}",
+        mixed.stdout
+    );
+    assert!(
+        !mixed
+            .stdout
+            .contains("Final-Recipient: rfc822; b@example.net"),
+        "{}",
+        mixed.stdout
+    );
+}
+
 #[test]
 fn write_puts_each_dsn_in_the_outbox_once() {
     let cli = Cli::new();

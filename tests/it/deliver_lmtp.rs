@@ -114,7 +114,9 @@ fn lmtp_multi_recipient_delivery_keeps_the_bytes_and_refuses_unknown_users() {
         } => {
             assert_eq!(status, "5.1.1");
             assert!(
-                reply.starts_with("550 5.1.1 <nobody@example.test> User doesn't exist"),
+                reply
+                    .to_string()
+                    .starts_with("550 5.1.1 <nobody@example.test> User doesn't exist"),
                 "{reply}"
             );
             assert_eq!(remote.as_deref(), Some(HOSTNAME));
@@ -171,7 +173,9 @@ fn lmtp_over_quota_is_deferred_with_the_servers_reply() {
     match &second[0] {
         Outcome::Deferred { reply, remote } => {
             assert!(
-                reply.starts_with("452 4.2.2 <full@example.test> Quota exceeded"),
+                reply
+                    .to_string()
+                    .starts_with("452 4.2.2 <full@example.test> Quota exceeded"),
                 "{reply}"
             );
             assert_eq!(remote.as_deref(), Some(HOSTNAME));

@@ -6,7 +6,8 @@ use std::process::Command;
 
 use chrono::{DateTime, FixedOffset};
 use serde_json::Value;
-use spoolreplay::address::{Notify, ReturnContent};
+use spoolreplay::address::{Notify, ReturnContent, ReversePath};
+use spoolreplay::deliver::reply::Reply;
 use spoolreplay::dsn::{self, Action, Diagnostic, DsnRecipient, DsnRequest, LocalFailure};
 
 const ORIGINAL: &str = "From: Alice <alice@example.org>\r\n\
@@ -75,7 +76,7 @@ impl Case {
             reporting_mta: "mx.example.net",
             incident: "store-outage-2025-06",
             explanation: "The mail store was out of service; mail was kept and retried.",
-            to: self.to,
+            to: &ReversePath::parse(self.to),
             original: &self.original,
             envid: self.envid.as_deref(),
             ret: self.ret,
@@ -101,7 +102,10 @@ fn store_reply(addr: &str, action: Action, status: &str, reply: &str) -> DsnReci
 }
 
 fn mapped(reply: &str) -> String {
-    dsn::status_for_reply_text(reply).unwrap_or_else(|| panic!("no code in {reply}"))
+    let (parsed, _) = Reply::parse(format!("{reply}\r\n").as_bytes())
+        .unwrap_or_else(|e| panic!("{reply}: {e}"))
+        .unwrap_or_else(|| panic!("{reply}: not a complete reply"));
+    dsn::status_for(&parsed)
 }
 
 fn notify(failure: bool, delay: bool, success: bool) -> Option<Notify> {
@@ -179,7 +183,7 @@ fn cases() -> Vec<Case> {
             full(),
         ],
     );
-    multi.envid = Some(dsn::xtext_decode("QQ+2B1"));
+    multi.envid = Some(spoolreplay::rfc3461::xtext_decode("QQ+2B1"));
     multi.ret = Some(ReturnContent::Headers);
     all.push(multi);
     // Mixed outcomes for one message: the DSN lists only what NOTIFY says is owed.

@@ -193,7 +193,7 @@ fn run_lmtp_sample_into_dovecot_bounces_unknown_and_expires_the_full_mailbox() {
     assert!(stored > 100, "only {stored} messages stored");
 
     // Unknown users: Dovecot's 550 5.1.1, bounced, in a DSN with Remote-MTA.
-    let mut unknown_seen = 0;
+    let mut unknown_seen: u64 = 0;
     for r in rows
         .iter()
         .filter(|r| UNKNOWN.contains(&r.address.to_ascii_lowercase().as_str()))
@@ -239,6 +239,28 @@ fn run_lmtp_sample_into_dovecot_bounces_unknown_and_expires_the_full_mailbox() {
     );
     assert_eq!(f["remote-mta"], format!("dns; {HOSTNAME}"), "{f:?}");
     assert!(host.delivered(FULL).is_empty(), "over quota, yet stored");
+
+    // `status` groups what Dovecot answered by its code and enhanced status, as stored.
+    let status = cli.run(&["--json", "status"]);
+    check(&status, 0);
+    let replies = status.event("status")["replies"].clone();
+    let bounced = |code: u64, enhanced: &str| {
+        replies
+            .as_array()
+            .expect("replies is a list")
+            .iter()
+            .find(|r| r["code"] == code && r["status"] == enhanced && r["state"] == "bounced")
+            .map_or(0, |r| r["recipients"].as_u64().unwrap_or(0))
+    };
+    assert_eq!(bounced(452, "4.2.2"), 1, "{replies}");
+    assert!(bounced(550, "5.1.1") >= unknown_seen, "{replies}");
+    let table = cli.run(&["status"]);
+    check(&table, 0);
+    assert!(
+        table.stdout.contains("What the store answered"),
+        "{}",
+        table.stdout
+    );
 }
 
 #[test]

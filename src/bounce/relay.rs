@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use chrono::DateTime;
 
 use crate::address::{Notify, ReversePath};
-use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
+use crate::deliver::{Answer, Deliverer, Delivery, Outcome, RecipientSpec, StoreError};
 use crate::ledger::{DsnFilter, DsnRow, Ledger, SendState};
 use crate::pace::{Pace, PaceChange, PushBack, Signal};
 
@@ -110,13 +110,13 @@ impl Sender<'_> {
             }
             self.ledger
                 .write(|tx| tx.set_send_state(dsn.id, dsn.send_state, SendState::Sending, None))?;
-            crate::replay::test_hook("after-dsn-sending");
+            crate::crash_hook::at("after-dsn-sending");
             let sent_at = Instant::now();
             let result = self.send_one(dsn, &content);
-            crate::replay::test_hook("after-dsn-send");
+            crate::crash_hook::at("after-dsn-send");
             let signal = match &result {
                 Ok(Outcome::Deferred { reply, .. }) => Some(Signal::PushBack(
-                    PushBack::TransientReply(reply_code(reply).unwrap_or(451)),
+                    PushBack::TransientReply(reply.reply().map_or(451, |r| r.code)),
                 )),
                 Ok(_) => Some(Signal::Healthy {
                     latency: sent_at.elapsed(),
@@ -139,15 +139,15 @@ impl Sender<'_> {
                 }
                 Ok(Outcome::Deferred { reply, .. }) => {
                     stats.deferred += 1;
-                    (SendState::Pending, reply)
+                    (SendState::Pending, reply.to_string())
                 }
                 Ok(Outcome::Failed { reply, .. }) => {
                     stats.failed += 1;
-                    (SendState::Failed, reply)
+                    (SendState::Failed, reply.to_string())
                 }
                 Ok(Outcome::Uncertain { reply, .. }) => {
                     stats.uncertain += 1;
-                    (SendState::Uncertain, reply)
+                    (SendState::Uncertain, reply.to_string())
                 }
                 Err(e) => {
                     // Nothing reached the relay: back to pending, and stop.
@@ -185,11 +185,6 @@ fn domain_of(address: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// The three-digit code a reply starts with.
-fn reply_code(reply: &str) -> Option<u16> {
-    reply.get(..3).and_then(|c| c.parse().ok())
-}
-
 impl Sender<'_> {
     fn send_one(&mut self, dsn: &DsnRow, content: &[u8]) -> Result<Outcome, StoreError> {
         let arrival = DateTime::parse_from_rfc3339(&dsn.created_at)
@@ -215,7 +210,7 @@ impl Sender<'_> {
         };
         let mut outcomes = self.relay.deliver(&delivery, &[recipient])?;
         Ok(outcomes.pop().unwrap_or(Outcome::Deferred {
-            reply: "the relay gave no answer for the recipient".into(),
+            reply: Answer::Local("the relay gave no answer for the recipient".into()),
             remote: None,
         }))
     }

@@ -1,16 +1,19 @@
-//! Making the DSNs that are owed: one per message for its failed recipients, never to the
-//! null sender, never against NOTIFY, never twice (see ARCHITECTURE.md).
+//! Making the DSNs that are owed (the DSN step of `run`): one per message for its failed
+//! recipients as `bounce::decide` settles them, never to the null sender, never against
+//! NOTIFY, never twice (see ARCHITECTURE.md); delay warnings; postmaster copies.
 
 use anyhow::Result;
 use chrono::{DateTime, Datelike, FixedOffset, Local};
 
-use super::{Event, Replay, STATUS_EXPIRED, read_verified, test_hook};
-use crate::address::{ReturnContent, ReversePath};
-use crate::bounce_policy::{self, Verdict};
+use super::{Decision, policy_verdict};
+use crate::address::ReversePath;
+use crate::bounce_policy;
+use crate::crash_hook;
 use crate::dsn::{self, Action, Diagnostic, DsnError, DsnRecipient, DsnRequest};
 use crate::incident::Incident;
 use crate::ledger::DsnKind;
 use crate::ledger::{Change, MessageWork, RcptState, RecipientRow};
+use crate::replay::{Event, Replay, STATUS_EXPIRED, read_verified};
 
 /// Messages per page when walking failed recipients.
 const PAGE: usize = 500;
@@ -19,7 +22,7 @@ impl Replay<'_> {
     /// `--warn-after`: one `delayed` DSN per message for its recipients held or deferred
     /// longer than the threshold, once per recipient; never to `<>`, never against NOTIFY,
     /// never for bulk or list mail (RFC 3834 spirit: no automatic chatter to lists).
-    pub(super) fn warn_delayed(&mut self) -> Result<()> {
+    pub(crate) fn warn_delayed(&mut self) -> Result<()> {
         let Some(after) = self.settings.warn_after else {
             return Ok(());
         };
@@ -45,13 +48,7 @@ impl Replay<'_> {
                     .recipients
                     .iter()
                     .filter(|r| r.delay_dsn_id.is_none())
-                    .filter(|r| {
-                        let notify = r
-                            .notify
-                            .as_deref()
-                            .and_then(|n| crate::spool::eml::parse_notify(n).ok());
-                        dsn::dsn_owed(notify, Action::Delayed)
-                    })
+                    .filter(|r| dsn::dsn_owed(r.notify, Action::Delayed))
                     .cloned()
                     .collect();
                 if due.is_empty() {
@@ -71,13 +68,13 @@ impl Replay<'_> {
                     message: m.clone(),
                     recipients: due,
                 };
-                self.issue(&work, DsnKind::Delay, m.sender.as_str())?;
+                self.issue(&work, DsnKind::Delay, &m.sender)?;
             }
         }
     }
 
     /// One DSN per message for its failed recipients; the null sender gets none.
-    pub(super) fn make_dsns(&mut self) -> Result<()> {
+    pub(crate) fn make_dsns(&mut self) -> Result<()> {
         loop {
             // Each page is settled (bounced or dropped) before the next query, so always
             // start from the beginning.
@@ -89,31 +86,29 @@ impl Replay<'_> {
             }
             for work in &page {
                 self.settle_failed(work)?;
-                test_hook("after-dsn-record");
+                crash_hook::at("after-dsn-record");
             }
         }
     }
 
     fn settle_failed(&mut self, work: &MessageWork) -> Result<()> {
         let m = &work.message;
-        if m.sender.is_null() {
-            // A bounce that cannot be replayed is never bounced (RFC 5321 4.5.4); the
-            // postmaster may get a copy.
-            if let Some(postmaster) = self.settings.postmaster.clone() {
-                self.issue(work, DsnKind::Postmaster, &postmaster)?;
-                return Ok(());
+        let decision = super::decide(
+            &m.sender,
+            work.recipients.clone(),
+            self.settings.postmaster.as_deref(),
+        );
+        let (owed, unwanted) = match decision {
+            Decision::Postmaster(postmaster) => {
+                return self.issue(work, DsnKind::Postmaster, &postmaster);
             }
-            return self.drop_all(&work.recipients, true, |_| {
-                "null sender: no DSN (RFC 5321 6.1)".into()
-            });
-        }
-        // RFC 3461 5.2.6: a failure DSN only for recipients whose NOTIFY asks for it (or
-        // says nothing); the others are settled without one.
-        let (owed, unwanted): (Vec<RecipientRow>, Vec<RecipientRow>) = work
-            .recipients
-            .iter()
-            .cloned()
-            .partition(|r| wants_failure_dsn(r.notify.as_deref()));
+            Decision::NullSender => {
+                return self.drop_all(&work.recipients, true, |_| {
+                    "null sender: no DSN (RFC 5321 6.1)".into()
+                });
+            }
+            Decision::Failure { owed, unwanted } => (owed, unwanted),
+        };
         // The last reply says it was dropped (and still why it failed): left as it was, a
         // "bounced by the incident policy" would read as if a DSN had gone out.
         self.drop_all(&unwanted, false, |r| {
@@ -124,7 +119,7 @@ impl Replay<'_> {
                 .unwrap_or_default();
             format!(
                 "dropped without a DSN: NOTIFY={}, the sender asked for no failure DSN{failed}",
-                r.notify.as_deref().unwrap_or_default()
+                r.notify.map(|n| n.to_string()).unwrap_or_default()
             )
         })?;
         if owed.is_empty() {
@@ -147,7 +142,7 @@ impl Replay<'_> {
             message: m.clone(),
             recipients: owed,
         };
-        self.issue(work, DsnKind::Failure, m.sender.as_str())
+        self.issue(work, DsnKind::Failure, &m.sender)
     }
 
     /// Settles failed recipients without a DSN. With `keep_reply` their last reply (the
@@ -180,7 +175,7 @@ impl Replay<'_> {
 
     /// Makes a DSN of `kind` for `work`, records it with the recipients it settles (or
     /// warns) in one transaction, and tells the printer.
-    fn issue(&mut self, work: &MessageWork, kind: DsnKind, to: &str) -> Result<()> {
+    fn issue(&mut self, work: &MessageWork, kind: DsnKind, to: &ReversePath) -> Result<()> {
         let m = &work.message;
         let built = make_dsn(
             self.settings.incident,
@@ -198,6 +193,7 @@ impl Replay<'_> {
             },
         };
         let covered = &work.recipients;
+        let to = to.as_str();
         let id = self.ledger.write(|tx| match kind {
             DsnKind::Failure => tx.record_dsn(m.id, to, &message_id, &bytes, covered),
             DsnKind::Delay => tx.record_delay_warning(m.id, to, &message_id, &bytes, covered),
@@ -255,21 +251,9 @@ pub struct Unbuildable {
     pub why: String,
 }
 
-/// The `[bounces]` policy's verdict on a DSN to `m`'s sender, from the original as
-/// ingested (re-read from the spool and checked against its content hash). Without a
-/// policy the spool is not read.
-pub fn policy_verdict(incident: &Incident, m: &crate::ledger::MessageRow) -> Verdict {
-    let policy = &incident.bounces;
-    if !policy.is_active() {
-        return bounce_policy::judge(policy, m.sender.as_str(), Some(&[]));
-    }
-    let original = read_verified(m).ok();
-    bounce_policy::judge(policy, m.sender.as_str(), original.as_deref())
-}
-
 /// What in one message keeps its DSN from being made, found before building it.
-fn unbuildable(m: &crate::ledger::MessageRow, to: &str) -> Option<String> {
-    if let Err(why) = ReversePath::parse(to).check() {
+fn unbuildable(m: &crate::ledger::MessageRow, to: &ReversePath) -> Option<String> {
+    if let Err(why) = to.check() {
         return Some(why);
     }
     // RFC 5322 dates have four-digit years; screened at ingest since, but a ledger may
@@ -293,7 +277,7 @@ pub fn make_dsn(
     return_limit: usize,
     work: &MessageWork,
     kind: DsnKind,
-    to: &str,
+    to: &ReversePath,
     date: DateTime<FixedOffset>,
 ) -> Result<(String, Vec<u8>)> {
     let m = &work.message;
@@ -331,11 +315,6 @@ pub fn make_dsn(
             explanation(work, incident)
         ),
     };
-    let ret = m.ret.as_deref().and_then(|r| match r {
-        "HDRS" => Some(ReturnContent::Headers),
-        "FULL" => Some(ReturnContent::Full),
-        _ => None,
-    });
     let request = DsnRequest {
         reporting_mta: &incident.reporting_mta,
         incident: &incident.name,
@@ -343,7 +322,7 @@ pub fn make_dsn(
         to,
         original: &original,
         envid: m.envid.as_deref(),
-        ret,
+        ret: m.ret,
         return_limit,
         arrival: m.arrival,
         queue_id: &m.queue_id,
@@ -395,13 +374,6 @@ fn postmaster_copy(dsn: Vec<u8>) -> Vec<u8> {
     let mut out = head.into_bytes();
     out.extend_from_slice(body);
     out
-}
-
-/// Whether a recipient's NOTIFY (as stored: `NEVER` or a comma list) asks for a failure
-/// DSN (RFC 3461 5.2.6: absent NOTIFY means FAILURE). A stored value that no longer parses
-/// is treated as absent: better a DSN too many than a silent loss.
-fn wants_failure_dsn(notify: Option<&str>) -> bool {
-    dsn::failure_dsn_owed(notify)
 }
 
 /// The original needed SMTPUTF8 (an address in its envelope is not ASCII): its DSN uses the
@@ -507,7 +479,12 @@ fn is_expiry(r: &RecipientRow, m: &crate::ledger::MessageRow) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::wants_failure_dsn;
+    use crate::dsn::failure_dsn_owed;
+
+    /// Whether a failure DSN is owed for NOTIFY as the ledger stores it.
+    fn wants_failure_dsn(stored: Option<&str>) -> bool {
+        failure_dsn_owed(stored.map(|n| n.parse().expect("a NOTIFY value")))
+    }
 
     #[test]
     fn notify_decides_failure_dsns() {

@@ -67,7 +67,7 @@ pub fn write_pending(ledger: &mut Ledger, dir: &Path) -> Result<u64> {
         write_atomically(&dir.join(format!("dsn-{}.json", row.id)), &sidecar)?;
         write_atomically(&eml, &content)?;
         sync_dir(dir)?;
-        crate::replay::test_hook("after-outbox-write");
+        crate::crash_hook::at("after-outbox-write");
         ledger.write(|tx| tx.mark_dsn_written(row.id, &eml))?;
         written += 1;
     }
