@@ -12,7 +12,6 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde_json::json;
 
 use crate::classify::ALL_DISPOSITIONS;
 use crate::config::{Output, ReportConfig};
@@ -23,9 +22,10 @@ use crate::ledger::{Ledger, QuarantineRow, RcptState, combined, describe_shard};
 use crate::plan::{
     MASS_BOUNCE_HINT, MassBounce, OUTSIDE_INDEX, Plan, age_labels, mass_bounce, projected_duration,
 };
+use crate::report::Printer;
+use crate::report::event::{Ages, Event};
 use crate::report::html::{self, AnomalyLine, DELAY_BUCKETS, DomainOutcomes, HtmlReport};
 use crate::report::sheet::{Cell, Format, SheetWriter, Sink, Tracked};
-use crate::report::{Printer, json as events};
 use crate::sanitize::for_terminal;
 use crate::throttle::{RateSpec, format_duration};
 
@@ -149,11 +149,11 @@ fn ledgers_section(out: &mut dyn Sink, f: Format, lines: &[LedgerLine]) -> Resul
         &["ledger", "shard", "messages"],
     )?;
     for l in lines {
-        w.row(vec![
-            Cell::text(l.path.as_str()),
-            Cell::text(l.shard.as_str()),
-            Cell::Count(l.messages),
-        ])?;
+        w.row(&Event::Ledger {
+            ledger: &l.path,
+            shard: &l.shard,
+            messages: l.messages,
+        })?;
     }
     w.finish()?;
     Ok(())
@@ -202,14 +202,14 @@ fn write_plan(
         ],
     )?;
     for ((win, d), c) in &plan.by_window {
-        w.row(vec![
-            Cell::text(window_name(inc, *win)),
-            Cell::text(window_action(inc, *win)),
-            Cell::text(d.as_str()),
-            Cell::Count(c.messages),
-            Cell::Count(c.recipients),
-            Cell::Bytes(c.bytes),
-        ])?;
+        w.row(&Event::Plan {
+            window: window_name(inc, *win),
+            action: window_action(inc, *win),
+            disposition: d.as_str(),
+            messages: c.messages,
+            recipients: c.recipients,
+            bytes: c.bytes,
+        })?;
     }
     w.finish()?;
     if f == Format::Table {
@@ -224,14 +224,14 @@ fn write_plan(
         &["domain", "recipients", "deliver", "bounce", "hold", "drop"],
     )?;
     for (d, c) in plan.top_domains(cfg.top) {
-        w.row(vec![
-            Cell::text(d),
-            Cell::Count(c.recipients),
-            Cell::Count(c.deliver),
-            Cell::Count(c.bounce),
-            Cell::Count(c.hold),
-            Cell::Count(c.drop),
-        ])?;
+        w.row(&Event::Domain {
+            domain: d,
+            recipients: c.recipients,
+            deliver: c.deliver,
+            bounce: c.bounce,
+            hold: c.hold,
+            drop: c.drop,
+        })?;
     }
     w.finish()?;
 
@@ -248,17 +248,23 @@ fn write_plan(
         ),
         &columns,
     )?;
-    let age_row = |name: &str, total: u64, ages: &[u64]| {
-        let mut row = vec![Cell::text(name), Cell::Count(total)];
-        row.extend(ages.iter().map(|n| Cell::Count(*n)));
-        row
-    };
     let totals = plan.total_ages();
-    if totals.iter().sum::<u64>() > 0 {
-        w.row(age_row("TOTAL", totals.iter().sum(), &totals))?;
-    }
-    for (d, c) in plan.top_domains(cfg.top) {
-        w.row(age_row(d, c.recipients, &c.ages))?;
+    let rows = std::iter::once(("TOTAL", totals.iter().sum::<u64>(), totals.to_vec()))
+        .filter(|(_, total, _)| *total > 0)
+        .chain(
+            plan.top_domains(cfg.top)
+                .into_iter()
+                .map(|(d, c)| (d, c.recipients, c.ages.to_vec())),
+        );
+    for (domain, total, counts) in rows {
+        w.row(&Event::Age {
+            domain,
+            total,
+            ages: Ages {
+                labels: &labels,
+                counts,
+            },
+        })?;
     }
     w.finish()?;
 
@@ -274,11 +280,11 @@ fn write_plan(
             Format::Table => hour.format("%Y-%m-%d %H:00").to_string(),
             _ => hour.to_rfc3339(),
         };
-        w.row(vec![
-            Cell::Text(hour),
-            Cell::text(window_name(inc, *win)),
-            Cell::Count(*n),
-        ])?;
+        w.row(&Event::Arrivals {
+            hour,
+            window: window_name(inc, *win),
+            messages: *n,
+        })?;
     }
     w.finish()?;
 
@@ -290,12 +296,12 @@ fn write_plan(
         &["kind", "window", "messages", "examples"],
     )?;
     for a in anomalies(inc, plan, facts) {
-        w.row(vec![
-            Cell::text(a.kind),
-            Cell::MaybeText(a.window),
-            Cell::Count(a.messages),
-            Cell::Text(a.examples.join(" ")),
-        ])?;
+        w.row(&Event::Anomaly {
+            kind: &a.kind,
+            window: a.window.as_deref(),
+            messages: a.messages,
+            examples: a.examples.join(" "),
+        })?;
     }
     w.finish()?;
 
@@ -304,8 +310,8 @@ fn write_plan(
     projection_section(out, f, cfg, plan)?;
     match f {
         Format::Json => {
-            serde_json::to_writer(&mut *out, &summary_event(cfg, inc, plan, facts))?;
-            out.write_all(b"\n")?;
+            let guarded = guard(cfg, inc, plan);
+            summary_event(cfg, inc, plan, facts, guarded.as_ref()).write_line(out)?;
         }
         Format::Csv => summary_csv(out, cfg, inc, plan, facts)?,
         Format::Table => {}
@@ -323,13 +329,6 @@ fn bounce_policy_section(
     plan: &Plan,
 ) -> Result<()> {
     let columns = ["dsns", "suppressed_unauthenticated", "suppressed_spam"];
-    let counts = |c: &crate::plan::PolicyCounts| {
-        vec![
-            Cell::Count(c.dsns),
-            Cell::Count(c.unauthenticated),
-            Cell::Count(c.spam),
-        ]
-    };
     let mut head = vec!["window"];
     head.extend(columns);
     let title = format!(
@@ -342,9 +341,12 @@ fn bounce_policy_section(
     );
     let mut w = SheetWriter::begin(out, f, "bounce_policy", &title, &head)?;
     for (win, c) in &plan.policy_by_window {
-        let mut row = vec![Cell::text(window_name(inc, *win))];
-        row.extend(counts(c));
-        w.row(row)?;
+        w.row(&Event::BouncePolicy {
+            window: window_name(inc, *win),
+            dsns: c.dsns,
+            suppressed_unauthenticated: c.unauthenticated,
+            suppressed_spam: c.spam,
+        })?;
     }
     w.finish()?;
     let mut head = vec!["sender_domain"];
@@ -357,9 +359,12 @@ fn bounce_policy_section(
         &head,
     )?;
     for (d, c) in plan.top_sender_domains(cfg.top) {
-        let mut row = vec![Cell::text(d)];
-        row.extend(counts(&c));
-        w.row(row)?;
+        w.row(&Event::DsnSenderDomain {
+            sender_domain: d,
+            dsns: c.dsns,
+            suppressed_unauthenticated: c.unauthenticated,
+            suppressed_spam: c.spam,
+        })?;
     }
     w.finish()?;
     Ok(())
@@ -477,13 +482,6 @@ fn quarantine_section(out: &mut dyn Sink, f: Format, facts: &Facts) -> Result<()
         }
         return Ok(());
     }
-    if f == Format::Json {
-        for q in rows {
-            serde_json::to_writer(&mut *out, &events::quarantined(q))?;
-            out.write_all(b"\n")?;
-        }
-        return Ok(());
-    }
     let mut w = SheetWriter::begin(
         out,
         f,
@@ -492,13 +490,7 @@ fn quarantine_section(out: &mut dyn Sink, f: Format, facts: &Facts) -> Result<()
         &["format", "path", "offset", "reason", "first_seen"],
     )?;
     for q in rows {
-        w.row(vec![
-            Cell::text(q.source_format.as_str()),
-            Cell::text(q.source_path.as_str()),
-            Cell::Count(q.source_offset.max(0) as u64),
-            Cell::text(q.reason.as_str()),
-            Cell::text(q.first_seen.as_str()),
-        ])?;
+        w.row(&Event::quarantined(q))?;
     }
     w.finish()?;
     Ok(())
@@ -522,36 +514,33 @@ fn projection_section(
         "Projected duration",
         &["rate", "selected", "messages", "seconds"],
     )?;
-    w.row(vec![
-        Cell::MaybeText(cfg.pace.rate.map(|r| r.to_string())),
-        Cell::text("yes"),
-        Cell::Count(plan.deliveries),
-        Cell::Duration(plan.projected(&cfg.pace)),
-    ])?;
+    w.row(&Event::Projection {
+        rate: cfg.pace.rate.map(|r| r.to_string()),
+        selected: "yes",
+        messages: plan.deliveries,
+        seconds: plan.projected(&cfg.pace),
+    })?;
     for (rate, d) in what_if(cfg, plan) {
-        w.row(vec![
-            Cell::Text(rate.to_string()),
-            Cell::text("no"),
-            Cell::Count(plan.deliveries),
-            Cell::Duration(Some(d)),
-        ])?;
+        w.row(&Event::Projection {
+            rate: Some(rate.to_string()),
+            selected: "no",
+            messages: plan.deliveries,
+            seconds: Some(d),
+        })?;
     }
     w.finish()?;
     Ok(())
 }
 
-fn summary_event(
+fn summary_event<'a>(
     cfg: &ReportConfig,
-    inc: &Incident,
-    plan: &Plan,
-    facts: &Facts,
-) -> serde_json::Value {
-    let states: serde_json::Map<String, serde_json::Value> = plan
-        .states
-        .iter()
-        .map(|(s, n)| (s.as_str().to_string(), json!(n)))
-        .collect();
-    let dispositions: serde_json::Map<String, serde_json::Value> = ALL_DISPOSITIONS
+    inc: &'a Incident,
+    plan: &'a Plan,
+    facts: &'a Facts,
+    guarded: Option<&'a MassBounce>,
+) -> Event<'a> {
+    let states = plan.states.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+    let dispositions = ALL_DISPOSITIONS
         .iter()
         .map(|d| {
             let n: u64 = plan
@@ -560,35 +549,32 @@ fn summary_event(
                 .filter(|((_, x), _)| x == d)
                 .map(|(_, c)| c.messages)
                 .sum();
-            (d.as_str().to_string(), json!(n))
+            (d.as_str(), n)
         })
         .collect();
-    let mut summary = json!({
-        "type": "report_summary",
-        "incident": inc.name,
-        "now": cfg.now.to_rfc3339(),
-        "messages": plan.messages,
-        "dispositions": dispositions,
-        "states": states,
-        "deliveries": plan.deliveries,
-        "dsns": plan.dsns,
-        "dsn_senders": plan.dsn_senders.len(),
-        "dsns_suppressed_unauthenticated": plan.policy_totals().unauthenticated,
-        "dsns_suppressed_spam": plan.policy_totals().spam,
-        "projected_seconds": plan.projected(&cfg.pace).map(|d| d.as_secs_f64()),
-        "oldest": plan.oldest.map(|t| t.to_rfc3339()),
-        "newest": plan.newest.map(|t| t.to_rfc3339()),
-        "quarantined": facts.quarantine.0,
-        "outside": plan.outside.messages,
-        "unexpected": plan.unexpected.values().map(|a| a.messages).sum::<u64>(),
-        "duplicates": facts.duplicates.1,
-        "mass_bounce": guard(cfg, inc, plan).as_ref().map(events::mass_bounce),
-    });
-    if !facts.combined.is_empty() {
-        let paths: Vec<&str> = facts.combined.iter().map(|l| l.path.as_str()).collect();
-        summary["ledgers"] = json!(paths);
+    let ledgers = (!facts.combined.is_empty())
+        .then(|| facts.combined.iter().map(|l| l.path.as_str()).collect());
+    Event::ReportSummary {
+        incident: &inc.name,
+        now: cfg.now.to_rfc3339(),
+        messages: plan.messages,
+        dispositions,
+        states,
+        deliveries: plan.deliveries,
+        dsns: plan.dsns,
+        dsn_senders: plan.dsn_senders.len(),
+        dsns_suppressed_unauthenticated: plan.policy_totals().unauthenticated,
+        dsns_suppressed_spam: plan.policy_totals().spam,
+        projected_seconds: plan.projected(&cfg.pace).map(|d| d.as_secs_f64()),
+        oldest: plan.oldest.map(|t| t.to_rfc3339()),
+        newest: plan.newest.map(|t| t.to_rfc3339()),
+        quarantined: facts.quarantine.0,
+        outside: plan.outside.messages,
+        unexpected: plan.unexpected.values().map(|a| a.messages).sum::<u64>(),
+        duplicates: facts.duplicates.1,
+        mass_bounce: guarded.map(|m| Box::new(Event::mass_bounce(m))),
+        ledgers,
     }
-    summary
 }
 
 /// The summary as `key,value` rows.
@@ -600,7 +586,7 @@ fn summary_csv(
     facts: &Facts,
 ) -> Result<()> {
     let mut w = SheetWriter::begin(out, Format::Csv, "summary", "", &["key", "value"])?;
-    let mut kv = |k: &str, v: Cell| w.row(vec![Cell::text(k), v]);
+    let mut kv = |k: &str, v: Cell| w.plain_row(vec![Cell::text(k), v]);
     kv("incident", Cell::text(inc.name.as_str()))?;
     kv("now", Cell::Text(cfg.now.to_rfc3339()))?;
     kv("messages", Cell::Count(plan.messages))?;
@@ -714,19 +700,7 @@ fn mailbox_sheet(out: &mut dyn Sink, f: Format) -> Result<SheetWriter<'_>> {
 }
 
 fn mailbox_line(w: &mut SheetWriter<'_>, m: &MailboxRow) -> Result<()> {
-    w.row(vec![
-        Cell::text(m.mailbox.as_str()),
-        Cell::Count(m.messages),
-        Cell::Count(m.delivered_late),
-        Cell::Seconds(m.worst_delay_seconds),
-        Cell::Count(m.bounced),
-        Cell::Count(m.dropped),
-        Cell::Count(m.held),
-        Cell::Count(m.pending),
-        Cell::Count(m.uncertain),
-        Cell::Count(m.over_quota),
-    ])
-    .context("cannot write the report")
+    w.row(&Event::mailbox(m)).context("cannot write the report")
 }
 
 fn sender_domain_sheet(out: &mut dyn Sink, f: Format) -> Result<SheetWriter<'_>> {
@@ -741,13 +715,8 @@ fn sender_domain_sheet(out: &mut dyn Sink, f: Format) -> Result<SheetWriter<'_>>
 }
 
 fn sender_domain_line(w: &mut SheetWriter<'_>, d: &SenderDomainRow) -> Result<()> {
-    w.row(vec![
-        Cell::text(d.sender_domain.as_str()),
-        Cell::Count(d.dsns),
-        Cell::Count(d.senders),
-        Cell::Count(d.recipients),
-    ])
-    .context("cannot write the report")
+    w.row(&Event::sender_domain(d))
+        .context("cannot write the report")
 }
 
 fn html_report<'a>(
