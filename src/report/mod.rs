@@ -5,9 +5,12 @@
 //! are RFC 3339. The types are listed in README ("JSON events") and are the variants of
 //! `event::Event`.
 
+pub mod affected;
 pub mod event;
 pub mod html;
+pub mod page;
 pub mod progress;
+pub mod sections;
 pub mod sheet;
 pub mod svg;
 pub mod table;
