@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::incident::TestIncident;
 use crate::support::sink::{Sink, header};
 use crate::support::{Cli, Rng, check, drill_trials, kill_9_after, run_trials, sha256_file};
 
@@ -274,23 +275,25 @@ fn write_spool(dir: &Path, items: &[(&str, &str, &str)]) {
     }
 }
 
-const SMALL_INCIDENT: &str = r#"
-name = "test outage"
-reporting_mta = "mx.example.net"
-restored_at = "2023-01-10T00:00:00Z"
-queue_lifetime = "30d"
-[[window]]
-name = "held"
-start = "2023-01-01T00:00:00Z"
-end = "2023-01-05T00:00:00Z"
-action = "hold"
-[[window]]
-name = "rejected"
-start = "2023-01-05T00:00:00Z"
-end = "2023-01-10T00:00:00Z"
-action = "bounce"
-status = "5.2.1"
-"#;
+/// Holds what arrived in the first days of January, bounces what arrived in the five days
+/// before the restore.
+fn small_incident() -> TestIncident {
+    TestIncident::new()
+        .reporting_mta("mx.example.net")
+        .restored_at("2023-01-10T00:00:00Z")
+        .window(
+            "held",
+            "2023-01-01T00:00:00Z",
+            "2023-01-05T00:00:00Z",
+            "hold",
+        )
+        .bounce_window(
+            "rejected",
+            "2023-01-05T00:00:00Z",
+            "2023-01-10T00:00:00Z",
+            "5.2.1",
+        )
+}
 
 fn sidecar(sender: &str, recipients: &str, arrival: &str) -> String {
     format!(r#"{{"sender": "{sender}", "recipients": {recipients}, "arrival": "{arrival}"}}"#)
@@ -311,8 +314,7 @@ fn small(cli: &Cli, items: &[(&str, String, String)]) -> String {
         .map(|(n, s, m)| (*n, s.as_str(), m.as_str()))
         .collect();
     write_spool(&spool, &borrowed);
-    let incident = cli.at("incident.toml");
-    std::fs::write(&incident, SMALL_INCIDENT).expect("incident");
+    let incident = small_incident().write(cli.path());
     check(&cli.run(&["ingest".as_ref(), spool.as_os_str()]), 0);
     incident.display().to_string()
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::incident::TestIncident;
 use crate::support::{
     Cli, Outcome, Rng, check, clean_outcome, drill_trials, ingested, ledger_recipients, list_files,
     sample_spool, sha256_file,
@@ -572,13 +573,12 @@ fn hostile_recipients_never_become_paths() {
     ingest.arg(&spool);
     let out = ingest.output().expect("ingest");
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let incident = cli.at("incident.toml");
-    std::fs::write(
-        &incident,
-        "name = \"t\"\nreporting_mta = \"mx.test\"\nrestored_at = \"2023-01-24T00:00:00Z\"\n\
-         queue_lifetime = \"3650d\"\noutside = \"deliver\"\n",
-    )
-    .expect("incident");
+    let incident = TestIncident::new()
+        .reporting_mta("mx.test")
+        .restored_at("2023-01-24T00:00:00Z")
+        .lifetime("3650d")
+        .outside("deliver")
+        .write(cli.path());
     let store = cli.at("store");
     let args = [
         "--json".to_string(),

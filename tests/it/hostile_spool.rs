@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::support::incident::TestIncident;
 use crate::support::minispool::{self, Mail};
 use crate::support::{Cli, Output, check, ledger_recipients};
 
@@ -394,10 +395,9 @@ fn bounces_preview_says_a_dsn_cannot_be_made_instead_of_failing() {
     let cli = Cli::new();
     minispool::ingest(&cli, &[Mail::plain(1, &["r@example.net"])]);
     patch_message(&cli.ledger, "0001-mini", "sender", &"MAILER-DAEMON");
-    let incident = minispool::write_incident(
-        cli.path(),
-        Some(&minispool::INCIDENT.replace("action = \"deliver\"", "action = \"bounce\"")),
-    );
+    let incident = TestIncident::deliver_all()
+        .every_window("bounce")
+        .write(cli.path());
     let out = cli.run(&[
         "bounces".as_ref(),
         "preview".as_ref(),
@@ -432,7 +432,7 @@ fn one_arrival_an_earlier_version_kept_does_not_break_report_or_run() {
         "arrival_unix",
         &ancient.timestamp(),
     );
-    let incident = minispool::write_incident(cli.path(), None);
+    let incident = TestIncident::deliver_all().write(cli.path());
     let report = cli.run(&[
         "--json".as_ref(),
         "report".as_ref(),

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::support::incident::TestIncident;
 use crate::support::mailhost::{MailHost, User, as_stored, without_trace};
 use crate::support::minispool::{self, Mail};
 use crate::support::{
@@ -266,10 +267,9 @@ fn run_imap_over_quota_defers() {
     // The mail expires a few seconds into the run, after some retries: NOW is 116 h after
     // the mini spool's arrival.
     let lifetime = 116 * 3600 + 6;
-    minispool::write_incident(
-        cli.path(),
-        Some(&minispool::INCIDENT.replace("\"30d\"", &format!("\"{lifetime}s\""))),
-    );
+    TestIncident::deliver_all()
+        .lifetime(&format!("{lifetime}s"))
+        .write(cli.path());
     let out = cli.run_env(&args, &MailHost::imap_env());
     let summary = out.event("run_summary");
     assert!(summary["deferred"].as_u64().unwrap_or(0) >= 2, "{summary}");
@@ -569,24 +569,17 @@ fn run_imap_real_postfix_queue_exactly_once_dated_by_arrival() {
     let cli = Cli::new();
     let spool = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/postfix/spool");
     check(&cli.run(&["ingest".as_ref(), spool.as_os_str()]), 0);
-    let incident = cli.at("incident.toml");
-    std::fs::write(
-        &incident,
-        r#"name = "postfix queue"
-reporting_mta = "mx1.example.net"
-restored_at = "2030-01-01T00:00:00Z"
-queue_lifetime = "36500d"
-lifetime_from = "arrival"
-outside = "hold"
-
-[[window]]
-name = "all"
-start = "2000-01-01T00:00:00Z"
-end = "2030-01-01T00:00:00Z"
-action = "deliver"
-"#,
-    )
-    .expect("incident");
+    let incident = TestIncident::new()
+        .name("postfix queue")
+        .restored_at("2030-01-01T00:00:00Z")
+        .lifetime("36500d")
+        .window(
+            "all",
+            "2000-01-01T00:00:00Z",
+            "2030-01-01T00:00:00Z",
+            "deliver",
+        )
+        .write(cli.path());
     let rows = ledger_recipients(&cli.ledger);
     let host = MailHost::start_imap(
         &mailbox_addresses(&rows)

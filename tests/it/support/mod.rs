@@ -5,6 +5,7 @@
 
 pub mod dovecot;
 pub mod golden;
+pub mod incident;
 pub mod mailhost;
 pub mod minispool;
 pub mod prometheus;
