@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::incident::TestIncident;
 use crate::support::{
-    Cli, Outcome, Rng, check, clean_outcome, drill_trials, ingested, ledger_recipients, list_files,
-    sample_spool, sha256_file,
+    Cli, Outcome, Rng, check, clean_outcome, drill_trials, ingested, ledger_messages,
+    ledger_recipients, list_files, read_ledger, sample_spool, sha256_file,
 };
 
 const SIGKILL: i32 = 9;
@@ -247,6 +247,8 @@ fn refused_without_damage(cli: &Cli, code: i32, says: &str) {
 fn ledger_from_a_newer_version_is_refused_by_every_command() {
     let cli = ingested();
     {
+        // Raw SQL on purpose: this forges a ledger no spoolreplay writes (a newer schema),
+        // which `Ledger`'s own API would refuse to open.
         let conn = rusqlite::Connection::open(&cli.ledger).expect("open ledger");
         conn.pragma_update(None, "user_version", 999)
             .expect("set user_version");
@@ -766,35 +768,40 @@ fn ingest_drill_spool() -> tempfile::TempDir {
 /// The ledger's content without its timestamps: messages, recipients with state, the
 /// number of audit events per recipient, and the open quarantine.
 fn ledger_content(ledger: &Path) -> Vec<String> {
-    let conn =
-        rusqlite::Connection::open_with_flags(ledger, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .expect("open ledger");
+    let read = read_ledger(ledger);
+    let mut messages = ledger_messages(ledger);
+    messages.sort_by(|a, b| a.message.source.path.cmp(&b.message.source.path));
     let mut rows = Vec::new();
-    let queries = [
-        "SELECT 'm', content_hash, source_path, source_offset, queue_id, size, sender, arrival \
-         FROM messages ORDER BY source_path",
-        "SELECT 'r', m.source_path, r.address, r.state, (SELECT count(*) FROM events e \
-         WHERE e.recipient_id = r.id), '', '', '' FROM recipients r \
-         JOIN messages m ON m.id = r.message_id ORDER BY m.source_path, r.address",
-        "SELECT 'q', source_path, reason, resolved_at IS NULL, '', '', '', '' FROM quarantine \
-         ORDER BY source_path",
-    ];
-    for sql in queries {
-        let mut stmt = conn.prepare(sql).expect("prepare");
-        let found = stmt
-            .query_map([], |r| {
-                let cols: Vec<String> = (0..8)
-                    .map(|i| {
-                        r.get::<_, rusqlite::types::Value>(i)
-                            .map(|v| format!("{v:?}"))
-                    })
-                    .collect::<rusqlite::Result<_>>()?;
-                Ok(cols.join("|"))
-            })
-            .expect("query")
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .expect("rows");
-        rows.extend(found);
+    for w in &messages {
+        let m = &w.message;
+        rows.push(format!(
+            "m|{}|{}|{}|{}|{}|{}|{}",
+            m.content_hash,
+            m.source.path.display(),
+            m.source.offset,
+            m.queue_id,
+            m.size,
+            m.sender.as_str(),
+            m.arrival.to_rfc3339()
+        ));
+    }
+    for w in &messages {
+        let mut recipients: Vec<_> = w.recipients.iter().collect();
+        recipients.sort_by(|a, b| a.address.cmp(&b.address));
+        for r in recipients {
+            let events = read.events_of(r.id).expect("events").len();
+            rows.push(format!(
+                "r|{}|{}|{}|{events}",
+                w.message.source.path.display(),
+                r.address,
+                r.state.as_str()
+            ));
+        }
+    }
+    let (_, mut quarantined) = read.quarantined(usize::MAX).expect("quarantine");
+    quarantined.sort_by(|a, b| a.source_path.cmp(&b.source_path));
+    for q in quarantined {
+        rows.push(format!("q|{}|{}", q.source_path, q.reason));
     }
     rows
 }
@@ -919,7 +926,7 @@ fn sigterm_or_sighup_during_ingest_commits_what_was_read() {
                 );
                 let messages = ledger_content(&cli.ledger)
                     .iter()
-                    .filter(|r| r.starts_with("Text(\"m\")"))
+                    .filter(|r| r.starts_with("m|"))
                     .count() as u64;
                 assert_eq!(summary["new"], messages, "{what}: committed = counted");
             }

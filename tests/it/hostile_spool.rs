@@ -322,7 +322,8 @@ fn arrivals_before_1990_or_after_the_file_are_quarantined_postfix_and_exim() {
     assert!(reason_for(&out, &format!("{}-H", ids[0])).contains("before 1990"));
 }
 
-/// Rewrites one message of the ledger as an earlier version may have left it.
+/// Rewrites one message of the ledger as an earlier version may have left it. Raw SQL on
+/// purpose: it forges rows that `Ledger`'s API never writes.
 fn patch_message(ledger: &Path, queue_id: &str, column: &str, value: &dyn rusqlite::ToSql) {
     let conn = rusqlite::Connection::open(ledger).expect("open ledger");
     let n = conn

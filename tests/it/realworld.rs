@@ -697,7 +697,8 @@ fn a_ledger_of_the_earlier_hash_rule_still_works() {
         .unwrap();
     }
     ingest(&cli, &spool);
-    // Make it what the earlier version wrote.
+    // Make it what the earlier version wrote: raw SQL on purpose, it forges what no
+    // current `Ledger` writes.
     {
         let conn = rusqlite::Connection::open(&cli.ledger).unwrap();
         conn.execute("DELETE FROM meta WHERE key = 'content_hash'", [])

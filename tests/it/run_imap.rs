@@ -7,12 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use spoolreplay::ledger::RcptState;
+
 use crate::support::incident::TestIncident;
 use crate::support::mailhost::{MailHost, User, as_stored, without_trace};
 use crate::support::minispool::{self, Mail};
 use crate::support::{
     ChildGuard, Cli, LedgerRecipient, NOW, Rng, check, drill_trials, incident, ingested,
-    kill_9_after, ledger_recipients, run_trials,
+    kill_9_after, ledger_messages, ledger_recipients, run_trials,
 };
 
 /// Left out of Dovecot's users: the master user cannot open them (5.1.1).
@@ -59,22 +61,15 @@ fn run_imap(cli: &Cli, host: &MailHost, extra: &[&str]) -> crate::support::Outpu
 
 /// Per mailbox, the arrival (unix seconds) of every message the ledger calls delivered.
 fn delivered_arrivals(ledger: &std::path::Path) -> BTreeMap<String, Vec<i64>> {
-    let conn =
-        rusqlite::Connection::open_with_flags(ledger, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .expect("open ledger");
-    let mut stmt = conn
-        .prepare(
-            "SELECT lower(r.address), m.arrival_unix FROM recipients r \
-             JOIN messages m ON m.id = r.message_id WHERE r.state = 'delivered'",
-        )
-        .expect("prepare");
     let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for row in stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-        .expect("query")
-    {
-        let (a, t) = row.expect("row");
-        out.entry(a).or_default().push(t);
+    for work in ledger_messages(ledger) {
+        for r in work.recipients {
+            if r.state == RcptState::Delivered {
+                out.entry(r.address.to_lowercase())
+                    .or_default()
+                    .push(work.message.arrival.timestamp());
+            }
+        }
     }
     for v in out.values_mut() {
         v.sort_unstable();

@@ -128,30 +128,26 @@ pub struct LedgerEvent {
     pub detail: Option<String>,
 }
 
-/// Every event, in order (read-only).
+/// Every event, recipient by recipient in ledger order, each one's oldest first
+/// (read-only).
+#[track_caller]
 pub fn ledger_events(ledger: &Path) -> Vec<LedgerEvent> {
-    let conn =
-        rusqlite::Connection::open_with_flags(ledger, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .expect("open ledger");
-    let mut stmt = conn
-        .prepare(
-            "SELECT m.queue_id, r.address, e.from_state, e.to_state, e.detail \
-             FROM events e JOIN recipients r ON r.id = e.recipient_id \
-             JOIN messages m ON m.id = r.message_id ORDER BY e.id",
-        )
-        .expect("prepare");
-    stmt.query_map([], |r| {
-        Ok(LedgerEvent {
-            queue_id: r.get(0)?,
-            address: r.get(1)?,
-            from_state: r.get(2)?,
-            to_state: r.get(3)?,
-            detail: r.get(4)?,
-        })
-    })
-    .expect("query")
-    .collect::<rusqlite::Result<Vec<_>>>()
-    .expect("rows")
+    let read = super::read_ledger(ledger);
+    let mut out = Vec::new();
+    for work in super::ledger_messages(ledger) {
+        for r in &work.recipients {
+            for e in read.events_of(r.id).expect("read events") {
+                out.push(LedgerEvent {
+                    queue_id: work.message.queue_id.clone(),
+                    address: r.address.clone(),
+                    from_state: e.from.map(|s| s.as_str().to_string()),
+                    to_state: e.to.as_str().to_string(),
+                    detail: e.detail,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Per (queue id, address): the states it went through, in order.
