@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::config::{AuditConfig, Output};
 use crate::exit::Exit;
-use crate::ledger::queries::{AuditRecipient, EventRow};
+use crate::ledger::audit::{AuditRecipient, EventRow};
 use crate::ledger::{Ledger, RcptState};
 use crate::report::Printer;
 use crate::sanitize::for_terminal;
