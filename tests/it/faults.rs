@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::incident::TestIncident;
+use crate::support::postfix_queue::record;
 use crate::support::{
     Cli, Outcome, Rng, check, clean_outcome, drill_trials, ingested, ledger_messages,
     ledger_recipients, list_files, read_ledger, sample_spool, sha256_file,
@@ -328,22 +329,6 @@ fn second_writer_is_refused_while_a_run_holds_the_ledger() {
 // ---------------------------------------------------------------------------------------
 // Hostile input at volume
 
-/// One Postfix queue-file record: type, base-128 length, data.
-fn record(kind: u8, data: &[u8]) -> Vec<u8> {
-    let mut out = vec![kind];
-    let mut n = data.len();
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        out.push(if n > 0 { byte | 0x80 } else { byte });
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(data);
-    out
-}
-
 /// A complete queue file; `header` lines are added before the body.
 fn queue_file(id: u64, recipients: &[&[u8]], header: &[Vec<u8>]) -> Vec<u8> {
     let mut f = record(
@@ -504,20 +489,22 @@ fn hostile_postfix_spool(root: &Path, seed: u64) -> HostileSpool {
     }
 }
 
-#[test]
-fn hostile_postfix_spool_at_volume_is_quarantined_item_by_item_in_flat_memory() {
-    let cli = Cli::new();
-    let spool = cli.at("spool");
-    let made = hostile_postfix_spool(&spool, 20230122);
-    let mut cmd = cli.command(&["--json", "ingest", "--format", "postfix"]);
-    cmd.arg(&spool);
+/// Ingests the hostile spool `made` in `cli`'s `spool/` as `format`: every good message is
+/// taken, every bad file is quarantined on its own with a reason, and the peak RSS stays
+/// under `HOSTILE_RSS_LIMIT`. Returns the ingest summary.
+#[track_caller]
+fn quarantined_item_by_item_in_flat_memory(
+    cli: &Cli,
+    format: &str,
+    made: &HostileSpool,
+) -> serde_json::Value {
+    let mut cmd = cli.command(&["--json", "ingest", "--format", format]);
+    cmd.arg(cli.at("spool"));
     let started = Instant::now();
     let (out, peak) = run_measured(cmd);
     check(&out, 0);
-    let took = started.elapsed();
     let summary = out.event("ingest_summary");
     assert_eq!(summary["messages"], made.good as u64, "{summary}");
-    assert_eq!(summary["quarantined"], made.bad.len() as u64, "{summary}");
     let reasons: BTreeMap<String, String> = out
         .events("quarantined")
         .into_iter()
@@ -535,8 +522,9 @@ fn hostile_postfix_spool_at_volume_is_quarantined_item_by_item_in_flat_memory() 
     }
     assert_eq!(reasons.len(), made.bad.len(), "unexpected quarantines");
     eprintln!(
-        "hostile postfix spool: {} items in {took:?}, peak RSS {} MB",
+        "hostile {format} spool: {} items in {:?}, peak RSS {} MB",
         made.good + made.bad.len(),
+        started.elapsed(),
         peak >> 20
     );
     assert!(
@@ -545,6 +533,16 @@ fn hostile_postfix_spool_at_volume_is_quarantined_item_by_item_in_flat_memory() 
         peak >> 20,
         HOSTILE_RSS_LIMIT >> 20
     );
+    summary
+}
+
+#[test]
+fn hostile_postfix_spool_at_volume_is_quarantined_item_by_item_in_flat_memory() {
+    let cli = Cli::new();
+    let spool = cli.at("spool");
+    let made = hostile_postfix_spool(&spool, 20230122);
+    let summary = quarantined_item_by_item_in_flat_memory(&cli, "postfix", &made);
+    assert_eq!(summary["quarantined"], made.bad.len() as u64, "{summary}");
     let rows = ledger_recipients(&cli.ledger);
     assert_eq!(
         rows.iter().filter(|r| r.queue_id == "M00000").count(),
@@ -700,41 +698,7 @@ fn hostile_eml_spool_at_volume_is_quarantined_item_by_item_in_flat_memory() {
     let cli = Cli::new();
     let spool = cli.at("spool");
     let made = hostile_eml_spool(&spool, 19991231);
-    let mut cmd = cli.command(&["--json", "ingest", "--format", "eml"]);
-    cmd.arg(&spool);
-    let started = Instant::now();
-    let (out, peak) = run_measured(cmd);
-    check(&out, 0);
-    let summary = out.event("ingest_summary");
-    assert_eq!(summary["messages"], made.good as u64, "{summary}");
-    let reasons: BTreeMap<String, String> = out
-        .events("quarantined")
-        .into_iter()
-        .map(|q| {
-            let path = q["path"].as_str().unwrap_or_default().to_string();
-            let name = path.rsplit('/').next().unwrap_or_default().to_string();
-            (name, q["reason"].as_str().unwrap_or_default().to_string())
-        })
-        .collect();
-    for name in made.bad.keys() {
-        let reason = reasons
-            .get(name)
-            .unwrap_or_else(|| panic!("{name} was not quarantined"));
-        assert!(reason.len() > 5, "{name}: no real reason: {reason:?}");
-    }
-    assert_eq!(reasons.len(), made.bad.len(), "unexpected quarantines");
-    eprintln!(
-        "hostile eml spool: {} items in {:?}, peak RSS {} MB",
-        made.good + made.bad.len(),
-        started.elapsed(),
-        peak >> 20
-    );
-    assert!(
-        peak < HOSTILE_RSS_LIMIT,
-        "peak RSS {} MB (limit {} MB)",
-        peak >> 20,
-        HOSTILE_RSS_LIMIT >> 20
-    );
+    quarantined_item_by_item_in_flat_memory(&cli, "eml", &made);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::support::incident::TestIncident;
 use crate::support::minispool::{self, Mail};
+use crate::support::postfix_queue::record;
 use crate::support::{Cli, Output, check, ledger_recipients};
 
 /// `--json ingest SPOOL`, expected to succeed.
@@ -231,22 +232,6 @@ fn senders_that_cannot_be_a_return_path_are_quarantined_at_ingest() {
     }
     let reason = reason_for(&out, &format!("{:04}-mini.eml", bad.len() + 1));
     assert!(reason.contains("longer than the 256"), "{reason}");
-}
-
-/// One Postfix queue-file record: type, base-128 length, data.
-fn record(kind: u8, data: &[u8]) -> Vec<u8> {
-    let mut out = vec![kind];
-    let mut n = data.len();
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        out.push(if n > 0 { byte | 0x80 } else { byte });
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(data);
-    out
 }
 
 /// A small Postfix queue file whose `T` record says `time`.

@@ -8,6 +8,7 @@ pub mod golden;
 pub mod incident;
 pub mod mailhost;
 pub mod minispool;
+pub mod postfix_queue;
 pub mod prometheus;
 pub mod redis;
 pub mod sink;
