@@ -18,8 +18,31 @@ pub struct TestIncident {
     queue_lifetime: String,
     lifetime_from: String,
     outside: String,
-    windows: Vec<String>,
+    windows: Vec<Window>,
     sections: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Window {
+    name: String,
+    start: String,
+    end: String,
+    action: String,
+    /// The DSN status of a bouncing window.
+    status: Option<String>,
+}
+
+impl Window {
+    fn toml(&self) -> String {
+        let mut text = format!(
+            "[[window]]\nname = \"{}\"\nstart = \"{}\"\nend = \"{}\"\naction = \"{}\"\n",
+            self.name, self.start, self.end, self.action
+        );
+        if let Some(status) = &self.status {
+            text.push_str(&format!("status = \"{status}\"\n"));
+        }
+        text
+    }
 }
 
 impl Default for TestIncident {
@@ -88,33 +111,36 @@ impl TestIncident {
 
     /// A `[[window]]` with `action` (`deliver`, `hold`, `bounce`).
     pub fn window(self, name: &str, start: &str, end: &str, action: &str) -> Self {
-        self.window_with(name, start, end, action, "")
+        self.window_with(name, start, end, action, None)
     }
 
     /// A bouncing `[[window]]` whose DSNs carry `status`.
     pub fn bounce_window(self, name: &str, start: &str, end: &str, status: &str) -> Self {
-        self.window_with(
-            name,
-            start,
-            end,
-            "bounce",
-            &format!("status = \"{status}\"\n"),
-        )
+        self.window_with(name, start, end, "bounce", Some(status))
     }
 
-    fn window_with(mut self, name: &str, start: &str, end: &str, action: &str, more: &str) -> Self {
-        self.windows.push(format!(
-            "[[window]]\nname = \"{name}\"\nstart = \"{start}\"\nend = \"{end}\"\naction = \"{action}\"\n{more}"
-        ));
+    fn window_with(
+        mut self,
+        name: &str,
+        start: &str,
+        end: &str,
+        action: &str,
+        status: Option<&str>,
+    ) -> Self {
+        self.windows.push(Window {
+            name: name.into(),
+            start: start.into(),
+            end: end.into(),
+            action: action.into(),
+            status: status.map(str::to_string),
+        });
         self
     }
 
     /// Every window's action becomes `action` (the same timeline, another outcome).
     pub fn every_window(mut self, action: &str) -> Self {
         for w in &mut self.windows {
-            let at = w.find("action = ").expect("a window has an action");
-            let end = at + w[at..].find('\n').expect("one key a line");
-            w.replace_range(at..end, &format!("action = \"{action}\""));
+            w.action = action.into();
         }
         self
     }
@@ -135,9 +161,10 @@ impl TestIncident {
             self.lifetime_from,
             self.outside
         );
-        for part in self.windows.iter().chain(&self.sections) {
+        let windows = self.windows.iter().map(Window::toml);
+        for part in windows.chain(self.sections.iter().cloned()) {
             text.push('\n');
-            text.push_str(part);
+            text.push_str(&part);
         }
         text
     }
