@@ -264,20 +264,7 @@ fn only_senders_the_policy_trusts_get_a_dsn_and_the_rest_are_dropped_with_the_re
         forged.stdout
     );
 
-    let out = cli.run(&[
-        "--json",
-        "run",
-        "--incident",
-        &incident_arg,
-        "--store",
-        &format!("maildir:{}", cli.store().display()),
-        "--outbox",
-        &cli.outbox().display().to_string(),
-        "--now",
-        now,
-        "--max-bounce-share",
-        "100",
-    ]);
+    let out = cli.run(&cli.run_args_with(&incident, now, &["--max-bounce-share", "100"]));
     check(&out, 0);
 
     let by_name: BTreeMap<String, _> = ledger_recipients(&cli.ledger)
@@ -626,20 +613,8 @@ fn delay_warnings_skip_senders_the_policy_would_not_bounce_to() {
         .section("[bounces]\nspam = \"suppress\"\n")
         .write(cli.path());
     check(&cli.run(&["ingest".as_ref(), spool.as_os_str()]), 0);
-    let out = cli.run(&[
-        "--json",
-        "run",
-        "--incident",
-        &incident.display().to_string(),
-        "--store",
-        &format!("maildir:{}", cli.store().display()),
-        "--outbox",
-        &cli.outbox().display().to_string(),
-        "--now",
-        "2023-01-04T00:00:00Z",
-        "--warn-after",
-        "24h",
-    ]);
+    let out =
+        cli.run(&cli.run_args_with(&incident, "2023-01-04T00:00:00Z", &["--warn-after", "24h"]));
     check(&out, 0);
     let dsns = cli.run(&["--json", "bounces"]).events("dsn");
     let to: Vec<&str> = dsns

@@ -358,20 +358,7 @@ fn delay_warnings_go_once_and_only_where_owed() {
         ],
     );
     let run = |now: &str| {
-        let out = cli.run(&[
-            "--json",
-            "run",
-            "--incident",
-            &incident,
-            "--store",
-            &format!("maildir:{}", cli.store().display()),
-            "--outbox",
-            &cli.outbox().display().to_string(),
-            "--now",
-            now,
-            "--warn-after",
-            "24h",
-        ]);
+        let out = cli.run(&cli.run_args_with(Path::new(&incident), now, &["--warn-after", "24h"]));
         check(&out, 0);
         out
     };
@@ -416,21 +403,12 @@ fn failed_bounces_get_a_postmaster_copy_only_when_asked() {
                 message("", "bounce-of-a-bounce"),
             )],
         );
-        let mut args = vec![
-            "--json".to_string(),
-            "run".into(),
-            "--incident".into(),
-            incident,
-            "--store".into(),
-            format!("maildir:{}", cli.store().display()),
-            "--outbox".into(),
-            cli.outbox().display().to_string(),
-            "--now".into(),
-            "2023-01-07T00:00:00Z".into(),
-            // Its one message is bounced by the window, as meant: above the default guard.
-            "--max-bounce-share".into(),
-            "100".into(),
-        ];
+        // Its one message is bounced by the window, as meant: above the default guard.
+        let mut args = cli.run_args_with(
+            Path::new(&incident),
+            "2023-01-07T00:00:00Z",
+            &["--max-bounce-share", "100"],
+        );
         if let Some(p) = postmaster {
             args.extend(["--postmaster".to_string(), p.to_string()]);
         }

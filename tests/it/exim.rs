@@ -744,20 +744,7 @@ fn ingest_and_run_an_exim_spool() {
             "deliver",
         )
         .write(cli.path());
-    let store = format!("maildir:{}", cli.store().display());
-    let outbox = cli.outbox().display().to_string();
-    let out = cli.run(&[
-        "--json",
-        "run",
-        "--incident",
-        incident.to_str().expect("utf-8"),
-        "--store",
-        &store,
-        "--outbox",
-        &outbox,
-        "--now",
-        "2026-12-02T00:00:00Z",
-    ]);
+    let out = cli.run(&cli.run_args_with(&incident, "2026-12-02T00:00:00Z", &[]));
     support::check(&out, 0);
     let delivered: BTreeSet<String> = out
         .events("outcome")

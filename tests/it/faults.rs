@@ -579,20 +579,8 @@ fn hostile_recipients_never_become_paths() {
         .lifetime("3650d")
         .outside("deliver")
         .write(cli.path());
-    let store = cli.at("store");
-    let args = [
-        "--json".to_string(),
-        "run".into(),
-        "--incident".into(),
-        incident.display().to_string(),
-        "--store".into(),
-        format!("maildir:{}", store.display()),
-        "--outbox".into(),
-        cli.at("outbox").display().to_string(),
-        "--now".into(),
-        "2023-01-24T00:00:00Z".into(),
-    ];
-    let run = cli.run(&args);
+    let store = cli.store();
+    let run = cli.run(&cli.run_args_with(&incident, "2023-01-24T00:00:00Z", &[]));
     check(&run, 0);
     let outcomes: BTreeMap<String, String> = run
         .events("outcome")

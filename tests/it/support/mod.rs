@@ -187,19 +187,26 @@ impl Cli {
         out
     }
 
-    /// The arguments of a `run` into `store/` and `outbox/` in the temp dir.
+    /// The arguments of a `run` of the sample incident at `NOW` into `store/` and
+    /// `outbox/` in the temp dir.
     pub fn run_args(&self, extra: &[&str]) -> Vec<String> {
+        self.run_args_with(&incident(), NOW, extra)
+    }
+
+    /// The arguments of a `--json run` of `incident` at `now` into `store/` (a Maildir)
+    /// and `outbox/` in the temp dir, then `extra`.
+    pub fn run_args_with(&self, incident: &Path, now: &str, extra: &[&str]) -> Vec<String> {
         let mut args = vec![
             "--json".to_string(),
             "run".into(),
             "--incident".into(),
-            incident().display().to_string(),
+            incident.display().to_string(),
             "--store".into(),
             format!("maildir:{}", self.store().display()),
             "--outbox".into(),
             self.outbox().display().to_string(),
             "--now".into(),
-            NOW.into(),
+            now.into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         args
