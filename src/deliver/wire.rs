@@ -536,6 +536,8 @@ pub struct Capabilities {
     pub smtputf8: bool,
     pub dsn: bool,
     pub starttls: bool,
+    /// RFC 2920: the envelope commands may go in one write, their replies read after.
+    pub pipelining: bool,
 }
 
 impl Capabilities {
@@ -553,6 +555,7 @@ impl Capabilities {
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "DSN" => caps.dsn = true,
                 "STARTTLS" => caps.starttls = true,
+                "PIPELINING" => caps.pipelining = true,
                 _ => {}
             }
         }
@@ -817,6 +820,7 @@ mod tests {
             caps,
             Capabilities {
                 eight_bit_mime: true,
+                pipelining: true,
                 ..Capabilities::default()
             }
         );
@@ -826,6 +830,7 @@ mod tests {
             .unwrap();
         let caps = Capabilities::from_reply(&sink);
         assert!(caps.dsn && caps.smtputf8 && caps.starttls && !caps.eight_bit_mime);
+        assert!(!caps.pipelining);
     }
 
     #[test]
@@ -837,6 +842,7 @@ mod tests {
             smtputf8: true,
             dsn: true,
             starttls: false,
+            pipelining: true,
         };
         assert_eq!(
             format_params(&mail_params(&delivery(&s, b"ascii"), &plain, false)),
