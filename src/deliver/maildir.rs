@@ -31,7 +31,7 @@
 //! - A missing root is never recreated by `deliver`: it most likely means the restored
 //!   store is not mounted, and writing would fill the mount point instead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -54,7 +54,15 @@ use names::{
 pub struct MaildirStore {
     /// Absolute and canonical, so the lexical "stays under the root" check is meaningful.
     root: PathBuf,
+    /// Maildirs this store made or found whole (`tmp`, `new`, `cur`), so the next copy for
+    /// the mailbox skips the six `mkdir` and six `stat` of `ensure_maildir`. Forgotten on
+    /// any failure in it (a folder removed meanwhile is made again), and emptied when it
+    /// reaches `READY_CACHE` entries, so memory does not grow with the mailboxes.
+    ready: HashSet<PathBuf>,
 }
+
+/// How many maildirs `MaildirStore::ready` remembers at most (about 100 bytes each).
+const READY_CACHE: usize = 4096;
 
 impl MaildirStore {
     /// Opens the store at `root`, creating the directory if it is missing.
@@ -71,7 +79,10 @@ impl MaildirStore {
                 &format!("cannot resolve store root `{}`", root.display()),
             )
         })?;
-        Ok(MaildirStore { root })
+        Ok(MaildirStore {
+            root,
+            ready: HashSet::new(),
+        })
     }
 
     /// The canonical root directory.
@@ -98,7 +109,11 @@ impl MaildirStore {
     }
 
     /// Delivers one copy for one checked recipient.
-    fn deliver_one(&self, delivery: &Delivery<'_>, target: &Target) -> Result<Outcome, StoreError> {
+    fn deliver_one(
+        &mut self,
+        delivery: &Delivery<'_>,
+        target: &Target,
+    ) -> Result<Outcome, StoreError> {
         let maildir = self.maildir_path(target)?;
         match self.store_copy(delivery, target, &maildir) {
             Ok(outcome) => Ok(outcome),
@@ -129,12 +144,34 @@ impl MaildirStore {
     }
 
     fn store_copy(
-        &self,
+        &mut self,
         delivery: &Delivery<'_>,
         target: &Target,
         maildir: &Path,
     ) -> Result<Outcome, Problem> {
-        self.ensure_maildir(maildir)?;
+        let known = self.ready.contains(maildir);
+        if !known {
+            self.ensure_maildir(maildir)?;
+            if self.ready.len() >= READY_CACHE {
+                self.ready.clear();
+            }
+            self.ready.insert(maildir.to_path_buf());
+        }
+        let copied = self.copy_into(delivery, target, maildir, known);
+        if copied.is_err() {
+            self.ready.remove(maildir);
+        }
+        copied
+    }
+
+    /// `store_copy` once the maildir exists (`known`: it was not checked for this copy).
+    fn copy_into(
+        &self,
+        delivery: &Delivery<'_>,
+        target: &Target,
+        maildir: &Path,
+        known: bool,
+    ) -> Result<Outcome, Problem> {
         let bytes = stored_bytes(delivery.sender, &target.given, delivery.content);
         let name = file_name(delivery, target);
         let new_path = maildir.join("new").join(&name);
@@ -142,7 +179,16 @@ impl MaildirStore {
             return Ok(already_there(&found));
         }
         let tmp_path = maildir.join("tmp").join(&name);
-        write_tmp(&tmp_path, &bytes, arrival_time(delivery))?;
+        let mtime = arrival_time(delivery);
+        match crate::durable::write_new_at(&tmp_path, &bytes, Some(mtime)) {
+            Ok(()) => {}
+            // A maildir remembered from an earlier copy was removed since: made again.
+            Err(e) if known && e.source.kind() == ErrorKind::NotFound => {
+                self.ensure_maildir(maildir)?;
+                write_tmp(&tmp_path, &bytes, mtime)?;
+            }
+            Err(e) => return Err(io_problem(&e.source, e.action, &e.path)),
+        }
         if let Err(e) = fs::rename(&tmp_path, &new_path) {
             let _ = fs::remove_file(&tmp_path);
             return Err(io_problem(&e, "cannot move into", &new_path));
@@ -510,6 +556,31 @@ mod tests {
         let again = path(&store.deliver(&d, &rcpt).unwrap()[0]);
         assert_eq!(again, first);
         assert_eq!(mtime(&again), want);
+    }
+
+    #[test]
+    fn a_maildir_removed_during_the_run_is_made_again() {
+        let root = tempfile::tempdir().unwrap();
+        let mut store = MaildirStore::new(root.path()).unwrap();
+        let sender = crate::address::ReversePath::Address("s@x.test".into());
+        let at = chrono::DateTime::parse_from_rfc3339("2023-01-23T10:00:07+01:00").unwrap();
+        let rcpt = [RecipientSpec::plain("bob@example.net")];
+        let maildir = root.path().join("example.net/bob/Maildir");
+        let mut send = |key: &str| {
+            let d = Delivery::new(key, &sender, b"Subject: x\r\n\r\nbody\r\n", at);
+            store.deliver(&d, &rcpt).unwrap().remove(0)
+        };
+        assert!(matches!(send("k1"), Outcome::Delivered { .. }));
+        // The whole maildir goes: the remembered one is made again for the next copy.
+        fs::remove_dir_all(&maildir).unwrap();
+        assert!(matches!(send("k2"), Outcome::Delivered { .. }));
+        // Only `new/` goes: that copy is deferred, the next one finds the folder made.
+        fs::remove_dir_all(maildir.join("new")).unwrap();
+        assert!(matches!(send("k3"), Outcome::Deferred { .. }));
+        assert!(matches!(send("k3"), Outcome::Delivered { .. }));
+        let copies = fs::read_dir(maildir.join("new")).unwrap().count();
+        assert_eq!(copies, 1, "k3's copy alone is in the new `new/`");
+        assert!(fs::read_dir(maildir.join("tmp")).unwrap().next().is_none());
     }
 
     #[test]
