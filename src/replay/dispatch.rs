@@ -240,9 +240,14 @@ impl Replay<'_> {
                 // that came back meanwhile (one fsync for all of them), as soon as it
                 // fills the room left under the in-flight bound. An open breaker probes
                 // with one message; a copy not checked across ledgers goes alone.
+                // Only unpaced and alone: with a rate or a cluster's turns the next message
+                // may have to wait, and this one must not wait with it.
+                let unpaced = d.pace.rate().is_none()
+                    && self.settings.pace.max_bytes_rate.is_none()
+                    && self.tokens.grants_at_once();
                 d.early.extend(done.try_iter());
                 let room = (workers + 1).saturating_sub(d.outstanding - d.early.len());
-                if group.len() < room && !d.breaker.is_open() && !self.unchecked {
+                if unpaced && group.len() < room && !d.breaker.is_open() && !self.unchecked {
                     continue;
                 }
                 let first = group[0].message.id;
