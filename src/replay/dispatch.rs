@@ -3,8 +3,8 @@
 //! before it is handed over (intent first), in the same commit as the outcomes that came
 //! back meanwhile (while waiting for the pace, outcomes are recorded as they come). The
 //! in-flight window is the message each worker is sending plus one waiting for a worker;
-//! when several workers are free at once, the messages that fill them go in flight in one
-//! commit (one fsync for all), never more than that bound.
+//! when several workers are free at once (and nothing paces the run), the messages that
+//! fill them go in flight in one commit (one fsync for all), never more than that bound.
 //! Deferred recipients are retried with backoff within the run until their message's
 //! deadline.
 //!
