@@ -49,7 +49,7 @@ pub fn to_lf(content: &[u8]) -> Cow<'_, [u8]> {
 pub fn lf_pieces(content: &[u8], mut sink: impl FnMut(&[u8])) {
     let mac = is_mac(content);
     let mut rest = content;
-    while let Some(i) = rest.iter().position(|&b| b == b'\r') {
+    while let Some(i) = memchr::memchr(b'\r', rest) {
         sink(&rest[..i]);
         let crlf = rest.get(i + 1) == Some(&b'\n');
         if mac && !crlf {
@@ -66,11 +66,9 @@ pub fn lf_pieces(content: &[u8], mut sink: impl FnMut(&[u8])) {
 /// The message with CRLF line ends (the wire form). Borrowed when nothing changes.
 pub fn to_crlf(content: &[u8]) -> Cow<'_, [u8]> {
     let mac = is_mac(content);
-    let needs_change = content.iter().enumerate().any(|(i, &b)| match b {
-        b'\n' => i == 0 || content[i - 1] != b'\r',
-        b'\r' => mac && content.get(i + 1) != Some(&b'\n'),
-        _ => false,
-    });
+    let needs_change = memchr::memchr_iter(b'\n', content)
+        .any(|i| i == 0 || content[i - 1] != b'\r')
+        || (mac && memchr::memchr_iter(b'\r', content).any(|i| content.get(i + 1) != Some(&b'\n')));
     if !needs_change {
         return Cow::Borrowed(content);
     }
@@ -114,10 +112,13 @@ impl<'a> Iterator for Lines<'a> {
             return None;
         }
         let rest = self.rest;
-        let (text_len, end_len) = match rest
-            .iter()
-            .position(|&b| b == b'\n' || (self.mac && b == b'\r'))
-        {
+        // memchr, not a byte loop: every message sent or hashed goes through here.
+        let found = if self.mac {
+            memchr::memchr2(b'\n', b'\r', rest)
+        } else {
+            memchr::memchr(b'\n', rest)
+        };
+        let (text_len, end_len) = match found {
             Some(i) if rest[i] == b'\n' && i > 0 && rest[i - 1] == b'\r' => (i - 1, 2),
             Some(i) if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') => (i, 2),
             Some(i) => (i, 1),

@@ -246,6 +246,11 @@ pub enum Grant {
 pub trait TokenSource {
     /// One message of `bytes` wants to go: how long to wait first.
     fn take(&mut self, bytes: u64) -> Grant;
+    /// True when every `take` is granted at once, so the replay may gather several
+    /// messages into one in-flight commit without holding one back for another's turn.
+    fn grants_at_once(&self) -> bool {
+        false
+    }
     /// The local pace changed (a back-off or a step up): tell the others.
     fn publish(&mut self, _change: &PaceChange) {}
     /// A change of pace made elsewhere that this run must follow, if any.
@@ -291,6 +296,10 @@ pub struct Alone;
 impl TokenSource for Alone {
     fn take(&mut self, _bytes: u64) -> Grant {
         Grant::Go(Duration::ZERO)
+    }
+
+    fn grants_at_once(&self) -> bool {
+        true
     }
 }
 

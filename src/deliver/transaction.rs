@@ -58,7 +58,9 @@ impl Link {
     /// A connection that does not (closed, 421, confused) is dropped; nothing was in flight.
     pub(crate) fn reusable(&mut self) -> Option<Session> {
         let mut s = self.session.take()?;
-        if !s.used {
+        // A pipelining server gets its RSET in the same write as the next envelope (see
+        // `Transaction::pipelined`): no round trip of its own.
+        if !s.used || s.caps.pipelining {
             return Some(s);
         }
         match s.conn.command("RSET") {
@@ -155,9 +157,28 @@ pub(crate) fn deliver_over<C: Client>(
         Some(s) => s,
         None => client.open()?,
     };
-    let (outcomes, session) = deliver(session, C::PROTOCOL, delivery, recipients);
+    let (outcomes, session) = match deliver(session, C::PROTOCOL, delivery, recipients) {
+        Sent::Done(outcomes, session) => (outcomes, session),
+        // The kept connection did not take its RSET (closed while idle, most often):
+        // nothing of this message reached the server, so it goes on a new one, as it
+        // would have had the RSET gone first on its own. A new session has no RSET to
+        // send, so this happens once.
+        Sent::Stale => match deliver(client.open()?, C::PROTOCOL, delivery, recipients) {
+            Sent::Done(outcomes, session) => (outcomes, session),
+            Sent::Stale => unreachable!("a new session sends no RSET"),
+        },
+    };
     client.link().session = session;
     Ok(outcomes)
+}
+
+/// What [`deliver`] did with a message.
+pub(crate) enum Sent {
+    /// One outcome per recipient, and the session if it can carry the next message.
+    Done(Vec<Outcome>, Option<Session>),
+    /// The reused session refused or lost the RSET sent ahead of the envelope: nothing
+    /// was delivered and the session is closed; try a new one.
+    Stale,
 }
 
 /// A sender that cannot go into `MAIL FROM` refuses every recipient before a connection
@@ -183,7 +204,7 @@ pub(crate) fn deliver(
     protocol: Protocol,
     delivery: &Delivery<'_>,
     recipients: &[RecipientSpec<'_>],
-) -> (Vec<Outcome>, Option<Session>) {
+) -> Sent {
     let smtputf8 = wire::needs_smtputf8(delivery, recipients);
     if smtputf8 && !session.caps.smtputf8 {
         let reply = format!(
@@ -193,17 +214,27 @@ pub(crate) fn deliver(
             session.server
         );
         let refused = vec![wire::refused_locally(reply, "5.6.7"); recipients.len()];
-        return (refused, Some(session));
+        return Sent::Done(refused, Some(session));
     }
     let mut tx = Transaction::new(&mut session, protocol, recipients.len());
-    let keep = tx.run(delivery, recipients, smtputf8);
+    let keep = if tx.session.caps.pipelining {
+        match tx.pipelined(delivery, recipients, smtputf8) {
+            Some(keep) => keep,
+            None => {
+                session.conn.abandon();
+                return Sent::Stale;
+            }
+        }
+    } else {
+        tx.run(delivery, recipients, smtputf8)
+    };
     let outcomes = tx.finish();
     session.used = true;
     if keep {
-        (outcomes, Some(session))
+        Sent::Done(outcomes, Some(session))
     } else {
         session.conn.abandon();
-        (outcomes, None)
+        Sent::Done(outcomes, None)
     }
 }
 
@@ -246,10 +277,143 @@ impl<'s> Transaction<'s> {
         if accepted.is_empty() {
             return self.reset();
         }
-        if let Flow::Stop { keep } = self.data(delivery, &accepted) {
+        if let Flow::Stop { keep } = self.data(delivery) {
             return keep;
         }
         self.final_replies(&accepted)
+    }
+
+    /// The transaction with RFC 2920 pipelining: `RSET` (on a reused session), `MAIL`,
+    /// every `RCPT` and `DATA` go out in one write and their replies are read in order;
+    /// then the body and the final dot in one write, and the final replies. Two round
+    /// trips a message instead of four or more. The replies mean what they mean in
+    /// [`Transaction::run`]; `None`: the RSET was not taken (see [`Sent::Stale`]).
+    fn pipelined(
+        &mut self,
+        delivery: &Delivery<'_>,
+        recipients: &[RecipientSpec<'_>],
+        smtputf8: bool,
+    ) -> Option<bool> {
+        let mut group = String::new();
+        if self.session.used {
+            group.push_str("RSET\r\n");
+        }
+        let params = wire::mail_params(delivery, &self.session.caps, smtputf8);
+        let mail = format!(
+            "MAIL FROM:{}{}",
+            delivery.sender,
+            wire::format_params(&params)
+        );
+        group.push_str(&mail);
+        group.push_str("\r\n");
+        let mut sent = Vec::with_capacity(recipients.len());
+        for (i, spec) in recipients.iter().enumerate() {
+            if let Err(why) = wire::check_wire_address(spec.address) {
+                let reply = format!(
+                    "recipient `{}` cannot be sent over {}: {why}",
+                    sanitize::for_terminal(spec.address),
+                    self.protocol.name()
+                );
+                self.outcomes[i] = Some(wire::refused_locally(reply, "5.1.3"));
+                continue;
+            }
+            let params = wire::rcpt_params(spec, &self.session.caps);
+            group.push_str(&format!(
+                "RCPT TO:<{}>{}\r\n",
+                spec.address,
+                wire::format_params(&params)
+            ));
+            sent.push(i);
+        }
+        if sent.is_empty() {
+            // Every recipient was refused here: nothing goes on the wire.
+            return Some(true);
+        }
+        group.push_str("DATA\r\n");
+        if let Err(e) = self.session.conn.write_all(group.as_bytes()) {
+            if self.session.used {
+                return None;
+            }
+            self.settle_rest(|_| lost(&e, "at MAIL FROM"));
+            return Some(false);
+        }
+        let wait = self.session.conn.timeouts().command;
+        if self.session.used {
+            match self.session.conn.read_reply(wait) {
+                Ok(r) if r.code == 250 => {}
+                _ => return None,
+            }
+        }
+        // Until DATA's 354 nothing can be delivered: any failure leaves the rest deferred.
+        let mail_refused = match self.session.conn.read_reply(wait) {
+            Ok(r) if r.code == 250 => None,
+            Ok(r) if r.code == 421 => {
+                self.settle_rest(|server| wire::outcome_of(&r, server));
+                return Some(false);
+            }
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.settle_rest(|_| lost(&e, "at MAIL FROM"));
+                return Some(false);
+            }
+        };
+        let mut accepted = Vec::with_capacity(sent.len());
+        for &i in &sent {
+            match self.session.conn.read_reply(wait) {
+                // After a refused MAIL the RCPT replies say nothing of the recipient.
+                Ok(r) if r.code == 421 => {
+                    self.settle_rest(|server| wire::outcome_of(&r, server));
+                    return Some(false);
+                }
+                Ok(_) if mail_refused.is_some() => {}
+                Ok(r) if r.code == 250 || r.code == 251 => accepted.push(i),
+                Ok(r) if r.is_positive() => {
+                    self.outcomes[i] = Some(wire::unexpected(&r, "RCPT TO", &self.session.server));
+                }
+                Ok(r) => self.outcomes[i] = Some(wire::outcome_of(&r, &self.session.server)),
+                Err(e) => {
+                    self.settle_rest(|_| lost(&e, "at RCPT TO"));
+                    return Some(false);
+                }
+            }
+        }
+        let data = match self.session.conn.read_reply(wait) {
+            Ok(r) => r,
+            Err(e) => {
+                self.settle_rest(|_| lost(&e, "at DATA"));
+                return Some(false);
+            }
+        };
+        if let Some(r) = mail_refused {
+            if data.code == 354 {
+                // A server that opens DATA after refusing MAIL: drop it before any byte
+                // of the message, so nothing can be delivered.
+                self.settle_rest(|server| wire::outcome_of(&r, server));
+                return Some(false);
+            }
+            return Some(matches!(
+                self.refuse_all(&r, "MAIL FROM"),
+                Flow::Stop { keep: true }
+            ));
+        }
+        if accepted.is_empty() {
+            // DATA is refused for want of recipients (RFC 2920 3.1); a 354 all the same
+            // is not answered with a message: the connection goes.
+            return Some(data.code != 354 && data.code != 421 && self.reset());
+        }
+        match data.code {
+            354 => {}
+            _ => {
+                return Some(matches!(
+                    self.refuse_all(&data, "DATA"),
+                    Flow::Stop { keep: true }
+                ));
+            }
+        }
+        if let Flow::Stop { keep } = self.send_body(delivery) {
+            return Some(keep);
+        }
+        Some(self.final_replies(&accepted))
     }
 
     fn mail(&mut self, delivery: &Delivery<'_>, smtputf8: bool) -> Flow {
@@ -303,7 +467,7 @@ impl<'s> Transaction<'s> {
         Ok(accepted)
     }
 
-    fn data(&mut self, delivery: &Delivery<'_>, accepted: &[usize]) -> Flow {
+    fn data(&mut self, delivery: &Delivery<'_>) -> Flow {
         match self.session.conn.command("DATA") {
             Ok(r) if r.code == 354 => {}
             Ok(r) => return self.refuse_all(&r, "DATA"),
@@ -312,14 +476,18 @@ impl<'s> Transaction<'s> {
                 return Flow::Stop { keep: false };
             }
         }
-        let body = wire::data_body(delivery.content);
+        self.send_body(delivery)
+    }
+
+    /// The message and its final dot, in one write (no second small write). A failed
+    /// write or flush (TLS included: rustls reports a socket error at the flush, with
+    /// records still unsent) leaves the last bytes unsent, and with them the dot's CRLF:
+    /// the server cannot have seen the end of the data, so nothing was delivered.
+    fn send_body(&mut self, delivery: &Delivery<'_>) -> Flow {
+        let mut body = wire::data_body(delivery.content);
+        body.extend_from_slice(wire::DATA_END);
         if let Err(e) = self.session.conn.write_all(&body) {
-            // The final dot was never sent: the server cannot have delivered it.
             self.settle_rest(|_| lost(&e, "while sending the message"));
-            return Flow::Stop { keep: false };
-        }
-        if let Err(e) = self.session.conn.write_all(wire::DATA_END) {
-            self.uncertain_from(accepted, 0, &e);
             return Flow::Stop { keep: false };
         }
         Flow::Next

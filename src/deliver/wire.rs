@@ -496,22 +496,34 @@ pub fn normalize_line_ends(content: &[u8]) -> Cow<'_, [u8]> {
 
 /// The body of DATA as sent: [`normalize_line_ends`], every line that starts with `.`
 /// given another `.` (RFC 5321 4.5.2), ending in CRLF. The `.` CRLF terminator is not
-/// included.
+/// included. One pass over the lines (`line_ends::lines`), copying whole lines: every
+/// message sent goes through here, and a byte-at-a-time loop was a tenth of a replay's CPU.
 pub fn data_body(content: &[u8]) -> Vec<u8> {
-    let normalized = normalize_line_ends(content);
-    let mut out = Vec::with_capacity(normalized.len() + 64);
-    let mut at_line_start = true;
-    for &b in normalized.iter() {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
+    let mut out = Vec::with_capacity(content.len() + content.len() / 32 + 8);
+    for (text, _end) in line_ends::lines(content) {
+        // Inside a line only a bare CR can stand before a `.`: it ends the line on the
+        // wire (see `normalize_line_ends`), and the `.` then starts a line of its own.
+        let mut piece = 0;
+        for cr in memchr::memchr_iter(b'\r', text) {
+            if text.get(cr + 1) == Some(&b'.') {
+                push_stuffed(&mut out, &text[piece..cr]);
+                out.extend_from_slice(b"\r\n");
+                piece = cr + 1;
+            }
         }
-        out.push(b);
-        at_line_start = b == b'\n';
-    }
-    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        push_stuffed(&mut out, &text[piece..]);
+        // Every line ends in CRLF on the wire, the last one too.
         out.extend_from_slice(b"\r\n");
     }
     out
+}
+
+/// One line of DATA: a leading `.` doubled (RFC 5321 4.5.2).
+fn push_stuffed(out: &mut Vec<u8>, line: &[u8]) {
+    if line.first() == Some(&b'.') {
+        out.push(b'.');
+    }
+    out.extend_from_slice(line);
 }
 
 /// The DATA terminator.
@@ -524,6 +536,8 @@ pub struct Capabilities {
     pub smtputf8: bool,
     pub dsn: bool,
     pub starttls: bool,
+    /// RFC 2920: the envelope commands may go in one write, their replies read after.
+    pub pipelining: bool,
 }
 
 impl Capabilities {
@@ -541,6 +555,7 @@ impl Capabilities {
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "DSN" => caps.dsn = true,
                 "STARTTLS" => caps.starttls = true,
+                "PIPELINING" => caps.pipelining = true,
                 _ => {}
             }
         }
@@ -701,6 +716,49 @@ mod tests {
         }
     }
 
+    /// `data_body` as it was written first, byte by byte from `normalize_line_ends`: the
+    /// oracle the one-pass version must agree with.
+    fn data_body_bytewise(content: &[u8]) -> Vec<u8> {
+        let normalized = normalize_line_ends(content);
+        let mut out = Vec::new();
+        let mut at_line_start = true;
+        for &b in normalized.iter() {
+            if at_line_start && b == b'.' {
+                out.push(b'.');
+            }
+            out.push(b);
+            at_line_start = b == b'\n';
+        }
+        if !out.is_empty() && !out.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    #[test]
+    fn data_body_agrees_with_the_bytewise_rule_on_every_short_input() {
+        // Every string of up to 7 bytes over the alphabet that matters: 4^7 inputs, each
+        // line-end and dot case next to every other (Mac mail included).
+        let alphabet = [b'\r', b'\n', b'.', b'a'];
+        let mut checked = 0;
+        for len in 0..=7u32 {
+            for mut n in 0..4usize.pow(len) {
+                let mut input = Vec::new();
+                for _ in 0..len {
+                    input.push(alphabet[n % 4]);
+                    n /= 4;
+                }
+                assert_eq!(
+                    data_body(&input),
+                    data_body_bytewise(&input),
+                    "input {input:?}"
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, (0..=7).map(|l| 4usize.pow(l)).sum::<usize>());
+    }
+
     #[test]
     fn data_is_dot_stuffed_and_ends_in_crlf() {
         assert_eq!(
@@ -762,6 +820,7 @@ mod tests {
             caps,
             Capabilities {
                 eight_bit_mime: true,
+                pipelining: true,
                 ..Capabilities::default()
             }
         );
@@ -771,6 +830,7 @@ mod tests {
             .unwrap();
         let caps = Capabilities::from_reply(&sink);
         assert!(caps.dsn && caps.smtputf8 && caps.starttls && !caps.eight_bit_mime);
+        assert!(!caps.pipelining);
     }
 
     #[test]
@@ -782,6 +842,7 @@ mod tests {
             smtputf8: true,
             dsn: true,
             starttls: false,
+            pipelining: true,
         };
         assert_eq!(
             format_params(&mail_params(&delivery(&s, b"ascii"), &plain, false)),

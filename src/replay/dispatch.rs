@@ -1,8 +1,10 @@
-//! The delivery loop (the dispatcher). Messages are handed one at a time, at the adaptive pace, to worker
+//! The delivery loop (the dispatcher). Messages are handed, at the adaptive pace, to worker
 //! threads that each own one store connection; each message is recorded in flight just
 //! before it is handed over (intent first), in the same commit as the outcomes that came
-//! back meanwhile (while waiting for the pace, outcomes are recorded as they come), so the
-//! in-flight window is the message each worker is sending plus one waiting for a worker.
+//! back meanwhile (while waiting for the pace, outcomes are recorded as they come). The
+//! in-flight window is the message each worker is sending plus one waiting for a worker;
+//! when several workers are free at once (and nothing paces the run), the messages that
+//! fill them go in flight in one commit (one fsync for all), never more than that bound.
 //! Deferred recipients are retried with backoff within the run until their message's
 //! deadline.
 //!
@@ -55,11 +57,11 @@ impl Replay<'_> {
     pub(super) fn deliver_all(&mut self) -> Result<()> {
         let workers = self.settings.concurrency.max(1);
         let factory = self.store;
-        // Room for one message: the next one waits there for the first worker to finish,
-        // so a worker never waits for the dispatcher's commit, and the dispatcher never
-        // blocks in a send (it waits for results instead, see `until_a_worker_is_free`).
-        // In flight: what the workers are sending, plus that one.
-        let (job_tx, job_rx) = mpsc::sync_channel::<MessageWork>(1);
+        // In flight at most: what the workers are sending, plus one waiting for the first
+        // of them to finish, so a worker never waits for the dispatcher's commit. The
+        // dispatcher counts that bound itself (`room`); the channel has room for all of
+        // it, so a hand-over never blocks on the store.
+        let (job_tx, job_rx) = mpsc::sync_channel::<MessageWork>(workers + 1);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let (done_tx, done_rx) = mpsc::channel::<Done>();
         std::thread::scope(|scope| {
@@ -140,22 +142,33 @@ impl Replay<'_> {
             after = last.message.id;
             let batch = self.expire_due(batch)?;
             let mut health = Health::Fine;
+            // Messages that passed their turn, pace and claims and go in flight together,
+            // in one commit, as soon as there is no room for more (or a wait comes).
+            let mut group: Vec<MessageWork> = Vec::new();
+            // Where a break resumes: the first message not handed over.
+            let resume =
+                |group: &[MessageWork], id: i64| group.first().map_or(id, |g| g.message.id) - 1;
+            let mut broke = false;
             for work in batch {
                 // Stop handing out work when the store is down or full, or on Ctrl-C: what
-                // is not handed out stays pending, untouched.
+                // is not handed out stays pending, untouched (the group not yet committed
+                // included).
                 if health != Health::Fine || self.is_interrupted() {
-                    after = work.message.id - 1;
+                    after = resume(&group, work.message.id);
+                    broke = true;
                     break;
                 }
                 health = worst(health, self.hold_while_paused(done, &mut d)?);
                 if health != Health::Fine || self.is_interrupted() {
-                    after = work.message.id - 1;
+                    after = resume(&group, work.message.id);
+                    broke = true;
                     break;
                 }
                 // Wait for the pace while recording whatever comes back meanwhile, so an
                 // accepted message never waits in flight for the next one's turn.
                 let Some(turn) = self.turn(done, &mut d, work.message.size, &mut health)? else {
-                    after = work.message.id - 1;
+                    after = resume(&group, work.message.id);
+                    broke = true;
                     break;
                 };
                 let wait = d
@@ -163,9 +176,34 @@ impl Replay<'_> {
                     .wait(self.started.elapsed(), work.message.size)
                     .max(turn);
                 if !wait.is_zero() {
+                    // What is gathered goes now, not after the wait.
+                    if !group.is_empty() {
+                        let first = group[0].message.id;
+                        match self.hand_over(
+                            std::mem::take(&mut group),
+                            jobs,
+                            done,
+                            &mut d,
+                            workers,
+                        )? {
+                            (h, true) => health = worst(health, h),
+                            (h, false) => {
+                                health = worst(health, h);
+                                after = first - 1;
+                                broke = true;
+                                break;
+                            }
+                        }
+                        if d.breaker.is_open() {
+                            after = work.message.id - 1;
+                            broke = true;
+                            break;
+                        }
+                    }
                     health = worst(health, self.collect(done, &mut d, Instant::now() + wait)?);
                     if health != Health::Fine {
                         after = work.message.id - 1;
+                        broke = true;
                         break;
                     }
                 }
@@ -174,31 +212,69 @@ impl Replay<'_> {
                     Claimed::Send(work) => *work,
                     Claimed::Skip => continue,
                     Claimed::Stop(id) => {
-                        after = id - 1;
+                        after = resume(&group, id);
+                        broke = true;
                         break;
                     }
                 };
-                // Intent first, one message at a time: the in-flight window is the message
-                // a worker is handing over, nothing more. The outcomes that came back
-                // meanwhile go into the same commit: one fsync per message, not two. If
-                // they say the store is down or full, nothing more is handed over.
-                self.until_a_worker_is_free(done, &mut d, workers)?;
-                let ready: Vec<Done> = d.early.drain(..).chain(done.try_iter()).collect();
-                let (ready_health, handed) = self.settle_then_hand_over(ready, &mut d, &work)?;
-                health = worst(health, ready_health);
-                let Some(work) = handed else {
-                    after = work.message.id - 1;
+                // A copy whose duplicates could not be checked is audited so: alone.
+                if self.unchecked && !group.is_empty() {
+                    let first = group[0].message.id;
+                    self.unchecked = false;
+                    let (h, handed) =
+                        self.hand_over(std::mem::take(&mut group), jobs, done, &mut d, workers)?;
+                    self.unchecked = true;
+                    health = worst(health, h);
+                    if !handed || d.breaker.is_open() {
+                        after = if handed {
+                            work.message.id - 1
+                        } else {
+                            first - 1
+                        };
+                        broke = true;
+                        break;
+                    }
+                }
+                group.push(work);
+                // Intent first: the group goes in flight in one commit, with the outcomes
+                // that came back meanwhile (one fsync for all of them), as soon as it
+                // fills the room left under the in-flight bound. An open breaker probes
+                // with one message; a copy not checked across ledgers goes alone.
+                // Only unpaced and alone: with a rate or a cluster's turns the next message
+                // may have to wait, and this one must not wait with it.
+                let unpaced = d.pace.rate().is_none()
+                    && self.settings.pace.max_bytes_rate.is_none()
+                    && self.tokens.grants_at_once();
+                d.early.extend(done.try_iter());
+                let room = (workers + 1).saturating_sub(d.outstanding - d.early.len());
+                if unpaced && group.len() < room && !d.breaker.is_open() && !self.unchecked {
+                    continue;
+                }
+                let first = group[0].message.id;
+                let last = group[group.len() - 1].message.id;
+                let (h, handed) =
+                    self.hand_over(std::mem::take(&mut group), jobs, done, &mut d, workers)?;
+                health = worst(health, h);
+                if !handed {
+                    after = first - 1;
+                    broke = true;
                     break;
-                };
-                crate::crash_hook::at("after-in-flight");
-                // The channel has room (see `until_a_worker_is_free`): no wait on the store.
-                let id = work.message.id;
-                jobs.send(work).context("the delivery workers stopped")?;
-                d.outstanding += 1;
+                }
                 // An open breaker probes with one message: its reply decides what next.
                 if d.breaker.is_open() {
-                    after = id;
+                    after = last;
+                    broke = true;
                     break;
+                }
+            }
+            // The batch ended with a group gathered: it goes now.
+            if !broke && !group.is_empty() {
+                let first = group[0].message.id;
+                let (h, handed) =
+                    self.hand_over(std::mem::take(&mut group), jobs, done, &mut d, workers)?;
+                health = worst(health, h);
+                if !handed {
+                    after = first - 1;
                 }
             }
             if !d.early.is_empty() {
@@ -481,27 +557,42 @@ impl Replay<'_> {
     /// the pace. With several workers, results arrive while the dispatcher commits the
     /// previous ones; one commit (one fsync) for all of them instead of one each.
     fn settle(&mut self, batch: Vec<Done>, d: &mut Dispatch) -> Result<Health> {
-        Ok(self.settle_and_mark(batch, d, None)?.0)
+        Ok(self.settle_and_mark(batch, d, &[])?.0)
     }
 
-    /// `settle`, and in the same transaction `next` goes in flight, unless the results
-    /// say the store is down or full; returns `next` as recorded (in flight) if it may be
-    /// handed over.
-    fn settle_then_hand_over(
+    /// Hands `group` over: waits until the in-flight bound has room for it (at least one
+    /// worker free), records it in flight in one commit with every result that came back
+    /// meanwhile, and sends it to the workers. `(health, true)` when it went; false when
+    /// the results say the store is down, full or refusing (nothing of `group` recorded).
+    fn hand_over(
         &mut self,
-        batch: Vec<Done>,
+        group: Vec<MessageWork>,
+        jobs: &SyncSender<MessageWork>,
+        done: &Receiver<Done>,
         d: &mut Dispatch,
-        next: &MessageWork,
-    ) -> Result<(Health, Option<MessageWork>)> {
-        self.settle_and_mark(batch, d, Some(next))
+        workers: usize,
+    ) -> Result<(Health, bool)> {
+        self.until_a_worker_is_free(done, d, workers + 1 - group.len())?;
+        let ready: Vec<Done> = d.early.drain(..).chain(done.try_iter()).collect();
+        let (health, handed) = self.settle_and_mark(ready, d, &group)?;
+        if handed.is_empty() {
+            return Ok((health, false));
+        }
+        crate::crash_hook::at("after-in-flight");
+        for work in handed {
+            // The channel has room for the whole in-flight bound: no wait on the store.
+            jobs.send(work).context("the delivery workers stopped")?;
+            d.outstanding += 1;
+        }
+        Ok((health, true))
     }
 
     fn settle_and_mark(
         &mut self,
         batch: Vec<Done>,
         d: &mut Dispatch,
-        next: Option<&MessageWork>,
-    ) -> Result<(Health, Option<MessageWork>)> {
+        next: &[MessageWork],
+    ) -> Result<(Health, Vec<MessageWork>)> {
         let settled = batch.len();
         let mut signals = Vec::with_capacity(settled);
         for done in &batch {
@@ -526,7 +617,7 @@ impl Replay<'_> {
         // Replies that keep the breaker open hand nothing more over in this commit; the
         // next probe goes out after the wait, in a commit of its own.
         let refusing = settled > 0 && d.breaker.is_open();
-        let next = next.filter(|_| !refusing);
+        let next = if refusing { &[] } else { next };
         let (mut health, handed) = self.record_all(batch, next)?;
         if refusing {
             health = worst(health, Health::Refusing);

@@ -34,16 +34,17 @@ pub(super) enum Health {
 impl Replay<'_> {
     /// Writes the outcome of one attempt to the ledger.
     pub(super) fn record(&mut self, done: Done) -> Result<Health> {
-        Ok(self.record_all(vec![done], None)?.0)
+        Ok(self.record_all(vec![done], &[])?.0)
     }
 
     /// Writes the outcomes of attempts to the ledger, all in one transaction; in the same
-    /// transaction `next` goes in flight if the outcomes leave the store healthy.
+    /// transaction the messages of `next` go in flight if the outcomes leave the store
+    /// healthy (all of them, or none).
     pub(super) fn record_all(
         &mut self,
         batch: Vec<Done>,
-        next: Option<&MessageWork>,
-    ) -> Result<(Health, Option<MessageWork>)> {
+        next: &[MessageWork],
+    ) -> Result<(Health, Vec<MessageWork>)> {
         let now = self.now();
         let retry = self.settings.retry;
         let redeliver = self.settings.uncertain == UncertainPolicy::Redeliver;
@@ -54,7 +55,7 @@ impl Replay<'_> {
             health = worst(health, r.health);
             recorded.push(r);
         }
-        let next = next.filter(|_| health == Health::Fine);
+        let next = if health == Health::Fine { next } else { &[] };
         let unchecked = self.unchecked;
         let handed = self.ledger.write(|tx| {
             for rec in &recorded {
@@ -84,8 +85,9 @@ impl Replay<'_> {
                     }
                 }
             }
-            next.map(|work| mark_in_flight(tx, work, unchecked))
-                .transpose()
+            next.iter()
+                .map(|work| mark_in_flight(tx, work, unchecked))
+                .collect::<Result<Vec<_>>>()
         })?;
         for rec in &recorded {
             for (r, s) in rec.work.recipients.iter().zip(&rec.outcomes) {

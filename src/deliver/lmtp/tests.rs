@@ -51,6 +51,18 @@ fn sender() -> ReversePath {
     ReversePath::Address("s@remote.test".into())
 }
 
+/// LHLO without PIPELINING: the client waits for each reply before the next command.
+const LHLO_LOCKSTEP: &str = "250-mx.example.test\n250 8BITMIME\n";
+
+/// The opening of a server that does not pipeline.
+fn hello_lockstep() -> Vec<crate::deliver::testpeer::Step> {
+    vec![
+        Send(GREETING),
+        Expect("LHLO replay.example.test"),
+        Send(LHLO_LOCKSTEP),
+    ]
+}
+
 /// The opening every connection starts with.
 fn hello() -> Vec<crate::deliver::testpeer::Step> {
     vec![
@@ -491,7 +503,7 @@ fn hostile_addresses_never_reach_the_wire() {
 #[test]
 fn mail_refused_settles_everyone_and_keeps_the_connection() {
     let peer = Peer::spawn(vec![script(&[
-        &hello(),
+        &hello_lockstep(),
         &[
             Expect("MAIL FROM:<s@remote.test>"),
             Send("451 4.3.0 Temporary failure\n"),
@@ -522,6 +534,100 @@ fn mail_refused_settles_everyone_and_keeps_the_connection() {
         .unwrap();
     assert!(matches!(&got[0], Outcome::Failed { status, .. } if status == "5.1.1"));
     assert_eq!(store.connections_opened(), 1);
+    drop(store);
+    peer.transcript();
+}
+
+/// The same conversation with a server that offers PIPELINING (RFC 2920): the envelope
+/// and DATA go before any reply (the peer reads all four lines before answering, which a
+/// client waiting for each reply would never get to), the RSET of a reused connection
+/// goes ahead of the next envelope, and the replies are matched in order.
+#[test]
+fn pipelined_envelopes_match_their_replies_in_order() {
+    let peer = Peer::spawn(vec![script(&[
+        &hello(),
+        &[
+            Expect("MAIL FROM:<s@remote.test>"),
+            Expect("RCPT TO:<a@example.test>"),
+            Expect("RCPT TO:<b@example.test>"),
+            Expect("DATA"),
+            Send(
+                "451 4.3.0 Temporary failure\n503 5.5.1 MAIL needed first\n\
+                 503 5.5.1 MAIL needed first\n503 5.5.1 No valid recipients\n",
+            ),
+            Expect("RSET"),
+            Send("250 OK\n"),
+            Expect("RSET"),
+            Expect("MAIL FROM:<s@remote.test>"),
+            Expect("RCPT TO:<a@example.test>"),
+            Expect("RCPT TO:<b@example.test>"),
+            Expect("DATA"),
+            Send("250 OK\n250 OK\n550 5.1.1 no\n250 2.1.5 OK\n354 go\n"),
+            Data,
+            Send("250 2.0.0 <b@example.test> Saved\n"),
+            Expect("QUIT"),
+        ],
+    ])]);
+    let mut store = store(&peer);
+    let s = sender();
+    let both = specs(&["a@example.test", "b@example.test"]);
+    let got = store.deliver(&delivery(&s, b"x"), &both).unwrap();
+    assert!(got.iter().all(|o| matches!(o, Outcome::Deferred { reply, .. } if reply.to_string() == "451 4.3.0 Temporary failure")), "{got:?}");
+    let got = store.deliver(&delivery(&s, b"x"), &both).unwrap();
+    assert!(
+        matches!(&got[0], Outcome::Failed { status, .. } if status == "5.1.1"),
+        "{got:?}"
+    );
+    assert!(matches!(&got[1], Outcome::Delivered { .. }), "{got:?}");
+    assert_eq!(store.connections_opened(), 1);
+    drop(store);
+    let transcript = peer.transcript();
+    assert!(transcript.contains(&"DATA:x".to_string()), "{transcript:?}");
+}
+
+/// A kept connection the server closed while idle: its RSET, sent ahead of the next
+/// envelope, is not answered, and the message goes on a new connection (without an RSET)
+/// instead of being deferred.
+#[test]
+fn a_kept_connection_closed_while_idle_is_replaced_without_a_deferral() {
+    let first = script(&[
+        &hello(),
+        &[
+            Expect("MAIL FROM:<s@remote.test>"),
+            Expect("RCPT TO:<a@example.test>"),
+            Expect("DATA"),
+            Send("250 OK\n250 OK\n354 go\n"),
+            Data,
+            Send("250 2.0.0 Saved\n"),
+            // The script ends: the peer closes this connection.
+        ],
+    ]);
+    let second = script(&[
+        &hello(),
+        &[
+            Expect("MAIL FROM:<s@remote.test>"),
+            Expect("RCPT TO:<a@example.test>"),
+            Expect("DATA"),
+            Send("250 OK\n250 OK\n354 go\n"),
+            Data,
+            Send("250 2.0.0 Saved\n"),
+            Expect("QUIT"),
+        ],
+    ]);
+    let peer = Peer::spawn(vec![first, second]);
+    let mut store = store(&peer);
+    let s = sender();
+    let one = specs(&["a@example.test"]);
+    for n in 1..=2 {
+        // Let the peer close the first connection before the second message.
+        std::thread::sleep(Duration::from_millis(100));
+        let got = store.deliver(&delivery(&s, b"x"), &one).unwrap();
+        assert!(
+            matches!(&got[0], Outcome::Delivered { .. }),
+            "message {n}: {got:?}"
+        );
+    }
+    assert_eq!(store.connections_opened(), 2);
     drop(store);
     peer.transcript();
 }

@@ -15,6 +15,8 @@ use crate::deliver::{Deliverer, Delivery, Outcome, RecipientSpec};
 const GREETING: &str = "220 sink.example.test ESMTP\n";
 const EHLO_DSN: &str = "250-sink.example.test\n250-PIPELINING\n250-8BITMIME\n250 DSN\n";
 const EHLO_PLAIN: &str = "250-sink.example.test\n250 PIPELINING\n";
+/// EHLO without PIPELINING: the client waits for each reply before the next command.
+const EHLO_LOCKSTEP: &str = "250-sink.example.test\n250 8BITMIME\n";
 
 fn options() -> SmtpOptions {
     SmtpOptions {
@@ -496,7 +498,7 @@ fn a_550_that_is_not_utf8_keeps_its_code_at_rcpt_and_after_the_dot() {
 #[test]
 fn the_enhanced_code_of_a_cyrus_multi_line_550_is_on_its_last_line() {
     let peer = Peer::spawn(vec![script(&[
-        &hello(EHLO_PLAIN),
+        &hello(EHLO_LOCKSTEP),
         &[
             Expect("MAIL FROM:<s@remote.test>"),
             Send("250 2.1.0 Ok\n"),
@@ -505,6 +507,39 @@ fn the_enhanced_code_of_a_cyrus_multi_line_550_is_on_its_last_line() {
                 "550-Mailbox unknown.  Either there is no mailbox associated with this\n\
                  550-name or you do not have authorization to see it.\n\
                  550 5.1.1 User unknown\n",
+            ),
+            Expect("RSET"),
+            Send("250 Ok\n"),
+            Expect("QUIT"),
+        ],
+    ])]);
+    let mut store = store(&peer);
+    let got = deliver_one(&mut store);
+    assert!(
+        matches!(&got, Outcome::Failed { status, reply, .. }
+            if status == "5.1.1" && reply.to_string().starts_with("550 5.1.1 Mailbox unknown.")),
+        "{got:?}"
+    );
+    drop(store);
+    peer.transcript();
+}
+
+/// Pipelined (RFC 2920), the 550 arrives between MAIL's 250 and DATA's 554: the RCPT's
+/// reply is read as a whole (multi-line), and DATA's refusal is not taken for it.
+#[test]
+fn a_pipelined_multi_line_rcpt_refusal_is_read_whole() {
+    let peer = Peer::spawn(vec![script(&[
+        &hello(EHLO_PLAIN),
+        &[
+            Expect("MAIL FROM:<s@remote.test>"),
+            Expect("RCPT TO:<a@example.test>"),
+            Expect("DATA"),
+            Send(
+                "250 2.1.0 Ok\n\
+                 550-Mailbox unknown.  Either there is no mailbox associated with this\n\
+                 550-name or you do not have authorization to see it.\n\
+                 550 5.1.1 User unknown\n\
+                 554 5.5.1 Error: no valid recipients\n",
             ),
             Expect("RSET"),
             Send("250 Ok\n"),
