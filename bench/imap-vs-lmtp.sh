@@ -11,6 +11,8 @@
 #
 # Usage: bench/imap-vs-lmtp.sh                 (COUNT=2000 CONCURRENCY=4 ROUNDS=3 PROFILE=release)
 #        COUNT=200 ROUNDS=1 PROFILE=debug bench/imap-vs-lmtp.sh
+#        TUNED=1 bench/imap-vs-lmtp.sh   (Dovecot's login and imap processes reused:
+#                                         service_count = 0, a few kept ready)
 # Needs dovecot-core, dovecot-lmtpd, dovecot-imapd and python3; run as root (Dovecot
 # delivers as uid 5000).
 set -euo pipefail
@@ -18,6 +20,7 @@ set -euo pipefail
 COUNT=${COUNT:-2000}
 CONCURRENCY=${CONCURRENCY:-4}
 ROUNDS=${ROUNDS:-3}
+TUNED=${TUNED:-0}
 PROFILE=${PROFILE:-release}
 cd "$(dirname "$0")/.."
 if [ "$PROFILE" = release ]; then
@@ -81,6 +84,20 @@ service imap-login {
   }
 }
 CONF
+if [ "$TUNED" = 1 ]; then
+    # Dovecot's defaults start a new imap-login and a new imap process for every
+    # connection (service_count = 1): what a login per mailbox pays for.
+    cat >> "$WORK/dovecot.conf" <<CONF
+service imap-login {
+  service_count = 0
+  process_min_avail = $CONCURRENCY
+}
+service imap {
+  service_count = 0
+  process_min_avail = $CONCURRENCY
+}
+CONF
+fi
 # A fresh, empty store for every run: mailboxes that grow from run to run would make the
 # later runs slower whatever their target.
 start_store() {
