@@ -2,7 +2,6 @@
 //! `--cluster` address.
 
 use anyhow::Result;
-use serde_json::json;
 
 use crate::cli::ClusterAction;
 use crate::cluster::{Admin, ClusterUrl, Unreachable};
@@ -10,6 +9,7 @@ use crate::config::Output;
 use crate::exit::{Exit, Failure};
 use crate::pace::format_rate;
 use crate::report::Printer;
+use crate::report::event::Event;
 use crate::report::table::Table;
 use crate::sanitize::for_terminal;
 
@@ -30,9 +30,7 @@ pub fn run(output: Output, url: &ClusterUrl, action: ClusterAction) -> Result<Ex
         ClusterAction::Status => {
             let status = admin.status().map_err(unavailable)?;
             if printer.json_mode() {
-                let mut value = serde_json::to_value(&status)?;
-                value["type"] = json!("cluster_status");
-                printer.event(&value)?;
+                printer.event(&Event::ClusterStatus(&status))?;
                 return Ok(Exit::Done);
             }
             let mut table = Table::new(&[
