@@ -9,8 +9,9 @@ use chrono::{DateTime, FixedOffset};
 
 use crate::cli::{self, Cli};
 use crate::cluster::ClusterUrl;
-use crate::deliver::imap::{ImapCredentials, ImapTarget};
-use crate::deliver::smtp::{SmtpCredentials, SmtpTarget};
+use crate::deliver::imap::{self, ImapCredentials, ImapTarget};
+use crate::deliver::smtp::{self, SmtpCredentials, SmtpTarget};
+use crate::deliver::target::Credentials;
 pub use crate::deliver::target::StoreTarget;
 use crate::deliver::wire::Timeouts;
 use crate::exit::{Exit, Failure};
@@ -189,7 +190,7 @@ fn imap_credentials(store: &str, verify_store: bool) -> Result<Option<ImapCreden
             )),
         )
     };
-    match ImapCredentials::from_env() {
+    match Credentials::from_env(&imap::CREDENTIAL_VARS) {
         Ok(Some(c)) => Ok(Some(c)),
         Ok(None) => Err(config(
             "an IMAP store needs an administrative identity".into(),
@@ -288,7 +289,7 @@ impl Config {
                     // Before the credentials: a misplaced option is the clearer error.
                     verify_store: verify_store(a.verify_store.as_deref(), &a.store)?,
                     imap_credentials: imap_credentials(&a.store, a.verify_store.is_some())?,
-                    credentials: SmtpCredentials::from_env().map_err(|e| {
+                    credentials: Credentials::from_env(&smtp::CREDENTIAL_VARS).map_err(|e| {
                         anyhow::Error::new(Failure::new(
                             Exit::Config,
                             format!("SMTP credentials: {e}"),
@@ -440,7 +441,7 @@ fn bounces(a: cli::BouncesArgs) -> Result<BouncesConfig> {
                         .map_err(|e| usage("--per-domain-rate", e))
                 })
                 .transpose()?,
-            credentials: SmtpCredentials::from_env().map_err(|e| {
+            credentials: Credentials::from_env(&smtp::CREDENTIAL_VARS).map_err(|e| {
                 anyhow::Error::new(Failure::new(Exit::Config, format!("SMTP credentials: {e}")))
             })?,
             insecure_tls,

@@ -164,6 +164,36 @@ pub enum StoreError {
     Full(String),
 }
 
+/// The store failed on a message's next recipient, after `outcomes` for the ones before
+/// it (stores that hand a message over one recipient at a time: IMAP, `--verify-store`).
+/// While no copy can be in the store, the failure is the whole message's (`Err`: it is
+/// tried again whole). Once one may be (delivered, found, or uncertain), those outcomes
+/// stand and the other recipients defer with the failure as their reply: trying the
+/// whole message again would make second copies.
+pub(crate) fn rest_deferred(
+    mut outcomes: Vec<Outcome>,
+    recipients: usize,
+    e: StoreError,
+) -> Result<Vec<Outcome>, StoreError> {
+    let in_store = |o: &Outcome| {
+        matches!(
+            o,
+            Outcome::Delivered { .. } | Outcome::AlreadyThere { .. } | Outcome::Uncertain { .. }
+        )
+    };
+    if !outcomes.iter().any(in_store) {
+        return Err(e);
+    }
+    let reply = e.to_string();
+    while outcomes.len() < recipients {
+        outcomes.push(Outcome::Deferred {
+            reply: Answer::Local(reply.clone()),
+            remote: None,
+        });
+    }
+    Ok(outcomes)
+}
+
 pub trait Deliverer: Send {
     /// A human description of the target (`maildir:/srv/restored`).
     fn describe(&self) -> String;

@@ -11,9 +11,9 @@
 //! used the connect timeout, its `ServerInfo` dropped DSN, and its errors kept only the
 //! joined text of a reply. Our reader bounds every reply in bytes, lines and time.
 //!
-//! Credentials never come from the command line: `SmtpCredentials::from_env` reads
-//! `SPOOLREPLAY_SMTP_USER`/`SPOOLREPLAY_SMTP_PASSWORD`, or a `user:password` file named by
-//! `SPOOLREPLAY_SMTP_CREDENTIALS`. They are refused over a connection without TLS.
+//! Credentials never come from the command line: `Credentials::from_env(&CREDENTIAL_VARS)`
+//! reads `SPOOLREPLAY_SMTP_USER`/`SPOOLREPLAY_SMTP_PASSWORD`, or a `user:password` file
+//! named by `SPOOLREPLAY_SMTP_CREDENTIALS`. They are refused over a connection without TLS.
 
 use std::fmt;
 use std::str::FromStr;
@@ -23,21 +23,12 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::StoreError;
 use super::reply::Reply;
-use super::target::split_host_port;
+use super::target::{CredentialVars, Credentials, Schemes};
 use super::transaction::{self, Link, Protocol, Session};
 use super::wire::{self, Capabilities, ClientOptions, Conn};
 use crate::sanitize;
 
-/// How the connection is protected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Security {
-    /// `smtp://`: no TLS.
-    Plain,
-    /// `smtp+starttls://`: STARTTLS is required; a server without it is refused.
-    StartTls,
-    /// `smtps://`: TLS from the first byte (RFC 8314).
-    Tls,
-}
+pub use super::target::Security;
 
 /// `smtp://host[:port]` (25), `smtp+starttls://host[:port]` (25), `smtps://host[:port]` (465).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,23 +38,19 @@ pub struct SmtpTarget {
     pub port: u16,
 }
 
+const SCHEMES: Schemes = Schemes {
+    protocol: "SMTP",
+    plain: "smtp",
+    tls: "smtps",
+    port: 25,
+    tls_port: 465,
+};
+
 impl FromStr for SmtpTarget {
     type Err = String;
 
     fn from_str(s: &str) -> Result<SmtpTarget, String> {
-        let (security, authority, default) = if let Some(a) = s.strip_prefix("smtp://") {
-            (Security::Plain, a, 25)
-        } else if let Some(a) = s.strip_prefix("smtp+starttls://") {
-            (Security::StartTls, a, 25)
-        } else if let Some(a) = s.strip_prefix("smtps://") {
-            (Security::Tls, a, 465)
-        } else {
-            return Err(format!(
-                "`{s}` is not an SMTP target (smtp://, smtp+starttls:// or smtps://host[:port])"
-            ));
-        };
-        let (host, port) = split_host_port(authority, default)
-            .map_err(|e| format!("bad SMTP target `{s}`: {e}"))?;
+        let (security, host, port) = SCHEMES.parse(s)?;
         Ok(SmtpTarget {
             security,
             host,
@@ -74,74 +61,24 @@ impl FromStr for SmtpTarget {
 
 impl fmt::Display for SmtpTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = match self.security {
-            Security::Plain => "smtp",
-            Security::StartTls => "smtp+starttls",
-            Security::Tls => "smtps",
-        };
-        if self.host.contains(':') {
-            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{scheme}://{}:{}", self.host, self.port)
-        }
+        SCHEMES.show(f, self.security, &self.host, self.port)
     }
 }
 
 /// A user name and password for SMTP AUTH (PLAIN or LOGIN).
-#[derive(Clone, PartialEq, Eq)]
-pub struct SmtpCredentials {
-    pub user: String,
-    pub password: String,
-}
-
-impl fmt::Debug for SmtpCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "SmtpCredentials {{ user: {:?}, password: <hidden> }}",
-            self.user
-        )
-    }
-}
+pub type SmtpCredentials = Credentials;
 
 /// Environment variables the credentials are read from.
 pub const ENV_USER: &str = "SPOOLREPLAY_SMTP_USER";
 pub const ENV_PASSWORD: &str = "SPOOLREPLAY_SMTP_PASSWORD";
 pub const ENV_FILE: &str = "SPOOLREPLAY_SMTP_CREDENTIALS";
-
-impl SmtpCredentials {
-    /// From the process environment; `Ok(None)` when none are set.
-    pub fn from_env() -> Result<Option<SmtpCredentials>, String> {
-        SmtpCredentials::from_vars(|k| std::env::var(k).ok())
-    }
-
-    /// From any variable lookup (tests pass their own). The file wins over the pair.
-    pub fn from_vars(
-        var: impl Fn(&str) -> Option<String>,
-    ) -> Result<Option<SmtpCredentials>, String> {
-        if let Some(path) = var(ENV_FILE).filter(|p| !p.is_empty()) {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("cannot read SMTP credentials file `{path}`: {e}"))?;
-            let line = text.lines().next().unwrap_or("");
-            let Some((user, password)) = line.split_once(':') else {
-                return Err(format!(
-                    "SMTP credentials file `{path}` must hold `user:password` on its first line"
-                ));
-            };
-            return Ok(Some(SmtpCredentials {
-                user: user.to_string(),
-                password: password.to_string(),
-            }));
-        }
-        match (var(ENV_USER), var(ENV_PASSWORD)) {
-            (None, None) => Ok(None),
-            (Some(user), Some(password)) => Ok(Some(SmtpCredentials { user, password })),
-            _ => Err(format!(
-                "set both {ENV_USER} and {ENV_PASSWORD}, or neither (or use {ENV_FILE})"
-            )),
-        }
-    }
-}
+/// The three, for `Credentials::from_env`.
+pub const CREDENTIAL_VARS: CredentialVars = CredentialVars {
+    protocol: "SMTP",
+    user: ENV_USER,
+    password: ENV_PASSWORD,
+    file: ENV_FILE,
+};
 
 /// Everything an SMTP store is opened with.
 #[derive(Debug, Clone)]

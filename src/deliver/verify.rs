@@ -95,27 +95,9 @@ impl Deliverer for VerifiedStore {
             };
             match self.inner.deliver(&traced, std::slice::from_ref(spec)) {
                 Ok(mut one) => outcomes.append(&mut one),
-                Err(e) if outcomes.iter().all(|o| !delivered(o)) => return Err(e),
-                // Copies already sent stay sent; the rest wait for the store.
-                Err(e) => {
-                    let reply = e.to_string();
-                    while outcomes.len() < recipients.len() {
-                        outcomes.push(Outcome::Deferred {
-                            reply: Answer::Local(reply.clone()),
-                            remote: None,
-                        });
-                    }
-                    return Ok(outcomes);
-                }
+                Err(e) => return super::rest_deferred(outcomes, recipients.len(), e),
             }
         }
         Ok(outcomes)
     }
-}
-
-fn delivered(o: &Outcome) -> bool {
-    matches!(
-        o,
-        Outcome::Delivered { .. } | Outcome::AlreadyThere { .. } | Outcome::Uncertain { .. }
-    )
 }

@@ -110,9 +110,9 @@ fn targets_parse_and_display() {
 
 #[test]
 fn credentials_come_from_the_environment_or_a_file() {
-    let none = SmtpCredentials::from_vars(|_| None).unwrap();
+    let none = SmtpCredentials::from_vars(&CREDENTIAL_VARS, |_| None).unwrap();
     assert_eq!(none, None);
-    let pair = SmtpCredentials::from_vars(|k| match k {
+    let pair = SmtpCredentials::from_vars(&CREDENTIAL_VARS, |k| match k {
         ENV_USER => Some("relay".into()),
         ENV_PASSWORD => Some("s3cret:x".into()),
         _ => None,
@@ -124,21 +124,25 @@ fn credentials_come_from_the_environment_or_a_file() {
         ("relay", "s3cret:x")
     );
     assert!(!format!("{pair:?}").contains("s3cret"));
-    let half = SmtpCredentials::from_vars(|k| (k == ENV_USER).then(|| "relay".into()));
+    let half = SmtpCredentials::from_vars(&CREDENTIAL_VARS, |k| {
+        (k == ENV_USER).then(|| "relay".into())
+    });
     assert!(half.unwrap_err().contains(ENV_PASSWORD));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("creds");
     std::fs::write(&file, "fileuser:pa:ss\n").unwrap();
     let path = file.display().to_string();
-    let from_file = SmtpCredentials::from_vars(|k| (k == ENV_FILE).then(|| path.clone()))
-        .unwrap()
-        .unwrap();
+    let from_file =
+        SmtpCredentials::from_vars(&CREDENTIAL_VARS, |k| (k == ENV_FILE).then(|| path.clone()))
+            .unwrap()
+            .unwrap();
     assert_eq!(
         (from_file.user.as_str(), from_file.password.as_str()),
         ("fileuser", "pa:ss")
     );
     std::fs::write(&file, "no colon\n").unwrap();
-    let bad = SmtpCredentials::from_vars(|k| (k == ENV_FILE).then(|| path.clone()));
+    let bad =
+        SmtpCredentials::from_vars(&CREDENTIAL_VARS, |k| (k == ENV_FILE).then(|| path.clone()));
     assert!(bad.unwrap_err().contains("user:password"));
 }
 

@@ -48,6 +48,9 @@ pub struct Dovecot {
     pub port: u16,
     /// IMAP on a loopback port, with master user `MASTER_USER` (`start_imap_with`).
     pub imap_port: Option<u16>,
+    /// In this instance's greetings (`login_greeting`), so `wait_ready` knows that what
+    /// answers on the ports is this instance and not another that holds them.
+    token: String,
     /// The master process, run in the foreground (`-F`) as our child: it stays in the
     /// suite's process group, so even a Ctrl-C of the whole suite, which skips `Drop`,
     /// stops it; a daemonized master would be left running.
@@ -89,6 +92,22 @@ impl Dovecot {
 
     #[track_caller]
     fn start_inner(users: &[User], imap: bool, tempfail: bool) -> Dovecot {
+        Dovecot::start_on(users, imap, tempfail, None)
+    }
+
+    /// As `start_inner`; the first attempt on `ports` (LMTP, IMAP) when given, as a test
+    /// of a taken port asks. A port picked free can be taken by another process before
+    /// Dovecot binds it (another test's Dovecot, a client's source port): Dovecot then
+    /// dies a little later, and meanwhile the port answers with the other process's
+    /// greeting. So the instance is ready only when both ports greet with this instance's
+    /// token; otherwise it starts again on other ports.
+    #[track_caller]
+    fn start_on(
+        users: &[User],
+        imap: bool,
+        tempfail: bool,
+        mut ports: Option<(u16, Option<u16>)>,
+    ) -> Dovecot {
         ensure_installed();
         let dir = tempfile::tempdir().expect("temp dir for dovecot");
         // Dovecot's processes run as other users: they must reach the folder.
@@ -98,8 +117,6 @@ impl Dovecot {
         let mail = root.join("mail");
         std::fs::create_dir(&mail).expect("mail folder");
         std::os::unix::fs::chown(&mail, Some(MAIL_UID), Some(MAIL_UID)).expect("chown mail folder");
-        let port = free_port();
-        let imap_port = imap.then(free_port);
         std::fs::write(root.join("users"), users_file(users)).expect("users file");
         std::fs::write(
             root.join("masters"),
@@ -107,25 +124,47 @@ impl Dovecot {
         )
         .expect("masters file");
         let conf = root.join("dovecot.conf");
-        let mut text = config(root, port, imap_port);
-        if !tempfail {
-            text = text.replace("quota_full_tempfail = yes", "quota_full_tempfail = no");
-        }
-        std::fs::write(&conf, text).expect("dovecot.conf");
-        let d = Dovecot {
+        let token = root
+            .file_name()
+            .expect("temp dir name")
+            .to_string_lossy()
+            .trim_start_matches('.')
+            .to_string();
+        let mut d = Dovecot {
             dir,
             conf,
-            port,
-            imap_port,
+            port: 0,
+            imap_port: None,
+            token,
             master: Mutex::new(None),
         };
-        d.launch();
-        d
+        let mut taken = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            let (port, imap_port) = ports
+                .take()
+                .unwrap_or_else(|| (free_port(), imap.then(free_port)));
+            d.port = port;
+            d.imap_port = imap_port;
+            let mut text = config(d.root(), port, imap_port, &d.token);
+            if !tempfail {
+                text = text.replace("quota_full_tempfail = yes", "quota_full_tempfail = no");
+            }
+            std::fs::write(&d.conf, text).expect("dovecot.conf");
+            match d.launch() {
+                Ok(()) => return d,
+                Err(why) => {
+                    d.shut_down();
+                    taken.push(why);
+                }
+            }
+        }
+        panic!("dovecot found its ports taken {START_ATTEMPTS} times: {taken:?}");
     }
 
-    /// Starts the master with this instance's config and waits until LMTP answers.
+    /// Starts the master with this instance's config and waits until it answers on its
+    /// ports; `Err` when another process holds one of them.
     #[track_caller]
-    fn launch(&self) {
+    fn launch(&self) -> Result<(), String> {
         let root = self.root();
         let stderr = std::fs::File::create(root.join("dovecot.stderr")).expect("stderr file");
         let stdout = stderr.try_clone().expect("stderr file");
@@ -140,7 +179,7 @@ impl Dovecot {
             .spawn()
             .expect("run dovecot");
         *self.master.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
     /// Asks the master to stop and waits until it has (`kill -9` after 10 s).
@@ -177,9 +216,13 @@ impl Dovecot {
         }
     }
 
+    /// Comes back on the same ports (a test of a store that goes away and comes back
+    /// needs them); one taken meanwhile fails the test, with the reason.
     #[track_caller]
     pub fn restart(&self) {
-        self.launch();
+        if let Err(why) = self.launch() {
+            panic!("dovecot cannot come back on its ports: {why}");
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -244,9 +287,13 @@ impl Dovecot {
         format!("stderr: {stderr}\nlog: {}", self.log())
     }
 
-    /// Until LMTP greets on the TCP port (a fresh start takes well under a second).
-    fn wait_ready(&self) {
+    /// Until LMTP (and IMAP, if configured) greet on their ports with this instance's
+    /// token (a fresh start takes well under a second). `Err` when a port is another
+    /// process's: it greets without our token, or our master died of a taken port.
+    fn wait_ready(&self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
+        let ports: Vec<u16> = std::iter::once(self.port).chain(self.imap_port).collect();
+        let mut ready = vec![false; ports.len()];
         while Instant::now() < deadline {
             if let Some(child) = self
                 .master
@@ -255,22 +302,48 @@ impl Dovecot {
                 .as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("dovecot exited ({status}): {}", self.diagnostics());
-            }
-            if let Ok(s) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut line = String::new();
-                if BufReader::new(&s).read_line(&mut line).is_ok() && line.starts_with("220") {
-                    return;
+                let diagnostics = self.diagnostics();
+                if diagnostics.contains("Address already in use") {
+                    return Err(format!("a port of {ports:?} was in use: {diagnostics}"));
                 }
+                panic!("dovecot exited ({status}): {diagnostics}");
+            }
+            for (port, ready) in ports.iter().zip(ready.iter_mut()) {
+                if *ready {
+                    continue;
+                }
+                let Some(greeting) = greeting(*port) else {
+                    continue;
+                };
+                if !greeting.contains(&self.token) {
+                    return Err(format!(
+                        "port {port} answers for another process: {greeting:?}"
+                    ));
+                }
+                *ready = true;
+            }
+            if ready.iter().all(|r| *r) {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!(
-            "dovecot LMTP did not answer within 10 s: {}",
+            "dovecot did not answer on {ports:?} within 10 s: {}",
             self.diagnostics()
         );
     }
+}
+
+/// How many times a Dovecot is started on fresh ports when it finds one taken.
+const START_ATTEMPTS: usize = 5;
+
+/// The first line a server on `port` sends, if one answers.
+fn greeting(port: u16) -> Option<String> {
+    let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).ok()?;
+    (!line.is_empty()).then_some(line)
 }
 
 impl Drop for Dovecot {
@@ -296,7 +369,7 @@ fn users_file(users: &[User]) -> String {
 pub const MASTER_USER: &str = "replay";
 pub const MASTER_PASSWORD: &str = "masterpw";
 
-fn config(root: &Path, port: u16, imap_port: Option<u16>) -> String {
+fn config(root: &Path, port: u16, imap_port: Option<u16>, token: &str) -> String {
     let r = root.display();
     let imap = match imap_port {
         None => String::new(),
@@ -329,6 +402,7 @@ service imap-login {{
 {imap}base_dir = {r}/run
 state_dir = {r}/state
 log_path = {r}/dovecot.log
+login_greeting = Dovecot ready ({token}).
 info_log_path = {r}/dovecot.log
 ssl = no
 listen = 127.0.0.1
@@ -390,4 +464,28 @@ fn has_dovecot() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// A Dovecot whose port is held by another Dovecot must not take that one's greeting for
+/// its own (the other's mailboxes would get its mail: a drill once counted every copy
+/// twice that way): it starts again on free ports and answers there itself.
+#[test]
+fn a_dovecot_whose_port_is_taken_starts_on_other_ports() {
+    let first = Dovecot::start_imap_with(&[User::new("alice@example.test")]);
+    let first_imap = first.imap_port.expect("imap port");
+    for ports in [
+        (first.port, Some(free_port())),
+        (free_port(), Some(first_imap)),
+    ] {
+        let second = Dovecot::start_on(&[User::new("bob@example.test")], true, true, Some(ports));
+        let second_imap = second.imap_port.expect("imap port");
+        assert_ne!(second.port, first.port, "{ports:?}");
+        assert_ne!(second_imap, first_imap, "{ports:?}");
+        for port in [second.port, second_imap] {
+            let hello = greeting(port).expect("a greeting");
+            assert!(hello.contains(&second.token), "{port}: {hello}");
+        }
+        // The first still answers for itself.
+        assert!(greeting(first.port).is_some_and(|g| g.contains(&first.token)));
+    }
 }
