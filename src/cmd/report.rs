@@ -18,6 +18,7 @@ use crate::classify::ALL_DISPOSITIONS;
 use crate::config::{Output, ReportConfig};
 use crate::exit::{Exit, Failure};
 use crate::incident::Incident;
+use crate::ledger::DeliveryOrder;
 use crate::ledger::queries::{DuplicateGroup, MailboxRow, SenderDomainRow};
 use crate::ledger::{Ledger, QuarantineRow, RcptState, combined, describe_shard};
 use crate::plan::{
@@ -25,7 +26,7 @@ use crate::plan::{
 };
 use crate::report::html::{self, AnomalyLine, DELAY_BUCKETS, DomainOutcomes, HtmlReport};
 use crate::report::sheet::{Cell, Format, SheetWriter, Sink, Tracked};
-use crate::report::{Printer, json as events};
+use crate::report::{Printer, json as events, order};
 use crate::sanitize::for_terminal;
 use crate::throttle::{RateSpec, format_duration};
 
@@ -53,6 +54,9 @@ pub fn run(output: Output, cfg: ReportConfig) -> Result<Exit> {
             Ok(())
         })?;
     }
+    if cfg.order == DeliveryOrder::Fair {
+        plan.first_round = Some(combined::fair_first_round(&ledgers, cfg.now.timestamp())?);
+    }
     let facts = Facts::read(&ledgers, cfg.top)?;
     // The table says it on stdout; JSON and CSV readers get it on stderr too.
     if let (Some(m), false) = (guard(&cfg, inc, &plan), cfg.format == Format::Table) {
@@ -69,6 +73,14 @@ pub fn run(output: Output, cfg: ReportConfig) -> Result<Exit> {
         ));
     }
     Ok(Exit::Done)
+}
+
+/// What the chosen `--order` means for the plan's deliveries (`plan::order_milestones`).
+fn milestones(cfg: &ReportConfig, plan: &Plan) -> Vec<crate::plan::Milestone> {
+    match &cfg.incident {
+        Some(inc) => crate::plan::order_milestones(plan, inc, cfg.order, &cfg.pace),
+        None => Vec::new(),
+    }
 }
 
 /// The mass-bounce guard `run` applies, so the dry run warns about what `run` refuses.
@@ -302,6 +314,7 @@ fn write_plan(
     bounce_policy_section(out, f, cfg, inc, plan)?;
     quarantine_section(out, f, facts)?;
     projection_section(out, f, cfg, plan)?;
+    order::section(out, f, cfg.order, &milestones(cfg, plan))?;
     match f {
         Format::Json => {
             serde_json::to_writer(&mut *out, &summary_event(cfg, inc, plan, facts))?;
@@ -395,6 +408,7 @@ fn summary_prose(out: &mut dyn Sink, cfg: &ReportConfig, plan: &Plan) -> Result<
     for (rate, d) in what_if(cfg, plan) {
         writeln!(out, "  at {rate}: {}", format_duration(d))?;
     }
+    order::prose(out, cfg.order, &milestones(cfg, plan))?;
     if let (Some(o), Some(n)) = (plan.oldest, plan.newest) {
         writeln!(
             out,
@@ -576,6 +590,7 @@ fn summary_event(
         "dsns_suppressed_unauthenticated": plan.policy_totals().unauthenticated,
         "dsns_suppressed_spam": plan.policy_totals().spam,
         "projected_seconds": plan.projected(&cfg.pace).map(|d| d.as_secs_f64()),
+        "order": order::name(cfg.order),
         "oldest": plan.oldest.map(|t| t.to_rfc3339()),
         "newest": plan.newest.map(|t| t.to_rfc3339()),
         "quarantined": facts.quarantine.0,

@@ -6,6 +6,7 @@
 
 pub mod html;
 pub mod json;
+pub mod order;
 pub mod progress;
 pub mod sheet;
 pub mod svg;
