@@ -587,3 +587,162 @@ fn bad_cluster_options_are_usage_errors() {
     check(&out, 64);
     assert!(out.stderr.contains("--cluster-dedupe"), "{}", out.stderr);
 }
+
+/// A TCP relay in front of a real store that counts the connections open through it at
+/// once, and the most it saw. Stopped (accept thread ended) when dropped.
+struct Counting {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    most: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Counting {
+    fn start(upstream: u16) -> Counting {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let open = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (o, m, s) = (Arc::clone(&open), Arc::clone(&most), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let now = o.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                let o = Arc::clone(&o);
+                let (mut c_in, mut s_out) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let (mut s_in, mut c_out) = (server, client);
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                    let _ = s_out.shutdown(Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s_in, &mut c_out);
+                    let _ = c_out.shutdown(Shutdown::Both);
+                    let _ = up.join();
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Counting {
+            port,
+            open,
+            most,
+            stop,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn most(&self) -> usize {
+        self.most.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Counting {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+#[test]
+fn concurrency_is_the_number_of_store_connections_across_the_cluster() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let n = 300;
+    let spool = spool(dir.path(), n);
+    let sink = Sink::start(&dir.path().join("sink"));
+    let relay = Counting::start(sink.port);
+    let url = redis.url("conns");
+    let members: Vec<Cli> = (1..=2).map(|i| member(&spool, i, 2)).collect();
+    // Each member alone would open 2: together 4, were the limit per member.
+    let args = ["--concurrency", "2", "--cluster", url.as_str()];
+    let runs: Vec<ChildGuard> = members
+        .iter()
+        .map(|m| spawn_run(m, &relay.url(), &args))
+        .collect();
+    for run in runs {
+        finish(run, 0);
+    }
+    let seen = copies(&sink);
+    assert_eq!(seen.len(), n, "every message delivered");
+    assert!(seen.values().all(|c| *c == 1), "a copy doubled: {seen:?}");
+    assert!(
+        relay.most() <= 2,
+        "{} store connections at once, the cluster's limit is 2",
+        relay.most()
+    );
+    // The limit is used, not just respected.
+    assert_eq!(relay.most(), 2, "never two connections at once");
+    // Every slot went back when the runs ended.
+    let status = cluster_status(&redis, "conns");
+    assert_eq!(status["connections"], 0, "{status}");
+}
+
+#[test]
+fn a_member_killed_with_kill_9_frees_its_connections_when_their_lease_expires() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spool = spool(dir.path(), 400);
+    let sink = Sink::start(&dir.path().join("sink"));
+    let relay = Counting::start(sink.port);
+    let url = redis.url("killed");
+    let (a, b) = (member(&spool, 1, 2), member(&spool, 2, 2));
+    let args = [
+        "--rate",
+        "20/s",
+        "--concurrency",
+        "2",
+        "--cluster",
+        url.as_str(),
+    ];
+    let mut first = spawn_run(&a, &relay.url(), &args);
+    // Until the first member holds both of the cluster's connections.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cluster_status(&redis, "killed")["connections"] != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first member never held 2 connections: {}",
+            cluster_status(&redis, "killed")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill().expect("kill -9 the first member");
+    let _ = first.wait();
+    // Dead, it cannot give them back: its slots stay taken until their lease expires.
+    let status = cluster_status(&redis, "killed");
+    assert_eq!(status["connections"], 2, "{status}");
+    let delivered_by_a = sink.messages().len();
+    // The second member waits for them, then delivers all of its shard.
+    let second = spawn_run(&b, &relay.url(), &args);
+    finish(second, 0);
+    assert_eq!(
+        sink.messages_settled().len(),
+        delivered_by_a + state_count(&b, "delivered") as usize
+    );
+    assert_eq!(b.status()["remaining"], 0);
+    assert!(relay.most() <= 2, "{} connections at once", relay.most());
+    assert_eq!(relay.open(), 0);
+    assert_eq!(cluster_status(&redis, "killed")["connections"], 0);
+}
