@@ -108,7 +108,11 @@ fn three_members_on_three_shards_share_one_rate() {
     let members: Vec<Cli> = (1..=3).map(|i| member(&spool, i, 3)).collect();
     let runs: Vec<ChildGuard> = members
         .iter()
-        .map(|m| spawn_run(m, &sink.url(), &["--rate", "150/s", "--cluster", &url]))
+        .map(|m| {
+            // One store connection each: `--concurrency` is the cluster's total.
+            let args = ["--rate", "150/s", "--concurrency", "3", "--cluster", &url];
+            spawn_run(m, &sink.url(), &args)
+        })
         .collect();
     for run in runs {
         finish(run, 0);
@@ -158,7 +162,15 @@ fn a_member_that_finishes_early_leaves_its_share_to_the_others() {
     let small_sink = Sink::start(&dir.path().join("small"));
     let big_sink = Sink::start(&dir.path().join("big"));
     let url = redis.url("early");
-    let args = ["--rate", "150/s", "--cluster", url.as_str()];
+    // One store connection each (`--concurrency` is the cluster's total).
+    let args = [
+        "--rate",
+        "150/s",
+        "--concurrency",
+        "2",
+        "--cluster",
+        url.as_str(),
+    ];
     let a = spawn_run(&small, &small_sink.url(), &args);
     let b = spawn_run(&big, &big_sink.url(), &args);
     finish(a, 0);
@@ -746,3 +758,87 @@ fn a_member_killed_with_kill_9_frees_its_connections_when_their_lease_expires() 
     assert_eq!(relay.open(), 0);
     assert_eq!(cluster_status(&redis, "killed")["connections"], 0);
 }
+
+/// `cluster status` until `ready` holds for its JSON (or the test fails after 30 s).
+#[track_caller]
+fn status_until(redis: &Redis, name: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = cluster_status(redis, name);
+        if ready(&status) {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {what}: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn cluster_status_shows_eta_last_refusal_and_a_paused_member() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spool = spool(dir.path(), 300);
+    // The store refuses one mailbox's first two tries, naming it in the reply.
+    let mut script = Script::accepting(&["8BITMIME"]);
+    let refused = std::sync::atomic::AtomicU64::new(0);
+    script.on_rcpt = Box::new(move |_, address| {
+        let busy = address.contains("user3@")
+            && refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2;
+        busy.then(|| format!("450 4.2.0 <{address}> mailbox busy, try later"))
+    });
+    let peer = Peer::start(script);
+    let m = member(&spool, 1, 1);
+    let url = redis.url("outlook");
+    let run = spawn_run(
+        &m,
+        &peer.url(),
+        &["--rate", "30/s", "--retry-delay", "1s", "--cluster", &url],
+    );
+    let status = status_until(&redis, "outlook", "a refusal and an ETA", |s| {
+        s["members"][0]["last_refusal"].is_string() && s["members"][0]["eta_seconds"].is_u64()
+    });
+    let member = &status["members"][0];
+    let refusal = member["last_refusal"].as_str().expect("refusal");
+    assert!(refusal.starts_with("450 4.2.0"), "{status}");
+    assert!(refusal.contains("mailbox busy"), "{status}");
+    assert!(
+        !refusal.contains('@'),
+        "an address in the cluster's status: {status}"
+    );
+    assert!(member["last_refusal_at"].is_string(), "{status}");
+    assert!(status["eta_seconds"].is_u64(), "a total ETA: {status}");
+    let out = Cli::new().run(&["cluster", "status", "--cluster", &url]);
+    check(&out, 0);
+    assert!(out.stdout.contains("ETA"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("Last refusal seen by") && out.stdout.contains("450 4.2.0"),
+        "{}",
+        out.stdout
+    );
+    // Paused on its own ledger, the member says so, and its heartbeat goes on.
+    check(&m.run(&["control", "pause"]), 0);
+    status_until(&redis, "outlook", "paused", |s| {
+        s["members"][0]["state"] == "paused" && s["members"][0]["paused_by"] == "control pause"
+    });
+    std::thread::sleep(STALE_WAIT);
+    let status = cluster_status(&redis, "outlook");
+    assert_eq!(status["members"][0]["state"], "paused", "{status}");
+    assert_eq!(status["members"][0]["stale"], false, "{status}");
+    let out = Cli::new().run(&["cluster", "status", "--cluster", &url]);
+    assert!(
+        out.stdout.contains("paused (control pause)"),
+        "{}",
+        out.stdout
+    );
+    check(&m.run(&["control", "resume"]), 0);
+    finish(run, 0);
+    let status = cluster_status(&redis, "outlook");
+    assert_eq!(status["members"][0]["state"], "finished", "{status}");
+    assert_eq!(status["eta_seconds"], 0, "{status}");
+}
+
+/// Longer than a heartbeat may be missed before a member is shown as stale (5 s).
+const STALE_WAIT: Duration = Duration::from_secs(6);
