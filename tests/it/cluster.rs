@@ -295,6 +295,15 @@ fn pause_holds_every_member_until_resume() {
     std::thread::sleep(Duration::from_secs(1));
     assert!(sink.messages().is_empty(), "a paused cluster delivered");
     assert_eq!(cluster_status(&redis, "paused")["paused"], true);
+    // The member shows as paused by the cluster, not as running (nor as gone).
+    let status = status_until(&redis, "paused", "a paused member", |s| {
+        s["members"][0]["state"] == "paused"
+    });
+    assert_eq!(
+        status["members"][0]["paused_by"], "cluster pause",
+        "{status}"
+    );
+    assert_eq!(status["members"][0]["stale"], false, "{status}");
     check(&admin.run(&["cluster", "resume", "--cluster", &url]), 0);
     let out = finish(run, 0);
     assert!(
