@@ -4,13 +4,12 @@
 use std::io::{BufWriter, Write};
 
 use anyhow::Result;
-use serde_json::{Value, json};
 
 use crate::config::{AuditConfig, Output};
 use crate::exit::Exit;
-use crate::ledger::queries::{AuditRecipient, EventRow};
-use crate::ledger::{Ledger, RcptState};
+use crate::ledger::Ledger;
 use crate::report::Printer;
+use crate::report::event::Event;
 use crate::sanitize::for_terminal;
 
 /// Recipients read per ledger query.
@@ -29,8 +28,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: AuditConfig) -> R
         after = last.id;
         for r in &page {
             let events = ledger.events_of(r.id)?;
-            serde_json::to_writer(&mut out, &audit_line(r, &events))?;
-            out.write_all(b"\n")?;
+            Event::audit(r, &events).write_line(&mut out)?;
         }
     }
     out.flush()?;
@@ -60,37 +58,4 @@ fn warn_unknown_window(printer: &Printer, ledger: &Ledger, window: &str) -> Resu
         for_terminal(window),
     ));
     Ok(())
-}
-
-/// One recipient and its history. The DSN id is given on the change to `bounced` (the
-/// recipient row holds it; the event's detail says it in words).
-pub fn audit_line(r: &AuditRecipient, events: &[EventRow]) -> Value {
-    let events: Vec<Value> = events
-        .iter()
-        .map(|e| {
-            json!({
-                "at": e.at,
-                "from": e.from.map(RcptState::as_str),
-                "to": e.to.as_str(),
-                "detail": e.detail,
-                "dsn_id": if e.to == RcptState::Bounced { r.dsn_id } else { None },
-            })
-        })
-        .collect();
-    json!({
-        "type": "audit",
-        "recipient_id": r.id,
-        "message_id": r.message_id,
-        "queue_id": r.queue_id,
-        "sender": r.sender,
-        "recipient": r.address,
-        "arrival": r.arrival,
-        "window": r.window,
-        "disposition": r.disposition,
-        "state": r.state.as_str(),
-        "status": r.status,
-        "reply": r.reply,
-        "dsn_id": r.dsn_id,
-        "events": events,
-    })
 }

@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 use chrono::Local;
-use serde_json::json;
 
 use crate::bounce::relay::{Sender, Sent};
 use crate::bounce::{self, Decision, make_dsn};
@@ -16,8 +15,9 @@ use crate::ledger::{DsnFilter, DsnKind, Ledger, MessageWork, RcptState, Recipien
 use crate::metrics::{Endpoint, Exposition, SendMetrics};
 use crate::pace::Pace;
 use crate::replay::failure_for;
+use crate::report::Printer;
+use crate::report::event::Event;
 use crate::report::table::Table;
-use crate::report::{Printer, json as events};
 use crate::sanitize::for_terminal;
 use crate::shutdown::Shutdown;
 
@@ -42,8 +42,10 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
         BouncesConfig::Write { outbox } => {
             let mut ledger = Ledger::open_existing_for_write(ledger_path, "bounces write")?;
             let written = bounce::outbox::write_pending(&mut ledger, &outbox)?;
-            printer
-                .event(&json!({"type": "dsns_written", "written": written, "outbox": outbox}))?;
+            printer.event(&Event::DsnsWritten {
+                written,
+                outbox: &outbox,
+            })?;
             printer.summary(&format!(
                 "wrote {written} DSNs to `{}`",
                 for_terminal(&outbox.display().to_string())
@@ -106,19 +108,22 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
                     },
                     s.reply,
                 );
-                let _ = printer.event(&json!({
-                    "type": "dsn_sent", "id": s.dsn.id, "to": s.dsn.envelope_to,
-                    "state": s.state.as_str(), "reply": s.reply,
-                }));
+                let _ = printer.event(&Event::DsnSent {
+                    id: s.dsn.id,
+                    to: &s.dsn.envelope_to,
+                    state: s.state.as_str(),
+                    reply: s.reply,
+                });
                 if let Some(change) = &s.pace {
                     let rate = crate::pace::format_rate(change.rate);
                     printer.note(&format!(
                         "pace now {rate}: {}",
                         for_terminal(&change.reason)
                     ));
-                    let _ = printer.event(&json!({
-                        "type": "pace", "rate": change.rate, "reason": change.reason,
-                    }));
+                    let _ = printer.event(&Event::Pace {
+                        rate: change.rate,
+                        reason: &change.reason,
+                    });
                 }
             };
             let mut sender = Sender {
@@ -157,20 +162,27 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: BouncesConfig) ->
             });
             // After a signal, output may be gone (SIGHUP): the ledger and the exit code
             // matter then, not whether the summary could be printed.
-            let summary_event = printer.event(&json!({
-                "type": "send_summary", "sent": stats.sent, "deferred": stats.deferred,
-                "failed": stats.failed, "uncertain": stats.uncertain,
-                "recovered_uncertain": stats.recovered_uncertain, "unsent": unsent,
-                "stopped": stopped, "exit": exit.code(),
-            }));
+            let summary_event = printer.event(&Event::SendSummary {
+                sent: stats.sent,
+                deferred: stats.deferred,
+                failed: stats.failed,
+                uncertain: stats.uncertain,
+                recovered_uncertain: stats.recovered_uncertain,
+                unsent,
+                stopped: stopped.as_deref(),
+                exit: exit.code(),
+            });
             if signal.is_none() {
                 summary_event?;
             }
             for (domain, c) in &stats.by_domain {
-                let _ = printer.event(&json!({
-                    "type": "send_domain", "domain": domain, "sent": c.sent,
-                    "deferred": c.deferred, "refused": c.refused, "uncertain": c.uncertain,
-                }));
+                let _ = printer.event(&Event::SendDomain {
+                    domain,
+                    sent: c.sent,
+                    deferred: c.deferred,
+                    refused: c.refused,
+                    uncertain: c.uncertain,
+                });
             }
             let mut t = Table::new(&["DSNs", "count#"]);
             for (label, n) in [
@@ -248,13 +260,14 @@ fn list(printer: &Printer, ledger: &Ledger) -> Result<Exit> {
     let owed = owed(ledger)?;
     if printer.json_mode() {
         for d in &rows {
-            printer.event(&events::dsn(d))?;
+            printer.event(&Event::dsn(d))?;
         }
         for (work, n) in &owed {
-            printer.event(&json!({
-                "type": "dsn_owed", "queue_id": work.message.queue_id,
-                "to": work.message.sender.as_str(), "recipients": n,
-            }))?;
+            printer.event(&Event::DsnOwed {
+                queue_id: &work.message.queue_id,
+                to: work.message.sender.as_str(),
+                recipients: *n,
+            })?;
         }
         return Ok(Exit::Done);
     }

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use serde_json::json;
 
 use crate::cli::ClusterAction;
 use crate::cluster::{Admin, ClusterUrl, Unreachable};
@@ -12,6 +11,7 @@ use crate::config::Output;
 use crate::exit::{Exit, Failure};
 use crate::pace::format_rate;
 use crate::report::Printer;
+use crate::report::event::Event;
 use crate::report::table::Table;
 use crate::sanitize::for_terminal;
 use crate::throttle::format_duration;
@@ -33,9 +33,7 @@ pub fn run(output: Output, url: &ClusterUrl, action: ClusterAction) -> Result<Ex
         ClusterAction::Status => {
             let status = admin.status().map_err(unavailable)?;
             if printer.json_mode() {
-                let mut value = serde_json::to_value(&status)?;
-                value["type"] = json!("cluster_status");
-                printer.event(&value)?;
+                printer.event(&Event::ClusterStatus(&status))?;
                 return Ok(Exit::Done);
             }
             let mut table = Table::new(&[

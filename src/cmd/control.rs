@@ -2,12 +2,12 @@
 //! this ledger, written as a row it polls every second (see `ledger/steering.rs`).
 
 use anyhow::Result;
-use serde_json::json;
 
 use crate::config::Output;
 use crate::exit::Exit;
 use crate::ledger::{Ledger, Steer};
 use crate::report::Printer;
+use crate::report::event::Event;
 
 pub fn run(ledger_path: &std::path::Path, output: Output, steer: &Steer) -> Result<Exit> {
     let printer = Printer::new(output);
@@ -18,7 +18,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, steer: &Steer) -> Resu
         Steer::Resume => "resume".to_string(),
         Steer::Rate(r) => format!("rate {r}"),
     };
-    printer.event(&json!({"type": "control", "id": id, "request": what}))?;
+    printer.event(&Event::ControlRequest { id, request: &what })?;
     printer.note(&format!(
         "asked for {what}: a run on this ledger picks it up within a second (a run started later ignores it)"
     ));

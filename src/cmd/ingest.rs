@@ -3,13 +3,13 @@
 use std::sync::mpsc::SyncSender;
 
 use anyhow::Result;
-use serde_json::json;
 
 use crate::config::{IngestConfig, Output};
 use crate::exit::{Exit, Failure};
 use crate::ledger::{self, Inserted, Ledger};
+use crate::report::Printer;
+use crate::report::event::Event;
 use crate::report::progress::Progress;
-use crate::report::{Printer, json as events};
 use crate::sanitize::for_terminal;
 use crate::shutdown::Shutdown;
 use crate::spool::{
@@ -137,7 +137,7 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
                     for_terminal(&q.source.to_string()),
                     for_terminal(&q.reason)
                 ));
-                printer.event(&events::quarantined_item(q))?;
+                printer.event(&Event::quarantined_item(q))?;
             }
             progress.add(count as u64, "");
         }
@@ -152,22 +152,21 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: IngestConfig) -> 
     let signal = shutdown.signal();
     let exit = signal.map_or(Exit::Done, |s| s.exit());
     let printed = (|| -> std::io::Result<()> {
-        printer.event(&json!({
-            "type": "ingest_summary",
-            "spool": root.to_string_lossy(),
-            "format": format.as_str(),
-            "ledger": ledger.path().to_string_lossy(),
-            "messages": tally.messages,
-            "new": tally.new,
-            "known": tally.known,
-            "recipients": tally.recipients,
-            "quarantined": tally.quarantined,
-            "new_quarantined": tally.new_quarantined,
-            "shard": cfg.shard.map(|s| s.to_string()),
-            "other_shards": selection.skipped(),
-            "stopped": signal.map(|s| s.name()),
-            "exit": exit.code(),
-        }))?;
+        printer.event(&Event::IngestSummary {
+            spool: root.to_string_lossy(),
+            format: format.as_str(),
+            ledger: ledger.path().to_string_lossy(),
+            messages: tally.messages,
+            new: tally.new,
+            known: tally.known,
+            recipients: tally.recipients,
+            quarantined: tally.quarantined,
+            new_quarantined: tally.new_quarantined,
+            shard: cfg.shard.map(|s| s.to_string()),
+            other_shards: selection.skipped(),
+            stopped: signal.map(|s| s.name()),
+            exit: exit.code(),
+        })?;
         printer.summary(&format!(
             "ingested {} messages from `{}`: {} new ({} recipients), {} already in the ledger; {} quarantined ({} new)",
             tally.messages,

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
-use serde_json::json;
 
 use crate::cluster::Member;
 use crate::config::{Output, RunConfig, StoreTarget};
@@ -21,9 +20,10 @@ use crate::ledger::{DsnFilter, Ledger, RcptState};
 use crate::metrics::{Endpoint, Exposition, Metrics};
 use crate::plan::{MASS_BOUNCE_HINT, Plan, mass_bounce};
 use crate::replay::{Event, Replay, Settings, Stop, StoreFactory};
+use crate::report::Printer;
+use crate::report::event::Event as Json;
 use crate::report::progress::Progress;
 use crate::report::table::Table;
-use crate::report::{Printer, json as events};
 use crate::sanitize::for_terminal;
 use crate::shutdown::{Shutdown, Signal};
 use crate::systemd::Notifier;
@@ -124,21 +124,23 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
                         for_terminal(detail)
                     ));
                 }
-                printer.event(&events::outcome(
-                    &message.queue_id,
+                printer.event(&Json::Outcome {
+                    queue_id: &message.queue_id,
                     recipient,
-                    state.as_str(),
+                    state: state.as_str(),
                     detail,
-                ))
+                })
             }
             Event::Dsn {
                 id,
                 message,
                 recipients,
-            } => printer.event(&json!({
-                "type": "dsn_made", "id": id, "queue_id": message.queue_id,
-                "to": message.sender.as_str(), "recipients": recipients,
-            })),
+            } => printer.event(&Json::DsnMade {
+                id,
+                queue_id: &message.queue_id,
+                to: message.sender.as_str(),
+                recipients,
+            }),
             Event::Delivered { messages, pace } => {
                 progress.add(messages - last_seen, pace);
                 last_seen = messages;
@@ -160,21 +162,21 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
                     n.status(text);
                 }
                 printer.note(text);
-                printer.event(&json!({"type": "control", "text": text}))
+                printer.event(&Json::Steered { text })
             }
             Event::Alert(text) => {
                 if let Some(n) = &notifier {
                     n.status(&for_terminal(text));
                 }
                 printer.warn(&for_terminal(text));
-                printer.event(&json!({"type": "warning", "text": text}))
+                printer.event(&Json::Warning { text })
             }
             Event::Notice(text) => {
                 if let Some(n) = &notifier {
                     n.status(&for_terminal(text));
                 }
                 printer.verbose(&for_terminal(text));
-                printer.event(&json!({"type": "notice", "text": text}))
+                printer.event(&Json::Notice { text })
             }
         };
         if let Err(e) = result {
@@ -252,32 +254,31 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
         None => Exit::Done,
     };
     let elapsed = started.elapsed();
-    let summary_event = printer.event(&json!({
-        "type": "run_summary",
-        "delivered": stats.delivered,
-        "already_there": stats.already_there,
-        "recovered_in_flight": stats.recovered,
-        "deferred": stats.deferred,
-        "failed": stats.failed,
-        "held": stats.held,
-        "released": stats.released,
-        "dropped": stats.dropped,
-        "dsns_made": stats.dsns,
-        "delay_warnings": stats.delay_warnings,
-        "dsns_written": written,
-        "dsns_unwritten": unwritten,
-        "spool_changed": stats.spool_changed,
-        "spool_changed_examples": stats.spool_changed_examples,
-        "remaining": remaining,
-        "uncertain": stats.uncertain,
-        "verified_in_store": stats.verified_found,
-        "verified_missing_redelivered": stats.verified_missing,
-        "verify_impossible": stats.verify_impossible,
-        "messages": stats.messages,
-        "seconds": elapsed.as_secs_f64(),
-        "stopped": stats.stop.as_ref().map(|s| stop_text(s, signal)),
-        "exit": exit.code(),
-    }));
+    let summary_event = printer.event(&Json::RunSummary {
+        delivered: stats.delivered,
+        already_there: stats.already_there,
+        recovered_in_flight: stats.recovered,
+        deferred: stats.deferred,
+        failed: stats.failed,
+        held: stats.held,
+        released: stats.released,
+        dropped: stats.dropped,
+        dsns_made: stats.dsns,
+        delay_warnings: stats.delay_warnings,
+        dsns_written: written,
+        dsns_unwritten: unwritten,
+        spool_changed: stats.spool_changed,
+        spool_changed_examples: &stats.spool_changed_examples,
+        remaining,
+        uncertain: stats.uncertain,
+        verified_in_store: stats.verified_found,
+        verified_missing_redelivered: stats.verified_missing,
+        verify_impossible: stats.verify_impossible,
+        messages: stats.messages,
+        seconds: elapsed.as_secs_f64(),
+        stopped: stats.stop.as_ref().map(|s| stop_text(s, signal)),
+        exit: exit.code(),
+    });
     if summary_event.is_err() && signal.is_none() {
         summary_event?;
     }
@@ -361,7 +362,7 @@ fn refuse_mass_bounce(printer: &Printer, ledger: &Ledger, cfg: &RunConfig) -> Re
     ) else {
         return Ok(plan.deliveries);
     };
-    printer.event(&events::mass_bounce(&m))?;
+    printer.event(&Json::mass_bounce(&m))?;
     Err(anyhow::Error::new(
         Failure::new(
             Exit::Config,

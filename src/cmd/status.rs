@@ -2,13 +2,13 @@
 //! remains to do.
 
 use anyhow::Result;
-use serde_json::json;
 
 use crate::config::Output;
 use crate::exit::Exit;
 use crate::ledger::state::ALL_STATES;
 use crate::ledger::{DsnFilter, Ledger, RcptState, SendState};
 use crate::report::Printer;
+use crate::report::event::{EnvelopeFrom, Event, RecipientLine, ReplyLine};
 use crate::report::table::Table;
 use crate::sanitize::for_terminal;
 use crate::spool::FieldSource;
@@ -37,34 +37,35 @@ pub fn run(ledger_path: &std::path::Path, output: Output) -> Result<Exit> {
     let replies = ledger.reply_counts()?;
 
     if printer.json_mode() {
-        let states: serde_json::Map<String, serde_json::Value> = ALL_STATES
-            .iter()
-            .map(|s| (s.as_str().to_string(), json!(count(*s))))
-            .collect();
-        let mut windows: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
+        let states = ALL_STATES.iter().map(|s| (s.as_str(), count(*s))).collect();
+        let mut windows = std::collections::BTreeMap::new();
         for (w, s, n) in &by_window {
-            let key = w.clone().unwrap_or_else(|| NOT_CLASSIFIED.into());
-            let entry = windows.entry(key).or_insert_with(|| json!({}));
-            entry[s.as_str()] = json!(n);
+            let key = w.as_deref().unwrap_or(NOT_CLASSIFIED);
+            let entry: &mut std::collections::BTreeMap<_, _> = windows.entry(key).or_default();
+            entry.insert(s.as_str(), *n);
         }
-        printer.event(&json!({
-            "type": "status",
-            "ledger": ledger.path().to_string_lossy(),
-            "messages": messages,
-            "states": states,
-            "windows": windows,
-            "quarantined": quarantined,
-            "dsns": dsns.len(),
-            "dsns_unwritten": unwritten,
-            "dsns_unsent": unsent,
-            "spool_changed": spool_changed,
-            "replies": replies.iter().map(|r| json!({
-                "code": r.code, "status": r.status, "state": r.state.as_str(),
-                "recipients": r.recipients,
-            })).collect::<Vec<_>>(),
-            "remaining": remaining,
-            "next": next_command(remaining, unsent),
-        }))?;
+        printer.event(&Event::Status {
+            ledger: ledger.path().to_string_lossy(),
+            messages,
+            states,
+            windows,
+            quarantined,
+            dsns: dsns.len(),
+            dsns_unwritten: unwritten,
+            dsns_unsent: unsent,
+            spool_changed,
+            replies: replies
+                .iter()
+                .map(|r| ReplyLine {
+                    code: r.code,
+                    status: r.status.as_deref(),
+                    state: r.state.as_str(),
+                    recipients: r.recipients,
+                })
+                .collect(),
+            remaining,
+            next: next_command(remaining, unsent),
+        })?;
         return Ok(Exit::Done);
     }
 
@@ -186,29 +187,35 @@ pub fn message(ledger_path: &std::path::Path, output: Output, queue_id: &str) ->
     for m in &messages {
         let recipients = ledger.recipients_of(m.id)?;
         let sources = ledger.envelope_sources(m.id)?;
-        printer.event(&json!({
-            "type": "message",
-            "queue_id": m.queue_id,
-            "queue_name": m.queue_name,
-            "source": m.source.to_string(),
-            "format": m.source.format.as_str(),
-            "sender": m.sender.as_str(),
-            "arrival": m.arrival.to_rfc3339(),
-            "size": m.size,
-            "mta_hold": m.mta_hold,
-            "window": m.window,
-            "disposition": m.disposition,
-            "envelope_from": {
-                "sender": sources.sender,
-                "recipients": sources.recipients,
-                "arrival": sources.arrival,
+        printer.event(&Event::Message {
+            queue_id: &m.queue_id,
+            queue_name: m.queue_name.as_deref(),
+            source: m.source.to_string(),
+            format: m.source.format.as_str(),
+            sender: m.sender.as_str(),
+            arrival: m.arrival.to_rfc3339(),
+            size: m.size,
+            mta_hold: m.mta_hold,
+            window: m.window.as_deref(),
+            disposition: m.disposition.as_deref(),
+            envelope_from: EnvelopeFrom {
+                sender: &sources.sender,
+                recipients: &sources.recipients,
+                arrival: &sources.arrival,
             },
-            "recipients": recipients.iter().map(|r| json!({
-                "address": r.address, "state": r.state.as_str(), "status": r.status,
-                "reply": r.reply, "remote": r.remote, "attempts": r.attempts,
-                "last_attempt": r.last_attempt,
-            })).collect::<Vec<_>>(),
-        }))?;
+            recipients: recipients
+                .iter()
+                .map(|r| RecipientLine {
+                    address: &r.address,
+                    state: r.state.as_str(),
+                    status: r.status.as_deref(),
+                    reply: r.reply.as_deref(),
+                    remote: r.remote.as_deref(),
+                    attempts: r.attempts,
+                    last_attempt: r.last_attempt.as_deref(),
+                })
+                .collect(),
+        })?;
         out.push_str(&format!(
             "{} ({}{})\n  from {}, arrived {}, {} bytes, window {}, {}{}\n",
             for_terminal(&m.queue_id),

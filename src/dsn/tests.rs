@@ -11,6 +11,12 @@ mod golden;
 use chrono::{DateTime, FixedOffset};
 use mail_parser::{MessageParser, MimeHeaders};
 
+use super::check::{escaped, is_plain_address};
+use super::encode::{
+    global_typed_address, quoted_printable, truncated_octets, typed_address, utf8_addr_xtext_decode,
+};
+use super::human::wrap;
+use super::returned::normalise_line_ends;
 use super::*;
 use crate::address::{Notify, ReversePath};
 use crate::deliver::reply::Reply;

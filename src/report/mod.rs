@@ -2,12 +2,16 @@
 //! JSON Lines events (`--json`), and progress.
 //!
 //! The JSON Lines format: one object per line on stdout, each with a `"type"` field; times
-//! are RFC 3339. The types are listed in README ("JSON events") and built only in `json.rs`.
+//! are RFC 3339. The types are listed in README ("JSON events") and are the variants of
+//! `event::Event`.
 
+pub mod affected;
+pub mod event;
 pub mod html;
-pub mod json;
 pub mod order;
+pub mod page;
 pub mod progress;
+pub mod sections;
 pub mod sheet;
 pub mod svg;
 pub mod table;
@@ -49,13 +53,11 @@ impl Printer {
     }
 
     /// A JSON Lines event on stdout (only with `--json`).
-    pub fn event(&self, value: &serde_json::Value) -> io::Result<()> {
+    pub fn event(&self, event: &event::Event<'_>) -> io::Result<()> {
         if !self.output.json {
             return Ok(());
         }
-        let mut out = io::stdout().lock();
-        serde_json::to_writer(&mut out, value)?;
-        out.write_all(b"\n")
+        event.write_line(&mut io::stdout().lock())
     }
 
     /// Human-readable data on stdout (not with `--json`).

@@ -5,8 +5,10 @@
 use std::io::{self, Write};
 
 use crate::ledger::DeliveryOrder;
-use crate::plan::{Milestone, MilestoneKind};
-use crate::report::sheet::{Cell, Format, SheetWriter, Sink};
+use crate::plan::{Milestone, MilestoneKind, order_milestones};
+use crate::report::event::Event;
+use crate::report::sections::PlanReport;
+use crate::report::sheet::{Format, SheetWriter, Sink};
 use crate::sanitize::for_terminal;
 use crate::throttle::format_duration;
 
@@ -39,17 +41,19 @@ fn when(d: Option<std::time::Duration>) -> String {
     d.map(format_duration).unwrap_or_else(|| "?".into())
 }
 
+/// What the report's `--order` means for its deliveries.
+fn milestones(r: &PlanReport<'_>) -> Vec<Milestone> {
+    order_milestones(r.plan, r.incident, r.order, &r.pace)
+}
+
 /// The lines under "Messages that would be delivered" in the table.
-pub fn prose(
-    out: &mut dyn Write,
-    order: DeliveryOrder,
-    milestones: &[Milestone],
-) -> io::Result<()> {
+pub fn prose(out: &mut dyn Write, r: &PlanReport<'_>) -> io::Result<()> {
+    let milestones = milestones(r);
     if milestones.is_empty() {
         return Ok(());
     }
-    writeln!(out, "In --order {} ({}):", name(order), meaning(order))?;
-    for m in milestones {
+    writeln!(out, "In --order {} ({}):", name(r.order), meaning(r.order))?;
+    for m in &milestones {
         match m.kind {
             MilestoneKind::FirstPerMailbox => writeln!(
                 out,
@@ -79,12 +83,7 @@ pub fn prose(
 }
 
 /// The `order` section (JSON and CSV; the table says it in prose).
-pub fn section(
-    out: &mut dyn Sink,
-    f: Format,
-    order: DeliveryOrder,
-    milestones: &[Milestone],
-) -> io::Result<()> {
+pub fn section(out: &mut dyn Sink, f: Format, r: &PlanReport<'_>) -> io::Result<()> {
     if f == Format::Table {
         return Ok(());
     }
@@ -103,20 +102,20 @@ pub fn section(
             "done_seconds",
         ],
     )?;
-    for m in milestones {
+    for m in milestones(r) {
         let window = match &m.kind {
             MilestoneKind::Window(name) => name.clone(),
             MilestoneKind::FirstPerMailbox => None,
         };
-        w.row(vec![
-            Cell::text(name(order)),
-            Cell::text(m.kind.key()),
-            Cell::MaybeText(window),
-            Cell::Count(m.from_messages),
-            Cell::Count(m.messages),
-            Cell::Duration(m.starts_after),
-            Cell::Duration(m.done_after),
-        ])?;
+        w.row(&Event::Order {
+            order: name(r.order),
+            milestone: m.kind.key(),
+            window,
+            from_messages: m.from_messages,
+            messages: m.messages,
+            starts_seconds: m.starts_after,
+            done_seconds: m.done_after,
+        })?;
     }
     w.finish()?;
     Ok(())

@@ -1,6 +1,7 @@
 //! Named tables of typed cells (the sections of `report`) written as a padded text table,
-//! CSV, or JSON Lines, from one definition, so the three formats always agree and the
-//! column names are the documented ones.
+//! CSV, or JSON Lines, from one definition (a row is an `Event`: its fields for JSON, its
+//! `cells` for the others), so the three formats always agree and the column names are
+//! the documented ones.
 //!
 //! Rows stream: CSV and JSON write each row at once; a text table buffers its first
 //! `WIDTH_SAMPLE` rows to size the columns and streams the rest at those widths, so a
@@ -9,8 +10,7 @@
 use std::io::{self, Write};
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
-
+use crate::report::event::Event;
 use crate::report::table::{human_bytes, padded_line};
 use crate::sanitize::for_terminal;
 use crate::throttle::format_duration;
@@ -76,16 +76,6 @@ impl Cell {
             Cell::Count(n) | Cell::Bytes(n) => n.to_string(),
             Cell::Seconds(Some(s)) => s.to_string(),
             Cell::Duration(Some(d)) => format!("{:.3}", d.as_secs_f64()),
-        }
-    }
-
-    fn for_json(&self) -> Value {
-        match self {
-            Cell::Text(s) | Cell::MaybeText(Some(s)) => json!(s),
-            Cell::MaybeText(None) | Cell::Seconds(None) | Cell::Duration(None) => Value::Null,
-            Cell::Count(n) | Cell::Bytes(n) => json!(n),
-            Cell::Seconds(Some(s)) => json!(s),
-            Cell::Duration(Some(d)) => json!((d.as_secs_f64() * 1000.0).round() / 1000.0),
         }
     }
 
@@ -225,26 +215,54 @@ impl<'w> SheetWriter<'w> {
         })
     }
 
-    pub fn row(&mut self, cells: Vec<Cell>) -> io::Result<()> {
-        debug_assert_eq!(cells.len(), self.columns.len(), "{}", self.kind);
+    /// One row: the event for JSON, its cells for a table and CSV.
+    pub fn row(&mut self, event: &Event<'_>) -> io::Result<()> {
+        if self.format != Format::Json {
+            return self.plain_row(event.cells());
+        }
         self.rows += 1;
+        let value = serde_json::to_value(event).map_err(io::Error::other)?;
+        debug_assert!(
+            self.names(&value),
+            "section `{}` has columns {:?}, its event {value}",
+            self.kind,
+            self.columns
+        );
+        serde_json::to_writer(&mut *self.out, &value)?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Whether an event is this section's: its type the section's name, its fields the
+    /// columns.
+    fn names(&self, value: &serde_json::Value) -> bool {
+        let Some(obj) = value.as_object() else {
+            return false;
+        };
+        let mut keys: Vec<&str> = obj
+            .keys()
+            .map(String::as_str)
+            .filter(|k| *k != "type")
+            .collect();
+        let mut columns: Vec<&str> = self.columns.iter().map(String::as_str).collect();
+        keys.sort_unstable();
+        columns.sort_unstable();
+        obj.get("type").and_then(|t| t.as_str()) == Some(self.kind.as_str()) && keys == columns
+    }
+
+    /// A row that is no event (the CSV summary's `key,value` rows): nothing in JSON.
+    pub fn plain_row(&mut self, cells: Vec<Cell>) -> io::Result<()> {
+        debug_assert_eq!(cells.len(), self.columns.len(), "{}", self.kind);
         match self.format {
+            Format::Json => Ok(()),
             Format::Csv => {
+                self.rows += 1;
                 let line: Vec<String> = std::iter::once(csv_field(&self.kind))
                     .chain(cells.iter().map(Cell::for_csv))
                     .collect();
                 writeln!(self.out, "{}", line.join(","))
             }
-            Format::Json => {
-                let mut obj = Map::new();
-                obj.insert("type".into(), json!(self.kind));
-                for (c, v) in self.columns.iter().zip(&cells) {
-                    obj.insert(c.clone(), v.for_json());
-                }
-                serde_json::to_writer(&mut *self.out, &Value::Object(obj))?;
-                self.out.write_all(b"\n")
-            }
             Format::Table => {
+                self.rows += 1;
                 for (n, c) in self.numeric.iter_mut().zip(&cells) {
                     *n |= c.is_numeric();
                 }
@@ -323,7 +341,32 @@ mod tests {
         let mut w =
             SheetWriter::begin(&mut buf, format, "thing", "Things", &["name", "size"]).unwrap();
         for r in rows {
-            w.row(r.clone()).unwrap();
+            w.plain_row(r.clone()).unwrap();
+        }
+        w.finish().unwrap();
+        String::from_utf8(buf.into_inner()).unwrap()
+    }
+
+    fn ledger_rows() -> [Event<'static>; 2] {
+        [
+            Event::Ledger {
+                ledger: "a,\"b\"",
+                shard: "=cmd()",
+                messages: 3_200_000,
+            },
+            Event::Ledger {
+                ledger: "c",
+                shard: "whole spools",
+                messages: 7,
+            },
+        ]
+    }
+
+    fn render_events(format: Format, columns: &[&str]) -> String {
+        let mut buf = Tracked::new(Vec::new());
+        let mut w = SheetWriter::begin(&mut buf, format, "ledger", "Ledgers", columns).unwrap();
+        for e in ledger_rows() {
+            w.row(&e).unwrap();
         }
         w.finish().unwrap();
         String::from_utf8(buf.into_inner()).unwrap()
@@ -346,11 +389,29 @@ mod tests {
             render(Format::Csv, &rows()),
             "table,name,size\nthing,\"a,\"\"b\"\"\",3200000\nthing,'=cmd(),7\n"
         );
-        assert_eq!(
-            render(Format::Json, &rows()),
-            "{\"name\":\"a,\\\"b\\\"\",\"size\":3200000,\"type\":\"thing\"}\n{\"name\":\"=cmd()\",\"size\":7,\"type\":\"thing\"}\n"
-        );
+        assert_eq!(render(Format::Json, &rows()), "");
         assert_eq!(render(Format::Table, &[]), "\nThings\n  none\n");
+    }
+
+    #[test]
+    fn an_event_row_is_its_fields_in_json_and_its_cells_elsewhere() {
+        let columns = ["ledger", "shard", "messages"];
+        assert_eq!(
+            render_events(Format::Json, &columns),
+            "{\"ledger\":\"a,\\\"b\\\"\",\"messages\":3200000,\"shard\":\"=cmd()\",\"type\":\"ledger\"}\n\
+             {\"ledger\":\"c\",\"messages\":7,\"shard\":\"whole spools\",\"type\":\"ledger\"}\n"
+        );
+        assert_eq!(
+            render_events(Format::Csv, &columns),
+            "table,ledger,shard,messages\nledger,\"a,\"\"b\"\"\",'=cmd(),3200000\nledger,c,whole spools,7\n"
+        );
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    fn a_section_whose_columns_are_not_its_fields_is_caught() {
+        let caught = std::panic::catch_unwind(|| render_events(Format::Json, &["ledger", "shard"]));
+        assert!(caught.is_err());
     }
 
     #[test]
@@ -364,7 +425,7 @@ mod tests {
             &["who", "worst_delay_seconds"],
         )
         .unwrap();
-        w.row(vec![Cell::text("a"), Cell::Seconds(Some(90_061))])
+        w.plain_row(vec![Cell::text("a"), Cell::Seconds(Some(90_061))])
             .unwrap();
         w.finish().unwrap();
         assert_eq!(
@@ -383,7 +444,7 @@ mod tests {
         let mut buf = Tracked::new(Vec::new());
         for kind in ["a", "b"] {
             let mut w = SheetWriter::begin(&mut buf, Format::Csv, kind, "", &["n"]).unwrap();
-            w.row(vec![Cell::Count(1)]).unwrap();
+            w.plain_row(vec![Cell::Count(1)]).unwrap();
             w.finish().unwrap();
         }
         assert_eq!(
