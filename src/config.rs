@@ -16,7 +16,7 @@ use crate::deliver::wire::Timeouts;
 use crate::exit::{Exit, Failure};
 use crate::incident::{self, Incident};
 use crate::ledger::RcptState;
-use crate::ledger::queries::AuditFilter;
+use crate::ledger::audit::AuditFilter;
 pub use crate::pace::PaceConfig;
 use crate::replay::{RetryPolicy, UncertainPolicy};
 use crate::report::sheet::Format;

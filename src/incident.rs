@@ -487,6 +487,16 @@ status = "5.2.1"
         }
     }
 
+    /// Each `(from, to, expected)`: `text` with `from` replaced by `to` is refused with an
+    /// error containing `expected` (and `from` is there to replace, so the case is real).
+    #[track_caller]
+    fn check_edits(text: &str, edits: &[(&str, &str, &str)]) {
+        for (from, to, expected) in edits {
+            assert!(text.contains(from), "{from:?} is not in the text");
+            check_err(&text.replace(from, to), expected);
+        }
+    }
+
     #[test]
     fn parses_the_example() {
         let inc = parse(GOOD).unwrap();
@@ -512,21 +522,18 @@ status = "5.2.1"
 
     #[test]
     fn bad_values_name_key_and_line() {
-        check_err(
-            &GOOD.replace("\"5d\"", "\"5 days\""),
-            "`queue_lifetime` on line 5",
-        );
-        check_err(
-            &GOOD.replace("2023-01-22T20:00:00+01:00", "2023-01-22 20:00"),
-            "`start` on line 9",
-        );
-        check_err(
-            &GOOD.replace("\"bounce\"", "\"reject\""),
-            "`action` on line 17",
-        );
-        check_err(
-            &GOOD.replace("\"5.2.1\"", "\"2.0.0\""),
-            "`status` on line 18",
+        check_edits(
+            GOOD,
+            &[
+                ("\"5d\"", "\"5 days\"", "`queue_lifetime` on line 5"),
+                (
+                    "2023-01-22T20:00:00+01:00",
+                    "2023-01-22 20:00",
+                    "`start` on line 9",
+                ),
+                ("\"bounce\"", "\"reject\"", "`action` on line 17"),
+                ("\"5.2.1\"", "\"2.0.0\"", "`status` on line 18"),
+            ],
         );
     }
 
@@ -574,22 +581,23 @@ status = "5.2.1"
         assert_eq!(b.authserv_id.as_deref(), Some("mx1.example.net"));
         assert_eq!(b.require, Require::DmarcOrAlignedPass);
         assert_eq!(b.spam, Spam::Suppress);
-        check_err(
-            &with.replace("dmarc-or-aligned-pass", "dmarc"),
-            "`require` on line 22",
+        check_edits(
+            &with,
+            &[
+                ("dmarc-or-aligned-pass", "dmarc", "`require` on line 22"),
+                ("\"suppress\"", "\"drop\"", "`spam` on line 23"),
+                (
+                    "\"mx1.example.net\"\nrequire",
+                    "\"mx1 example\"\nrequire",
+                    "`authserv_id` on line 21",
+                ),
+                (
+                    "authserv_id = \"mx1.example.net\"\n",
+                    "",
+                    "needs `authserv_id`",
+                ),
+                ("spam =", "spm =", "spm"),
+            ],
         );
-        check_err(
-            &with.replace("\"suppress\"", "\"drop\""),
-            "`spam` on line 23",
-        );
-        check_err(
-            &with.replace("\"mx1.example.net\"\nrequire", "\"mx1 example\"\nrequire"),
-            "`authserv_id` on line 21",
-        );
-        check_err(
-            &with.replace("authserv_id = \"mx1.example.net\"\n", ""),
-            "needs `authserv_id`",
-        );
-        check_err(&with.replace("spam =", "spm ="), "spm");
     }
 }

@@ -92,6 +92,16 @@ pub struct Metrics {
     eta: Gauge<f64, AtomicU64>,
 }
 
+/// Replies by class, every class's series there from the first scrape (so `rate()` and
+/// absent-alerts work), for the store's replies and the relay's alike.
+fn reply_classes() -> Family<ClassLabel, Counter> {
+    let replies = Family::<ClassLabel, Counter>::default();
+    for class in ["2xx", "4xx", "5xx"] {
+        let _ = replies.get_or_create(&ClassLabel { class });
+    }
+    replies
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -103,7 +113,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("spoolreplay");
         let recipients = Family::<StateLabel, Gauge>::default();
         let deliveries = Family::<OutcomeLabel, Counter>::default();
-        let replies = Family::<ClassLabel, Counter>::default();
+        let replies = reply_classes();
         let dsns = Family::<KindLabel, Counter>::default();
         let pace = Gauge::<f64, AtomicU64>::default();
         let pace_limit = Family::<Vec<(String, String)>, Gauge<f64, AtomicU64>>::default();
@@ -121,9 +131,6 @@ impl Metrics {
             let _ = deliveries.get_or_create(&OutcomeLabel {
                 outcome: o.as_str(),
             });
-        }
-        for class in ["2xx", "4xx", "5xx"] {
-            let _ = replies.get_or_create(&ClassLabel { class });
         }
         for kind in [DsnKind::Failure, DsnKind::Delay, DsnKind::Postmaster] {
             let _ = dsns.get_or_create(&KindLabel {
@@ -305,12 +312,9 @@ impl SendMetrics {
     pub fn new() -> SendMetrics {
         let mut registry = Registry::with_prefix("spoolreplay");
         let sends = Family::<OutcomeLabel, Counter>::default();
-        let replies = Family::<ClassLabel, Counter>::default();
+        let replies = reply_classes();
         for outcome in ["sent", "deferred", "failed", "uncertain"] {
             let _ = sends.get_or_create(&OutcomeLabel { outcome });
-        }
-        for class in ["2xx", "4xx", "5xx"] {
-            let _ = replies.get_or_create(&ClassLabel { class });
         }
         registry.register(
             "dsn_sends",

@@ -194,13 +194,9 @@ impl Replay<'_> {
         };
         let covered = &work.recipients;
         let to = to.as_str();
-        let id = self.ledger.write(|tx| match kind {
-            DsnKind::Failure => tx.record_dsn(m.id, to, &message_id, &bytes, covered),
-            DsnKind::Delay => tx.record_delay_warning(m.id, to, &message_id, &bytes, covered),
-            DsnKind::Postmaster => {
-                tx.record_postmaster_copy(m.id, to, &message_id, &bytes, covered)
-            }
-        })?;
+        let id = self
+            .ledger
+            .write(|tx| tx.record_dsn(kind, m.id, to, &message_id, &bytes, covered))?;
         if let Some(m) = &self.metrics {
             m.dsn(kind);
         }

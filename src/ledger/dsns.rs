@@ -163,13 +163,19 @@ impl Ledger {
 }
 
 impl Tx<'_> {
-    fn insert_dsn(
+    /// Records a DSN of `kind` made for `covered`, and what it means for them, atomically:
+    /// a failure DSN moves them from failed to bounced (a recipient is either bounced with
+    /// its DSN recorded, or still owed one); a postmaster copy for a failed bounce drops
+    /// them (a bounce is never bounced, only shown to the postmaster); a delay warning
+    /// leaves their state alone, and each recipient gets at most one.
+    pub fn record_dsn(
         &self,
         kind: DsnKind,
         message_id: i64,
         envelope_to: &str,
         rfc_message_id: &str,
         content: &[u8],
+        covered: &[RecipientRow],
     ) -> Result<i64> {
         self.tx.prepare_cached(
             "INSERT INTO dsns (message_id, kind, envelope_to, rfc_message_id, created_at, content) \
@@ -184,101 +190,50 @@ impl Tx<'_> {
                 content
             ],
         )?;
-        Ok(self.tx.last_insert_rowid())
-    }
-
-    /// Records a failure DSN and moves the recipients it covers from failed to bounced,
-    /// atomically: a recipient is either bounced with its DSN recorded, or still owed one.
-    pub fn record_dsn(
-        &self,
-        message_id: i64,
-        envelope_to: &str,
-        rfc_message_id: &str,
-        content: &[u8],
-        covered: &[RecipientRow],
-    ) -> Result<i64> {
-        let dsn_id = self.insert_dsn(
-            DsnKind::Failure,
-            message_id,
-            envelope_to,
-            rfc_message_id,
-            content,
-        )?;
+        let dsn_id = self.tx.last_insert_rowid();
         for rcpt in covered {
-            self.cover_by_dsn(rcpt, dsn_id, &format!("dsn {dsn_id}"))?;
+            match kind {
+                DsnKind::Failure => self.cover_by_dsn(rcpt, dsn_id, &format!("dsn {dsn_id}"))?,
+                DsnKind::Postmaster => self.drop_for_postmaster_copy(rcpt, dsn_id)?,
+                DsnKind::Delay => self.warn_of_delay(rcpt, dsn_id)?,
+            }
         }
         Ok(dsn_id)
     }
 
-    /// Records a postmaster copy for a failed bounce and drops the recipients it reports:
-    /// a bounce is never bounced, only shown to the postmaster.
-    pub fn record_postmaster_copy(
-        &self,
-        message_id: i64,
-        postmaster: &str,
-        rfc_message_id: &str,
-        content: &[u8],
-        covered: &[RecipientRow],
-    ) -> Result<i64> {
-        let dsn_id = self.insert_dsn(
-            DsnKind::Postmaster,
-            message_id,
-            postmaster,
-            rfc_message_id,
-            content,
-        )?;
-        for rcpt in covered {
-            let detail = format!("null sender: no DSN (RFC 5321 6.1); postmaster copy {dsn_id}");
-            let change = Change {
-                detail: Some(&detail),
-                audit_only: true,
-                ..Change::default()
-            };
-            self.set_state(rcpt, RcptState::Dropped, change)?;
-            self.tx
-                .prepare_cached("UPDATE recipients SET dsn_id = ?1 WHERE id = ?2")?
-                .execute(params![dsn_id, rcpt.id])?;
-        }
-        Ok(dsn_id)
+    fn drop_for_postmaster_copy(&self, rcpt: &RecipientRow, dsn_id: i64) -> Result<()> {
+        let detail = format!("null sender: no DSN (RFC 5321 6.1); postmaster copy {dsn_id}");
+        let change = Change {
+            detail: Some(&detail),
+            audit_only: true,
+            ..Change::default()
+        };
+        self.set_state(rcpt, RcptState::Dropped, change)?;
+        self.tx
+            .prepare_cached("UPDATE recipients SET dsn_id = ?1 WHERE id = ?2")?
+            .execute(params![dsn_id, rcpt.id])?;
+        Ok(())
     }
 
-    /// Records a delay warning for `warned` (their state does not change): each recipient
-    /// gets at most one.
-    pub fn record_delay_warning(
-        &self,
-        message_id: i64,
-        envelope_to: &str,
-        rfc_message_id: &str,
-        content: &[u8],
-        warned: &[RecipientRow],
-    ) -> Result<i64> {
-        let dsn_id = self.insert_dsn(
-            DsnKind::Delay,
-            message_id,
-            envelope_to,
-            rfc_message_id,
-            content,
-        )?;
-        for rcpt in warned {
-            let changed = self.tx.prepare_cached(
+    fn warn_of_delay(&self, rcpt: &RecipientRow, dsn_id: i64) -> Result<()> {
+        let changed = self
+            .tx
+            .prepare_cached(
                 "UPDATE recipients SET delay_dsn_id = ?1 WHERE id = ?2 AND delay_dsn_id IS NULL",
-            )?.execute(
-                params![dsn_id, rcpt.id],
-            )?;
-            anyhow::ensure!(
-                changed == 1,
-                "recipient {} already had a delay warning",
-                rcpt.id
-            );
-            self.event(
-                rcpt.id,
-                Some(rcpt.state),
-                rcpt.state,
-                Some(&format!("delay warning dsn {dsn_id}")),
-                &timestamp(),
-            )?;
-        }
-        Ok(dsn_id)
+            )?
+            .execute(params![dsn_id, rcpt.id])?;
+        anyhow::ensure!(
+            changed == 1,
+            "recipient {} already had a delay warning",
+            rcpt.id
+        );
+        self.event(
+            rcpt.id,
+            Some(rcpt.state),
+            rcpt.state,
+            Some(&format!("delay warning dsn {dsn_id}")),
+            &timestamp(),
+        )
     }
 
     /// Settles a failed recipient with an existing DSN (its own, or one made for an

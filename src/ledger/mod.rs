@@ -6,6 +6,7 @@
 //! Readers (`report`, `status`, `bounces`) open without the lock; WAL lets them read while
 //! a run writes.
 
+pub mod audit;
 pub mod combined;
 mod dsns;
 mod lock;

@@ -16,7 +16,8 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 
 use crate::cluster::ClusterStatus;
-use crate::ledger::queries::{AuditRecipient, EventRow, MailboxRow, SenderDomainRow};
+use crate::ledger::audit::{AuditRecipient, EventRow};
+use crate::ledger::queries::{MailboxRow, SenderDomainRow};
 use crate::ledger::{DsnRow, QuarantineRow, RcptState};
 use crate::report::sheet::Cell;
 

@@ -4,16 +4,17 @@
 //! What cannot be read becomes `SpoolItem::Quarantined` with a reason naming the file;
 //! only a spool that cannot be opened at all is an `Err`.
 
+mod detect;
 pub mod eml;
 pub mod envelope;
 pub mod exim;
+mod file;
 pub mod maildir;
 pub mod mbox;
 pub mod postfix;
 pub mod screen;
 
 use std::fmt;
-use std::fs::{File, Metadata};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -25,6 +26,9 @@ use sha2::{Digest, Sha256};
 use crate::address::{Notify, ReturnContent, ReversePath};
 use crate::line_ends;
 use crate::shard::ShardSpec;
+
+pub use detect::detect;
+pub use file::{FileError, Links, open_file, open_regular, read_bounded, read_regular};
 
 /// The spool formats spoolreplay reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -335,139 +339,6 @@ pub enum SpoolError {
     },
 }
 
-/// Looks at `path` and says which format it is: a directory with `new/` or `cur/` is a
-/// Maildir, a Postfix queue or Exim spool by their folders and files, a directory with
-/// `.eml` files (at the top or in subfolders, see `has_eml_within`) an eml folder, a
-/// regular file whose first line starts with `From ` an mbox.
-pub fn detect(path: &Path) -> Result<SpoolFormat, SpoolError> {
-    let metadata = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(SpoolError::Missing(path.to_path_buf()));
-        }
-        Err(source) => {
-            return Err(SpoolError::Io {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
-    };
-    let found = if metadata.is_dir() {
-        detect_dir(path)?
-    } else if metadata.is_file() {
-        detect_file(path)?
-    } else {
-        None
-    };
-    found.ok_or_else(|| SpoolError::Unrecognized {
-        path: path.to_path_buf(),
-        why: "looked for a Postfix queue directory (`deferred/`, `active/`, `incoming/`, \
-              `hold/` or `maildrop/`), an Exim spool (`input/` or `*-H` files), a directory \
-              with `new/` or `cur/` (maildir), a directory with `.eml` files, at the top or \
-              in subfolders (eml), and a file whose first line starts with `From ` (mbox)"
-            .into(),
-    })
-}
-
-fn detect_dir(path: &Path) -> Result<Option<SpoolFormat>, SpoolError> {
-    if path.join("new").is_dir() || path.join("cur").is_dir() {
-        return Ok(Some(SpoolFormat::Maildir));
-    }
-    // MTA queues before the looser `.eml` check.
-    if postfix::looks_like_queue(path) {
-        return Ok(Some(SpoolFormat::Postfix));
-    }
-    if exim::looks_like_spool(path) {
-        return Ok(Some(SpoolFormat::Exim));
-    }
-    let has_eml =
-        has_eml_within(path, DETECT_DEPTH, &mut { DETECT_ENTRIES }).map_err(|source| {
-            SpoolError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
-    Ok(has_eml.then_some(SpoolFormat::Eml))
-}
-
-/// How deep detection looks for `.eml` files below the spool folder (`2023/01/x.eml`).
-const DETECT_DEPTH: usize = 3;
-/// How many directory entries detection reads at most, so a huge folder that is no spool
-/// is refused quickly instead of walked.
-const DETECT_ENTRIES: usize = 10_000;
-
-/// Whether an `.eml` file sits in `dir` or in a subfolder at most `depth` levels down,
-/// reading at most `budget` entries in all. Each folder's own files are looked at before
-/// its subfolders (in name order), which are not followed through symlinks, like the
-/// reader. A folder without `.eml` files of its own that holds another spool (a Maildir
-/// folder, an mbox file) is a folder of spools, not an eml spool: the operator names the
-/// one meant. Only the top folder's listing failing is an error.
-fn has_eml_within(dir: &Path, depth: usize, budget: &mut usize) -> std::io::Result<bool> {
-    let mut subfolders = Vec::new();
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        if *budget == 0 {
-            return Ok(false);
-        }
-        *budget -= 1;
-        let Ok(entry) = entry else { continue };
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') {
-            continue;
-        }
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            subfolders.push(entry.path());
-        } else if eml::is_eml_name(&name) {
-            return Ok(true);
-        } else {
-            files.push(entry.path());
-        }
-    }
-    if depth == 0 {
-        return Ok(false);
-    }
-    let other_spool = subfolders
-        .iter()
-        .any(|d| d.join("new").is_dir() || d.join("cur").is_dir())
-        || files
-            .iter()
-            .any(|f| matches!(detect_file(f), Ok(Some(SpoolFormat::Mbox))));
-    if other_spool {
-        return Ok(false);
-    }
-    subfolders.sort();
-    for sub in subfolders {
-        if has_eml_within(&sub, depth - 1, budget).unwrap_or(false) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-fn detect_file(path: &Path) -> Result<Option<SpoolFormat>, SpoolError> {
-    use std::io::Read;
-    let mut start = [0u8; 5];
-    let (mut file, _) = open_file(path, Links::Follow).map_err(|e| SpoolError::Io {
-        path: path.to_path_buf(),
-        source: e.into(),
-    })?;
-    let mut filled = 0;
-    while filled < start.len() {
-        match file.read(&mut start[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(source) => {
-                return Err(SpoolError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                });
-            }
-        }
-    }
-    Ok((&start[..filled] == b"From ").then_some(SpoolFormat::Mbox))
-}
-
 /// Which items a reader yields: every one, or one shard's. Readers ask before they open
 /// an item's file, so a shard never reads the others' files. Clones share the count of
 /// items skipped as belonging to other shards (the reader runs on its own thread).
@@ -569,132 +440,6 @@ fn read_file_content(source: &SourceRef) -> std::io::Result<Vec<u8>> {
 
 fn is_missing(path: &Path) -> bool {
     matches!(std::fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
-}
-
-/// Why a file of the spool was not read: it is not a plain file of the spool, or reading
-/// it failed. `Display` is the quarantine reason.
-#[derive(Debug)]
-pub enum FileError {
-    /// Not a regular file (a link, FIFO, device, socket or folder): never opened. The
-    /// reason in words.
-    Refused(&'static str),
-    /// Too large to hold in memory.
-    TooLarge(u64),
-    Io(std::io::Error),
-}
-
-impl FileError {
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, FileError::Io(e) if e.kind() == std::io::ErrorKind::NotFound)
-    }
-}
-
-impl fmt::Display for FileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FileError::Refused(why) => f.write_str(why),
-            FileError::TooLarge(len) => {
-                write!(f, "cannot read file: {len} bytes do not fit in memory")
-            }
-            FileError::Io(e) => write!(f, "cannot read file: {e}"),
-        }
-    }
-}
-
-impl From<std::io::Error> for FileError {
-    fn from(e: std::io::Error) -> FileError {
-        FileError::Io(e)
-    }
-}
-
-impl From<FileError> for std::io::Error {
-    fn from(e: FileError) -> std::io::Error {
-        match e {
-            FileError::Io(e) => e,
-            other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
-        }
-    }
-}
-
-/// Whether opening a path may follow a symbolic link: the spool path the operator gave
-/// may be one; a file found inside a spool may not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Links {
-    Follow,
-    Refuse,
-}
-
-/// Opens a file found in a spool, as a regular file only. A symbolic link is refused,
-/// never followed: it could point out of the spool (`/etc/shadow`) or at `/dev/zero`;
-/// FIFOs, devices, sockets and folders are refused too. The open is non-blocking and
-/// `O_NOFOLLOW`, and the type is checked again on the open file, so a FIFO or link swapped
-/// in between the look and the open cannot hang or mislead the reader.
-pub fn open_regular(path: &Path) -> Result<(File, Metadata), FileError> {
-    open_file(path, Links::Refuse)
-}
-
-/// `open_regular`, choosing whether a symbolic link at `path` itself is followed.
-pub fn open_file(path: &Path, links: Links) -> Result<(File, Metadata), FileError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let seen = match links {
-        Links::Refuse => std::fs::symlink_metadata(path)?,
-        Links::Follow => std::fs::metadata(path)?,
-    };
-    check_regular(&seen)?;
-    let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
-    if links == Links::Refuse {
-        flags |= libc::O_NOFOLLOW;
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags)
-        .open(path)?;
-    let metadata = file.metadata()?;
-    check_regular(&metadata)?;
-    Ok((file, metadata))
-}
-
-fn check_regular(metadata: &Metadata) -> Result<(), FileError> {
-    use std::os::unix::fs::FileTypeExt;
-    let kind = metadata.file_type();
-    let why = if kind.is_file() {
-        return Ok(());
-    } else if kind.is_symlink() {
-        "symbolic link: not followed (only the spool's own files are read; copy the target \
-         into the spool to ingest it)"
-    } else if kind.is_dir() {
-        "not a regular file (a folder)"
-    } else if kind.is_fifo() {
-        "not a regular file (a FIFO): not opened"
-    } else if kind.is_char_device() || kind.is_block_device() {
-        "not a regular file (a device): not opened"
-    } else if kind.is_socket() {
-        "not a regular file (a socket): not opened"
-    } else {
-        "not a regular file: not opened"
-    };
-    Err(FileError::Refused(why))
-}
-
-/// Reads a whole file found in a spool (`open_regular`), never more than the size it had
-/// when opened: a file that grows while it is read is cut there, not followed forever.
-pub fn read_regular(path: &Path) -> Result<(Vec<u8>, Metadata), FileError> {
-    let (file, metadata) = open_regular(path)?;
-    let bytes = read_bounded(file, metadata.len())?;
-    Ok((bytes, metadata))
-}
-
-/// Reads at most `len` bytes of `file`; memory is reserved up front, so a size that cannot
-/// be held is an error rather than an abort.
-pub fn read_bounded(file: File, len: u64) -> Result<Vec<u8>, FileError> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    usize::try_from(len)
-        .ok()
-        .and_then(|n| bytes.try_reserve_exact(n).ok())
-        .ok_or(FileError::TooLarge(len))?;
-    file.take(len).read_to_end(&mut bytes)?;
-    Ok(bytes)
 }
 
 /// Reads one whole-file message (Maildir, `.eml`): anything wrong with it is quarantined.

@@ -6,25 +6,27 @@
 use std::collections::BTreeMap;
 
 use crate::dsn::sisimai_dump;
+use crate::support::incident::TestIncident;
 use crate::support::{Cli, check, ledger_recipients};
 
-const INCIDENT: &str = r#"
-name = "test outage"
-reporting_mta = "mx.example.net"
-restored_at = "2023-01-10T00:00:00Z"
-queue_lifetime = "30d"
-[[window]]
-name = "rejected"
-start = "2023-01-05T00:00:00Z"
-end = "2023-01-10T00:00:00Z"
-action = "bounce"
-status = "5.2.1"
+/// The outage of these tests, at the MX whose verdicts the messages carry.
+fn at_our_mx() -> TestIncident {
+    TestIncident::new()
+        .reporting_mta("mx.example.net")
+        .restored_at("2023-01-10T00:00:00Z")
+}
 
-[bounces]
-authserv_id = "mx.example.net"
-require = "dmarc-or-aligned-pass"
-spam = "suppress"
-"#;
+/// Bounces what arrived in the five days before the restore: the policy decides who is told.
+fn rejected() -> TestIncident {
+    at_our_mx().bounce_window(
+        "rejected",
+        "2023-01-05T00:00:00Z",
+        "2023-01-10T00:00:00Z",
+        "5.2.1",
+    )
+}
+
+const POLICY: &str = "[bounces]\nauthserv_id = \"mx.example.net\"\nrequire = \"dmarc-or-aligned-pass\"\nspam = \"suppress\"\n";
 
 /// Our MX's Received: (the topmost one of every message here).
 const OUR_RECEIVED: &str = "Received: from mail.sender.example (mail.sender.example [192.0.2.7])\n\
@@ -165,8 +167,7 @@ fn only_senders_the_policy_trusts_get_a_dsn_and_the_rest_are_dropped_with_the_re
         )
         .expect("sidecar");
     }
-    let incident = cli.at("incident.toml");
-    std::fs::write(&incident, INCIDENT).expect("incident");
+    let incident = rejected().section(POLICY).write(cli.path());
     check(&cli.run(&["ingest".as_ref(), spool.as_os_str()]), 0);
     let incident_arg = incident.display().to_string();
     let now = "2023-01-11T00:00:00Z";
@@ -263,20 +264,7 @@ fn only_senders_the_policy_trusts_get_a_dsn_and_the_rest_are_dropped_with_the_re
         forged.stdout
     );
 
-    let out = cli.run(&[
-        "--json",
-        "run",
-        "--incident",
-        &incident_arg,
-        "--store",
-        &format!("maildir:{}", cli.store().display()),
-        "--outbox",
-        &cli.outbox().display().to_string(),
-        "--now",
-        now,
-        "--max-bounce-share",
-        "100",
-    ]);
+    let out = cli.run(&cli.run_args_with(&incident, now, &["--max-bounce-share", "100"]));
     check(&out, 0);
 
     let by_name: BTreeMap<String, _> = ledger_recipients(&cli.ledger)
@@ -358,21 +346,15 @@ fn a_552_full_mailbox_is_retried_until_its_lifetime_ends_and_its_dsn_says_it_was
     mail.content
         .extend_from_slice("padding to exceed the quota\r\n".repeat(150).as_bytes());
     minispool::ingest(&cli, &[mail]);
-    let incident = minispool::write_incident(
-        cli.path(),
-        Some(
-            r#"name = "test outage"
-reporting_mta = "mx1.example.net"
-restored_at = "2023-01-26T13:00:00+01:00"
-queue_lifetime = "1d"
-[[window]]
-name = "all"
-start = "2023-01-01T00:00:00+01:00"
-end = "2023-02-01T00:00:00+01:00"
-action = "deliver"
-"#,
-        ),
-    );
+    let incident = TestIncident::new()
+        .lifetime("1d")
+        .window(
+            "all",
+            "2023-01-01T00:00:00+01:00",
+            "2023-02-01T00:00:00+01:00",
+            "deliver",
+        )
+        .write(cli.path());
     let store = format!("lmtp://127.0.0.1:{}", dovecot.port);
     let out = cli.run(&[
         "--json",
@@ -463,9 +445,7 @@ fn owed_dsns(cli: &Cli, senders: &[String]) {
         )
         .expect("sidecar");
     }
-    let incident = cli.at("incident.toml");
-    let no_policy = &INCIDENT[..INCIDENT.find("[bounces]").expect("policy section")];
-    std::fs::write(&incident, no_policy).expect("incident");
+    let incident = rejected().write(cli.path());
     check(&cli.run(&["ingest".as_ref(), spool.as_os_str()]), 0);
     let out = cli.run(&[
         "run",
@@ -623,40 +603,18 @@ fn delay_warnings_skip_senders_the_policy_would_not_bounce_to() {
         )
         .expect("sidecar");
     }
-    let incident = cli.at("incident.toml");
-    std::fs::write(
-        &incident,
-        r#"
-name = "test outage"
-reporting_mta = "mx.example.net"
-restored_at = "2023-01-10T00:00:00Z"
-queue_lifetime = "30d"
-[[window]]
-name = "held"
-start = "2023-01-01T00:00:00Z"
-end = "2023-01-05T00:00:00Z"
-action = "hold"
-
-[bounces]
-spam = "suppress"
-"#,
-    )
-    .expect("incident");
+    let incident = at_our_mx()
+        .window(
+            "held",
+            "2023-01-01T00:00:00Z",
+            "2023-01-05T00:00:00Z",
+            "hold",
+        )
+        .section("[bounces]\nspam = \"suppress\"\n")
+        .write(cli.path());
     check(&cli.run(&["ingest".as_ref(), spool.as_os_str()]), 0);
-    let out = cli.run(&[
-        "--json",
-        "run",
-        "--incident",
-        &incident.display().to_string(),
-        "--store",
-        &format!("maildir:{}", cli.store().display()),
-        "--outbox",
-        &cli.outbox().display().to_string(),
-        "--now",
-        "2023-01-04T00:00:00Z",
-        "--warn-after",
-        "24h",
-    ]);
+    let out =
+        cli.run(&cli.run_args_with(&incident, "2023-01-04T00:00:00Z", &["--warn-after", "24h"]));
     check(&out, 0);
     let dsns = cli.run(&["--json", "bounces"]).events("dsn");
     let to: Vec<&str> = dsns

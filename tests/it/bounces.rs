@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::incident::TestIncident;
 use crate::support::sink::{Sink, header};
 use crate::support::{Cli, Rng, check, drill_trials, kill_9_after, run_trials, sha256_file};
 
@@ -274,23 +275,25 @@ fn write_spool(dir: &Path, items: &[(&str, &str, &str)]) {
     }
 }
 
-const SMALL_INCIDENT: &str = r#"
-name = "test outage"
-reporting_mta = "mx.example.net"
-restored_at = "2023-01-10T00:00:00Z"
-queue_lifetime = "30d"
-[[window]]
-name = "held"
-start = "2023-01-01T00:00:00Z"
-end = "2023-01-05T00:00:00Z"
-action = "hold"
-[[window]]
-name = "rejected"
-start = "2023-01-05T00:00:00Z"
-end = "2023-01-10T00:00:00Z"
-action = "bounce"
-status = "5.2.1"
-"#;
+/// Holds what arrived in the first days of January, bounces what arrived in the five days
+/// before the restore.
+fn small_incident() -> TestIncident {
+    TestIncident::new()
+        .reporting_mta("mx.example.net")
+        .restored_at("2023-01-10T00:00:00Z")
+        .window(
+            "held",
+            "2023-01-01T00:00:00Z",
+            "2023-01-05T00:00:00Z",
+            "hold",
+        )
+        .bounce_window(
+            "rejected",
+            "2023-01-05T00:00:00Z",
+            "2023-01-10T00:00:00Z",
+            "5.2.1",
+        )
+}
 
 fn sidecar(sender: &str, recipients: &str, arrival: &str) -> String {
     format!(r#"{{"sender": "{sender}", "recipients": {recipients}, "arrival": "{arrival}"}}"#)
@@ -311,8 +314,7 @@ fn small(cli: &Cli, items: &[(&str, String, String)]) -> String {
         .map(|(n, s, m)| (*n, s.as_str(), m.as_str()))
         .collect();
     write_spool(&spool, &borrowed);
-    let incident = cli.at("incident.toml");
-    std::fs::write(&incident, SMALL_INCIDENT).expect("incident");
+    let incident = small_incident().write(cli.path());
     check(&cli.run(&["ingest".as_ref(), spool.as_os_str()]), 0);
     incident.display().to_string()
 }
@@ -356,20 +358,7 @@ fn delay_warnings_go_once_and_only_where_owed() {
         ],
     );
     let run = |now: &str| {
-        let out = cli.run(&[
-            "--json",
-            "run",
-            "--incident",
-            &incident,
-            "--store",
-            &format!("maildir:{}", cli.store().display()),
-            "--outbox",
-            &cli.outbox().display().to_string(),
-            "--now",
-            now,
-            "--warn-after",
-            "24h",
-        ]);
+        let out = cli.run(&cli.run_args_with(Path::new(&incident), now, &["--warn-after", "24h"]));
         check(&out, 0);
         out
     };
@@ -414,21 +403,12 @@ fn failed_bounces_get_a_postmaster_copy_only_when_asked() {
                 message("", "bounce-of-a-bounce"),
             )],
         );
-        let mut args = vec![
-            "--json".to_string(),
-            "run".into(),
-            "--incident".into(),
-            incident,
-            "--store".into(),
-            format!("maildir:{}", cli.store().display()),
-            "--outbox".into(),
-            cli.outbox().display().to_string(),
-            "--now".into(),
-            "2023-01-07T00:00:00Z".into(),
-            // Its one message is bounced by the window, as meant: above the default guard.
-            "--max-bounce-share".into(),
-            "100".into(),
-        ];
+        // Its one message is bounced by the window, as meant: above the default guard.
+        let mut args = cli.run_args_with(
+            Path::new(&incident),
+            "2023-01-07T00:00:00Z",
+            &["--max-bounce-share", "100"],
+        );
         if let Some(p) = postmaster {
             args.extend(["--postmaster".to_string(), p.to_string()]);
         }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use spoolreplay::address::{Notify, ReturnContent, ReversePath};
 use spoolreplay::spool::{self, FieldSource, Prior, QueuedMessage, SpoolFormat, SpoolItem, exim};
 
+use crate::support::incident::TestIncident;
 use crate::support::{self, Cli, Rng, lf_normalized};
 
 fn exim_fixture(variant: &str) -> PathBuf {
@@ -732,30 +733,18 @@ fn ingest_and_run_an_exim_spool() {
     assert_eq!(summary["quarantined"], 0);
 
     // An incident around the day the fixtures were made: everything is to be delivered.
-    let incident = cli.at("incident.toml");
-    std::fs::write(
-        &incident,
-        "name = \"exim fixture\"\nreporting_mta = \"mx.example.test\"\n\
-         restored_at = \"2026-12-01T00:00:00Z\"\nqueue_lifetime = \"30d\"\n\
-         lifetime_from = \"arrival\"\noutside = \"hold\"\n\n[[window]]\n\
-         name = \"queued\"\nstart = \"2026-01-01T00:00:00Z\"\n\
-         end = \"2026-12-01T00:00:00Z\"\naction = \"deliver\"\n",
-    )
-    .expect("incident");
-    let store = format!("maildir:{}", cli.store().display());
-    let outbox = cli.outbox().display().to_string();
-    let out = cli.run(&[
-        "--json",
-        "run",
-        "--incident",
-        incident.to_str().expect("utf-8"),
-        "--store",
-        &store,
-        "--outbox",
-        &outbox,
-        "--now",
-        "2026-12-02T00:00:00Z",
-    ]);
+    let incident = TestIncident::new()
+        .name("exim fixture")
+        .reporting_mta("mx.example.test")
+        .restored_at("2026-12-01T00:00:00Z")
+        .window(
+            "queued",
+            "2026-01-01T00:00:00Z",
+            "2026-12-01T00:00:00Z",
+            "deliver",
+        )
+        .write(cli.path());
+    let out = cli.run(&cli.run_args_with(&incident, "2026-12-02T00:00:00Z", &[]));
     support::check(&out, 0);
     let delivered: BTreeSet<String> = out
         .events("outcome")

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::support::incident::TestIncident;
 use crate::support::minispool::{self, Mail};
+use crate::support::postfix_queue::record;
 use crate::support::{Cli, Output, check, ledger_recipients};
 
 /// `--json ingest SPOOL`, expected to succeed.
@@ -232,22 +234,6 @@ fn senders_that_cannot_be_a_return_path_are_quarantined_at_ingest() {
     assert!(reason.contains("longer than the 256"), "{reason}");
 }
 
-/// One Postfix queue-file record: type, base-128 length, data.
-fn record(kind: u8, data: &[u8]) -> Vec<u8> {
-    let mut out = vec![kind];
-    let mut n = data.len();
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        out.push(if n > 0 { byte | 0x80 } else { byte });
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(data);
-    out
-}
-
 /// A small Postfix queue file whose `T` record says `time`.
 fn postfix_file(time: &str, sender: &str) -> Vec<u8> {
     let mut f = record(b'C', format!("{:>15} {:>15} {:>15}", 0, 0, 1).as_bytes());
@@ -321,7 +307,8 @@ fn arrivals_before_1990_or_after_the_file_are_quarantined_postfix_and_exim() {
     assert!(reason_for(&out, &format!("{}-H", ids[0])).contains("before 1990"));
 }
 
-/// Rewrites one message of the ledger as an earlier version may have left it.
+/// Rewrites one message of the ledger as an earlier version may have left it. Raw SQL on
+/// purpose: it forges rows that `Ledger`'s API never writes.
 fn patch_message(ledger: &Path, queue_id: &str, column: &str, value: &dyn rusqlite::ToSql) {
     let conn = rusqlite::Connection::open(ledger).expect("open ledger");
     let n = conn
@@ -394,10 +381,9 @@ fn bounces_preview_says_a_dsn_cannot_be_made_instead_of_failing() {
     let cli = Cli::new();
     minispool::ingest(&cli, &[Mail::plain(1, &["r@example.net"])]);
     patch_message(&cli.ledger, "0001-mini", "sender", &"MAILER-DAEMON");
-    let incident = minispool::write_incident(
-        cli.path(),
-        Some(&minispool::INCIDENT.replace("action = \"deliver\"", "action = \"bounce\"")),
-    );
+    let incident = TestIncident::deliver_all()
+        .every_window("bounce")
+        .write(cli.path());
     let out = cli.run(&[
         "bounces".as_ref(),
         "preview".as_ref(),
@@ -432,7 +418,7 @@ fn one_arrival_an_earlier_version_kept_does_not_break_report_or_run() {
         "arrival_unix",
         &ancient.timestamp(),
     );
-    let incident = minispool::write_incident(cli.path(), None);
+    let incident = TestIncident::deliver_all().write(cli.path());
     let report = cli.run(&[
         "--json".as_ref(),
         "report".as_ref(),

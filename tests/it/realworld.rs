@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use crate::support::incident::TestIncident;
 use crate::support::{Cli, Output, check, fixtures, ledger_recipients, list_files};
 
 const SENDER: &str = "relay@example.org";
@@ -211,25 +212,19 @@ fn mbox_spool(dir: &Path, mails: &[Mail]) -> Spool {
 
 /// Every message arrived within one window that delivers, whatever its dates say.
 fn write_incident(cli: &Cli) -> PathBuf {
-    let path = cli.at("incident.toml");
-    std::fs::write(
-        &path,
-        r#"name = "real-world corpus"
-reporting_mta = "mx1.example.test"
-restored_at = "2023-01-26T13:00:00+01:00"
-queue_lifetime = "5d"
-lifetime_from = "restored"
-outside = "deliver"
-
-[[window]]
-name = "queued"
-start = "2023-01-22T20:00:00+01:00"
-end = "2023-01-23T16:00:00+01:00"
-action = "deliver"
-"#,
-    )
-    .unwrap();
-    path
+    TestIncident::new()
+        .name("real-world corpus")
+        .reporting_mta("mx1.example.test")
+        .lifetime("5d")
+        .lifetime_from("restored")
+        .outside("deliver")
+        .window(
+            "queued",
+            "2023-01-22T20:00:00+01:00",
+            "2023-01-23T16:00:00+01:00",
+            "deliver",
+        )
+        .write(cli.path())
 }
 
 /// The store's copies for `RCPT`, each without the two delivery headers spoolreplay
@@ -702,7 +697,8 @@ fn a_ledger_of_the_earlier_hash_rule_still_works() {
         .unwrap();
     }
     ingest(&cli, &spool);
-    // Make it what the earlier version wrote.
+    // Make it what the earlier version wrote: raw SQL on purpose, it forges what no
+    // current `Ledger` writes.
     {
         let conn = rusqlite::Connection::open(&cli.ledger).unwrap();
         conn.execute("DELETE FROM meta WHERE key = 'content_hash'", [])

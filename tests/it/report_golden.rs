@@ -68,6 +68,8 @@ pub fn settled_sample() -> Cli {
     let cli = ingested();
     let out = cli.run(&cli.run_args(&[]));
     check(&out, 0);
+    // Raw SQL on purpose: it forges the events' wall-clock times (`--now` does not set
+    // them) so the goldens stay byte-exact.
     let conn = rusqlite::Connection::open(&cli.ledger).expect("open ledger");
     let pinned = conn
         .execute(

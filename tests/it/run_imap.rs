@@ -7,11 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use spoolreplay::ledger::RcptState;
+
+use crate::support::incident::TestIncident;
 use crate::support::mailhost::{MailHost, User, as_stored, without_trace};
 use crate::support::minispool::{self, Mail};
 use crate::support::{
     ChildGuard, Cli, LedgerRecipient, NOW, Rng, check, drill_trials, incident, ingested,
-    kill_9_after, ledger_recipients, run_trials,
+    kill_9_after, ledger_messages, ledger_recipients, run_trials,
 };
 
 /// Left out of Dovecot's users: the master user cannot open them (5.1.1).
@@ -58,22 +61,15 @@ fn run_imap(cli: &Cli, host: &MailHost, extra: &[&str]) -> crate::support::Outpu
 
 /// Per mailbox, the arrival (unix seconds) of every message the ledger calls delivered.
 fn delivered_arrivals(ledger: &std::path::Path) -> BTreeMap<String, Vec<i64>> {
-    let conn =
-        rusqlite::Connection::open_with_flags(ledger, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .expect("open ledger");
-    let mut stmt = conn
-        .prepare(
-            "SELECT lower(r.address), m.arrival_unix FROM recipients r \
-             JOIN messages m ON m.id = r.message_id WHERE r.state = 'delivered'",
-        )
-        .expect("prepare");
     let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for row in stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-        .expect("query")
-    {
-        let (a, t) = row.expect("row");
-        out.entry(a).or_default().push(t);
+    for work in ledger_messages(ledger) {
+        for r in work.recipients {
+            if r.state == RcptState::Delivered {
+                out.entry(r.address.to_lowercase())
+                    .or_default()
+                    .push(work.message.arrival.timestamp());
+            }
+        }
     }
     for v in out.values_mut() {
         v.sort_unstable();
@@ -266,10 +262,9 @@ fn run_imap_over_quota_defers() {
     // The mail expires a few seconds into the run, after some retries: NOW is 116 h after
     // the mini spool's arrival.
     let lifetime = 116 * 3600 + 6;
-    minispool::write_incident(
-        cli.path(),
-        Some(&minispool::INCIDENT.replace("\"30d\"", &format!("\"{lifetime}s\""))),
-    );
+    TestIncident::deliver_all()
+        .lifetime(&format!("{lifetime}s"))
+        .write(cli.path());
     let out = cli.run_env(&args, &MailHost::imap_env());
     let summary = out.event("run_summary");
     assert!(summary["deferred"].as_u64().unwrap_or(0) >= 2, "{summary}");
@@ -569,24 +564,17 @@ fn run_imap_real_postfix_queue_exactly_once_dated_by_arrival() {
     let cli = Cli::new();
     let spool = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/postfix/spool");
     check(&cli.run(&["ingest".as_ref(), spool.as_os_str()]), 0);
-    let incident = cli.at("incident.toml");
-    std::fs::write(
-        &incident,
-        r#"name = "postfix queue"
-reporting_mta = "mx1.example.net"
-restored_at = "2030-01-01T00:00:00Z"
-queue_lifetime = "36500d"
-lifetime_from = "arrival"
-outside = "hold"
-
-[[window]]
-name = "all"
-start = "2000-01-01T00:00:00Z"
-end = "2030-01-01T00:00:00Z"
-action = "deliver"
-"#,
-    )
-    .expect("incident");
+    let incident = TestIncident::new()
+        .name("postfix queue")
+        .restored_at("2030-01-01T00:00:00Z")
+        .lifetime("36500d")
+        .window(
+            "all",
+            "2000-01-01T00:00:00Z",
+            "2030-01-01T00:00:00Z",
+            "deliver",
+        )
+        .write(cli.path());
     let rows = ledger_recipients(&cli.ledger);
     let host = MailHost::start_imap(
         &mailbox_addresses(&rows)

@@ -3,7 +3,9 @@
 //! window, a mass bounce by a wrong clock, an unwritable outbox, DSNs left unsent, a spool
 //! that changed since ingest, and numbers that must agree between tables.
 
-use crate::support::{Cli, check, ingested, list_files};
+use spoolreplay::ledger::{DsnFilter, RcptState};
+
+use crate::support::{Cli, check, ingested, ledger_messages, list_files, read_ledger};
 
 #[test]
 fn run_without_a_ledger_exits_66_and_creates_nothing() {
@@ -138,22 +140,34 @@ fn a_read_only_store_is_found_before_the_first_delivery() {
 /// Every recipient's state, status and reply, every message's classification, the events
 /// and DSNs: equal fingerprints mean the ledger's content did not change.
 fn fingerprint(ledger: &std::path::Path) -> Vec<String> {
-    let conn =
-        rusqlite::Connection::open_with_flags(ledger, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .expect("open ledger");
+    let read = read_ledger(ledger);
+    let messages = ledger_messages(ledger);
     let mut out = Vec::new();
-    for sql in [
-        "SELECT id || ' ' || state || ' ' || ifnull(status, '') || ' ' || ifnull(reply, '') FROM recipients ORDER BY id",
-        "SELECT id || ' ' || ifnull(window, '') || ' ' || ifnull(disposition, '') FROM messages ORDER BY id",
-        "SELECT 'events ' || count(*) FROM events",
-        "SELECT 'dsns ' || count(*) FROM dsns",
-    ] {
-        let mut stmt = conn.prepare(sql).expect("prepare");
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .expect("query");
-        out.extend(rows.map(|r| r.expect("row")));
+    let mut events = 0;
+    for work in &messages {
+        for r in &work.recipients {
+            out.push(format!(
+                "{} {} {} {}",
+                r.id,
+                r.state.as_str(),
+                r.status.as_deref().unwrap_or_default(),
+                r.reply.as_deref().unwrap_or_default()
+            ));
+            events += read.events_of(r.id).expect("events").len();
+        }
     }
+    for work in &messages {
+        let m = &work.message;
+        out.push(format!(
+            "{} {} {}",
+            m.id,
+            m.window.as_deref().unwrap_or_default(),
+            m.disposition.as_deref().unwrap_or_default()
+        ));
+    }
+    out.push(format!("events {events}"));
+    let dsns = read.dsns(DsnFilter::All).expect("dsns").len();
+    out.push(format!("dsns {dsns}"));
     assert!(out.len() > 2, "an empty ledger proves nothing");
     out
 }
@@ -495,22 +509,15 @@ fn report_run_summary_and_status_agree_and_every_table_adds_up() {
         );
     }
     // The dropped recipient's last reply says so, not "bounced by the incident policy".
-    let conn = rusqlite::Connection::open_with_flags(
-        &cli.ledger,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open ledger");
-    let mut stmt = conn
-        .prepare("SELECT state, ifnull(reply, '') FROM recipients WHERE notify = 'NEVER'")
-        .expect("prepare");
-    let never: Vec<(String, String)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("query")
-        .map(|r| r.expect("row"))
+    let never: Vec<(RcptState, String)> = ledger_messages(&cli.ledger)
+        .into_iter()
+        .flat_map(|w| w.recipients)
+        .filter(|r| r.notify.is_some_and(|n| n.never))
+        .map(|r| (r.state, r.reply.unwrap_or_default()))
         .collect();
     assert!(!never.is_empty(), "the sample has a NOTIFY=NEVER recipient");
     for (state, reply) in never {
-        assert_eq!(state, "dropped", "{reply}");
+        assert_eq!(state, RcptState::Dropped, "{reply}");
         assert!(
             reply.starts_with("dropped without a DSN: NOTIFY=NEVER"),
             "{reply}"

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::support::{Cli, check, fixtures, sample_spool};
+use crate::support::{Cli, check, fixtures, ledger_messages, read_ledger, sample_spool};
 
 const SHARDS: u32 = 3;
 
@@ -24,34 +24,25 @@ pub struct Holdings {
 
 impl Holdings {
     pub fn of(ledger: &Path) -> Holdings {
-        let conn = rusqlite::Connection::open_with_flags(
-            ledger,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .expect("open ledger");
-        let set3 = |sql: &str| -> BTreeSet<(String, i64, String)> {
-            conn.prepare(sql)
-                .expect("prepare")
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .expect("query")
-                .collect::<rusqlite::Result<_>>()
-                .expect("rows")
-        };
-        let messages = conn
-            .prepare("SELECT source_path, source_offset, queue_id, content_hash FROM messages")
-            .expect("prepare")
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .expect("query")
-            .collect::<rusqlite::Result<_>>()
-            .expect("rows");
-        Holdings {
-            messages,
-            recipients: set3(
-                "SELECT m.source_path, m.source_offset, r.address FROM recipients r \
-                 JOIN messages m ON m.id = r.message_id",
-            ),
-            quarantined: set3("SELECT source_path, source_offset, reason FROM quarantine"),
+        let mut held = Holdings::default();
+        for work in ledger_messages(ledger) {
+            let m = work.message;
+            let path = m.source.path.display().to_string();
+            let offset = m.source.offset as i64;
+            for r in work.recipients {
+                held.recipients.insert((path.clone(), offset, r.address));
+            }
+            held.messages
+                .insert((path, offset, m.queue_id, m.content_hash));
         }
+        let (_, quarantined) = read_ledger(ledger)
+            .quarantined(usize::MAX)
+            .expect("quarantine");
+        held.quarantined = quarantined
+            .into_iter()
+            .map(|q| (q.source_path, q.source_offset, q.reason))
+            .collect();
+        held
     }
 
     fn items(&self) -> usize {

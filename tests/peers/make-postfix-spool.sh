@@ -197,7 +197,7 @@ start_helpers() {
         >"$RUN/milter.log" 2>&1 &
     echo $! >"$RUN/milter.pid"
     # The tarpit binds port 0 and writes the port the kernel gave it.
-    $PY "$HERE/postfix/inject.py" tarpit "$RUN/tarpit.port" >"$RUN/tarpit.log" 2>&1 &
+    $PY "$HERE/inject.py" tarpit "$RUN/tarpit.port" >"$RUN/tarpit.log" 2>&1 &
     echo $! >"$RUN/tarpit.pid"
     for _ in $(seq 100); do
         if [ -S "$RUN/milter.sock" ] && [ -s "$RUN/tarpit.port" ]; then
@@ -333,14 +333,14 @@ main() {
     postfix start >/dev/null 2>&1 || { say "postfix start failed (see $LOG)"; exit 1; }
     wait_for_smtp
 
-    $PY "$HERE/postfix/inject.py" smtp "$SMTP_PORT" "$COUNT"
+    $PY "$HERE/inject.py" postfix "$SMTP_PORT" "$COUNT"
     say "injected over SMTP"
     local_batch picked
     wait_settled
     say "every message tried once"
     hold_some
     # Last, because the milter serves one connection at a time and this one never ends.
-    $PY "$HERE/postfix/inject.py" stall "$SMTP_PORT" >"$RUN/stall.log" 2>&1 &
+    $PY "$HERE/inject.py" stall "$SMTP_PORT" >"$RUN/stall.log" 2>&1 &
     echo $! >"$RUN/stall.pid"
     abandon_stalled
     kill "$(cat "$RUN/stall.pid")" 2>/dev/null || true

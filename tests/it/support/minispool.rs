@@ -1,30 +1,14 @@
 //! Small `.eml` spools written by a test into its temp dir (each message with a unique
-//! `Message-ID` so a peer's copies can be counted), an incident file that delivers all of
-//! them, and the ledger's audit trail (`events`) per recipient.
+//! `Message-ID` so a peer's copies can be counted), their run arguments (with
+//! `TestIncident::deliver_all()`), and the ledger's audit trail (`events`) per recipient.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-/// Arrival of every generated message (inside [`INCIDENT`]'s one window).
+/// Arrival of every generated message (inside `TestIncident::deliver_all()`'s one window).
 pub const ARRIVAL: &str = "2023-01-23T10:00:00+01:00";
-
-/// One window that delivers everything the mini spools hold, with a lifetime long enough
-/// that nothing expires at `support::NOW`.
-pub const INCIDENT: &str = r#"name = "test outage"
-reporting_mta = "mx1.example.net"
-restored_at = "2023-01-26T13:00:00+01:00"
-queue_lifetime = "30d"
-lifetime_from = "arrival"
-outside = "hold"
-
-[[window]]
-name = "all"
-start = "2023-01-01T00:00:00+01:00"
-end = "2023-01-26T13:00:00+01:00"
-action = "deliver"
-"#;
 
 /// One message of a mini spool.
 #[derive(Debug, Clone)]
@@ -98,17 +82,10 @@ pub fn write_spool(dir: &Path, mails: &[Mail]) -> PathBuf {
     dir.to_path_buf()
 }
 
-/// Writes [`INCIDENT`] (or `text`) to `dir/incident.toml`; returns its path.
-pub fn write_incident(dir: &Path, text: Option<&str>) -> PathBuf {
-    let path = dir.join("incident.toml");
-    std::fs::write(&path, text.unwrap_or(INCIDENT)).expect("write incident");
-    path
-}
-
-/// A mini spool's run arguments: `--json run`, `--incident` ([`INCIDENT`], written into
+/// A mini spool's run arguments: `--json run`, `--incident` (`TestIncident::deliver_all()`, written into
 /// the temp dir), `--store`, `--outbox`, `--now`, then `extra`.
 pub fn run_args(cli: &super::Cli, store: &str, extra: &[&str]) -> Vec<String> {
-    let incident = write_incident(cli.path(), None);
+    let incident = super::incident::TestIncident::deliver_all().write(cli.path());
     let mut args: Vec<String> = vec![
         "--json".into(),
         "run".into(),
@@ -151,30 +128,26 @@ pub struct LedgerEvent {
     pub detail: Option<String>,
 }
 
-/// Every event, in order (read-only).
+/// Every event, recipient by recipient in ledger order, each one's oldest first
+/// (read-only).
+#[track_caller]
 pub fn ledger_events(ledger: &Path) -> Vec<LedgerEvent> {
-    let conn =
-        rusqlite::Connection::open_with_flags(ledger, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .expect("open ledger");
-    let mut stmt = conn
-        .prepare(
-            "SELECT m.queue_id, r.address, e.from_state, e.to_state, e.detail \
-             FROM events e JOIN recipients r ON r.id = e.recipient_id \
-             JOIN messages m ON m.id = r.message_id ORDER BY e.id",
-        )
-        .expect("prepare");
-    stmt.query_map([], |r| {
-        Ok(LedgerEvent {
-            queue_id: r.get(0)?,
-            address: r.get(1)?,
-            from_state: r.get(2)?,
-            to_state: r.get(3)?,
-            detail: r.get(4)?,
-        })
-    })
-    .expect("query")
-    .collect::<rusqlite::Result<Vec<_>>>()
-    .expect("rows")
+    let read = super::read_ledger(ledger);
+    let mut out = Vec::new();
+    for work in super::ledger_messages(ledger) {
+        for r in &work.recipients {
+            for e in read.events_of(r.id).expect("read events") {
+                out.push(LedgerEvent {
+                    queue_id: work.message.queue_id.clone(),
+                    address: r.address.clone(),
+                    from_state: e.from.map(|s| s.as_str().to_string()),
+                    to_state: e.to.as_str().to_string(),
+                    detail: e.detail,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Per (queue id, address): the states it went through, in order.
