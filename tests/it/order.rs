@@ -112,7 +112,8 @@ action = "deliver"
 
 /// The `order` rows of `report --order ORDER --rate 10/s` (one batch: no pauses).
 fn projected(cli: &Cli, order: &str) -> Vec<serde_json::Value> {
-    let incident = minispool::write_incident(cli.path(), Some(TWO_WINDOWS));
+    let incident = cli.path().join("two-windows.toml");
+    std::fs::write(&incident, TWO_WINDOWS).expect("write the incident");
     let incident = incident.display().to_string();
     let out = cli.run(&[
         "--json",
@@ -171,7 +172,7 @@ fn report_projects_what_each_order_means() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     check_milestone(&rows[0], ("first_per_mailbox", None, 0, 5, 0.5));
     // The table says it in words.
-    let incident = cli.path().join("incident.toml").display().to_string();
+    let incident = cli.path().join("two-windows.toml").display().to_string();
     let out = cli.run(&[
         "report",
         "--incident",
