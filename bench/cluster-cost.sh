@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Benchmark: the cost of coordination (issue 16).
-# Messages/s of one `run` into smtp-sink with and without `--cluster` (one local
-# redis-server), same spool, no --rate (so the run goes as fast as it can and every lease
-# and claim is on the clock). Each pass uses a fresh ledger and a
-# fresh Redis. Needs redis-server and Postfix's smtp-sink; everything lives in a temp dir.
+# Benchmark: the cost of coordination (issue 16) and of --metrics (issue 19 item 4).
+# Messages/s of one `run` into smtp-sink alone, with `--cluster` (one local redis-server)
+# and with `--metrics`, same spool, no --rate (so the run goes as fast as it can and every
+# lease, claim and slot is on the clock), alternated in rounds (ROUNDS, default 3), medians
+# and ratios. Each pass uses a fresh ledger (and cluster name). Redis commands per message
+# are counted from INFO commandstats. Needs redis-server, redis-cli and Postfix's
+# smtp-sink; everything lives in a temp dir.
 # Usage: [SPOOLREPLAY_BIN=path] bench/cluster-cost.sh [MESSAGES] [WORKDIR]   (default 5000)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,6 +53,14 @@ mkdir -p "$work/sink" && chmod 777 "$work/sink"
 /usr/sbin/smtp-sink -u nobody "127.0.0.1:$sink_port" 256 & pids+=($!)
 sleep 0.5
 
+redis_port=$(free_port)
+mkdir -p "$work/redis"
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work/redis" \
+    >"$work/redis/log" 2>&1 & pids+=($!)
+sleep 0.5
+
+# One pass: a fresh ledger, one run; prints messages/s. Each cluster pass gets its own
+# cluster name (a fresh schedule, claims and slots in the same Redis).
 pass() { # NAME EXTRA-ARGS...
     local name=$1; shift
     rm -f "$work/$name.db"
@@ -60,14 +70,35 @@ pass() { # NAME EXTRA-ARGS...
     sr --ledger "$work/$name.db" --quiet run --incident "$work/incident.toml" --now "$now" \
         --store "smtp://127.0.0.1:$sink_port" --outbox "$work/outbox-$name" "$@"
     end=$(date +%s.%N)
-    python3 -c "print(f'$name: $n messages in {$end-$start:.2f} s, {$n/($end-$start):.0f} messages/s')"
+    python3 -c "print(f'{$n/($end-$start):.1f}')"
 }
 
-pass alone
-redis_port=$(free_port)
-mkdir -p "$work/redis"
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work/redis" \
-    >"$work/redis/log" 2>&1 & pids+=($!)
-sleep 0.5
-pass cluster --cluster "redis://127.0.0.1:$redis_port/bench"
+# Reference and candidates alternated in one run (A B C A B C ...), so a change in the
+# machine's load hits them alike; the median of the rounds is reported.
+rounds=${ROUNDS:-3}
+declare -A results
+for r in $(seq 1 "$rounds"); do
+    results[alone]+="$(pass alone) "
+    redis-cli -p "$redis_port" config resetstat >/dev/null
+    results[cluster]+="$(pass cluster --cluster "redis://127.0.0.1:$redis_port/bench$r") "
+    # Redis round trips per message: EVALSHA (claims, leases, heartbeats, slots) and SETEX
+    # (confirmations). INFO commandstats also counts the commands the scripts run inside
+    # Redis; those are not round trips and are left out.
+    calls=$(redis-cli -p "$redis_port" info commandstats | python3 -c "
+import sys
+total = 0
+for line in sys.stdin:
+    if line.startswith(('cmdstat_evalsha:', 'cmdstat_setex:')):
+        total += int(line.split('calls=')[1].split(',')[0])
+print(total)")
+    results[calls]+="$(python3 -c "print(f'{$calls/$n:.2f}')") "
+    results[metrics]+="$(pass metrics --metrics "127.0.0.1:$(free_port)") "
+    echo "round $r done" >&2
+done
+median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.1f}')" $1; }
+for k in alone cluster metrics calls; do  # calls: Redis round trips per message
+    echo "$k: ${results[$k]}(median $(median "${results[$k]}"))"
+done
+python3 -c "print(f'cluster/alone: {$(median "${results[cluster]}")/$(median "${results[alone]}"):.3f}')"
+python3 -c "print(f'metrics/alone: {$(median "${results[metrics]}")/$(median "${results[alone]}"):.3f}')"
 echo "work dir: $work"

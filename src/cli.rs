@@ -196,6 +196,11 @@ pub struct ReportArgs {
     #[command(flatten)]
     pub pace: Pace,
 
+    /// The `run --order` to project for: arrival (oldest first), newest, or fair (when
+    /// every mailbox has had its first message)
+    #[arg(long, value_name = "ORDER", default_value = "arrival")]
+    pub order: String,
+
     /// How many rows of the domain, age, anomaly and quarantine lists to show
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,

@@ -71,6 +71,8 @@ pub struct ReportConfig {
     /// `--max-bounce-share`: the plan warns above it, as `run` would refuse.
     pub max_bounce_share: u8,
     pub pace: PaceConfig,
+    /// `--order`: the projection says what the order means.
+    pub order: crate::ledger::DeliveryOrder,
     pub top: usize,
     pub format: Format,
     pub affected: bool,
@@ -255,6 +257,7 @@ impl Config {
                 fixed_clock: a.clock.now.is_some(),
                 max_bounce_share: a.guard.max_bounce_share,
                 pace: pace(&a.pace)?,
+                order: a.order.parse().map_err(|e: String| usage("--order", e))?,
                 top: a.top,
                 affected: a.affected,
                 html: a.html,

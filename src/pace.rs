@@ -266,6 +266,14 @@ pub trait TokenSource {
     /// Progress for others to see: messages handed over, recipients per outcome
     /// (`delivered`, `deferred`, …), the pace text.
     fn progress(&mut self, _handled: u64, _counts: &[(&str, u64)], _pace: &str) {}
+    /// Whether [`TokenSource::progress`] would be published now (a heartbeat is due), so
+    /// the caller computes what costs a ledger query (the ETA) only then.
+    fn progress_due(&self) -> bool {
+        false
+    }
+    /// More for others to see with the next progress: the time left, the store's last
+    /// refusal (a 4xx/5xx reply and when, RFC 3339), whether the run is paused and why.
+    fn outlook(&mut self, _outlook: Outlook<'_>) {}
     /// Claims each of `recipients` (canonical) of the content `key` before it is handed
     /// to the store, so two ledgers of one cluster never both deliver one copy.
     fn claim(&mut self, _key: &str, recipients: &[String]) -> Vec<Claim> {
@@ -273,6 +281,16 @@ pub trait TokenSource {
     }
     /// The store took the copy claimed for `recipient`: others will see it delivered.
     fn confirm(&mut self, _key: &str, _recipient: &str) {}
+}
+
+/// What a run expects and last met, for the others to see (`cluster status`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outlook<'a> {
+    pub eta: Option<Duration>,
+    /// The store's last refusal (reply text) and when.
+    pub refusal: Option<(&'a str, &'a str)>,
+    /// Paused, and by what (`control pause`, `cluster pause`).
+    pub paused: Option<&'a str>,
 }
 
 /// Whether another ledger of the cluster already has a copy (same content, same

@@ -15,7 +15,7 @@ use chrono::{DateTime, FixedOffset, SecondsFormat, Timelike};
 use crate::bounce_policy::Verdict;
 use crate::classify::{self, Disposition};
 use crate::incident::Incident;
-use crate::ledger::{MessageRow, RcptState, RecipientRow};
+use crate::ledger::{DeliveryOrder, MessageRow, RcptState, RecipientRow};
 use crate::pace::PaceConfig;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +123,13 @@ pub struct Plan {
     pub dsn_senders: HashSet<String>,
     /// Messages `run` would hand to the store.
     pub deliveries: u64,
+    /// Per window index (or [`OUTSIDE_INDEX`]): the oldest and newest arrival of the
+    /// messages `run` would deliver, which is where the window falls in `--order
+    /// arrival|newest`.
+    pub delivery_spans: BTreeMap<usize, Span>,
+    /// `--order fair`: the messages of the first round (every mailbox's first message),
+    /// as the ledger counts them (`Ledger::fair_first_round`); set by the caller.
+    pub first_round: Option<u64>,
     /// All messages outside every window, settled or not.
     pub outside: Anomaly,
     /// Per window index with `expect_mail = false`: all messages that arrived in it.
@@ -217,7 +224,15 @@ impl Plan {
             }
         }
         match home {
-            Disposition::Deliver => self.deliveries += 1,
+            Disposition::Deliver => {
+                self.deliveries += 1;
+                let span = self
+                    .delivery_spans
+                    .entry(window)
+                    .or_insert((m.arrival, m.arrival));
+                span.0 = span.0.min(m.arrival);
+                span.1 = span.1.max(m.arrival);
+            }
             Disposition::Expire | Disposition::Bounce => {
                 let verdict = judge(m);
                 let sender = m.sender.as_str().to_ascii_lowercase();
@@ -431,6 +446,95 @@ pub fn mass_bounce(
     (m.failing() * 100 > open * u64::from(max_share)).then_some(m)
 }
 
+/// The oldest and newest arrival of some messages.
+type Span = (DateTime<FixedOffset>, DateTime<FixedOffset>);
+
+/// What one point of the delivery order means for the operator: when a window's mail
+/// (or every mailbox's first message, for `fair`) will have been handed over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Milestone {
+    pub kind: MilestoneKind,
+    /// Messages handed over before it begins, and when it is complete.
+    pub from_messages: u64,
+    pub messages: u64,
+    /// The same as durations at the pace (`None` when unthrottled).
+    pub starts_after: Option<Duration>,
+    pub done_after: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MilestoneKind {
+    /// All of a window's deliveries (`None`: mail outside every window).
+    Window(Option<String>),
+    /// `fair`: every mailbox with mail has had its first message (at most).
+    FirstPerMailbox,
+}
+
+impl MilestoneKind {
+    /// The kind as JSON and CSV name it.
+    pub fn key(&self) -> &'static str {
+        match self {
+            MilestoneKind::Window(_) => "window",
+            MilestoneKind::FirstPerMailbox => "first_per_mailbox",
+        }
+    }
+}
+
+/// What `--order` means for the plan's deliveries, in the order they are reached:
+/// `arrival` and `newest` take the windows one after another (oldest or newest first, as
+/// their mail arrived); `fair` interleaves them, so what it promises is every mailbox's
+/// first message within the first round. Times at `pace`, pauses between batches counted.
+pub fn order_milestones(
+    plan: &Plan,
+    incident: &Incident,
+    order: DeliveryOrder,
+    pace: &PaceConfig,
+) -> Vec<Milestone> {
+    let at = |n: u64| projected_duration(n, pace);
+    let milestone = |kind, from: u64, messages: u64| Milestone {
+        kind,
+        from_messages: from,
+        messages,
+        starts_after: at(from),
+        done_after: at(messages),
+    };
+    let mut windows: Vec<(usize, u64, Span)> = plan
+        .delivery_spans
+        .iter()
+        .map(|(w, span)| {
+            let n = plan
+                .by_window
+                .get(&(*w, Disposition::Deliver))
+                .map_or(0, |c| c.messages);
+            (*w, n, *span)
+        })
+        .filter(|(_, n, _)| *n > 0)
+        .collect();
+    match order {
+        DeliveryOrder::Arrival => windows.sort_by_key(|(w, _, (oldest, _))| (*oldest, *w)),
+        DeliveryOrder::Newest => {
+            windows.sort_by_key(|(w, _, (_, newest))| (std::cmp::Reverse(*newest), *w))
+        }
+        DeliveryOrder::Fair => {
+            let first = plan.first_round.unwrap_or(plan.deliveries);
+            return match plan.deliveries {
+                0 => Vec::new(),
+                n => vec![milestone(MilestoneKind::FirstPerMailbox, 0, first.min(n))],
+            };
+        }
+    }
+    let mut before = 0;
+    windows
+        .into_iter()
+        .map(|(w, n, _)| {
+            let name = incident.windows.get(w).map(|win| win.name.clone());
+            let m = milestone(MilestoneKind::Window(name), before, before + n);
+            before += n;
+            m
+        })
+        .collect()
+}
+
 /// Time to send `messages` at `pace`: the rate's spacing plus the pauses between batches.
 pub fn projected_duration(messages: u64, pace: &PaceConfig) -> Option<Duration> {
     let rate = pace.rate?;
@@ -514,6 +618,92 @@ queue_lifetime = "5d"
         assert!(guard(&[(Disposition::Deliver, 99), (Disposition::Bounce, 1)], 0).is_some());
         assert_eq!(guard(&[(Disposition::Deliver, 3)], 0), None);
         assert_eq!(guard(&[], 0), None);
+    }
+
+    #[test]
+    fn order_milestones_follow_the_windows_in_the_order_chosen() {
+        let incident = crate::incident::parse(
+            r#"name = "x"
+reporting_mta = "mx.example.net"
+restored_at = "2023-01-26T13:00:00+01:00"
+queue_lifetime = "30d"
+lifetime_from = "arrival"
+outside = "deliver"
+[[window]]
+name = "early"
+start = "2023-01-20T00:00:00+01:00"
+end = "2023-01-22T00:00:00+01:00"
+action = "deliver"
+[[window]]
+name = "late"
+start = "2023-01-22T00:00:00+01:00"
+end = "2023-01-26T13:00:00+01:00"
+action = "deliver"
+"#,
+        )
+        .expect("incident");
+        // 30 early, 10 late, 5 outside (after the windows).
+        let mut plan = plan_of(&[(Disposition::Deliver, 30), (Disposition::Deliver, 10)]);
+        plan.by_window.insert(
+            (OUTSIDE_INDEX, Disposition::Deliver),
+            Counts {
+                messages: 5,
+                ..Counts::default()
+            },
+        );
+        plan.deliveries = 45;
+        let span = |a: &str, b: &str| (t(a), t(b));
+        plan.delivery_spans
+            .insert(0, span("2023-01-20T01:00:00Z", "2023-01-21T01:00:00Z"));
+        plan.delivery_spans
+            .insert(1, span("2023-01-23T01:00:00Z", "2023-01-24T01:00:00Z"));
+        plan.delivery_spans.insert(
+            OUTSIDE_INDEX,
+            span("2023-01-27T01:00:00Z", "2023-01-27T02:00:00Z"),
+        );
+        let pace = PaceConfig {
+            rate: Some("10/s".parse().expect("rate")),
+            max_bytes_rate: None,
+            batch_size: 1000,
+            pause: Duration::ZERO,
+        };
+        let got = |plan: &Plan, order| -> Vec<(Option<String>, u64, u64, Option<Duration>)> {
+            order_milestones(plan, &incident, order, &pace)
+                .into_iter()
+                .map(|m| match m.kind {
+                    MilestoneKind::Window(w) => (w, m.from_messages, m.messages, m.done_after),
+                    MilestoneKind::FirstPerMailbox => (None, 0, m.messages, m.done_after),
+                })
+                .collect()
+        };
+        let ms = |n: u64| Some(Duration::from_millis(n));
+        let name = |n: &str| Some(n.to_string());
+        assert_eq!(
+            got(&plan, DeliveryOrder::Arrival),
+            vec![
+                (name("early"), 0, 30, ms(3000)),
+                (name("late"), 30, 40, ms(4000)),
+                (None, 40, 45, ms(4500)),
+            ]
+        );
+        assert_eq!(
+            got(&plan, DeliveryOrder::Newest),
+            vec![
+                (None, 0, 5, ms(500)),
+                (name("late"), 5, 15, ms(1500)),
+                (name("early"), 15, 45, ms(4500)),
+            ]
+        );
+        // Fair: the first round as the ledger counted it, never more than the deliveries.
+        plan.first_round = Some(7);
+        assert_eq!(got(&plan, DeliveryOrder::Fair), vec![(None, 0, 7, ms(700))]);
+        plan.first_round = Some(99);
+        assert_eq!(got(&plan, DeliveryOrder::Fair)[0].2, 45);
+        // Unthrottled: the order still, no times.
+        let free = PaceConfig { rate: None, ..pace };
+        let m = order_milestones(&plan, &incident, DeliveryOrder::Arrival, &free);
+        assert_eq!(m.len(), 3);
+        assert!(m.iter().all(|m| m.done_after.is_none()));
     }
 
     #[test]

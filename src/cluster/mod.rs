@@ -11,6 +11,7 @@
 //! the share it last had (never more) and tries to reconnect with back-off; nothing is
 //! queued for later.
 
+pub mod slots;
 pub mod url;
 
 use std::collections::VecDeque;
@@ -18,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use redis::{Commands, Connection, Script};
 
-use crate::pace::{Claim, Grant, PaceChange, TokenSource, format_rate};
+use crate::pace::{Claim, Grant, Outlook, PaceChange, TokenSource, format_rate};
+pub use slots::Slots;
 pub use url::ClusterUrl;
 
 /// How long a lease lasts at the cluster's rate: short, so a change of pace reaches every
@@ -142,6 +144,10 @@ struct Keys {
     pace: String,
     paused: String,
     members: String,
+    /// Store connections: slot token → expiry (ms of Redis time), and the queue for them.
+    slots: String,
+    waiters: String,
+    seen: String,
     prefix: String,
 }
 
@@ -154,6 +160,9 @@ impl Keys {
             pace: format!("{prefix}:pace"),
             paused: format!("{prefix}:paused"),
             members: format!("{prefix}:members"),
+            slots: format!("{prefix}:slots"),
+            waiters: format!("{prefix}:slot-waiters"),
+            seen: format!("{prefix}:slot-waiters-seen"),
             prefix,
         }
     }
@@ -232,6 +241,13 @@ pub struct Member {
     /// Recipients per outcome, as the heartbeat shows them.
     counts: Vec<(String, u64)>,
     pace_text: String,
+    /// Seconds left by the run's own estimate.
+    eta: Option<u64>,
+    /// The store's last refusal (addresses left out) and when.
+    refusal: Option<(String, String)>,
+    /// Why the run is paused, when it is (`control pause`), and whether the cluster is.
+    paused: Option<String>,
+    cluster_paused: bool,
 }
 
 impl Member {
@@ -292,6 +308,10 @@ impl Member {
             handled: 0,
             counts: Vec::new(),
             pace_text: String::new(),
+            eta: None,
+            refusal: None,
+            paused: None,
+            cluster_paused: false,
         };
         member
             .heartbeat("running", true)
@@ -302,6 +322,11 @@ impl Member {
     /// This member's name in the cluster (host, process, ledger file).
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// This member's store connections: at most `limit` across the cluster (`--concurrency`).
+    pub fn slots(&self, limit: usize) -> Slots {
+        Slots::start(&self.url, self.keys.clone(), &self.id, limit)
     }
 
     fn lease_size(&self) -> u32 {
@@ -375,7 +400,12 @@ impl Member {
                 return None;
             }
         };
+        self.cluster_paused = wait_us < 0;
         if wait_us < 0 {
+            // Still here, paused: the heartbeat goes on (or the member would look dead).
+            if let Err(e) = self.heartbeat("running", false) {
+                self.lost(&e);
+            }
             return Some(Grant::Hold {
                 wait: Duration::from_secs(1),
                 why: "cluster paused by the operator".into(),
@@ -450,7 +480,21 @@ impl Member {
             .arg("pace")
             .arg(&self.pace_text)
             .arg("state")
-            .arg(state);
+            .arg(match (&self.paused, self.cluster_paused, state) {
+                (Some(_), _, "running") | (_, true, "running") => "paused",
+                _ => state,
+            })
+            .arg("paused_by")
+            .arg(match (&self.paused, self.cluster_paused) {
+                (Some(by), _) => by.as_str(),
+                (None, true) => "cluster pause",
+                (None, false) => "",
+            })
+            .arg("eta")
+            .arg(self.eta.map(|e| e.to_string()).unwrap_or_default());
+        if let Some((text, at)) = &self.refusal {
+            call.arg("refusal").arg(text).arg("refusal_at").arg(at);
+        }
         for (k, v) in &self.counts {
             call.arg(format!("count:{k}")).arg(*v);
         }
@@ -590,6 +634,18 @@ impl TokenSource for Member {
         }
     }
 
+    fn progress_due(&self) -> bool {
+        self.conn.is_some() && self.last_beat.is_none_or(|b| b.elapsed() >= BEAT_EVERY)
+    }
+
+    fn outlook(&mut self, outlook: Outlook<'_>) {
+        self.eta = outlook.eta.map(|e| e.as_secs());
+        if let Some((text, at)) = outlook.refusal {
+            self.refusal = Some((without_addresses(text), at.to_string()));
+        }
+        self.paused = outlook.paused.map(String::from);
+    }
+
     fn progress(&mut self, handled: u64, counts: &[(&str, u64)], pace: &str) {
         self.handled = handled;
         self.counts = counts.iter().map(|(k, v)| (k.to_string(), *v)).collect();
@@ -599,6 +655,25 @@ impl TokenSource for Member {
         }
     }
 }
+
+/// A store's reply as the cluster may show it: every word with an `@` (an address, in
+/// brackets or not) replaced by `<…>`, at most [`REFUSAL_MAX`] characters. Mailboxes
+/// are not the cluster's business; the code and the words are what tell a store's state.
+pub fn without_addresses(reply: &str) -> String {
+    let mut out: String = reply
+        .split(' ')
+        .map(|w| if w.contains('@') { "<…>" } else { w })
+        .collect::<Vec<_>>()
+        .join(" ");
+    if let Some((cut, _)) = out.char_indices().nth(REFUSAL_MAX) {
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
+/// The longest refusal a heartbeat carries (characters).
+const REFUSAL_MAX: usize = 160;
 
 /// One member as `cluster status` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -613,6 +688,15 @@ pub struct MemberStatus {
     /// Seconds since its last heartbeat, by the server's clock.
     pub heartbeat_age: u64,
     pub stale: bool,
+    /// Store connections it holds (cluster slots, `--concurrency`).
+    pub connections: u64,
+    /// Its own estimate of the time left (seconds), when it has one.
+    pub eta_seconds: Option<u64>,
+    /// Paused by what (`control pause` on its ledger, `cluster pause`), when paused.
+    pub paused_by: Option<String>,
+    /// The store's last refusal it saw (a 4xx or 5xx reply, addresses left out), and when.
+    pub last_refusal: Option<String>,
+    pub last_refusal_at: Option<String>,
 }
 
 /// The whole cluster as `cluster status` shows it.
@@ -628,6 +712,12 @@ pub struct ClusterStatus {
     pub handled: u64,
     /// Recipients per outcome over all members.
     pub counts: std::collections::BTreeMap<String, u64>,
+    /// Store connections held across the cluster (slots live in Redis, a dead member's
+    /// included until they expire).
+    pub connections: u64,
+    /// When the cluster should be done (seconds): the longest ETA of the members still
+    /// working; `None` while one of them has no estimate yet.
+    pub eta_seconds: Option<u64>,
 }
 
 /// An operator's connection to a cluster: `cluster pause|resume|status`.
@@ -667,7 +757,17 @@ impl Admin {
     }
 
     fn read_status(&mut self) -> redis::RedisResult<ClusterStatus> {
-        let (now, _): (u64, u64) = redis::cmd("TIME").query(&mut self.conn)?;
+        let (now, micros): (u64, u64) = redis::cmd("TIME").query(&mut self.conn)?;
+        let now_ms = now * 1000 + micros / 1000;
+        // Live slots per member: a token is `MEMBER#N`.
+        let slots: Vec<String> =
+            self.conn
+                .zrangebyscore(&self.keys.slots, format!("({now_ms}"), "+inf")?;
+        let mut held: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+        for token in &slots {
+            let member = token.rsplit_once('#').map_or(token.as_str(), |(m, _)| m);
+            *held.entry(member).or_insert(0) += 1;
+        }
         let paused: bool = self.conn.exists(&self.keys.paused)?;
         let (rate, reason, by): (Option<f64>, Option<String>, Option<String>) = self
             .conn
@@ -698,6 +798,11 @@ impl Admin {
                     })
                     .collect(),
                 heartbeat_age: age,
+                connections: held.get(id.as_str()).copied().unwrap_or(0),
+                eta_seconds: fields.get("eta").and_then(|e| e.parse().ok()),
+                paused_by: fields.get("paused_by").filter(|p| !p.is_empty()).cloned(),
+                last_refusal: fields.get("refusal").filter(|r| !r.is_empty()).cloned(),
+                last_refusal_at: fields.get("refusal_at").filter(|r| !r.is_empty()).cloned(),
                 state,
                 id,
             });
@@ -708,7 +813,25 @@ impl Admin {
                 *counts.entry(k.clone()).or_insert(0) += v;
             }
         }
+        // The members work side by side: the cluster is done when the slowest is.
+        let working: Vec<&MemberStatus> = members
+            .iter()
+            .filter(|m| m.state != "finished" && !m.stale)
+            .collect();
+        let eta_seconds = if working.iter().all(|m| m.eta_seconds.is_some()) {
+            Some(
+                working
+                    .iter()
+                    .filter_map(|m| m.eta_seconds)
+                    .max()
+                    .unwrap_or(0),
+            )
+        } else {
+            None
+        };
         Ok(ClusterStatus {
+            connections: slots.len() as u64,
+            eta_seconds,
             counts,
             cluster: self.url.to_string(),
             paused,
@@ -718,5 +841,31 @@ impl Admin {
             handled: members.iter().map(|m| m.handled).sum(),
             members,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check(reply: &str, expected: &str) {
+        assert_eq!(without_addresses(reply), expected);
+    }
+
+    #[test]
+    fn refusals_are_shown_without_their_addresses() {
+        check(
+            "550 5.1.1 <bob@example.test> User doesn't exist: bob@example.test",
+            "550 5.1.1 <…> User doesn't exist: <…>",
+        );
+        check(
+            "451 4.3.0 Temporary internal error",
+            "451 4.3.0 Temporary internal error",
+        );
+        let long = format!("452 4.2.2 {}", "x".repeat(400));
+        let shown = without_addresses(&long);
+        assert_eq!(shown.chars().count(), REFUSAL_MAX + 1, "{shown}");
+        assert!(shown.ends_with('…'));
     }
 }

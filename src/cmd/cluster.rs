@@ -1,6 +1,8 @@
 //! `spoolreplay cluster pause|resume|status`: the operator's view of the runs that share a
 //! `--cluster` address.
 
+use std::time::Duration;
+
 use anyhow::Result;
 
 use crate::cli::ClusterAction;
@@ -12,6 +14,7 @@ use crate::report::Printer;
 use crate::report::event::Event;
 use crate::report::table::Table;
 use crate::sanitize::for_terminal;
+use crate::throttle::format_duration;
 
 pub fn run(output: Output, url: &ClusterUrl, action: ClusterAction) -> Result<Exit> {
     let printer = Printer::new(output);
@@ -43,8 +46,14 @@ pub fn run(output: Output, url: &ClusterUrl, action: ClusterAction) -> Result<Ex
                 "Failed",
                 "Duplicate",
                 "Pace",
+                "Conns",
+                "ETA",
                 "Heartbeat",
             ]);
+            let eta = |e: Option<u64>| {
+                e.map(|s| format_duration(Duration::from_secs(s)))
+                    .unwrap_or_else(|| "?".into())
+            };
             let count = |c: &std::collections::BTreeMap<String, u64>, k: &str| {
                 c.get(k).copied().unwrap_or(0).to_string()
             };
@@ -54,16 +63,26 @@ pub fn run(output: Output, url: &ClusterUrl, action: ClusterAction) -> Result<Ex
                 } else {
                     format!("{}s ago", m.heartbeat_age)
                 };
+                let state = match &m.paused_by {
+                    Some(by) if m.state == "paused" => format!("paused ({})", for_terminal(by)),
+                    _ => for_terminal(&m.state).into_owned(),
+                };
                 table.row(vec![
                     for_terminal(&m.id).into_owned(),
                     for_terminal(&m.ledger).into_owned(),
-                    m.state.clone(),
+                    state,
                     m.handled.to_string(),
                     count(&m.counts, "delivered"),
                     count(&m.counts, "deferred"),
                     count(&m.counts, "failed"),
                     count(&m.counts, "duplicate"),
                     for_terminal(&m.pace).into_owned(),
+                    m.connections.to_string(),
+                    if m.state == "finished" {
+                        "done".into()
+                    } else {
+                        eta(m.eta_seconds)
+                    },
                     beat,
                 ]);
             }
@@ -77,6 +96,8 @@ pub fn run(output: Output, url: &ClusterUrl, action: ClusterAction) -> Result<Ex
                 count(&status.counts, "failed"),
                 count(&status.counts, "duplicate"),
                 String::new(),
+                status.connections.to_string(),
+                eta(status.eta_seconds),
                 String::new(),
             ]);
             let mut text = format!(
@@ -93,6 +114,19 @@ pub fn run(output: Output, url: &ClusterUrl, action: ClusterAction) -> Result<Ex
                 ));
             }
             text.push_str(&table.render());
+            for m in &status.members {
+                if let Some(refusal) = &m.last_refusal {
+                    text.push_str(&format!(
+                        "Last refusal seen by {}{}: {}\n",
+                        for_terminal(&m.id),
+                        m.last_refusal_at
+                            .as_deref()
+                            .map(|at| format!(" at {}", for_terminal(at)))
+                            .unwrap_or_default(),
+                        for_terminal(refusal)
+                    ));
+                }
+            }
             printer.data(&text)?;
         }
     }

@@ -51,6 +51,9 @@ pub fn run(output: Output, cfg: ReportConfig) -> Result<Exit> {
             Ok(())
         })?;
     }
+    if cfg.order == crate::ledger::DeliveryOrder::Fair {
+        plan.first_round = Some(combined::fair_first_round(&ledgers, cfg.now.timestamp())?);
+    }
     let facts = read_facts(&ledgers, cfg.top)?;
     // The mass-bounce guard `run` applies, so the dry run warns about what `run` refuses.
     let guard = mass_bounce(&plan, inc, cfg.now, cfg.fixed_clock, cfg.max_bounce_share);
@@ -65,6 +68,7 @@ pub fn run(output: Output, cfg: ReportConfig) -> Result<Exit> {
         now: cfg.now,
         pace: cfg.pace,
         top: cfg.top,
+        order: cfg.order,
         mass_bounce: guard,
     };
     write_plan(&mut out, cfg.format, &report).context(WRITE)?;

@@ -50,13 +50,19 @@ pub fn run(ledger_path: &std::path::Path, output: Output, cfg: RunConfig) -> Res
             )
             .map_err(crate::cmd::cluster::unavailable)?;
             printer.note(&format!(
-                "member {} of cluster {url}: --rate and --max-bytes-rate are cluster-wide totals",
+                "member {} of cluster {url}: --rate, --max-bytes-rate and --concurrency are cluster-wide totals",
                 for_terminal(m.id())
             ));
             Some(m)
         }
     };
     let factory = store_factory(&cfg);
+    // In a cluster, `--concurrency` counts the store connections of every member: each
+    // connection holds one of the cluster's slots for as long as it is open.
+    let factory = match &member {
+        Some(m) => m.slots(cfg.concurrency).around(factory),
+        None => factory,
+    };
     let describe = cfg.store.to_string();
     let shutdown = Shutdown::install("finishing the deliveries in flight")?;
     let metrics = Arc::new(Metrics::new());

@@ -215,4 +215,11 @@ pub trait Deliverer: Send {
         delivery: &Delivery<'_>,
         recipients: &[RecipientSpec<'_>],
     ) -> Result<Vec<Outcome>, StoreError>;
+
+    /// Whether this connection should be closed now, after `idle` without work: a store
+    /// connection that holds a cluster slot (`cluster::slots`) gives it up when another
+    /// member waits for one. Others keep their connection.
+    fn give_up(&self, _idle: std::time::Duration) -> bool {
+        false
+    }
 }

@@ -139,6 +139,21 @@ impl Ledger {
         self.work_of(ids, now_unix)
     }
 
+    /// `--order fair`'s first round: how many messages carry some mailbox's first turn
+    /// (the same round-robin as [`Ledger::deliverable_in`]), over the recipients due at
+    /// `now_unix`. What `report` projects "every mailbox has had its first message" from.
+    pub fn fair_first_round(&self, now_unix: i64) -> Result<u64> {
+        let (pending, deferred) = (RcptState::Pending.sql(), RcptState::Deferred.sql());
+        let sql = format!(
+            "SELECT count(*) FROM (SELECT message_id FROM (SELECT r.message_id, row_number() OVER \
+             (PARTITION BY lower(r.address) ORDER BY r.message_id) AS turn FROM recipients r \
+             WHERE r.state = {pending} OR (r.state = {deferred} AND coalesce(r.next_attempt, 0) <= ?1)) \
+             GROUP BY message_id HAVING min(turn) = 1)"
+        );
+        let n: i64 = self.conn.query_row(&sql, params![now_unix], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
     /// Messages with recipients to deliver now: pending, or deferred and due at `now_unix`;
     /// in id order after `after_id`, at most `limit`.
     pub fn deliverable(

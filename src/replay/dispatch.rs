@@ -26,7 +26,7 @@ use crate::address::Mailbox;
 use crate::breaker::Breaker;
 use crate::classify::Disposition;
 use crate::ledger::{Change, DeliveryOrder, MessageWork, RcptState};
-use crate::pace::{Claim, Grant, Pace, format_rate};
+use crate::pace::{Claim, Grant, Outlook, Pace, format_rate};
 
 /// How often a dispatcher waiting on the store tells the printer it is still there.
 const TICK: Duration = Duration::from_secs(1);
@@ -50,6 +50,10 @@ pub(super) struct Dispatch {
     pub(super) steered: i64,
     pub(super) steer_checked: Option<Instant>,
     pub(super) paused: bool,
+    /// The time left as last measured (for `--metrics` and the cluster's heartbeat).
+    pub(super) eta: Option<Duration>,
+    /// The store's last refusal (reply text) and when (RFC 3339), for the cluster.
+    pub(super) last_refusal: Option<(String, String)>,
 }
 
 impl Replay<'_> {
@@ -97,6 +101,8 @@ impl Replay<'_> {
             steered: self.ledger.last_steering_id()?,
             steer_checked: None,
             paused: false,
+            eta: None,
+            last_refusal: None,
         };
         self.feed_gauges(&mut d)?;
         let mut after = 0;
@@ -423,7 +429,7 @@ impl Replay<'_> {
     }
 
     /// Tells the cluster (if any) how far this run is.
-    fn share_progress(&mut self, d: &Dispatch) {
+    pub(super) fn share_progress(&mut self, d: &Dispatch) {
         let s = &self.stats;
         let counts = [
             ("delivered", s.delivered + s.already_there),
@@ -433,6 +439,14 @@ impl Replay<'_> {
             ("uncertain", s.uncertain),
             ("duplicate", s.cluster_duplicates),
         ];
+        self.tokens.outlook(Outlook {
+            eta: d.eta,
+            refusal: d
+                .last_refusal
+                .as_ref()
+                .map(|(text, at)| (text.as_str(), at.as_str())),
+            paused: d.paused.then_some("control pause"),
+        });
         self.tokens.progress(d.handled, &counts, &d.pace_text);
     }
 

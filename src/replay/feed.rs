@@ -32,6 +32,20 @@ impl Replay<'_> {
             return;
         };
         for (r, o) in done.work.recipients.iter().zip(outcomes) {
+            // The store's last refusal, for `cluster status`.
+            if let Outcome::Deferred {
+                reply,
+                remote: Some(_),
+            }
+            | Outcome::Failed {
+                reply,
+                remote: Some(_),
+                ..
+            } = o
+                && reply.reply().is_some_and(|r| r.code >= 400)
+            {
+                d.last_refusal = Some((reply.to_string(), at.clone()));
+            }
             let text;
             let reply = match o {
                 Outcome::Deferred {
@@ -65,11 +79,13 @@ impl Replay<'_> {
     }
 
     /// Refreshes the gauges of `--metrics` (at most every `METRICS_EVERY`): recipients
-    /// per state from the ledger, the measured pace and its ceiling, the ETA.
+    /// per state from the ledger, the measured pace and its ceiling, the ETA; the ETA is
+    /// also kept for the cluster's heartbeat (`d.eta`) when one is due.
     pub(super) fn feed_gauges(&mut self, d: &mut Dispatch) -> Result<()> {
-        let Some(m) = self.metrics.clone() else {
+        let metrics = self.metrics.clone();
+        if metrics.is_none() && !self.tokens.progress_due() {
             return Ok(());
-        };
+        }
         let now = Instant::now();
         if d.samples
             .back()
@@ -87,13 +103,17 @@ impl Replay<'_> {
             d.samples.pop_front();
         }
         let counts = self.ledger.state_counts()?;
-        m.set_recipients(&counts);
+        if let Some(m) = &metrics {
+            m.set_recipients(&counts);
+        }
         let Some(&(since, handled, settled)) = d.samples.front() else {
             return Ok(());
         };
         let secs = now.duration_since(since).as_secs_f64();
         let per_second = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
-        m.pace(per_second(d.handled - handled), d.pace.rate());
+        if let Some(m) = &metrics {
+            m.pace(per_second(d.handled - handled), d.pace.rate());
+        }
         let open: u64 = counts
             .iter()
             .filter(|(s, _)| {
@@ -105,11 +125,14 @@ impl Replay<'_> {
             .map(|(_, n)| *n)
             .sum();
         let rate = per_second(finished - settled);
-        m.eta(match open {
+        d.eta = match open {
             0 => Some(Duration::ZERO),
             _ if rate > 0.0 => Some(Duration::from_secs_f64(open as f64 / rate)),
             _ => None,
-        });
+        };
+        if let Some(m) = &metrics {
+            m.eta(d.eta);
+        }
         Ok(())
     }
 }

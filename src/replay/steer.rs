@@ -33,6 +33,8 @@ impl Replay<'_> {
             }
             health = worst(health, self.collect(done, d, Instant::now() + STEER_EVERY)?);
             self.feed_gauges(d)?;
+            // Paused, but alive: the cluster sees the member as paused, not as gone.
+            self.share_progress(d);
         }
     }
 

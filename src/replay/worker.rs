@@ -3,7 +3,7 @@
 //! sends back what happened (`Done`).
 
 use std::sync::Mutex;
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use chrono::Local;
@@ -83,16 +83,34 @@ pub(super) fn attempt(store: &mut dyn Deliverer, work: &MessageWork, recovering:
 }
 
 /// A worker: one store connection, made on first use and again after a store error.
+/// How often a worker holding an idle connection asks it whether to close.
+const IDLE_CHECK: Duration = Duration::from_millis(250);
+
 pub(super) fn worker(
     factory: &super::StoreFactory<'_>,
     jobs: &Mutex<Receiver<MessageWork>>,
     done: &mpsc::Sender<Done>,
 ) {
     let mut store: Option<Box<dyn Deliverer>> = None;
+    let mut idle_since = Instant::now();
     loop {
-        let job = match jobs.lock() {
-            Ok(rx) => rx.recv(),
-            Err(_) => return,
+        let job = loop {
+            let Ok(rx) = jobs.lock() else { return };
+            let Some(s) = &store else { break rx.recv() };
+            // Holding a connection while no work comes: now and then, look whether it
+            // should close (a cluster slot another member waits for).
+            match rx.recv_timeout(IDLE_CHECK) {
+                Ok(work) => break Ok(work),
+                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {
+                    drop(rx);
+                    if s.give_up(idle_since.elapsed()) {
+                        store = None;
+                    }
+                    // Let the other idle workers have the lock and look at theirs.
+                    std::thread::yield_now();
+                }
+            }
         };
         let Ok(work) = job else { return };
         let result = match &mut store {
@@ -112,8 +130,13 @@ pub(super) fn worker(
         if matches!(&result.result, Attempt::Store { result: Err(_), .. }) {
             store = None;
         }
+        idle_since = Instant::now();
         if done.send(result).is_err() {
             return;
+        }
+        // Held long enough while another member waits (or lost): the next one's turn.
+        if store.as_ref().is_some_and(|s| s.give_up(Duration::ZERO)) {
+            store = None;
         }
     }
 }

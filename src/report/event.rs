@@ -102,6 +102,17 @@ pub enum Event<'a> {
         #[serde(serialize_with = "millis")]
         seconds: Option<Duration>,
     },
+    Order {
+        order: &'a str,
+        milestone: &'a str,
+        window: Option<String>,
+        from_messages: u64,
+        messages: u64,
+        #[serde(serialize_with = "millis")]
+        starts_seconds: Option<Duration>,
+        #[serde(serialize_with = "millis")]
+        done_seconds: Option<Duration>,
+    },
     Ledger {
         ledger: &'a str,
         shard: &'a str,
@@ -119,6 +130,8 @@ pub enum Event<'a> {
         dsns_suppressed_unauthenticated: u64,
         dsns_suppressed_spam: u64,
         projected_seconds: Option<f64>,
+        /// The `--order` projected for.
+        order: &'a str,
         oldest: Option<String>,
         newest: Option<String>,
         quarantined: u64,
@@ -597,6 +610,23 @@ impl<'a> Event<'a> {
                 text(selected),
                 Cell::Count(*messages),
                 Cell::Duration(*seconds),
+            ],
+            Event::Order {
+                order,
+                milestone,
+                window,
+                from_messages,
+                messages,
+                starts_seconds,
+                done_seconds,
+            } => vec![
+                text(order),
+                text(milestone),
+                Cell::MaybeText(window.clone()),
+                Cell::Count(*from_messages),
+                Cell::Count(*messages),
+                Cell::Duration(*starts_seconds),
+                Cell::Duration(*done_seconds),
             ],
             Event::Ledger {
                 ledger,

@@ -8,6 +8,7 @@
 pub mod affected;
 pub mod event;
 pub mod html;
+pub mod order;
 pub mod page;
 pub mod progress;
 pub mod sections;

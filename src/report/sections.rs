@@ -49,6 +49,8 @@ pub struct PlanReport<'a> {
     pub pace: PaceConfig,
     /// `--top`: rows of the domain, age and sender-domain sections.
     pub top: usize,
+    /// `--order`: what the projection says the order means (`report::order`).
+    pub order: crate::ledger::DeliveryOrder,
     /// What `run`'s mass-bounce guard would refuse this plan for, if it would.
     pub mass_bounce: Option<MassBounce>,
 }
@@ -220,6 +222,7 @@ pub fn write_plan(out: &mut dyn Sink, f: Format, r: &PlanReport<'_>) -> io::Resu
     bounce_policy_section(out, f, r)?;
     quarantine_section(out, f, facts)?;
     projection_section(out, f, r)?;
+    super::order::section(out, f, r)?;
     match f {
         Format::Json => summary_event(r).write_line(out)?,
         Format::Csv => summary_csv(out, r)?,
@@ -305,6 +308,7 @@ fn summary_prose(out: &mut dyn Sink, r: &PlanReport<'_>) -> io::Result<()> {
     for (rate, d) in what_if(r) {
         writeln!(out, "  at {rate}: {}", format_duration(d))?;
     }
+    super::order::prose(out, r)?;
     if let (Some(o), Some(n)) = (plan.oldest, plan.newest) {
         writeln!(
             out,
@@ -463,6 +467,7 @@ fn summary_event<'a>(r: &'a PlanReport<'a>) -> Event<'a> {
         dsns_suppressed_unauthenticated: plan.policy_totals().unauthenticated,
         dsns_suppressed_spam: plan.policy_totals().spam,
         projected_seconds: plan.projected(&r.pace).map(|d| d.as_secs_f64()),
+        order: super::order::name(r.order),
         oldest: plan.oldest.map(|t| t.to_rfc3339()),
         newest: plan.newest.map(|t| t.to_rfc3339()),
         quarantined: facts.quarantine.0,

@@ -108,7 +108,11 @@ fn three_members_on_three_shards_share_one_rate() {
     let members: Vec<Cli> = (1..=3).map(|i| member(&spool, i, 3)).collect();
     let runs: Vec<ChildGuard> = members
         .iter()
-        .map(|m| spawn_run(m, &sink.url(), &["--rate", "150/s", "--cluster", &url]))
+        .map(|m| {
+            // One store connection each: `--concurrency` is the cluster's total.
+            let args = ["--rate", "150/s", "--concurrency", "3", "--cluster", &url];
+            spawn_run(m, &sink.url(), &args)
+        })
         .collect();
     for run in runs {
         finish(run, 0);
@@ -158,7 +162,15 @@ fn a_member_that_finishes_early_leaves_its_share_to_the_others() {
     let small_sink = Sink::start(&dir.path().join("small"));
     let big_sink = Sink::start(&dir.path().join("big"));
     let url = redis.url("early");
-    let args = ["--rate", "150/s", "--cluster", url.as_str()];
+    // One store connection each (`--concurrency` is the cluster's total).
+    let args = [
+        "--rate",
+        "150/s",
+        "--concurrency",
+        "2",
+        "--cluster",
+        url.as_str(),
+    ];
     let a = spawn_run(&small, &small_sink.url(), &args);
     let b = spawn_run(&big, &big_sink.url(), &args);
     finish(a, 0);
@@ -283,6 +295,15 @@ fn pause_holds_every_member_until_resume() {
     std::thread::sleep(Duration::from_secs(1));
     assert!(sink.messages().is_empty(), "a paused cluster delivered");
     assert_eq!(cluster_status(&redis, "paused")["paused"], true);
+    // The member shows as paused by the cluster, not as running (nor as gone).
+    let status = status_until(&redis, "paused", "a paused member", |s| {
+        s["members"][0]["state"] == "paused"
+    });
+    assert_eq!(
+        status["members"][0]["paused_by"], "cluster pause",
+        "{status}"
+    );
+    assert_eq!(status["members"][0]["stale"], false, "{status}");
     check(&admin.run(&["cluster", "resume", "--cluster", &url]), 0);
     let out = finish(run, 0);
     assert!(
@@ -587,3 +608,246 @@ fn bad_cluster_options_are_usage_errors() {
     check(&out, 64);
     assert!(out.stderr.contains("--cluster-dedupe"), "{}", out.stderr);
 }
+
+/// A TCP relay in front of a real store that counts the connections open through it at
+/// once, and the most it saw. Stopped (accept thread ended) when dropped.
+struct Counting {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    most: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Counting {
+    fn start(upstream: u16) -> Counting {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let open = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (o, m, s) = (Arc::clone(&open), Arc::clone(&most), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let now = o.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                let o = Arc::clone(&o);
+                let (mut c_in, mut s_out) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let (mut s_in, mut c_out) = (server, client);
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                    let _ = s_out.shutdown(Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s_in, &mut c_out);
+                    let _ = c_out.shutdown(Shutdown::Both);
+                    let _ = up.join();
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Counting {
+            port,
+            open,
+            most,
+            stop,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn most(&self) -> usize {
+        self.most.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Counting {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+#[test]
+fn concurrency_is_the_number_of_store_connections_across_the_cluster() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let n = 300;
+    let spool = spool(dir.path(), n);
+    let sink = Sink::start(&dir.path().join("sink"));
+    let relay = Counting::start(sink.port);
+    let url = redis.url("conns");
+    let members: Vec<Cli> = (1..=2).map(|i| member(&spool, i, 2)).collect();
+    // Each member alone would open 2: together 4, were the limit per member.
+    let args = ["--concurrency", "2", "--cluster", url.as_str()];
+    let runs: Vec<ChildGuard> = members
+        .iter()
+        .map(|m| spawn_run(m, &relay.url(), &args))
+        .collect();
+    for run in runs {
+        finish(run, 0);
+    }
+    let seen = copies(&sink);
+    assert_eq!(seen.len(), n, "every message delivered");
+    assert!(seen.values().all(|c| *c == 1), "a copy doubled: {seen:?}");
+    assert!(
+        relay.most() <= 2,
+        "{} store connections at once, the cluster's limit is 2",
+        relay.most()
+    );
+    // The limit is used, not just respected.
+    assert_eq!(relay.most(), 2, "never two connections at once");
+    // Every slot went back when the runs ended.
+    let status = cluster_status(&redis, "conns");
+    assert_eq!(status["connections"], 0, "{status}");
+}
+
+#[test]
+fn a_member_killed_with_kill_9_frees_its_connections_when_their_lease_expires() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spool = spool(dir.path(), 400);
+    let sink = Sink::start(&dir.path().join("sink"));
+    let relay = Counting::start(sink.port);
+    let url = redis.url("killed");
+    let (a, b) = (member(&spool, 1, 2), member(&spool, 2, 2));
+    let args = [
+        "--rate",
+        "20/s",
+        "--concurrency",
+        "2",
+        "--cluster",
+        url.as_str(),
+    ];
+    let mut first = spawn_run(&a, &relay.url(), &args);
+    // Until the first member holds both of the cluster's connections.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cluster_status(&redis, "killed")["connections"] != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first member never held 2 connections: {}",
+            cluster_status(&redis, "killed")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill().expect("kill -9 the first member");
+    let _ = first.wait();
+    // Dead, it cannot give them back: its slots stay taken until their lease expires.
+    let status = cluster_status(&redis, "killed");
+    assert_eq!(status["connections"], 2, "{status}");
+    let delivered_by_a = sink.messages().len();
+    // The second member waits for them, then delivers all of its shard.
+    let second = spawn_run(&b, &relay.url(), &args);
+    finish(second, 0);
+    assert_eq!(
+        sink.messages_settled().len(),
+        delivered_by_a + state_count(&b, "delivered") as usize
+    );
+    assert_eq!(b.status()["remaining"], 0);
+    assert!(relay.most() <= 2, "{} connections at once", relay.most());
+    assert_eq!(relay.open(), 0);
+    assert_eq!(cluster_status(&redis, "killed")["connections"], 0);
+}
+
+/// `cluster status` until `ready` holds for its JSON (or the test fails after 30 s).
+#[track_caller]
+fn status_until(redis: &Redis, name: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = cluster_status(redis, name);
+        if ready(&status) {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {what}: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn cluster_status_shows_eta_last_refusal_and_a_paused_member() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spool = spool(dir.path(), 300);
+    // The store refuses one mailbox's first two tries, naming it in the reply.
+    let mut script = Script::accepting(&["8BITMIME"]);
+    let refused = std::sync::atomic::AtomicU64::new(0);
+    script.on_rcpt = Box::new(move |_, address| {
+        let busy = address.contains("user3@")
+            && refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2;
+        busy.then(|| format!("450 4.2.0 <{address}> mailbox busy, try later"))
+    });
+    let peer = Peer::start(script);
+    let m = member(&spool, 1, 1);
+    let url = redis.url("outlook");
+    let run = spawn_run(
+        &m,
+        &peer.url(),
+        &["--rate", "30/s", "--retry-delay", "1s", "--cluster", &url],
+    );
+    let status = status_until(&redis, "outlook", "a refusal and an ETA", |s| {
+        s["members"][0]["last_refusal"].is_string() && s["members"][0]["eta_seconds"].is_u64()
+    });
+    let member = &status["members"][0];
+    let refusal = member["last_refusal"].as_str().expect("refusal");
+    assert!(refusal.starts_with("450 4.2.0"), "{status}");
+    assert!(refusal.contains("mailbox busy"), "{status}");
+    assert!(
+        !refusal.contains('@'),
+        "an address in the cluster's status: {status}"
+    );
+    assert!(member["last_refusal_at"].is_string(), "{status}");
+    assert!(status["eta_seconds"].is_u64(), "a total ETA: {status}");
+    let out = Cli::new().run(&["cluster", "status", "--cluster", &url]);
+    check(&out, 0);
+    assert!(out.stdout.contains("ETA"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("Last refusal seen by") && out.stdout.contains("450 4.2.0"),
+        "{}",
+        out.stdout
+    );
+    // Paused on its own ledger, the member says so, and its heartbeat goes on.
+    check(&m.run(&["control", "pause"]), 0);
+    status_until(&redis, "outlook", "paused", |s| {
+        s["members"][0]["state"] == "paused" && s["members"][0]["paused_by"] == "control pause"
+    });
+    std::thread::sleep(STALE_WAIT);
+    let status = cluster_status(&redis, "outlook");
+    assert_eq!(status["members"][0]["state"], "paused", "{status}");
+    assert_eq!(status["members"][0]["stale"], false, "{status}");
+    let out = Cli::new().run(&["cluster", "status", "--cluster", &url]);
+    assert!(
+        out.stdout.contains("paused (control pause)"),
+        "{}",
+        out.stdout
+    );
+    check(&m.run(&["control", "resume"]), 0);
+    finish(run, 0);
+    let status = cluster_status(&redis, "outlook");
+    assert_eq!(status["members"][0]["state"], "finished", "{status}");
+    assert_eq!(status["eta_seconds"], 0, "{status}");
+}
+
+/// Longer than a heartbeat may be missed before a member is shown as stale (5 s).
+const STALE_WAIT: Duration = Duration::from_secs(6);

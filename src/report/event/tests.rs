@@ -46,10 +46,11 @@ fn ordinal(e: &Event<'_>) -> usize {
         Event::Pace { .. } => 30,
         Event::DsnsWritten { .. } => 31,
         Event::ClusterStatus(_) => 32,
+        Event::Order { .. } => 33,
     }
 }
 
-const VARIANTS: usize = 33;
+const VARIANTS: usize = 34;
 
 fn mass_bounce<'a>() -> Event<'a> {
     Event::MassBounce {
@@ -141,6 +142,15 @@ fn samples<'a>(cluster: &'a ClusterStatus, ages: Ages<'a>) -> Vec<Event<'a>> {
             messages: 1,
             seconds: Some(Duration::from_millis(1500)),
         },
+        Event::Order {
+            order: "arrival",
+            milestone: "window",
+            window: Some("night".into()),
+            from_messages: 0,
+            messages: 1,
+            starts_seconds: Some(Duration::ZERO),
+            done_seconds: Some(Duration::from_millis(1500)),
+        },
         Event::Ledger {
             ledger: "/l.db",
             shard: "shard 2/4",
@@ -158,6 +168,7 @@ fn samples<'a>(cluster: &'a ClusterStatus, ages: Ages<'a>) -> Vec<Event<'a>> {
             dsns_suppressed_unauthenticated: 0,
             dsns_suppressed_spam: 0,
             projected_seconds: Some(1.5),
+            order: "arrival",
             oldest: Some("2023-01-22T20:00:00+01:00".into()),
             newest: Some("2023-01-22T20:00:00+01:00".into()),
             quarantined: 0,
@@ -365,9 +376,16 @@ fn cluster() -> ClusterStatus {
             counts: BTreeMap::from([("delivered".into(), 1)]),
             heartbeat_age: 1,
             stale: false,
+            connections: 1,
+            eta_seconds: Some(60),
+            paused_by: None,
+            last_refusal: Some("451 4.3.0 <…> try later".into()),
+            last_refusal_at: Some("2023-01-28T06:00:00+01:00".into()),
         }],
         handled: 1,
         counts: BTreeMap::from([("delivered".into(), 1)]),
+        connections: 1,
+        eta_seconds: Some(60),
     }
 }
 
