@@ -3,9 +3,15 @@
 //! deadline), make the DSNs that are owed. Every step is recorded in the ledger before and
 //! after it happens, so a crash at any point loses nothing and repeats nothing.
 //!
-//! `deliver.rs` holds the delivery loop and its workers.
+//! The delivery loop: `dispatch.rs` (the dispatcher), `worker.rs` (the workers),
+//! `record.rs` (recording outcomes), `feed.rs` (the breaker, pace and metrics feeds),
+//! `steer.rs` (`spoolreplay control`).
 
-mod deliver;
+mod dispatch;
+mod feed;
+mod record;
+mod steer;
+mod worker;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -273,8 +279,8 @@ impl<'a> Replay<'a> {
             for work in &page {
                 self.stats.recovered += work.recipients.len() as u64;
                 if store.verifiable() {
-                    let done = deliver::attempt(store, work, true);
-                    if self.record(done)? != deliver::Health::Fine {
+                    let done = worker::attempt(store, work, true);
+                    if self.record(done)? != record::Health::Fine {
                         if self.stats.stop.is_none() {
                             self.stats.stop = Some(Stop::StoreDown(
                                 "the store failed while settling deliveries left in flight".into(),
@@ -338,7 +344,7 @@ impl<'a> Replay<'a> {
                     }
                     Ok(())
                 })?;
-                let done = deliver::attempt(store, &moved, true);
+                let done = worker::attempt(store, &moved, true);
                 match done.outcomes() {
                     Some(outcomes) => {
                         for o in outcomes {
@@ -351,7 +357,7 @@ impl<'a> Replay<'a> {
                     }
                     None => self.stats.verify_impossible += moved.recipients.len() as u64,
                 }
-                if self.record(done)? != deliver::Health::Fine {
+                if self.record(done)? != record::Health::Fine {
                     if self.stats.stop.is_none() {
                         self.stats.stop = Some(Stop::StoreDown(
                             "the store failed while verifying uncertain deliveries".into(),

@@ -321,7 +321,7 @@ fn run_smtp_store_gone_mid_run_exits_75_then_a_later_run_finishes() {
 }
 
 /// `--store-timeout` is only looked at between batches (`wait_for_store` in
-/// `src/replay/deliver.rs`); inside a batch every remaining message is still handed to the
+/// `src/replay/dispatch.rs`); inside a batch every remaining message is still handed to the
 /// unreachable store, and each failure halves the pace (down to 0.2/s, 5 s a message). With
 /// the default `--batch-size 100` a store lost mid-batch keeps the run going for minutes
 /// whatever `--store-timeout` says.
@@ -514,7 +514,7 @@ fn run_smtp_pace_drops_on_452_and_climbs_back_never_above_the_ceiling() {
     );
 }
 
-/// `src/replay/deliver.rs` says each outcome is recorded as soon as it comes back, so
+/// `src/replay/dispatch.rs` says each outcome is recorded as soon as it comes back, so
 /// that a crash leaves at most one message per worker in doubt. With a slow `--rate` the
 /// dispatcher sleeps for the pace before it looks at finished deliveries, so a message the
 /// store accepted stays `in_flight` in the ledger for up to one pace interval (5 s at the
