@@ -109,7 +109,9 @@ class Bench:
         for suffix in ["", "-wal", "-shm", ".lock", ".done"]:
             if os.path.exists(ledger + suffix):
                 os.remove(ledger + suffix)
-        secs, rss = timed([self.bin, "--ledger", ledger, "-q", "ingest", "--format", fmt, spool])
+        # An mbox spool is the file itself; the others are folders.
+        target = os.path.join(spool, "spool.mbox") if fmt == "mbox" else spool
+        secs, rss = timed([self.bin, "--ledger", ledger, "-q", "ingest", "--format", fmt, target])
         open(ledger + ".done", "w").close()
         size = int(subprocess.run(["du", "-sb", spool], capture_output=True, text=True,
                                   check=True).stdout.split()[0])
@@ -126,8 +128,8 @@ class Bench:
                     seconds=round(secs, 2), rss_mb=round(rss, 1),
                     ledger_bytes=os.path.getsize(ledger))
 
-    def fresh_ledger_copy(self, fmt, count, name):
-        src = self.ledger(fmt, count)
+    def fresh_ledger_copy(self, fmt, count, name, mix="realistic"):
+        src = self.ledger(fmt, count, mix)
         # --run-ledger-dir /dev/shm: the run's ledger on tmpfs, fsync free, to tell the
         # protocol path's cost from the disk's (section 4).
         dst = os.path.join(self.a.run_ledger_dir or self.work, name)
@@ -187,14 +189,14 @@ class Bench:
         time.sleep(0.5)
         return p
 
-    def wire(self, lmtp, count, conc):
+    def wire(self, lmtp, count, conc, mix="realistic"):
         fmt = "postfix"
-        ledger = self.fresh_ledger_copy(fmt, count, "ledger-wire.db")
+        ledger = self.fresh_ledger_copy(fmt, count, "ledger-wire.db", mix)
         c = sqlite3.connect(ledger)
         mean = int(c.execute("SELECT avg(size) FROM messages").fetchone()[0])
         rcpts = c.execute("SELECT count(*) FROM recipients").fetchone()[0]
         c.close()
-        spool = self.spool(fmt, count)
+        spool = self.spool(fmt, count, mix)
         timed(f"find {spool} -type f -print0 | xargs -0 cat > /dev/null")  # warm
         port = free_port()
         sink = self.sink(lmtp, port)
@@ -210,7 +212,7 @@ class Bench:
             sink.terminate()
             sink.wait()
         copies = self.copies(ledger)
-        self.report(stage=proto, messages=count, recipients=rcpts, delivered=copies,
+        self.report(stage=proto, mix=mix, messages=count, recipients=rcpts, delivered=copies,
                     mean_size=mean, concurrency=conc, seconds=round(secs, 2),
                     rss_mb=round(rss, 1), ref_seconds=round(ref_s, 2),
                     ratio_of_ref=round(ref_s / secs, 2), msgs_per_s=round(count / secs),
@@ -483,9 +485,9 @@ def main():
         if "maildir" in stages:
             b.maildir(a.maildir_count, conc)
         if "smtp" in stages:
-            b.wire(False, a.replay_count, conc)
+            b.wire(False, a.replay_count, conc, a.mix)
         if "lmtp" in stages:
-            b.wire(True, a.replay_count, conc)
+            b.wire(True, a.replay_count, conc, a.mix)
         if "flush" in stages:
             for proto in a.flush_protocols.split(","):
                 b.flush(proto == "lmtp", a.replay_count, conc)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Deterministic synthetic spools for spoolreplay's benchmarks (Python stdlib only).
 
-Usage: gen_spool.py --format postfix|eml|maildir --count N [--seed S] [--mix MIX] OUTDIR
+Usage: gen_spool.py --format postfix|exim|eml|maildir|mbox --count N [--seed S] [--mix MIX] OUTDIR
 
 The same (format, count, seed, mix) always gives byte-identical files, so two runs of the
 benchmark measure the same work. Messages arrive inside the "spooled" window of
@@ -16,6 +16,9 @@ Formats:
            record format (C, T, A, S, O/R, M, N..., X, E), checked with `postcat`
   eml      OUTDIR/dNNN/mNNNNNNN.eml + .json envelope sidecar, 1000 per folder
   maildir  OUTDIR/new/<unique>, envelope in Return-Path / X-Original-To headers
+  exim     OUTDIR/input/<id>-H and <id>-D (flat), the -H file as Exim 4.96 writes it
+  mbox     OUTDIR/spool.mbox, one `From ` line per message (Return-Path / X-Original-To
+           as for maildir; the generated text has no line starting with `From `)
 """
 
 import argparse
@@ -214,11 +217,40 @@ class Message:
         )
         return c + bytes(env) + bytes(content) + tail
 
+    def exim_id(self):
+        """An Exim 4.96 message id: base-62 time, pid and fraction (16 characters)."""
+        return f"{base62(self.arrival, 6)}-{base62(self.i, 6)}-{base62(self.usec // 500, 2)}"
+
+    def exim_files(self, pools):
+        """(-H, -D) of the message as Exim writes them (LF line ends)."""
+        eid = self.exim_id()
+        lines = [f"{eid}-H", "Debian-exim 999 995", f"<{self.sender}>", f"{self.arrival} 0",
+                 f"-received_time_usec .{self.usec:06d}", "-received_protocol esmtp",
+                 "XX", str(len(self.recipients))] + self.recipients + [""]
+        head = "".join(l + "\n" for l in lines).encode()
+        for line in self.header_lines(False):
+            if not line:
+                break  # the blank line ends the header; it is not a header line
+            text = line + b"\n"
+            head += b"%03d  " % len(text) + text
+        body = bytearray(f"{eid}-D\n".encode())
+        body += self.plain(pools, False).split(b"\n\n", 1)[1]
+        return eid, head, bytes(body)
+
     def sidecar(self):
         arrival = format_rfc3339(self.arrival)
         return json.dumps(
             {"sender": self.sender, "recipients": self.recipients, "arrival": arrival}
         ).encode()
+
+
+def base62(n, width):
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    out = ""
+    for _ in range(width):
+        out = digits[n % 62] + out
+        n //= 62
+    return out
 
 
 def slice_of(pool, span, plain):
@@ -232,6 +264,12 @@ def format_date(t):
     import email.utils
 
     return email.utils.formatdate(t, localtime=False)
+
+
+def format_ctime(t):
+    import time as _time
+
+    return _time.strftime("%a %b %e %H:%M:%S %Y", _time.gmtime(t))
 
 
 def format_rfc3339(t):
@@ -250,7 +288,8 @@ def write(path, data, mode=0o600):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--format", required=True, choices=["postfix", "eml", "maildir"])
+    p.add_argument("--format", required=True,
+                   choices=["postfix", "exim", "eml", "maildir", "mbox"])
     p.add_argument("--count", required=True, type=int)
     p.add_argument("--seed", type=int, default=20230122)
     p.add_argument("--mix", choices=["realistic", "small"], default="realistic")
@@ -266,8 +305,24 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     made_dirs = set()
     total = 0
+    mbox = open(os.path.join(a.out, "spool.mbox"), "wb") if a.format == "mbox" else None
     for i in range(a.count):
         m = Message(i, rng, a.mix, pools)
+        if a.format == "mbox":
+            data = m.plain(pools, True)
+            mbox.write(f"From {m.sender} {format_ctime(m.arrival)}\n".encode() + data + b"\n")
+            total += len(data)
+            continue
+        if a.format == "exim":
+            eid, head, body = m.exim_files(pools)
+            d = os.path.join(a.out, "input")
+            if d not in made_dirs:
+                os.makedirs(d, exist_ok=True)
+                made_dirs.add(d)
+            write(os.path.join(d, eid + "-H"), head, 0o640)
+            write(os.path.join(d, eid + "-D"), body, 0o640)
+            total += len(head) + len(body)
+            continue
         if a.format == "postfix":
             d = os.path.join(a.out, "deferred", m.qid[0])
             name, data, mode = m.qid, m.queue_file(pools), 0o700
@@ -287,6 +342,8 @@ def main():
             write(os.path.join(d, name[:-4] + ".json"), m.sidecar())
         if a.format == "maildir":
             os.makedirs(os.path.join(a.out, "cur"), exist_ok=True)
+    if mbox:
+        mbox.close()
     print(f"{a.count} {a.format} messages, {total} bytes in {a.out}", file=sys.stderr)
 
 

@@ -18,6 +18,7 @@ pub mod dsn;
 pub mod durable;
 pub mod exit;
 pub mod incident;
+pub mod ingest;
 pub mod ledger;
 pub mod line_ends;
 pub mod metrics;

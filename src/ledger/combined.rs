@@ -193,14 +193,18 @@ pub fn bounced_sender_domains(ledgers: &[Ledger]) -> Result<Vec<SenderDomainRow>
 /// two MX hosts included): how many groups, how many extra copies, and the first `limit`
 /// groups (by ledger, then by ledger order of their first copy; queue ids in that order).
 pub fn duplicates(ledgers: &[Ledger], limit: usize) -> Result<(u64, u64, Vec<DuplicateGroup>)> {
-    // Sorted by the UNIQUE (content_hash, …) index: streamed, no sort of the whole table.
-    let sql = "SELECT content_hash, id, queue_id FROM messages ORDER BY content_hash";
+    // Sorted by the `messages_content` index (`content_key`, the hash's first 8 bytes),
+    // then within a key: streamed, sorting only the few rows that share a key. The merge
+    // compares the same pair, in SQLite's order (NULL first, then bytes as `memcmp`).
+    let sql = "SELECT content_key, content_hash, id, queue_id FROM messages \
+               ORDER BY content_key, content_hash";
     let mut statements = prepare_all(ledgers, sql)?;
+    type Key = (Option<Vec<u8>>, String);
     let streams = statements
         .iter_mut()
-        .map(|s| -> Result<Sorted<'_, String, (i64, String)>> {
+        .map(|s| -> Result<Sorted<'_, Key, (i64, String)>> {
             let rows = s.query_and_then([], |r| -> Result<_> {
-                Ok((r.get(0)?, (r.get(1)?, r.get(2)?)))
+                Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?)))
             })?;
             Ok(Box::new(rows))
         })
@@ -208,7 +212,7 @@ pub fn duplicates(ledgers: &[Ledger], limit: usize) -> Result<(u64, u64, Vec<Dup
     let (mut groups, mut extra) = (0u64, 0u64);
     // The `limit` groups that come first, largest first so the heap drops it.
     let mut first: BinaryHeap<((usize, i64), DuplicateGroup)> = BinaryHeap::new();
-    merge_sorted(streams, |content_hash, rows| {
+    merge_sorted(streams, |(_, content_hash), rows| {
         if rows.len() < 2 {
             return Ok(());
         }

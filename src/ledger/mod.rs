@@ -300,7 +300,8 @@ impl Ledger {
             // as exact duplicates) is counted in the window of the first classified copy
             // of the same content: the window it really arrived in.
             "SELECT coalesce(m.window, (SELECT o.window FROM messages o \
-                 WHERE o.content_hash = m.content_hash AND o.window IS NOT NULL ORDER BY o.id LIMIT 1)) AS w, \
+                 WHERE o.content_key IS m.content_key AND o.content_hash = m.content_hash \
+                 AND o.window IS NOT NULL ORDER BY o.id LIMIT 1)) AS w, \
              r.state, count(*) FROM recipients r JOIN messages m ON m.id = r.message_id \
              GROUP BY w, r.state ORDER BY w, r.state",
         )?;

@@ -154,7 +154,61 @@ pub(super) const MIGRATIONS: &[&str] = &[
        AND reply_status NOT GLOB '*.*.*.*'
        AND length(reply_status) <= 9);
     "#,
+    // 10: the table rebuilt with compact keys for a large ingest (issue 19). The UNIQUE
+    // key goes path first, so inserts in walk order (every reader walks in sorted order)
+    // append to its right edge instead of dirtying a random page of a 140 MB index per
+    // message at 1M; look-ups by content go through `content_key`, the hash's first 8
+    // bytes (a generated column: derived from `content_hash`, nothing new to keep in
+    // step), an index a fifth the size. Columns, ids and rows are kept as they were; the
+    // runner turns foreign keys off around this step and checks them before it commits.
+    r#"
+    CREATE TABLE messages_v10 (
+        id               INTEGER PRIMARY KEY,
+        content_hash     TEXT    NOT NULL,
+        source_format    TEXT    NOT NULL,
+        source_path      TEXT    NOT NULL,
+        source_offset    INTEGER NOT NULL,
+        source_len       INTEGER NOT NULL,
+        queue_id         TEXT    NOT NULL,
+        size             INTEGER NOT NULL,
+        sender           TEXT    NOT NULL,
+        sender_from      TEXT    NOT NULL,
+        recipients_from  TEXT    NOT NULL,
+        arrival          TEXT    NOT NULL,
+        arrival_unix     INTEGER NOT NULL,
+        arrival_from     TEXT    NOT NULL,
+        envid            TEXT,
+        ret              TEXT,
+        window           TEXT,
+        disposition      TEXT,
+        deadline         TEXT,
+        ingested_at      TEXT    NOT NULL,
+        queue_name       TEXT,
+        mta_hold         INTEGER NOT NULL DEFAULT 0,
+        -- NULL for a hash that is not hex (none written by spoolreplay)
+        content_key      BLOB GENERATED ALWAYS AS (unhex(substr(content_hash, 1, 16))) VIRTUAL,
+        UNIQUE (source_path, source_offset, content_hash)
+    );
+    INSERT INTO messages_v10 (id, content_hash, source_format, source_path, source_offset,
+        source_len, queue_id, size, sender, sender_from, recipients_from, arrival,
+        arrival_unix, arrival_from, envid, ret, window, disposition, deadline, ingested_at,
+        queue_name, mta_hold)
+    SELECT id, content_hash, source_format, source_path, source_offset,
+        source_len, queue_id, size, sender, sender_from, recipients_from, arrival,
+        arrival_unix, arrival_from, envid, ret, window, disposition, deadline, ingested_at,
+        queue_name, mta_hold
+    FROM messages ORDER BY id;
+    DROP TABLE messages;
+    ALTER TABLE messages_v10 RENAME TO messages;
+    CREATE INDEX messages_queue_id ON messages (queue_id);
+    CREATE INDEX messages_content ON messages (content_key);
+    CREATE INDEX messages_sender ON messages (lower(sender));
+    "#,
 ];
+
+/// Steps that rebuild a table others refer to, which SQLite allows only with foreign
+/// keys off (its "making other kinds of table schema changes" procedure).
+const REBUILDS: &[i64] = &[10];
 
 /// The indexes that serve only look-ups by mailbox and sender (`report --affected`,
 /// `audit --recipient/--sender`), as migration 5 made them: a bulk ingest may leave them
@@ -204,12 +258,34 @@ impl Ledger {
         }
         for (index, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let next = index as i64 + 1;
-            let tx = self.conn.transaction()?;
-            tx.execute_batch(step)
-                .with_context(|| format!("cannot migrate ledger to version {next}"))?;
-            tx.pragma_update(None, "user_version", next)?;
-            tx.commit()
-                .with_context(|| format!("cannot migrate ledger to version {next}"))?;
+            let context = || format!("cannot migrate ledger to version {next}");
+            let rebuild = REBUILDS.contains(&next);
+            if rebuild {
+                // Outside the transaction: SQLite ignores this pragma inside one.
+                self.conn
+                    .pragma_update(None, "foreign_keys", false)
+                    .with_context(context)?;
+            }
+            let result = (|| -> Result<()> {
+                let tx = self.conn.transaction()?;
+                tx.execute_batch(step)?;
+                if rebuild {
+                    let broken: i64 =
+                        tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                            r.get(0)
+                        })?;
+                    anyhow::ensure!(broken == 0, "{broken} rows lost the row they refer to");
+                }
+                tx.pragma_update(None, "user_version", next)?;
+                tx.commit()?;
+                Ok(())
+            })();
+            if rebuild {
+                self.conn
+                    .pragma_update(None, "foreign_keys", true)
+                    .with_context(context)?;
+            }
+            result.with_context(context)?;
         }
         Ok(())
     }
@@ -407,5 +483,261 @@ mod tests {
                 (None, None),
             ]
         );
+    }
+}
+
+/// Migration 10 on a ledger the version before made: rows, ids, indexes and both kinds of
+/// dedupe survive, and the content look-ups use the compact index.
+#[cfg(test)]
+mod rebuild_tests {
+    use super::*;
+    use crate::ledger::Inserted;
+    use crate::spool::{ContentHash, HashRule, QueuedMessage, SpoolFormat, SpoolItem};
+    use rusqlite::types::Value;
+    use rusqlite::{Connection, params};
+
+    /// Two messages, then a copy of the first one's content at another offset.
+    const MBOX: &str = "From alice@example.org Mon Jan 23 10:00:00 2023\n\
+        Delivered-To: bob@example.net\n\
+        From: alice@example.org\n\
+        Subject: one\n\
+        Date: Mon, 23 Jan 2023 09:59:00 +0000\n\
+        \n\
+        First.\n\
+        \n\
+        From carol@example.org Tue Jan 24 11:30:00 2023\n\
+        X-Original-To: erin@example.net\n\
+        From: carol@example.org\n\
+        Subject: two\n\
+        Date: Tue, 24 Jan 2023 11:29:00 +0000\n\
+        \n\
+        Second.\n\
+        \n\
+        From alice@example.org Mon Jan 23 10:05:00 2023\n\
+        Delivered-To: bob@example.net\n\
+        From: alice@example.org\n\
+        Subject: one\n\
+        Date: Mon, 23 Jan 2023 09:59:00 +0000\n\
+        \n\
+        First.\n";
+
+    fn messages(spool: &std::path::Path) -> Vec<QueuedMessage> {
+        let (_, reader) = crate::spool::open(spool, Some(SpoolFormat::Mbox)).unwrap();
+        let all: Vec<QueuedMessage> = reader
+            .map(|item| match item {
+                SpoolItem::Message(m) => m,
+                SpoolItem::Quarantined(q) => panic!("quarantined: {q:?}"),
+            })
+            .collect();
+        assert_eq!(all.len(), 3);
+        all
+    }
+
+    /// Every row of every table (the columns version 9 had), in rowid order.
+    fn snapshot(conn: &Connection, columns: &str) -> Vec<(String, Vec<Vec<Value>>)> {
+        let tables = [
+            ("messages", columns),
+            ("recipients", "*"),
+            ("events", "*"),
+            ("quarantine", "*"),
+            ("dsns", "*"),
+            ("meta", "*"),
+            ("steering", "*"),
+        ];
+        tables
+            .iter()
+            .map(|(table, cols)| {
+                let mut stmt = conn
+                    .prepare(&format!("SELECT {cols} FROM {table} ORDER BY rowid"))
+                    .unwrap();
+                let n = stmt.column_count();
+                let rows = stmt
+                    .query_map([], |r| (0..n).map(|i| r.get::<_, Value>(i)).collect())
+                    .unwrap()
+                    .collect::<rusqlite::Result<Vec<Vec<Value>>>>()
+                    .unwrap();
+                (table.to_string(), rows)
+            })
+            .collect()
+    }
+
+    fn indexes(conn: &Connection) -> Vec<(String, String, Option<String>)> {
+        let mut stmt = conn
+            .prepare(
+                "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name",
+            )
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let details: Vec<String> = stmt
+            .query_map([], |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        details.join("; ")
+    }
+
+    #[test]
+    fn a_version_9_ledger_keeps_its_rows_indexes_and_dedupe_through_the_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("inbox.mbox");
+        std::fs::write(&spool, MBOX).unwrap();
+        let mut read = messages(&spool);
+        let ids: Vec<ContentHash> = read
+            .iter_mut()
+            .map(|m| m.identify(HashRule::LfForm))
+            .collect();
+        let hashes: Vec<String> = ids.iter().map(ContentHash::to_hex).collect();
+        assert_eq!(hashes[0], hashes[2], "the third is a copy of the first");
+        assert_ne!(hashes[0], hashes[1]);
+
+        // Version 9, with what its ingest and a run wrote for the first two messages.
+        let path = dir.path().join("l.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;")
+            .unwrap();
+        for step in &MIGRATIONS[..9] {
+            conn.execute_batch(step).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 9).unwrap();
+        for (i, m) in read[..2].iter().enumerate() {
+            let env = &m.envelope;
+            conn.execute(
+                "INSERT INTO messages (content_hash, source_format, source_path, source_offset, \
+                 source_len, queue_id, size, sender, sender_from, recipients_from, arrival, \
+                 arrival_unix, arrival_from, envid, ret, window, disposition, deadline, \
+                 ingested_at, queue_name, mta_hold) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
+                 ?16, ?17, ?18, 'x', ?19, ?20)",
+                params![
+                    hashes[i],
+                    m.source.format.as_str(),
+                    m.source.path.to_string_lossy(),
+                    m.source.offset as i64,
+                    m.source.len as i64,
+                    m.queue_id,
+                    m.content.len() as i64,
+                    env.sender.as_str(),
+                    env.sender_from.as_str(),
+                    env.recipients_from.as_str(),
+                    env.arrival.to_rfc3339(),
+                    env.arrival.timestamp(),
+                    env.arrival_from.as_str(),
+                    (i == 1).then_some("envid-2"),
+                    (i == 1).then_some("HDRS"),
+                    (i == 1).then_some("spooled"),
+                    (i == 1).then_some("deliver"),
+                    (i == 1).then_some("2023-01-29T00:00:00Z"),
+                    (i == 1).then_some("deferred"),
+                    i == 1,
+                ],
+            )
+            .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO dsns (id, message_id, envelope_to, rfc_message_id, created_at, content, \
+               kind, send_state) VALUES (5, 2, 'carol@example.org', '<d@x>', 'x', x'00', 'failure', 'sent');
+             INSERT INTO recipients (id, message_id, address, domain, state, reply, attempts, \
+               dsn_id, updated_at, reply_code, reply_status) VALUES \
+               (1, 1, 'bob@example.net', 'example.net', 'pending', NULL, 0, NULL, 'x', NULL, NULL), \
+               (2, 2, 'erin@example.net', 'example.net', 'bounced', '550 5.1.1 no such user', 1, 5, 'x', 550, '5.1.1');
+             INSERT INTO events (recipient_id, at, from_state, to_state, detail) VALUES \
+               (1, 'x', NULL, 'pending', 'ingested'), (2, 'x', NULL, 'pending', 'ingested'), \
+               (2, 'y', 'in_flight', 'failed', '550 5.1.1 no such user'), (2, 'z', 'failed', 'bounced', 'dsn 5');
+             INSERT INTO quarantine (source_format, source_path, source_offset, reason, first_seen) \
+               VALUES ('mbox', '/s/other.mbox', 7, 'no recipients', 'x');
+             INSERT INTO meta (key, value) VALUES ('shard', 'all'), ('content_hash', 'lf');
+             INSERT INTO steering (requested_at, command, rate) VALUES ('x', 'rate', '5/s');",
+        )
+        .unwrap();
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('messages') ORDER BY cid")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let columns = columns.join(", ");
+        let before = snapshot(&conn, &columns);
+        let indexes_before = indexes(&conn);
+        drop(conn);
+
+        let mut ledger = Ledger::open_for_write(&path, "test").unwrap();
+        assert_eq!(ledger.user_version().unwrap(), 10);
+        assert_eq!(snapshot(&ledger.conn, &columns), before);
+        let mut want = indexes_before.clone();
+        want.push((
+            "messages_content".into(),
+            "messages".into(),
+            Some("CREATE INDEX messages_content ON messages (content_key)".into()),
+        ));
+        want.sort();
+        assert_eq!(indexes(&ledger.conn), want);
+        let fk: bool = ledger
+            .conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert!(fk, "foreign keys are on again after the rebuild");
+        let broken: i64 = ledger
+            .conn
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(broken, 0);
+        let key: Vec<u8> = ledger
+            .conn
+            .query_row("SELECT content_key FROM messages WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(key, ids[0].0[..8]);
+
+        // Dedupe by source: the two messages it held are known; by content: the copy is
+        // new, its mailbox settled by the first copy.
+        let inserted: Vec<Inserted> = ledger
+            .write(|tx| {
+                read.iter()
+                    .zip(&ids)
+                    .map(|(m, hash)| tx.insert_message(m, hash, "now"))
+                    .collect()
+            })
+            .unwrap();
+        assert!(
+            matches!(
+                inserted[..],
+                [Inserted::Known, Inserted::Known, Inserted::New]
+            ),
+            "{inserted:?}"
+        );
+        let copy = ledger.recipients_of(3).unwrap();
+        assert_eq!(copy.len(), 1);
+        assert_eq!(copy[0].state, crate::ledger::RcptState::Duplicate);
+        let second = &read[1].source;
+        let offset = second.offset as i64;
+        let path = second.path.to_string_lossy();
+        assert!(ledger.holds_source(&hashes[1], &path, offset).unwrap());
+        assert!(!ledger.holds_source(&hashes[0], &path, offset).unwrap());
+
+        // The look-ups by content use the compact index, the merge of duplicates streams.
+        let earlier = plan(
+            &ledger.conn,
+            "SELECT m.queue_id FROM messages m JOIN recipients r ON r.message_id = m.id \
+             WHERE m.content_key = unhex(substr('ab', 1, 16)) AND m.content_hash = 'ab' AND m.id < 9",
+        );
+        assert!(earlier.contains("messages_content"), "{earlier}");
+        let merge = plan(
+            &ledger.conn,
+            "SELECT content_key, content_hash, id, queue_id FROM messages \
+             ORDER BY content_key, content_hash",
+        );
+        assert!(merge.contains("messages_content"), "{merge}");
+        assert!(!merge.contains("TEMP B-TREE FOR ORDER BY"), "{merge}");
     }
 }

@@ -171,11 +171,13 @@ impl Tx<'_> {
 
     /// The mailboxes (canonical) of earlier messages with the same content, each with the
     /// queue id of the first such message. One query per message; none of this content
-    /// before (the usual case) costs one index look-up.
+    /// before (the usual case) costs one look-up in the compact `messages_content` index
+    /// (`content_key`, derived from the hash by the same expression as the column).
     fn earlier_copies(&self, hash: &str, message_id: i64) -> Result<HashMap<String, SeenAt>> {
         let mut statement = self.tx.prepare_cached(
             "SELECT m.queue_id, r.address FROM messages m JOIN recipients r ON r.message_id = m.id \
-             WHERE m.content_hash = ?1 AND m.id < ?2 ORDER BY m.id, r.id",
+             WHERE m.content_key = unhex(substr(?1, 1, 16)) AND m.content_hash = ?1 AND m.id < ?2 \
+             ORDER BY m.id, r.id",
         )?;
         let mut rows = statement.query(params![hash, message_id])?;
         let mut copies = HashMap::new();
