@@ -219,15 +219,33 @@ fn a_451_storm_seen_by_one_member_slows_all_of_them() {
     let stormy = Peer::start(script);
     let url = redis.url("storm");
     let members: Vec<Cli> = (1..=3).map(|i| member(&spool, i, 3)).collect();
+    // `--concurrency` is the cluster's total, and the store connections go to the members
+    // in the order they ask: the stormy member starts first and the others only once it
+    // has joined, so it reaches its 451s while they still have their share to send (started
+    // together, the others could hold every connection and finish before the storm began).
     let args = [
         "--rate",
         "150/s",
+        "--concurrency",
+        "3",
         "--cluster",
         url.as_str(),
         "--retry-delay",
         "1s",
     ];
     let first = spawn_run(&members[0], &stormy.url(), &args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cluster_status(&redis, "storm")["handled"]
+        .as_u64()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stormy member never handled a message"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let others: Vec<ChildGuard> = members[1..]
         .iter()
         .map(|m| spawn_run(m, &sink.url(), &args))
