@@ -308,13 +308,7 @@ impl<'s> Transaction<'s> {
         group.push_str("\r\n");
         let mut sent = Vec::with_capacity(recipients.len());
         for (i, spec) in recipients.iter().enumerate() {
-            if let Err(why) = wire::check_wire_address(spec.address) {
-                let reply = format!(
-                    "recipient `{}` cannot be sent over {}: {why}",
-                    sanitize::for_terminal(spec.address),
-                    self.protocol.name()
-                );
-                self.outcomes[i] = Some(wire::refused_locally(reply, "5.1.3"));
+            if self.refused_locally(i, spec) {
                 continue;
             }
             let params = wire::rcpt_params(spec, &self.session.caps);
@@ -437,13 +431,7 @@ impl<'s> Transaction<'s> {
     fn rcpts(&mut self, recipients: &[RecipientSpec<'_>]) -> Result<Vec<usize>, bool> {
         let mut accepted = Vec::new();
         for (i, spec) in recipients.iter().enumerate() {
-            if let Err(why) = wire::check_wire_address(spec.address) {
-                let reply = format!(
-                    "recipient `{}` cannot be sent over {}: {why}",
-                    sanitize::for_terminal(spec.address),
-                    self.protocol.name()
-                );
-                self.outcomes[i] = Some(wire::refused_locally(reply, "5.1.3"));
+            if self.refused_locally(i, spec) {
                 continue;
             }
             let params = wire::rcpt_params(spec, &self.session.caps);
@@ -537,6 +525,21 @@ impl<'s> Transaction<'s> {
     /// RSET after an aborted transaction; true when the server took it.
     fn reset(&mut self) -> bool {
         matches!(self.session.conn.command("RSET"), Ok(r) if r.code == 250)
+    }
+
+    /// Refuses recipient `i` before a byte is sent when its address could break out of the
+    /// command line (`wire::check_wire_address`); both conversations, pipelined or not.
+    fn refused_locally(&mut self, i: usize, spec: &RecipientSpec<'_>) -> bool {
+        let Err(why) = wire::check_wire_address(spec.address) else {
+            return false;
+        };
+        let reply = format!(
+            "recipient `{}` cannot be sent over {}: {why}",
+            sanitize::for_terminal(spec.address),
+            self.protocol.name()
+        );
+        self.outcomes[i] = Some(wire::refused_locally(reply, "5.1.3"));
+        true
     }
 
     fn settle_rest(&mut self, outcome: impl Fn(&str) -> Outcome) {
