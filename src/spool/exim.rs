@@ -16,7 +16,7 @@ mod header;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 
 use self::header::{HeaderLine, SpoolHeader};
 use super::{
@@ -287,6 +287,8 @@ struct Loaded {
     header: SpoolHeader,
     content: Vec<u8>,
     header_len: u64,
+    /// The `-H` file's modification time.
+    file_time: Option<DateTime<FixedOffset>>,
 }
 
 fn read_message(h_path: &Path) -> SpoolItem {
@@ -327,6 +329,7 @@ fn read_message(h_path: &Path) -> SpoolItem {
         queue_id: loaded.id,
         envelope,
         content: loaded.content,
+        file_time: loaded.file_time,
         queue_name: Some(QUEUE_NAME.into()),
         mta_hold: loaded.header.frozen,
     })
@@ -398,7 +401,8 @@ fn load(h_path: &Path) -> Result<Loaded, Problem> {
             format!("`{name}` is not named `<Exim message id>-H`"),
         ));
     }
-    let bytes = read_file(h_path).map_err(|reason| problem(h_path, 0, reason))?;
+    let (bytes, h_metadata) =
+        super::read_regular(h_path).map_err(|e| problem(h_path, 0, e.to_string()))?;
     if bytes.is_empty() {
         return Err(problem(h_path, 0, "file is empty".into()));
     }
@@ -423,13 +427,8 @@ fn load(h_path: &Path) -> Result<Loaded, Problem> {
         header,
         id,
         header_len,
+        file_time: super::envelope::file_time(&h_metadata),
     })
-}
-
-fn read_file(path: &Path) -> Result<Vec<u8>, String> {
-    super::read_regular(path)
-        .map(|(bytes, _)| bytes)
-        .map_err(|e| e.to_string())
 }
 
 /// The body of a `-D` file: everything after its first line, which must be `<id>-D`.

@@ -88,14 +88,36 @@ pub fn open_file(path: &Path, links: Links) -> Result<(File, Metadata), FileErro
     Ok((file, metadata))
 }
 
+/// Opens a file that its folder's listing gave as a regular file (`DirEntry::file_type`,
+/// from `getdents`, with no extra system call): the look `open_regular` makes first has
+/// been made, so only the open and the check on the open file are left. Same flags; a
+/// symbolic link swapped in since the listing fails the open (`O_NOFOLLOW`), anything
+/// else fails the check.
+pub(super) fn open_listed(path: &Path) -> Result<(File, Metadata), FileError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => FileError::Refused(LINK_REFUSED),
+            _ => FileError::Io(e),
+        })?;
+    let metadata = file.metadata()?;
+    check_regular(&metadata)?;
+    Ok((file, metadata))
+}
+
+const LINK_REFUSED: &str = "symbolic link: not followed (only the spool's own files are read; \
+                            copy the target into the spool to ingest it)";
+
 fn check_regular(metadata: &Metadata) -> Result<(), FileError> {
     use std::os::unix::fs::FileTypeExt;
     let kind = metadata.file_type();
     let why = if kind.is_file() {
         return Ok(());
     } else if kind.is_symlink() {
-        "symbolic link: not followed (only the spool's own files are read; copy the target \
-         into the spool to ingest it)"
+        LINK_REFUSED
     } else if kind.is_dir() {
         "not a regular file (a folder)"
     } else if kind.is_fifo() {
@@ -129,4 +151,35 @@ pub fn read_bounded(file: File, len: u64) -> Result<Vec<u8>, FileError> {
         .ok_or(FileError::TooLarge(len))?;
     file.take(len).read_to_end(&mut bytes)?;
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file listed as regular and swapped for a link (or a FIFO) before the open is
+    /// refused by the open itself, with the reason the walk would have given.
+    #[test]
+    fn a_listed_file_swapped_for_a_link_or_fifo_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"C").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let refused = open_listed(&link).unwrap_err();
+        assert!(
+            matches!(refused, FileError::Refused(why) if why.starts_with("symbolic link")),
+            "{refused}"
+        );
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let refused = open_listed(&fifo).unwrap_err();
+        assert!(
+            matches!(refused, FileError::Refused(why) if why.contains("FIFO")),
+            "{refused}"
+        );
+        let (_, metadata) = open_listed(&target).unwrap();
+        assert_eq!(metadata.len(), 1);
+    }
 }

@@ -229,6 +229,7 @@ impl MboxReader {
                 queue_id: format!("mbox#{}", self.index),
                 envelope,
                 content: chunk.content,
+                file_time: self.file_time,
                 queue_name: None,
                 mta_hold: false,
             }),

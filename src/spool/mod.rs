@@ -230,6 +230,9 @@ pub struct QueuedMessage {
     /// The message bytes as spooled, framing removed (an mbox `From ` line, `>From `
     /// unquoted); line ends as spooled: the backends write them by `line_ends`.
     pub content: Vec<u8>,
+    /// The modification time of the file holding the message, as the reader saw it when
+    /// it opened the file (`screen` checks the arrival against it).
+    pub file_time: Option<DateTime<FixedOffset>>,
     /// The MTA queue the message was found in (`deferred`, `hold`, `input` …), if any.
     pub queue_name: Option<String>,
     /// The MTA itself was holding the message (Postfix `hold/`, Exim frozen).
@@ -495,6 +498,7 @@ fn file_item(
             queue_id,
             envelope,
             content,
+            file_time: hints.file_time,
             queue_name: None,
             mta_hold: false,
         }),

@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, FixedOffset, TimeDelta, TimeZone, Utc};
 
-use super::{Quarantined, QueuedMessage, SpoolItem, envelope};
+use super::{Quarantined, QueuedMessage, SpoolItem};
 
 /// The earliest arrival taken as real: before it, the time is damage, not history.
 pub fn earliest_arrival() -> DateTime<Utc> {
@@ -27,10 +27,7 @@ pub fn screen(item: SpoolItem) -> SpoolItem {
     let SpoolItem::Message(message) = item else {
         return item;
     };
-    let file_time = std::fs::symlink_metadata(&message.source.path)
-        .ok()
-        .and_then(|m| envelope::file_time(&m));
-    match check(&message, file_time) {
+    match check(&message, message.file_time) {
         Ok(()) => SpoolItem::Message(message),
         Err(reason) => SpoolItem::Quarantined(Quarantined {
             source: message.source,
