@@ -59,17 +59,27 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --d
     >"$work/redis/log" 2>&1 & pids+=($!)
 sleep 0.5
 
-# One pass: a fresh ledger, one run; prints messages/s. Each cluster pass gets its own
-# cluster name (a fresh schedule, claims and slots in the same Redis).
+# One pass: a fresh ledger, one run; prints messages/s up to the run's summary (its
+# `Exit N:` line). With --metrics the process then waits up to metrics::LINGER (5 s) for
+# a last scrape of the final values; that wait is not delivery and is timed apart
+# (NAME.linger: seconds from the summary to the exit, one line per pass; `pass` runs in a
+# subshell). Each cluster pass gets its own cluster name (a fresh schedule, claims and
+# slots in the same Redis).
+rm -f "$work"/*.linger
 pass() { # NAME EXTRA-ARGS...
     local name=$1; shift
-    rm -f "$work/$name.db"
+    rm -f "$work/$name.db" "$work/$name.end"
     sr --ledger "$work/$name.db" --quiet ingest "$work/spool" >/dev/null
-    local start end
+    local start end exited
     start=$(date +%s.%N)
-    sr --ledger "$work/$name.db" --quiet run --incident "$work/incident.toml" --now "$now" \
-        --store "smtp://127.0.0.1:$sink_port" --outbox "$work/outbox-$name" "$@"
-    end=$(date +%s.%N)
+    sr --ledger "$work/$name.db" run --incident "$work/incident.toml" --now "$now" \
+        --store "smtp://127.0.0.1:$sink_port" --outbox "$work/outbox-$name" "$@" 2>/dev/null |
+        while IFS= read -r line; do
+            case $line in Exit*) date +%s.%N >"$work/$name.end" ;; esac
+        done
+    exited=$(date +%s.%N)
+    end=$(cat "$work/$name.end")
+    python3 -c "print(f'{$exited-$end:.2f}')" >>"$work/$name.linger"
     python3 -c "print(f'{$n/($end-$start):.1f}')"
 }
 
@@ -101,4 +111,7 @@ for k in alone cluster metrics calls; do  # calls: Redis round trips per message
 done
 python3 -c "print(f'cluster/alone: {$(median "${results[cluster]}")/$(median "${results[alone]}"):.3f}')"
 python3 -c "print(f'metrics/alone: {$(median "${results[metrics]}")/$(median "${results[alone]}"):.3f}')"
+for k in alone cluster metrics; do  # seconds from the summary to the exit
+    echo "after the summary, $k: $(tr '\n' ' ' <"$work/$k.linger")s"
+done
 echo "work dir: $work"

@@ -2,9 +2,9 @@
 //! threads that each own one store connection; each message is recorded in flight just
 //! before it is handed over (intent first), in the same commit as the outcomes that came
 //! back meanwhile (while waiting for the pace, outcomes are recorded as they come). The
-//! in-flight window is the message each worker is sending plus one waiting for a worker;
-//! when several workers are free at once (and nothing paces the run), the messages that
-//! fill them go in flight in one commit (one fsync for all), never more than that bound.
+//! in-flight window is the message each worker is sending plus what waits for a worker:
+//! one when the run is paced, one per worker when nothing paces it (`in_flight_bound`);
+//! the messages that fill free room go in flight in one commit (one fsync for all).
 //! Deferred recipients are retried with backoff within the run until their message's
 //! deadline.
 //!
@@ -61,11 +61,10 @@ impl Replay<'_> {
     pub(super) fn deliver_all(&mut self) -> Result<()> {
         let workers = self.settings.concurrency.max(1);
         let factory = self.store;
-        // In flight at most: what the workers are sending, plus one waiting for the first
-        // of them to finish, so a worker never waits for the dispatcher's commit. The
-        // dispatcher counts that bound itself (`room`); the channel has room for all of
-        // it, so a hand-over never blocks on the store.
-        let (job_tx, job_rx) = mpsc::sync_channel::<MessageWork>(workers + 1);
+        // In flight at most: what the workers are sending plus what waits for them
+        // (`in_flight_bound`). The dispatcher counts that bound itself (`room`); the
+        // channel has room for the largest bound, so a hand-over never blocks on the store.
+        let (job_tx, job_rx) = mpsc::sync_channel::<MessageWork>(2 * workers);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let (done_tx, done_rx) = mpsc::channel::<Done>();
         std::thread::scope(|scope| {
@@ -248,11 +247,10 @@ impl Replay<'_> {
                 // with one message; a copy not checked across ledgers goes alone.
                 // Only unpaced and alone: with a rate or a cluster's turns the next message
                 // may have to wait, and this one must not wait with it.
-                let unpaced = d.pace.rate().is_none()
-                    && self.settings.pace.max_bytes_rate.is_none()
-                    && self.tokens.grants_at_once();
+                let unpaced = self.unpaced(&d);
                 d.early.extend(done.try_iter());
-                let room = (workers + 1).saturating_sub(d.outstanding - d.early.len());
+                let bound = in_flight_bound(workers, unpaced);
+                let room = bound.saturating_sub(d.outstanding - d.early.len());
                 if unpaced && group.len() < room && !d.breaker.is_open() && !self.unchecked {
                     continue;
                 }
@@ -586,7 +584,8 @@ impl Replay<'_> {
         d: &mut Dispatch,
         workers: usize,
     ) -> Result<(Health, bool)> {
-        self.until_a_worker_is_free(done, d, workers + 1 - group.len())?;
+        let bound = in_flight_bound(workers, self.unpaced(d));
+        self.until_a_worker_is_free(done, d, bound.saturating_sub(group.len()))?;
         let ready: Vec<Done> = d.early.drain(..).chain(done.try_iter()).collect();
         let (health, handed) = self.settle_and_mark(ready, d, &group)?;
         if handed.is_empty() {
@@ -599,6 +598,15 @@ impl Replay<'_> {
             d.outstanding += 1;
         }
         Ok((health, true))
+    }
+
+    /// Nothing paces this run (no rate, no byte rate, no cluster turns), so messages may
+    /// be gathered into one in-flight commit and wait for a worker without waiting for
+    /// anyone's turn.
+    fn unpaced(&self, d: &Dispatch) -> bool {
+        d.pace.rate().is_none()
+            && self.settings.pace.max_bytes_rate.is_none()
+            && self.tokens.grants_at_once()
     }
 
     fn settle_and_mark(
@@ -677,9 +685,34 @@ enum Claimed {
     Stop(i64),
 }
 
+/// How many messages may be in flight at once: each worker's message, and what waits for
+/// the next free worker. Paced, one waits (its turn came; the next one's has not). Unpaced,
+/// one per worker waits, marked in flight in the commit that follows the results: a worker
+/// that finishes takes its next message at once instead of waiting for that commit's
+/// fsync, which at 4 connections was as long as a message's exchange and halved the rate
+/// (BENCHMARKS.md section 4). With one worker both are 2.
+pub(super) fn in_flight_bound(workers: usize, unpaced: bool) -> usize {
+    if unpaced { 2 * workers } else { workers + 1 }
+}
+
 /// `first` and every other result already waiting: they are recorded together.
 fn with_ready(first: Done, done: &Receiver<Done>) -> Vec<Done> {
     let mut batch = vec![first];
     batch.extend(done.try_iter());
     batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_flight_bound;
+
+    /// One worker's window is two messages either way: the crash drills (`run_lmtp`,
+    /// `run_imap`) count on it. Unpaced, each worker gets one waiting; paced, one waits.
+    #[test]
+    fn the_in_flight_bound_is_one_waiting_per_worker_only_when_unpaced() {
+        assert_eq!(in_flight_bound(1, true), 2);
+        assert_eq!(in_flight_bound(1, false), 2);
+        assert_eq!(in_flight_bound(4, true), 8);
+        assert_eq!(in_flight_bound(4, false), 5);
+    }
 }
