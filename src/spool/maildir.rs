@@ -4,11 +4,12 @@
 //! being written and is ignored, as are names starting with `.` and Maildir++ subfolders
 //! (`.Sent/` …: only the top folder is the spool). The queue id is the unique part of the
 //! file name, before any `:2,FLAGS` info. Files are read in path order (`cur/` before
-//! `new/`), one at a time; only the list of names is collected up front.
+//! `new/`), one at a time; only the list of names is collected up front, packed (`Names`).
 //!
 //! The shard key is the queue id: it survives a flag change (`:2,S`) and a move from
 //! `new/` to `cur/`.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::{Selection, SpoolError, SpoolFormat, SpoolItem, file_item};
@@ -36,8 +37,8 @@ pub fn read_selected(path: &Path, selection: Selection) -> Result<MaildirReader,
             why: "a maildir needs a `new/` or `cur/` folder".into(),
         });
     }
-    let mut files = Vec::new();
-    for dir in &subdirs {
+    let mut names = Names::default();
+    for (i, dir) in subdirs.iter().enumerate() {
         let entries = std::fs::read_dir(dir).map_err(|source| SpoolError::Io {
             path: dir.clone(),
             source,
@@ -47,21 +48,61 @@ pub fn read_selected(path: &Path, selection: Selection) -> Result<MaildirReader,
                 path: dir.clone(),
                 source,
             })?;
-            if !entry.file_name().to_string_lossy().starts_with('.') {
-                files.push(entry.path());
+            let name = entry.file_name();
+            if !name.as_bytes().starts_with(b".") {
+                names.push(i as u8, name.as_bytes());
             }
         }
     }
-    files.sort();
+    names.sort();
     Ok(MaildirReader {
-        files: files.into_iter(),
+        subdirs,
+        names,
+        next: 0,
         selection,
     })
 }
 
+/// The file names of a Maildir, packed: every name's bytes in one buffer, and per name
+/// its folder (`cur/`, `new/`), start and length. A Maildir holds every message in one or
+/// two folders, and reading in path order needs every name first: as full paths that was
+/// about 140 bytes a message (193 MB of RSS at 1M messages); packed, the name's bytes
+/// and 16.
+#[derive(Default)]
+struct Names {
+    bytes: Vec<u8>,
+    /// (folder, start in `bytes`, length), in reading order once sorted.
+    index: Vec<(u8, usize, u32)>,
+}
+
+impl Names {
+    fn push(&mut self, folder: u8, name: &[u8]) {
+        self.index
+            .push((folder, self.bytes.len(), name.len() as u32));
+        self.bytes.extend_from_slice(name);
+    }
+
+    fn name(&self, at: usize) -> &[u8] {
+        let (_, start, len) = self.index[at];
+        &self.bytes[start..start + len as usize]
+    }
+
+    /// Path order: `cur/` before `new/`, then by name.
+    fn sort(&mut self) {
+        let bytes = &self.bytes;
+        self.index.sort_unstable_by(|a, b| {
+            (a.0, &bytes[a.1..a.1 + a.2 as usize]).cmp(&(b.0, &bytes[b.1..b.1 + b.2 as usize]))
+        });
+        self.bytes.shrink_to_fit();
+        self.index.shrink_to_fit();
+    }
+}
+
 /// Streams the messages of one Maildir folder.
 pub struct MaildirReader {
-    files: std::vec::IntoIter<PathBuf>,
+    subdirs: Vec<PathBuf>,
+    names: Names,
+    next: usize,
     selection: Selection,
 }
 
@@ -70,7 +111,11 @@ impl Iterator for MaildirReader {
 
     fn next(&mut self) -> Option<SpoolItem> {
         loop {
-            let path = self.files.next()?;
+            let at = self.next;
+            let &(folder, ..) = self.names.index.get(at)?;
+            self.next += 1;
+            let name = std::ffi::OsStr::from_bytes(self.names.name(at));
+            let path = self.subdirs[folder as usize].join(name);
             let queue_id = queue_id(&path);
             if self.selection.takes(&queue_id) {
                 return Some(file_item(&path, SpoolFormat::Maildir, queue_id, None));
@@ -79,7 +124,8 @@ impl Iterator for MaildirReader {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.files.size_hint()
+        let left = self.names.index.len() - self.next;
+        (0, Some(left))
     }
 }
 
@@ -98,6 +144,18 @@ pub fn queue_id(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packed_names_sort_in_path_order() {
+        let mut names = Names::default();
+        for (folder, name) in [(1, "2.b"), (0, "3.c:2,S"), (1, "10.a"), (0, "1.a")] {
+            names.push(folder, name.as_bytes());
+        }
+        names.sort();
+        let order: Vec<(u8, &[u8])> = (0..4).map(|i| (names.index[i].0, names.name(i))).collect();
+        let expected: [(u8, &[u8]); 4] = [(0, b"1.a"), (0, b"3.c:2,S"), (1, b"10.a"), (1, b"2.b")];
+        assert_eq!(order, expected);
+    }
 
     #[test]
     fn queue_id_drops_info_suffix() {
