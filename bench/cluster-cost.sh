@@ -91,9 +91,11 @@ for r in $(seq 1 "$rounds"); do
     results[alone]+="$(pass alone) "
     redis-cli -p "$redis_port" config resetstat >/dev/null
     results[cluster]+="$(pass cluster --cluster "redis://127.0.0.1:$redis_port/bench$r") "
-    # Redis round trips per message: EVALSHA (claims, leases, heartbeats, slots) and SETEX
+    # Redis commands per message: EVALSHA (claims, leases, heartbeats, slots) and SET EX
     # (confirmations). INFO commandstats also counts the commands the scripts run inside
-    # Redis; those are not round trips and are left out.
+    # Redis; those are left out. Since confirmations ride in the next claim's pipeline,
+    # commands are not round trips: count those with `strace -f -yy -e trace=sendto,write`
+    # (writes to the Redis socket; BENCHMARKS.md section 7).
     calls=$(redis-cli -p "$redis_port" info commandstats | python3 -c "
 import sys
 total = 0
@@ -106,7 +108,7 @@ print(total)")
     echo "round $r done" >&2
 done
 median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.1f}')" $1; }
-for k in alone cluster metrics calls; do  # calls: Redis round trips per message
+for k in alone cluster metrics calls; do  # calls: Redis commands per message
     echo "$k: ${results[$k]}(median $(median "${results[$k]}"))"
 done
 python3 -c "print(f'cluster/alone: {$(median "${results[cluster]}")/$(median "${results[alone]}"):.3f}')"

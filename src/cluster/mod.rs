@@ -51,6 +51,12 @@ const PACE_TTL: u64 = 600;
 const CLAIM_TTL: Duration = Duration::from_secs(15 * 60);
 /// A delivered copy is remembered this long (seconds): longer than any recovery.
 const DELIVERED_TTL: u64 = 30 * 24 * 3600;
+/// Confirmations of delivered copies wait at most this long, or for this many, before
+/// they are sent; until then they ride with the next claim, in its round trip. A claim
+/// lives `CLAIM_TTL`, so a confirmation a second late changes nothing for the others; a
+/// member killed meanwhile leaves its claims to expire, as one killed before confirming.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(1);
+const CONFIRM_MAX: usize = 64;
 /// Member records live this long after their last heartbeat (seconds).
 const MEMBER_TTL: u64 = 3600;
 
@@ -165,6 +171,9 @@ pub struct Member {
     /// Why the run is paused, when it is (`control pause`), and whether the cluster is.
     paused: Option<String>,
     cluster_paused: bool,
+    /// Claim keys of copies delivered and not yet confirmed, and since when the oldest.
+    unconfirmed: Vec<String>,
+    unconfirmed_since: Option<Instant>,
 }
 
 impl Member {
@@ -229,6 +238,8 @@ impl Member {
             refusal: None,
             paused: None,
             cluster_paused: false,
+            unconfirmed: Vec::new(),
+            unconfirmed_since: None,
         };
         member
             .heartbeat("running", true)
@@ -377,10 +388,36 @@ impl Member {
         Grant::Go(start - now)
     }
 
+    /// The `SET … EX` of every pending confirmation, added to `pipe`; the pending list is
+    /// emptied (a confirmation that fails is not kept for later: see `confirm`).
+    fn add_confirmations(&mut self, pipe: &mut redis::Pipeline) {
+        let value = format!("delivered|{}", self.owner);
+        for k in self.unconfirmed.drain(..) {
+            pipe.set_ex(k, &value, DELIVERED_TTL).ignore();
+        }
+        self.unconfirmed_since = None;
+    }
+
+    /// Sends the pending confirmations now, in one round trip.
+    fn flush_confirmations(&mut self) {
+        if self.unconfirmed.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        self.add_confirmations(&mut pipe);
+        let Some(conn) = self.connection() else {
+            return;
+        };
+        if let Err(e) = pipe.query::<()>(conn) {
+            self.lost(&e);
+        }
+    }
+
     fn heartbeat(&mut self, state: &str, force: bool) -> redis::RedisResult<()> {
         if !force && self.last_beat.is_some_and(|b| b.elapsed() < BEAT_EVERY) {
             return Ok(());
         }
+        self.flush_confirmations();
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
@@ -474,6 +511,7 @@ impl TokenSource for Member {
     }
 
     fn finish(&mut self) {
+        self.flush_confirmations();
         let (ceiling, bps) = (
             self.ceiling.unwrap_or(0.0),
             self.bytes_ceiling.unwrap_or(0.0),
@@ -511,15 +549,28 @@ impl TokenSource for Member {
         };
         let keys: Vec<String> = recipients.iter().map(|r| self.keys.claim(key, r)).collect();
         let (script, owner) = (self.claim.clone(), self.owner.clone());
-        let Some(conn) = self.connection() else {
+        if self.connection().is_none() {
             return vec![away; recipients.len()];
-        };
+        }
         let mut call = script.prepare_invoke();
         for k in &keys {
             call.key(k);
         }
         call.arg(&owner).arg(CLAIM_TTL.as_millis() as u64);
-        match call.invoke::<Vec<String>>(conn) {
+        // The confirmations waiting go first, in the claim's round trip. A Redis that lost
+        // the script (restarted, SCRIPT FLUSH) answers NOSCRIPT to the pipelined claim
+        // only; the confirmations are done, and `invoke` loads the script and claims.
+        let mut pipe = redis::pipe();
+        self.add_confirmations(&mut pipe);
+        pipe.invoke_script(&call);
+        let Some(conn) = self.conn.as_mut() else {
+            return vec![away; recipients.len()];
+        };
+        let claimed = match pipe.query::<(Vec<String>,)>(conn) {
+            Err(e) if e.kind() == redis::ErrorKind::NoScriptError => call.invoke(conn),
+            other => other.map(|(found,)| found),
+        };
+        match claimed {
             Ok(found) if found.len() == recipients.len() => found
                 .into_iter()
                 .map(|v| match v.split_once('|') {
@@ -538,16 +589,15 @@ impl TokenSource for Member {
         }
     }
 
+    /// Queued for the next claim's round trip (`CONFIRM_WITHIN`, `CONFIRM_MAX`). Not
+    /// confirmed (Redis lost): the claim expires and another ledger may deliver a second
+    /// copy, which is what `--uncertain redeliver` accepts; never kept for a later
+    /// connection.
     fn confirm(&mut self, key: &str, recipient: &str) {
-        let k = self.keys.claim(key, recipient);
-        let value = format!("delivered|{}", self.owner);
-        if let Some(conn) = self.connection() {
-            let r: redis::RedisResult<()> = conn.set_ex(&k, value, DELIVERED_TTL);
-            // Not confirmed: the claim expires and another ledger may deliver a second
-            // copy, which is what `--uncertain redeliver` accepts; never queued for later.
-            if let Err(e) = r {
-                self.lost(&e);
-            }
+        self.unconfirmed.push(self.keys.claim(key, recipient));
+        let since = *self.unconfirmed_since.get_or_insert_with(Instant::now);
+        if self.unconfirmed.len() >= CONFIRM_MAX || since.elapsed() >= CONFIRM_WITHIN {
+            self.flush_confirmations();
         }
     }
 
