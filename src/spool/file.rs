@@ -69,12 +69,26 @@ pub fn open_regular(path: &Path) -> Result<(File, Metadata), FileError> {
 
 /// `open_regular`, choosing whether a symbolic link at `path` itself is followed.
 pub fn open_file(path: &Path, links: Links) -> Result<(File, Metadata), FileError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let seen = match links {
         Links::Refuse => std::fs::symlink_metadata(path)?,
         Links::Follow => std::fs::metadata(path)?,
     };
     check_regular(&seen)?;
+    open_checked(path, links)
+}
+
+/// Opens a file that its folder's listing gave as a regular file (`DirEntry::file_type`,
+/// from `getdents`, with no extra system call): the look `open_regular` makes first has
+/// been made, so only the open and the check on the open file are left.
+pub(super) fn open_listed(path: &Path) -> Result<(File, Metadata), FileError> {
+    open_checked(path, Links::Refuse)
+}
+
+/// The open itself: non-blocking, `O_NOFOLLOW` unless links are followed, and the type
+/// checked on the open file. A symbolic link swapped in since the look fails the open
+/// (`ELOOP`) and is refused as a link; anything else not regular fails the check.
+fn open_checked(path: &Path, links: Links) -> Result<(File, Metadata), FileError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
     if links == Links::Refuse {
         flags |= libc::O_NOFOLLOW;
@@ -82,25 +96,9 @@ pub fn open_file(path: &Path, links: Links) -> Result<(File, Metadata), FileErro
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(flags)
-        .open(path)?;
-    let metadata = file.metadata()?;
-    check_regular(&metadata)?;
-    Ok((file, metadata))
-}
-
-/// Opens a file that its folder's listing gave as a regular file (`DirEntry::file_type`,
-/// from `getdents`, with no extra system call): the look `open_regular` makes first has
-/// been made, so only the open and the check on the open file are left. Same flags; a
-/// symbolic link swapped in since the listing fails the open (`O_NOFOLLOW`), anything
-/// else fails the check.
-pub(super) fn open_listed(path: &Path) -> Result<(File, Metadata), FileError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => FileError::Refused(LINK_REFUSED),
+            Some(libc::ELOOP) if links == Links::Refuse => FileError::Refused(LINK_REFUSED),
             _ => FileError::Io(e),
         })?;
     let metadata = file.metadata()?;

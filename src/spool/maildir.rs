@@ -83,19 +83,21 @@ impl Names {
     }
 
     fn name(&self, at: usize) -> &[u8] {
-        let (_, start, len) = self.index[at];
-        &self.bytes[start..start + len as usize]
+        name_in(&self.bytes, self.index[at])
     }
 
     /// Path order: `cur/` before `new/`, then by name.
     fn sort(&mut self) {
         let bytes = &self.bytes;
-        self.index.sort_unstable_by(|a, b| {
-            (a.0, &bytes[a.1..a.1 + a.2 as usize]).cmp(&(b.0, &bytes[b.1..b.1 + b.2 as usize]))
-        });
+        self.index
+            .sort_unstable_by(|&a, &b| (a.0, name_in(bytes, a)).cmp(&(b.0, name_in(bytes, b))));
         self.bytes.shrink_to_fit();
         self.index.shrink_to_fit();
     }
+}
+
+fn name_in(bytes: &[u8], (_, start, len): (u8, usize, u32)) -> &[u8] {
+    &bytes[start..start + len as usize]
 }
 
 /// Streams the messages of one Maildir folder.

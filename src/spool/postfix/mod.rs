@@ -302,10 +302,6 @@ fn listed_entries(dir: &Path) -> std::io::Result<Vec<Listed>> {
     Ok(entries)
 }
 
-fn sorted_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    Ok(listed_entries(dir)?.into_iter().map(|e| e.path).collect())
-}
-
 fn quarantine_path(path: &Path, reason: &str) -> SpoolItem {
     SpoolItem::Quarantined(Quarantined {
         source: SourceRef {
@@ -339,12 +335,12 @@ fn holds_queue_file(dir: &Path, depth: usize) -> bool {
     if depth > 2 {
         return false;
     }
-    let Ok(entries) = sorted_entries(dir) else {
+    let Ok(entries) = listed_entries(dir) else {
         return false;
     };
-    entries.iter().any(|path| match path.symlink_metadata() {
-        Ok(m) if m.is_dir() => holds_queue_file(path, depth + 1),
-        Ok(m) if m.is_file() => starts_like_queue_file(path),
+    entries.iter().any(|e| match &e.kind {
+        Ok(t) if t.is_dir() => holds_queue_file(&e.path, depth + 1),
+        Ok(t) if t.is_file() => starts_like_queue_file(&e.path),
         _ => false,
     })
 }
